@@ -1,0 +1,143 @@
+/*
+ * gateway/gateway.h: the process-wide pieces shared by gateway/ files:
+ * workers, the request context, and the functions that move a request along.
+ */
+#ifndef RW_GATEWAY_GATEWAY_H
+#define RW_GATEWAY_GATEWAY_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+#include <time.h>
+
+#include "../limiter/limits.h"
+#include "../storage/store.h"
+#include "config.h"
+
+struct proxy_pool;
+
+/*
+ * One worker thread. Owns its event_base, its evhttp server on a
+ * SO_REUSEPORT listener, its backend connection pools and its store
+ * connection. Only `pending_cfg` and `stop_ev`/`reload_ev` are touched by
+ * other threads.
+ */
+typedef struct worker {
+    int index;
+    pthread_t thread;
+    struct event_base *base;
+    struct evhttp *http;
+    store_worker_t *store;
+    config_t *cfg;                 /* this worker's reference */
+    _Atomic(config_t *) pending_cfg; /* handed over by the main thread */
+    struct event *reload_ev;       /* activated by the main thread */
+    struct event *stop_ev;
+    struct event *exit_notify;     /* the main thread's: activated on exit */
+    atomic_int exited;             /* set before exit_notify is activated */
+    struct proxy_pool *pools;      /* backend keep-alive pools, by address */
+    int draining;
+    struct evhttp_bound_socket *bound;
+    struct timespec drain_deadline;
+    /* Touched by the worker's own thread only. */
+    int inflight;   /* request contexts alive */
+    int unflushed;  /* answers handed to evhttp and not yet fully written */
+    /* X-Request-Id: random per-worker prefix + counter. */
+    char rid_prefix[17];
+    uint64_t rid_next;
+} worker_t;
+
+enum req_state {
+    RQ_NEW = 0,     /* routing, auth, body */
+    RQ_STORE,       /* waiting for the store's answer */
+    RQ_PROXY,       /* backend request outstanding */
+    RQ_DONE
+};
+
+/*
+ * Request context: one per client request, from the handler to
+ * request_finish(), which is the one place it is freed.
+ *
+ * Ownership: owns `cfg` (a reference), `checks`, the lease (when
+ * `admitted`), and the backend request while `breq` is set. Borrows `req`
+ * (owned by evhttp; becomes invalid once a reply has been ended) and
+ * `w`. `ep` and `key` point into `cfg`.
+ */
+typedef struct request {
+    worker_t *w;
+    struct evhttp_request *req;
+    struct evhttp_connection *client; /* NULL once the client went away */
+    config_t *cfg;
+    const cfg_endpoint_t *ep;
+    int ep_index;
+    const cfg_key_t *key;
+    const cfg_account_t *acct;
+    enum req_state state;
+    int admitted;       /* holds leases in the store */
+    int client_gone;
+    int reply_started;  /* status line sent to the client */
+    int is_usage;
+    int watching;       /* close callback and read watch set on the client */
+    int64_t units, price_micros;
+    size_t n_checks;
+    lim_report_t rep;
+    char rid[40];
+    /* proxy */
+    struct evhttp_request *breq;
+    struct proxy_conn *bconn;
+    int backend_error;  /* enum evhttp_request_error + 1, 0 if none */
+    int backend_status;
+    int in_make_request; /* inside evhttp_make_request: defer failures */
+    struct timespec t_start;
+    /* Last: only the first n_checks are ever written or read, so a
+     * recycled context is cleared only up to here. */
+    lim_check_t checks[LIM_MAX_CHECKS];
+} request_t;
+
+/* server.c */
+void server_handle(struct evhttp_request *req, void *arg);
+
+/* request.c */
+void request_start(worker_t *w, struct evhttp_request *req);
+/* The one place a request ends: releases leases, frees everything. */
+void request_finish(request_t *r);
+void request_freelist_clear(void);
+/* Called by the client connection's close callback (set by request.c). */
+void request_watch_client(request_t *r);
+/* Before the last write of an answer: stop watching (see request.c). */
+void request_unwatch_client(request_t *r);
+/* Right before the final send of an answer (see request.c). */
+void request_track_flush(request_t *r);
+
+/* units.c: the request's units from its JSON body. Returns 0 and sets
+ * *units, or -1 with a message for a 400 INVALID_BODY. */
+int units_from_body(const cfg_endpoint_t *ep, const char *body, size_t len,
+                    int64_t *units, char *err, size_t errlen);
+
+/* respond.c: every reply that is not a proxied response. Each one ends the
+ * request (calls request_finish); `details` is stolen, may be NULL. */
+
+void respond_error(request_t *r, int status, const char *type,
+                   const char *code, const char *message, json_t *details);
+void respond_json(request_t *r, int status, json_t *body);
+void respond_429(request_t *r);
+void respond_unavailable(request_t *r);
+/* Add X-RateLimit-* (when a decision was made) and X-Request-Id. */
+struct evkeyvalq;
+void respond_rate_headers(const request_t *r, struct evkeyvalq *h);
+
+/* proxy.c */
+void proxy_start(request_t *r);
+/* Abort the backend request of r, if any (no callback will follow). */
+void proxy_abort(request_t *r);
+void proxy_pools_free(worker_t *w);
+
+/* log.c */
+enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
+extern int log_level;
+void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,356 @@
+/*
+ * gateway/main.c: the command line (SPEC §1), signals, reload and the
+ * process's start and end. The main thread runs only signal events; the
+ * workers serve.
+ */
+#include <getopt.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "gateway.h"
+#include "server.h"
+
+#ifndef RATEWALL_VERSION
+#define RATEWALL_VERSION "dev"
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: gateway -c FILE              run with the configuration FILE\n"
+            "       gateway --check-config FILE  validate FILE: prints ok, or one\n"
+            "                                    FILE:LINE:COL: message per error\n"
+            "       gateway --new-key [--prefix P]  print a new API key and its SHA-256\n"
+            "       gateway --hash-key           read a key on stdin, print its SHA-256\n"
+            "       gateway --version | --help\n"
+            "Options: --log-level error|warn|info|debug (default info)\n"
+            "Signals: SIGHUP reloads the configuration; SIGTERM/SIGINT drain and exit.\n");
+}
+
+static void hex(const unsigned char *d, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+static int cmd_new_key(const char *prefix)
+{
+    unsigned char rnd[32];
+    if (RAND_bytes(rnd, sizeof rnd) != 1) {
+        fprintf(stderr, "gateway: no randomness available\n");
+        return 1;
+    }
+    /* base64url without padding: 43 characters for 32 bytes. */
+    unsigned char b64[64];
+    int n = EVP_EncodeBlock(b64, rnd, sizeof rnd);
+    while (n > 0 && b64[n - 1] == '=')
+        n--;
+    for (int i = 0; i < n; i++)
+        b64[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
+    b64[n] = '\0';
+    char key[128];
+    snprintf(key, sizeof key, "%s%s", prefix ? prefix : "sk_", (char *)b64);
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((unsigned char *)key, strlen(key), d);
+    char h[65];
+    hex(d, sizeof d, h);
+    printf("%s\n%s\n", key, h);
+    OPENSSL_cleanse(rnd, sizeof rnd);
+    OPENSSL_cleanse(key, sizeof key);
+    return 0;
+}
+
+static int cmd_hash_key(void)
+{
+    char line[4096];
+    if (!fgets(line, sizeof line, stdin)) {
+        fprintf(stderr, "gateway: --hash-key reads one key from standard input\n");
+        return 1;
+    }
+    size_t n = strcspn(line, "\r\n");
+    line[n] = '\0';
+    if (n == 0) {
+        fprintf(stderr, "gateway: empty key\n");
+        return 1;
+    }
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((unsigned char *)line, n, d);
+    char h[65];
+    hex(d, sizeof d, h);
+    printf("%s\n", h);
+    OPENSSL_cleanse(line, sizeof line);
+    return 0;
+}
+
+static void print_messages(const cfg_messages_t *m)
+{
+    for (size_t i = 0; i < m->n_warnings; i++)
+        fprintf(stderr, "%s\n", m->warnings[i]);
+    for (size_t i = 0; i < m->n_errors; i++)
+        fprintf(stderr, "%s\n", m->errors[i]);
+}
+
+static int cmd_check(const char *path)
+{
+    cfg_messages_t m = {0};
+    config_t *c = config_load(path, &m);
+    print_messages(&m);
+    cfg_messages_free(&m);
+    if (!c)
+        return 1;
+    config_unref(c);
+    printf("ok\n");
+    return 0;
+}
+
+/* The running process. */
+typedef struct app {
+    char *path;
+    config_t *cfg;
+    store_t *store;
+    worker_t *workers;
+    int n_workers;
+    struct event_base *base;
+    int stopping;
+} app_t;
+
+static void reload(app_t *a)
+{
+    cfg_messages_t m = {0};
+    config_t *next = config_load(a->path, &m);
+    for (size_t i = 0; i < m.n_warnings; i++)
+        log_msg(LOG_WARN, "%s", m.warnings[i]);
+    if (!next) {
+        for (size_t i = 0; i < m.n_errors; i++)
+            log_msg(LOG_ERROR, "reload refused: %s", m.errors[i]);
+        log_msg(LOG_ERROR, "reload refused: %zu error(s); the running configuration stays",
+                m.n_errors);
+        cfg_messages_free(&m);
+        return;
+    }
+    cfg_messages_free(&m);
+    if (strcmp(next->server.listen_host, a->cfg->server.listen_host) != 0 ||
+        next->server.listen_port != a->cfg->server.listen_port ||
+        next->server.workers != a->cfg->server.workers ||
+        next->storage.driver != a->cfg->storage.driver)
+        log_msg(LOG_WARN, "server.listen, server.workers and storage.driver take effect "
+                          "on restart only");
+    for (int i = 0; i < a->n_workers; i++)
+        server_worker_swap(&a->workers[i], next);
+    config_unref(a->cfg);
+    a->cfg = next;
+    log_msg(LOG_INFO, "configuration reloaded from %s (%zu keys)", a->path, next->n_keys);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    app_t *a = arg;
+    if (sig == SIGHUP) {
+        reload(a);
+        return;
+    }
+    if (a->stopping)
+        log_msg(LOG_WARN, "second signal: stopping at once");
+    else
+        log_msg(LOG_INFO, "stopping: draining in-flight requests (up to %lld ms)",
+                (long long)a->cfg->server.drain_timeout_ms);
+    a->stopping++;
+    for (int i = 0; i < a->n_workers; i++)
+        server_worker_stop(&a->workers[i]);
+}
+
+static void on_worker_exit(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    app_t *a = arg;
+    /* Activations of one event coalesce: count the workers' own flags. */
+    for (int i = 0; i < a->n_workers; i++)
+        if (!atomic_load(&a->workers[i].exited))
+            return;
+    event_base_loopexit(a->base, NULL);
+}
+
+static int run(const char *path)
+{
+    app_t a = {0};
+    a.path = (char *)path;
+    cfg_messages_t m = {0};
+    a.cfg = config_load(path, &m);
+    print_messages(&m);
+    cfg_messages_free(&m);
+    if (!a.cfg)
+        return 1;
+    const config_t *c = a.cfg;
+
+    if (c->storage.driver == CFG_STORE_REDIS)
+        log_msg(LOG_WARN, "the redis store is not in this build yet: counting in memory, "
+                          "this instance enforces its limits alone");
+    a.store = store_memory_new(NULL, NULL);
+    if (!a.store) {
+        log_msg(LOG_ERROR, "out of memory");
+        config_unref(a.cfg);
+        return 1;
+    }
+
+    int n = c->server.workers;
+    if (n <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cores > 0 ? (int)cores : 1;
+    }
+    a.workers = calloc((size_t)n, sizeof *a.workers);
+    int rc = 1;
+    int started = 0, inited = 0;
+    for (int i = 0; a.workers && i < n; i++) {
+        char err[256];
+        int fd = server_listen_socket(c->server.listen_host, c->server.listen_port, err,
+                                      sizeof err);
+        if (fd < 0) {
+            log_msg(LOG_ERROR, "%s", err);
+            goto out_workers;
+        }
+        inited = i + 1;
+        if (server_worker_init(&a.workers[i], i, a.cfg, a.store, fd) != 0) {
+            log_msg(LOG_ERROR, "cannot set up worker %d", i);
+            goto out_workers;
+        }
+    }
+    a.n_workers = n;
+
+    a.base = event_base_new();
+    struct event *sig[3];
+    int signos[3] = {SIGHUP, SIGTERM, SIGINT};
+    for (int i = 0; i < 3; i++) {
+        sig[i] = evsignal_new(a.base, signos[i], on_signal, &a);
+        event_add(sig[i], NULL);
+    }
+    struct event *exit_ev = event_new(a.base, -1, 0, on_worker_exit, &a);
+    for (int i = 0; i < n; i++)
+        a.workers[i].exit_notify = exit_ev;
+    for (int i = 0; i < n; i++) {
+        if (server_worker_start(&a.workers[i]) != 0) {
+            log_msg(LOG_ERROR, "cannot start worker %d", i);
+            for (int j = 0; j < started; j++)
+                server_worker_stop(&a.workers[j]);
+            goto out_signals;
+        }
+        started++;
+    }
+    log_msg(LOG_INFO, "ratewall %s listening on %s:%u (%d worker%s, %s store, %zu keys)",
+            RATEWALL_VERSION, c->server.listen_host, c->server.listen_port, n,
+            n == 1 ? "" : "s", "memory", c->n_keys);
+    event_base_dispatch(a.base);
+    rc = 0;
+
+out_signals:
+    for (int i = 0; i < started; i++)
+        server_worker_join_free(&a.workers[i]);
+    event_free(exit_ev);
+    for (int i = 0; i < 3; i++)
+        event_free(sig[i]);
+    event_base_free(a.base);
+out_workers:
+    for (int i = started; i < inited; i++) {
+        /* set up but never started: free without joining */
+        worker_t *w = &a.workers[i];
+        if (w->store)
+            store_detach(w->store);
+        if (w->reload_ev)
+            event_free(w->reload_ev);
+        if (w->stop_ev)
+            event_free(w->stop_ev);
+        if (w->http)
+            evhttp_free(w->http);
+        if (w->base)
+            event_base_free(w->base);
+        if (w->cfg)
+            config_unref(w->cfg);
+    }
+    free(a.workers);
+    store_destroy(a.store);
+    config_unref(a.cfg);
+    if (rc == 0)
+        log_msg(LOG_INFO, "stopped");
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_CHECK = 256, OPT_NEW_KEY, OPT_PREFIX, OPT_HASH_KEY, OPT_VERSION, OPT_LOG };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", required_argument, NULL, OPT_CHECK},
+        {"new-key", no_argument, NULL, OPT_NEW_KEY},
+        {"prefix", required_argument, NULL, OPT_PREFIX},
+        {"hash-key", no_argument, NULL, OPT_HASH_KEY},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {"log-level", required_argument, NULL, OPT_LOG},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config = NULL, *check = NULL, *prefix = NULL;
+    int new_key = 0, hash_key = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': config = optarg; break;
+        case OPT_CHECK: check = optarg; break;
+        case OPT_NEW_KEY: new_key = 1; break;
+        case OPT_PREFIX: prefix = optarg; break;
+        case OPT_HASH_KEY: hash_key = 1; break;
+        case OPT_VERSION: printf("ratewall gateway %s\n", RATEWALL_VERSION); return 0;
+        case OPT_LOG: {
+            static const char *const lv[] = {"error", "warn", "info", "debug"};
+            int found = 0;
+            for (int i = 0; i < 4; i++)
+                if (strcasecmp(optarg, lv[i]) == 0) {
+                    log_level = i;
+                    found = 1;
+                }
+            if (!found) {
+                fprintf(stderr, "gateway: unknown log level \"%s\"\n", optarg);
+                return 2;
+            }
+            break;
+        }
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "gateway: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (prefix && !new_key) {
+        fprintf(stderr, "gateway: --prefix goes with --new-key\n");
+        return 2;
+    }
+    if (new_key)
+        return cmd_new_key(prefix);
+    if (hash_key)
+        return cmd_hash_key();
+    if (check)
+        return cmd_check(check);
+    if (!config) {
+        usage(stderr);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (evthread_use_pthreads() != 0) {
+        fprintf(stderr, "gateway: libevent without thread support\n");
+        return 1;
+    }
+    return run(config);
+}

@@ -1,0 +1,399 @@
+/*
+ * gateway/proxy.c: forward an admitted request to its backend and stream
+ * the answer back as it arrives.
+ *
+ * Backend connections are kept alive in per-worker pools, one pool per
+ * backend address. A connection carries one request at a time (evhttp does
+ * not pipeline), so a busy connection is out of the pool until its request
+ * completes.
+ *
+ * Ownership: a proxy_conn belongs to its pool; while busy it is lent to one
+ * request (r->bconn) and comes back in on_backend_done(). The backend
+ * evhttp_request is owned by evhttp; r->breq is cleared when it completes
+ * or fails, and proxy_abort() frees the connection (and with it the
+ * request, without callbacks) when the client goes away first.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/dns.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "gateway.h"
+
+typedef struct proxy_conn {
+    struct evhttp_connection *evcon;
+    struct proxy_pool *pool;
+    struct proxy_conn *next; /* in the pool's idle list */
+} proxy_conn_t;
+
+typedef struct proxy_pool {
+    struct proxy_pool *next; /* all pools of a worker */
+    char *host;
+    uint16_t port;
+    int64_t timeout_ms;
+    proxy_conn_t *idle;
+    size_t n_idle;
+} proxy_pool_t;
+
+#define POOL_IDLE_MAX 256 /* idle keep-alive connections per backend per worker */
+
+static __thread struct evdns_base *dns;
+
+static proxy_pool_t *pool_for(worker_t *w, const cfg_backend_t *be)
+{
+    for (proxy_pool_t *p = w->pools; p; p = p->next)
+        if (p->port == be->port && p->timeout_ms == be->timeout_ms &&
+            strcmp(p->host, be->host) == 0)
+            return p;
+    proxy_pool_t *p = calloc(1, sizeof *p);
+    if (!p || !(p->host = strdup(be->host))) {
+        free(p);
+        return NULL;
+    }
+    p->port = be->port;
+    p->timeout_ms = be->timeout_ms;
+    p->next = w->pools;
+    w->pools = p;
+    return p;
+}
+
+static proxy_conn_t *conn_take(worker_t *w, proxy_pool_t *p)
+{
+    proxy_conn_t *c = p->idle;
+    if (c) {
+        p->idle = c->next;
+        p->n_idle--;
+        c->next = NULL;
+        return c;
+    }
+    c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    if (!dns)
+        dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    c->evcon = evhttp_connection_base_new(w->base, dns, p->host, p->port);
+    if (!c->evcon) {
+        free(c);
+        return NULL;
+    }
+    struct timeval tv = {.tv_sec = p->timeout_ms / 1000,
+                         .tv_usec = (p->timeout_ms % 1000) * 1000};
+    evhttp_connection_set_timeout_tv(c->evcon, &tv);
+    evhttp_connection_set_retries(c->evcon, 0);
+    evhttp_connection_set_max_headers_size(c->evcon, 64 * 1024);
+    c->pool = p;
+    return c;
+}
+
+static void conn_give_back(proxy_conn_t *c)
+{
+    proxy_pool_t *p = c->pool;
+    if (p->n_idle >= POOL_IDLE_MAX) {
+        evhttp_connection_free(c->evcon);
+        free(c);
+        return;
+    }
+    c->next = p->idle;
+    p->idle = c;
+    p->n_idle++;
+}
+
+void proxy_pools_free(worker_t *w)
+{
+    proxy_pool_t *p = w->pools;
+    while (p) {
+        proxy_pool_t *next = p->next;
+        proxy_conn_t *c = p->idle;
+        while (c) {
+            proxy_conn_t *cn = c->next;
+            evhttp_connection_free(c->evcon);
+            free(c);
+            c = cn;
+        }
+        free(p->host);
+        free(p);
+        p = next;
+    }
+    w->pools = NULL;
+    if (dns) {
+        evdns_base_free(dns, 0);
+        dns = NULL;
+    }
+}
+
+void proxy_abort(request_t *r)
+{
+    if (!r->bconn)
+        return;
+    /* Freeing the connection frees its pending request; no callback runs. */
+    evhttp_connection_free(r->bconn->evcon);
+    free(r->bconn);
+    r->bconn = NULL;
+    r->breq = NULL;
+}
+
+/* Hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself. */
+static int skip_request_header(const char *name)
+{
+    static const char *const skip[] = {
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+        "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+        "Host", "Content-Length", "Authorization", "X-API-Key",
+        "X-Request-Id", "X-Gateway-Key-Id", "X-Gateway-Account", "X-Forwarded-For",
+    };
+    for (size_t i = 0; i < sizeof skip / sizeof *skip; i++)
+        if (strcasecmp(name, skip[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int skip_response_header(const char *name)
+{
+    static const char *const skip[] = {
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+        "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+        "X-Request-Id", "Date",
+    };
+    for (size_t i = 0; i < sizeof skip / sizeof *skip; i++)
+        if (strcasecmp(name, skip[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* Headers named by the Connection header are hop-by-hop too. */
+static int named_by_connection(const char *conn, const char *name)
+{
+    if (!conn)
+        return 0;
+    size_t n = strlen(name);
+    const char *p = conn;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',' && *e != ' ')
+            e++;
+        if ((size_t)(e - p) == n && strncasecmp(p, name, n) == 0)
+            return 1;
+        p = e;
+    }
+    return 0;
+}
+
+static void copy_request_headers(request_t *r, struct evkeyvalq *out)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
+    const char *conn = evhttp_find_header(in, "Connection");
+    const cfg_backend_t *be = &r->cfg->backends[r->ep->backend];
+    for (struct evkeyval *h = in->tqh_first; h; h = h->next.tqe_next) {
+        if (skip_request_header(h->key) || named_by_connection(conn, h->key))
+            continue;
+        int configured = 0;
+        for (size_t i = 0; i < be->n_headers && !configured; i++)
+            configured = strcasecmp(be->headers[i].name, h->key) == 0;
+        if (!configured)
+            evhttp_add_header(out, h->key, h->value);
+    }
+    for (size_t i = 0; i < be->n_headers; i++)
+        evhttp_add_header(out, be->headers[i].name, be->headers[i].value);
+
+    char host[300];
+    int default_port = be->port == (be->tls ? 443 : 80);
+    int v6 = strchr(be->host, ':') != NULL;
+    if (default_port)
+        snprintf(host, sizeof host, v6 ? "[%s]" : "%s", be->host);
+    else
+        snprintf(host, sizeof host, v6 ? "[%s]:%u" : "%s:%u", be->host, be->port);
+    evhttp_add_header(out, "Host", host);
+
+    char *peer = NULL;
+    ev_uint16_t peer_port = 0;
+    if (r->client)
+        evhttp_connection_get_peer(r->client, &peer, &peer_port);
+    const char *xff = evhttp_find_header(in, "X-Forwarded-For");
+    char xbuf[512];
+    if (xff && *xff && peer)
+        snprintf(xbuf, sizeof xbuf, "%s, %s", xff, peer);
+    else
+        snprintf(xbuf, sizeof xbuf, "%s", peer ? peer : "unknown");
+    evhttp_add_header(out, "X-Forwarded-For", xbuf);
+    evhttp_add_header(out, "X-Request-Id", r->rid);
+    evhttp_add_header(out, "X-Gateway-Key-Id", r->key->id);
+    evhttp_add_header(out, "X-Gateway-Account", r->acct->name);
+}
+
+static void backend_failed(request_t *r)
+{
+    if (r->reply_started) {
+        /* Mid-stream: the client must not take a cut body for a whole one,
+         * so its connection is closed without the final chunk. */
+        struct evhttp_connection *c = r->client;
+        if (c && !r->client_gone) {
+            request_unwatch_client(r);
+            r->client_gone = 1;
+            r->client = NULL;
+            r->req = NULL; /* freed with its connection */
+            evhttp_connection_free(c);
+        }
+        request_finish(r);
+        return;
+    }
+    if (r->backend_error == EVREQ_HTTP_TIMEOUT + 1)
+        respond_error(r, 504, "upstream_error", "BACKEND_TIMEOUT",
+                      "The backend did not answer in time.", NULL);
+    else
+        respond_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE",
+                      "The backend could not be reached.", NULL);
+}
+
+static void start_reply(request_t *r, struct evhttp_request *breq)
+{
+    struct evkeyvalq *bh = evhttp_request_get_input_headers(breq);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
+    const char *conn = evhttp_find_header(bh, "Connection");
+    for (struct evkeyval *h = bh->tqh_first; h; h = h->next.tqe_next)
+        if (!skip_response_header(h->key) && !named_by_connection(conn, h->key))
+            evhttp_add_header(out, h->key, h->value);
+    respond_rate_headers(r, out);
+    int code = evhttp_request_get_response_code(breq);
+    const char *line = evhttp_request_get_response_code_line(breq);
+    r->backend_status = code;
+    evhttp_send_reply_start(r->req, code, line ? line : "");
+    r->reply_started = 1;
+}
+
+static int on_backend_headers(struct evhttp_request *breq, void *arg)
+{
+    request_t *r = arg;
+    if (r->client_gone)
+        return -1;
+    start_reply(r, breq);
+    return 0;
+}
+
+static void on_backend_chunk(struct evhttp_request *breq, void *arg)
+{
+    request_t *r = arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(breq);
+    if (r->client_gone || !r->reply_started) {
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    evhttp_send_reply_chunk(r->req, in);
+}
+
+static void on_backend_error(enum evhttp_request_error err, void *arg)
+{
+    request_t *r = arg;
+    r->backend_error = (int)err + 1;
+}
+
+static void on_backend_done(struct evhttp_request *breq, void *arg)
+{
+    request_t *r = arg;
+    if (r->in_make_request) {
+        /* Failed inside evhttp_make_request: proxy_start handles it. */
+        r->breq = NULL;
+        if (!r->backend_error)
+            r->backend_error = EVREQ_HTTP_EOF + 1;
+        return;
+    }
+    r->breq = NULL;
+    proxy_conn_t *c = r->bconn;
+    r->bconn = NULL;
+    if (!breq || r->backend_error || evhttp_request_get_response_code(breq) == 0) {
+        /* evhttp resets the connection; it reconnects on its next use. */
+        if (c)
+            conn_give_back(c);
+        if (!r->backend_error)
+            r->backend_error = EVREQ_HTTP_EOF + 1;
+        backend_failed(r);
+        return;
+    }
+    if (c)
+        conn_give_back(c);
+    if (!r->reply_started)
+        start_reply(r, breq);
+    struct evbuffer *rest = evhttp_request_get_input_buffer(breq);
+    if (evbuffer_get_length(rest))
+        evhttp_send_reply_chunk(r->req, rest);
+    request_unwatch_client(r);
+    request_track_flush(r);
+    evhttp_send_reply_end(r->req);
+    r->req = NULL;
+    request_finish(r);
+}
+
+static enum evhttp_cmd_type cmd_of(struct evhttp_request *req)
+{
+    return evhttp_request_get_command(req);
+}
+
+void proxy_start(request_t *r)
+{
+    worker_t *w = r->w;
+    const cfg_backend_t *be = &r->cfg->backends[r->ep->backend];
+    proxy_pool_t *pool = pool_for(w, be);
+    proxy_conn_t *c = pool ? conn_take(w, pool) : NULL;
+    if (!c) {
+        respond_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE",
+                      "No connection to the backend could be made.", NULL);
+        return;
+    }
+    struct evhttp_request *breq = evhttp_request_new(on_backend_done, r);
+    if (!breq) {
+        conn_give_back(c);
+        respond_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE",
+                      "Out of memory.", NULL);
+        return;
+    }
+    evhttp_request_set_header_cb(breq, on_backend_headers);
+    evhttp_request_set_chunked_cb(breq, on_backend_chunk);
+    evhttp_request_set_error_cb(breq, on_backend_error);
+    copy_request_headers(r, evhttp_request_get_output_headers(breq));
+    evbuffer_add_buffer(evhttp_request_get_output_buffer(breq),
+                        evhttp_request_get_input_buffer(r->req));
+
+    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(r->req);
+    const char *path = evhttp_uri_get_path(u);
+    const char *query = evhttp_uri_get_query(u);
+    size_t need = strlen(be->base_path) + strlen(path ? path : "/") +
+                  (query ? strlen(query) + 1 : 0) + 1;
+    char stackbuf[1024];
+    char *target = need <= sizeof stackbuf ? stackbuf : malloc(need);
+    if (!target) {
+        evhttp_request_free(breq);
+        conn_give_back(c);
+        respond_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE", "Out of memory.",
+                      NULL);
+        return;
+    }
+    snprintf(target, need, "%s%s%s%s", be->base_path, path && *path ? path : "/",
+             query ? "?" : "", query ? query : "");
+
+    r->state = RQ_PROXY;
+    r->bconn = c;
+    r->breq = breq;
+    request_watch_client(r);
+    r->in_make_request = 1;
+    int rc = evhttp_make_request(c->evcon, breq, cmd_of(r->req), target);
+    r->in_make_request = 0;
+    if (target != stackbuf)
+        free(target);
+    if (rc != 0 || r->backend_error) {
+        /* evhttp has freed breq; the connection is reset and reusable. */
+        r->breq = NULL;
+        r->bconn = NULL;
+        conn_give_back(c);
+        if (!r->backend_error)
+            r->backend_error = EVREQ_HTTP_EOF + 1;
+        backend_failed(r);
+    }
+}

@@ -1,0 +1,408 @@
+/*
+ * gateway/request.c: the life of one client request.
+ *
+ *   request_start: route (404) -> key (401/403) -> body (413/400)
+ *     -> checks -> store acquire            [state RQ_STORE]
+ *   on_acquire: 503 | 429 | proxy_start     [state RQ_PROXY]
+ *   request_finish: the one place a request ends, whichever way.
+ *
+ * A client that goes away is seen by on_client_close(): it marks the
+ * request, aborts the backend call, and lets request_finish() run after the
+ * connection's teardown has unwound.
+ */
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "gateway.h"
+
+#include <stddef.h>
+
+/* Request contexts are recycled per worker: no allocation per request once
+ * warm. The free list belongs to the worker's thread. */
+#define FREELIST_MAX 256
+static __thread request_t *freelist[FREELIST_MAX];
+static __thread int n_free;
+
+static request_t *request_alloc(void)
+{
+    request_t *r = n_free > 0 ? freelist[--n_free] : malloc(sizeof *r);
+    if (!r)
+        return NULL;
+    /* Everything before the checks array is state; the checks are written
+     * by lim_build_checks before they are read. */
+    memset(r, 0, offsetof(request_t, checks));
+    return r;
+}
+
+static void request_free(request_t *r)
+{
+    if (n_free < FREELIST_MAX)
+        freelist[n_free++] = r;
+    else
+        free(r);
+}
+
+void request_freelist_clear(void)
+{
+    while (n_free > 0)
+        free(freelist[--n_free]);
+}
+
+static unsigned method_bit(enum evhttp_cmd_type t)
+{
+    switch (t) {
+    case EVHTTP_REQ_GET: return CFG_M_GET;
+    case EVHTTP_REQ_POST: return CFG_M_POST;
+    case EVHTTP_REQ_PUT: return CFG_M_PUT;
+    case EVHTTP_REQ_DELETE: return CFG_M_DELETE;
+    case EVHTTP_REQ_PATCH: return CFG_M_PATCH;
+    case EVHTTP_REQ_HEAD: return CFG_M_HEAD;
+    case EVHTTP_REQ_OPTIONS: return CFG_M_OPTIONS;
+    default: return 0;
+    }
+}
+
+static int has_gauge(const request_t *r)
+{
+    for (size_t i = 0; i < r->n_checks; i++)
+        if (r->checks[i].kind == LIM_CK_GAUGE)
+            return 1;
+    return 0;
+}
+
+void request_finish(request_t *r)
+{
+    worker_t *w = r->w;
+    request_unwatch_client(r);
+    if (r->breq)
+        proxy_abort(r);
+    if (r->admitted && has_gauge(r))
+        store_release(w->store, r->checks, r->n_checks);
+    r->admitted = 0;
+    if (r->req) {
+        /* Still ours: the client went away, or the reply was cut short.
+         * With no connection left, ending the reply frees the request. */
+        if (r->reply_started)
+            evhttp_send_reply_end(r->req);
+        else
+            evhttp_send_reply(r->req, 500, "Internal Server Error", NULL);
+        r->req = NULL;
+    }
+    r->state = RQ_DONE;
+    config_unref(r->cfg);
+    w->inflight--;
+    request_free(r);
+}
+
+static void finish_deferred(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    request_finish(arg);
+}
+
+/* The client connection is being torn down while we hold its request. */
+static void on_client_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    request_t *r = arg;
+    r->client_gone = 1;
+    r->client = NULL;
+    /* After a read error or timeout evhttp has already detached the request
+     * from its connection and leaves it to us; when the connection is freed
+     * directly (server shutdown), the request goes with it. */
+    if (r->req && evhttp_request_get_connection(r->req) != NULL)
+        r->req = NULL;
+    if (r->state == RQ_PROXY) {
+        proxy_abort(r);
+        /* Finish once evhttp has unwound the connection's teardown. */
+        if (event_base_once(r->w->base, -1, EV_TIMEOUT, finish_deferred, r, NULL) != 0)
+            log_msg(LOG_ERROR, "cannot schedule the end of request %s", r->rid);
+    }
+    /* RQ_STORE: the store's callback sees client_gone and finishes. */
+}
+
+/* Most input waiting while a request is served (a pipelined next request). */
+#define HOLD_INPUT_BYTES (64 * 1024)
+
+/*
+ * Notice a client that leaves while its request is being served. libevent
+ * 2.1 stops reading a connection once a request has arrived, so a client
+ * that hangs up would go unseen until the answer is written. Reading stays
+ * on with no read callback (a pipelined request waits in the input buffer)
+ * and no read timeout (the backend's timeout bounds the wait); EOF then
+ * reaches evhttp's error path and our close callback.
+ */
+static void on_flushed(struct evhttp_request *req, void *arg)
+{
+    (void)req;
+    worker_t *w = arg;
+    w->unflushed--;
+}
+
+/* Before the last send of an answer: count it until evhttp has written it
+ * all, so a drain does not close a connection with an answer still in its
+ * buffer. (A client that breaks the connection mid-write leaves the count
+ * up; the drain timeout bounds that.) */
+void request_track_flush(request_t *r)
+{
+    if (!r->req || r->client_gone)
+        return;
+    r->w->unflushed++;
+    evhttp_request_set_on_complete_cb(r->req, on_flushed, r->w);
+}
+
+void request_watch_client(request_t *r)
+{
+    if (r->watching || !r->client || r->client_gone)
+        return;
+    r->watching = 1;
+    evhttp_connection_set_closecb(r->client, on_client_close, r);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->client);
+    bufferevent_data_cb wcb;
+    bufferevent_event_cb ecb;
+    void *cbarg;
+    bufferevent_getcb(bev, NULL, &wcb, &ecb, &cbarg);
+    bufferevent_setcb(bev, NULL, wcb, ecb, cbarg);
+    struct timeval wtv = {.tv_sec = r->cfg->server.client_timeout_ms / 1000,
+                          .tv_usec = (r->cfg->server.client_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(bev, NULL, &wtv);
+    bufferevent_setwatermark(bev, EV_READ, 0, HOLD_INPUT_BYTES);
+    bufferevent_enable(bev, EV_READ);
+}
+
+/* Give the connection back to evhttp's own settings before the last write
+ * of the answer, after which evhttp may close it. */
+void request_unwatch_client(request_t *r)
+{
+    if (!r->watching)
+        return;
+    r->watching = 0;
+    if (!r->client || r->client_gone)
+        return;
+    evhttp_connection_set_closecb(r->client, NULL, NULL);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->client);
+    bufferevent_setwatermark(bev, EV_READ, 0, 0);
+    struct timeval tv = {.tv_sec = r->cfg->server.client_timeout_ms / 1000,
+                         .tv_usec = (r->cfg->server.client_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(bev, &tv, &tv);
+}
+
+static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
+{
+    request_t *r = arg;
+    if (st != STORE_OK) {
+        if (r->client_gone)
+            request_finish(r);
+        else
+            respond_unavailable(r);
+        return;
+    }
+    lim_report(r->checks, r->n_checks, o, &r->rep);
+    r->admitted = o->admitted;
+    if (r->client_gone) {
+        request_finish(r);
+        return;
+    }
+    if (!o->admitted) {
+        respond_429(r);
+        return;
+    }
+    proxy_start(r);
+}
+
+static void on_usage(void *arg, store_status_t st, const lim_outcome_t *o)
+{
+    request_t *r = arg;
+    if (st != STORE_OK) {
+        respond_unavailable(r);
+        return;
+    }
+    json_t *limits = json_array();
+    for (size_t i = 0; i < r->n_checks; i++) {
+        const lim_check_t *c = &r->checks[i];
+        const lim_rule_t *rule = c->rule;
+        const lim_result_t *res = &o->res[i];
+        int64_t rem = c->limit - res->used;
+        json_t *eps = json_array();
+        if (rule->ep_names && *rule->ep_names) {
+            char *dup = strdup(rule->ep_names), *save = NULL;
+            for (char *t = dup ? strtok_r(dup, ",", &save) : NULL; t;
+                 t = strtok_r(NULL, ",", &save))
+                json_array_append_new(eps, json_string(t));
+            free(dup);
+        } else {
+            json_array_append_new(eps, json_string("*"));
+        }
+        int64_t reset = c->kind == LIM_CK_GAUGE ? 0 : (res->reset_ms + 999) / 1000;
+        json_array_append_new(
+            limits,
+            json_pack("{s:s, s:o, s:s, s:o, s:I, s:I, s:I, s:o}", "metric",
+                      lim_metric_name(rule->metric), "per",
+                      rule->per == LIM_PER_NONE ? json_null()
+                                                : json_string(lim_per_name(rule->per)),
+                      "scope", lim_scope_name(rule->scope), "endpoints", eps, "limit",
+                      (json_int_t)c->limit, "used", (json_int_t)res->used, "remaining",
+                      (json_int_t)(rem > 0 ? rem : 0), "reset",
+                      reset ? json_integer(reset) : json_null()));
+    }
+    const cfg_tier_t *tier = &r->cfg->tiers[r->acct->tier];
+    respond_json(r, 200,
+                 json_pack("{s:s, s:s, s:s, s:o}", "key", r->key->id, "account",
+                           r->acct->name, "tier", tier->name, "limits", limits));
+}
+
+/* The client's API key: Authorization: Bearer KEY, else X-API-Key. */
+static const char *client_key(struct evkeyvalq *h, size_t *len)
+{
+    const char *a = evhttp_find_header(h, "Authorization");
+    if (a && strncasecmp(a, "Bearer ", 7) == 0) {
+        a += 7;
+        while (*a == ' ')
+            a++;
+        *len = strlen(a);
+        while (*len && a[*len - 1] == ' ')
+            (*len)--;
+        if (*len)
+            return a;
+    }
+    a = evhttp_find_header(h, "X-API-Key");
+    if (a && *a) {
+        *len = strlen(a);
+        return a;
+    }
+    return NULL;
+}
+
+static void next_request_id(worker_t *w, char *out, size_t len)
+{
+    snprintf(out, len, "%s%016llx", w->rid_prefix, (unsigned long long)w->rid_next++);
+}
+
+void request_start(worker_t *w, struct evhttp_request *req)
+{
+    request_t *r = request_alloc();
+    if (!r) {
+        evhttp_send_error(req, 503, "Out of memory");
+        return;
+    }
+    w->inflight++;
+    r->w = w;
+    r->req = req;
+    r->cfg = config_ref(w->cfg);
+    r->client = evhttp_request_get_connection(req);
+    clock_gettime(CLOCK_MONOTONIC, &r->t_start);
+    next_request_id(w, r->rid, sizeof r->rid);
+    const config_t *cfg = r->cfg;
+
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (!path || !*path)
+        path = "/";
+    unsigned method = method_bit(evhttp_request_get_command(req));
+
+    r->is_usage = method == CFG_M_GET && strcmp(path, cfg->server.usage_path) == 0;
+    if (!r->is_usage) {
+        r->ep_index = config_route(cfg, method, path);
+        if (r->ep_index < 0) {
+            respond_error(r, 404, "not_found_error", "NOT_FOUND",
+                          "No endpoint matches this method and path.", NULL);
+            return;
+        }
+        r->ep = &cfg->endpoints[r->ep_index];
+    }
+
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    size_t klen = 0;
+    const char *key = client_key(in, &klen);
+    if (!key) {
+        respond_error(r, 401, "authentication_error", "MISSING_API_KEY",
+                      "No API key: send Authorization: Bearer KEY or X-API-Key: KEY.", NULL);
+        return;
+    }
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)key, klen, digest);
+    r->key = config_find_key(cfg, digest);
+    OPENSSL_cleanse(digest, sizeof digest);
+    if (!r->key) {
+        respond_error(r, 401, "authentication_error", "INVALID_API_KEY",
+                      "The API key is not valid.", NULL);
+        return;
+    }
+    r->acct = &cfg->accounts[r->key->account];
+    if (r->key->disabled || r->acct->disabled) {
+        respond_error(r, 403, "permission_error", "KEY_DISABLED",
+                      r->key->disabled ? "This API key is disabled."
+                                       : "This account is disabled.",
+                      NULL);
+        return;
+    }
+
+    if (r->is_usage) {
+        r->n_checks = lim_build_checks(r->key->policy, LIM_ALL_ENDPOINTS, r->acct->name,
+                                       r->key->id, 0, 0, r->checks, LIM_MAX_CHECKS);
+        if (r->n_checks == (size_t)-1) {
+            r->n_checks = 0;
+            respond_error(r, 500, "api_error", "INTERNAL_ERROR", "Too many limits.", NULL);
+            return;
+        }
+        r->state = RQ_STORE;
+        if (!w->store->store->ops->answers_inline)
+            request_watch_client(r);
+        store_usage(w->store, r->checks, r->n_checks, on_usage, r);
+        return;
+    }
+
+    struct evbuffer *body = evhttp_request_get_input_buffer(req);
+    size_t blen = evbuffer_get_length(body);
+    if ((int64_t)blen > r->ep->max_body_bytes) {
+        respond_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE",
+                      "The request body is larger than this endpoint accepts.",
+                      json_pack("{s:I}", "limit", (json_int_t)r->ep->max_body_bytes));
+        return;
+    }
+    if (r->ep->n_units) {
+        char err[256];
+        const char *data = (const char *)evbuffer_pullup(body, -1);
+        if (units_from_body(r->ep, data, blen, &r->units, err, sizeof err) != 0) {
+            respond_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
+            return;
+        }
+    } else {
+        r->units = 1;
+    }
+    int64_t per_unit = r->ep->price_unit_micros;
+    r->price_micros = r->ep->price_request_micros +
+                      (per_unit && r->units > INT64_MAX / 4 / per_unit ? INT64_MAX / 4
+                                                                       : per_unit * r->units);
+
+    size_t n = lim_build_checks(r->key->policy, (uint32_t)r->ep_index, r->acct->name,
+                                r->key->id, r->units, r->price_micros, r->checks,
+                                LIM_MAX_CHECKS);
+    if (n == (size_t)-1) {
+        respond_error(r, 500, "api_error", "INTERNAL_ERROR",
+                      "The limits of this key cannot be evaluated.", NULL);
+        return;
+    }
+    r->n_checks = n;
+    if (n == 0) {
+        /* No limit applies (enterprise): straight to the backend. */
+        r->state = RQ_STORE;
+        r->admitted = 1;
+        proxy_start(r);
+        return;
+    }
+    r->state = RQ_STORE;
+    if (!w->store->store->ops->answers_inline)
+        request_watch_client(r);
+    store_acquire(w->store, r->checks, r->n_checks, on_acquire, r);
+}

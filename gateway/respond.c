@@ -1,0 +1,220 @@
+/*
+ * gateway/respond.c: every answer the gateway writes itself (errors, 429,
+ * 503, usage). Bodies are built with jansson. Each function ends the
+ * request: it hands the reply to evhttp and calls request_finish().
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "gateway.h"
+
+static void set_int_header(struct evkeyvalq *h, const char *name, int64_t v)
+{
+    char buf[24];
+    snprintf(buf, sizeof buf, "%" PRId64, v);
+    evhttp_remove_header(h, name);
+    evhttp_add_header(h, name, buf);
+}
+
+void respond_rate_headers(const request_t *r, struct evkeyvalq *h)
+{
+    const lim_report_t *rep = &r->rep;
+    if (r->state >= RQ_STORE && r->n_checks > 0) {
+        if (rep->has_main) {
+            set_int_header(h, "X-RateLimit-Limit", rep->main_limit);
+            set_int_header(h, "X-RateLimit-Remaining", rep->main_remaining);
+            set_int_header(h, "X-RateLimit-Reset", rep->main_reset_s);
+        }
+        if (rep->has_daily) {
+            set_int_header(h, "X-RateLimit-Daily-Limit", rep->daily_limit);
+            set_int_header(h, "X-RateLimit-Daily-Remaining", rep->daily_remaining);
+        }
+    }
+    evhttp_remove_header(h, "X-Request-Id");
+    evhttp_add_header(h, "X-Request-Id", r->rid);
+}
+
+/* Send status + JSON body and end the request. Steals body. */
+static void send_json(request_t *r, int status, const char *reason, json_t *body)
+{
+    struct evhttp_request *req = r->req;
+    request_unwatch_client(r);
+    if (req && !r->client_gone) {
+        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        evhttp_add_header(h, "Content-Type", "application/json");
+        respond_rate_headers(r, h);
+        struct evbuffer *buf = evbuffer_new();
+        char *text = json_dumps(body, JSON_COMPACT);
+        if (buf && text)
+            evbuffer_add(buf, text, strlen(text));
+        request_track_flush(r);
+        evhttp_send_reply(req, status, reason, buf);
+        free(text);
+        if (buf)
+            evbuffer_free(buf);
+        r->req = NULL; /* evhttp owns it now */
+    }
+    json_decref(body);
+    request_finish(r);
+}
+
+static const char *reason_of(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    }
+    return "Error";
+}
+
+static json_t *error_body(const char *type, const char *code, const char *message,
+                          json_t *details)
+{
+    json_t *err = json_pack("{s:s, s:s, s:s}", "type", type, "code", code,
+                            "message", message);
+    if (err)
+        json_object_set_new(err, "details", details ? details : json_object());
+    else
+        json_decref(details);
+    return json_pack("{s:o*}", "error", err);
+}
+
+void respond_error(request_t *r, int status, const char *type, const char *code,
+                   const char *message, json_t *details)
+{
+    send_json(r, status, reason_of(status), error_body(type, code, message, details));
+}
+
+void respond_json(request_t *r, int status, json_t *body)
+{
+    send_json(r, status, reason_of(status), body);
+}
+
+void respond_unavailable(request_t *r)
+{
+    if (r->req && !r->client_gone) {
+        struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+        evhttp_add_header(h, "Retry-After", "1");
+        evhttp_add_header(h, "retry-after-ms", "1000");
+    }
+    respond_error(r, 503, "service_unavailable", "LIMITER_UNAVAILABLE",
+                  "The rate limiter's store cannot be reached. Retry shortly.", NULL);
+}
+
+/* Money in millionths as a decimal string: 2500000 -> "2.50". */
+static void format_money(int64_t micros, char *buf, size_t len)
+{
+    int64_t whole = micros / 1000000, frac = micros % 1000000;
+    int digits = 6;
+    while (digits > 2 && frac % 10 == 0) {
+        frac /= 10;
+        digits--;
+    }
+    snprintf(buf, len, "%" PRId64 ".%0*" PRId64, whole, digits, frac);
+}
+
+static json_t *endpoints_json(const lim_rule_t *rule)
+{
+    json_t *a = json_array();
+    if (!rule->ep_names || !*rule->ep_names) {
+        json_array_append_new(a, json_string("*"));
+        return a;
+    }
+    const char *p = rule->ep_names;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        json_array_append_new(a, json_stringn(p, n));
+        p += n + (comma ? 1 : 0);
+    }
+    return a;
+}
+
+/* A limit value for a body: money as a decimal string, else an integer. */
+static json_t *amount_json(const lim_rule_t *rule, int64_t v)
+{
+    if (rule->metric == LIM_SPEND) {
+        char buf[32];
+        format_money(v, buf, sizeof buf);
+        return json_string(buf);
+    }
+    return json_integer(v);
+}
+
+void respond_429(request_t *r)
+{
+    const lim_report_t *rep = &r->rep;
+    const lim_check_t *c = &r->checks[rep->refused];
+    const lim_rule_t *rule = c->rule;
+    char msg[256];
+    int64_t remaining = rep->ref_limit - rep->ref_used;
+    if (remaining < 0)
+        remaining = 0;
+
+    json_t *details = json_object();
+    json_object_set_new(details, "limit", amount_json(rule, rep->ref_limit));
+    if (rule->metric == LIM_CONCURRENT) {
+        json_object_set_new(details, "active", json_integer(rep->ref_used));
+        snprintf(msg, sizeof msg,
+                 "Concurrent prediction limit exceeded. %" PRId64 "/%" PRId64
+                 " predictions running.",
+                 rep->ref_used, rep->ref_limit);
+    } else {
+        json_object_set_new(details, "remaining", amount_json(rule, remaining));
+        const char *what = rule->metric == LIM_REQUESTS ? "requests"
+                           : rule->metric == LIM_UNITS  ? "units"
+                                                        : "spend";
+        if (rule->metric == LIM_SPEND) {
+            char lim[32];
+            format_money(rep->ref_limit, lim, sizeof lim);
+            snprintf(msg, sizeof msg, "Spend limit exceeded: %s per %s (%s scope).", lim,
+                     lim_per_name(c->per), lim_scope_name(rule->scope));
+        } else if (!rep->should_retry && c->amount > c->limit) {
+            snprintf(msg, sizeof msg,
+                     "This request needs %" PRId64 " %s, more than the limit of %" PRId64
+                     " per %s (%s scope); it can never be admitted.",
+                     c->amount, what, c->limit, lim_per_name(c->per),
+                     lim_scope_name(rule->scope));
+        } else {
+            snprintf(msg, sizeof msg,
+                     "%s limit exceeded: %" PRId64 " %s per %s (%s scope). Retry after %" PRId64
+                     " s.",
+                     c->per == LIM_PER_DAY     ? "Daily"
+                     : c->per == LIM_PER_MONTH ? "Monthly"
+                                               : "Rate",
+                     c->limit, what, lim_per_name(c->per), lim_scope_name(rule->scope),
+                     rep->retry_after_s);
+        }
+    }
+    json_object_set_new(details, "metric", json_string(lim_metric_name(rule->metric)));
+    json_object_set_new(details, "per", rule->per == LIM_PER_NONE
+                                            ? json_null()
+                                            : json_string(lim_per_name(rule->per)));
+    json_object_set_new(details, "scope", json_string(lim_scope_name(rule->scope)));
+    json_object_set_new(details, "endpoints", endpoints_json(rule));
+    json_object_set_new(details, "reset", json_integer(rep->ref_reset_s));
+
+    if (r->req && !r->client_gone) {
+        struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+        set_int_header(h, "Retry-After", rep->retry_after_s);
+        set_int_header(h, "retry-after-ms", rep->retry_after_ms);
+        evhttp_add_header(h, "X-RateLimit-Type", rep->type_header);
+        if (!rep->should_retry)
+            evhttp_add_header(h, "x-should-retry", "false");
+    }
+    respond_error(r, 429, "rate_limit_error", rep->code, msg, details);
+}

@@ -1,0 +1,239 @@
+/*
+ * gateway/server.c: worker threads. Each worker owns an event_base, an
+ * evhttp server bound to its own SO_REUSEPORT socket, its backend pools and
+ * its store connection. Workers share only the config snapshot (reference
+ * counted, swapped through pending_cfg) and the store.
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+
+#include "gateway.h"
+#include "server.h"
+
+int server_listen_socket(const char *host, uint16_t port, char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char pbuf[8];
+    snprintf(pbuf, sizeof pbuf, "%u", port);
+    int rc = getaddrinfo(host, pbuf, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        freeaddrinfo(res);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "cannot listen on %s:%u: %s", host, port, strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+/* evhttp refuses bodies above this with its own 413 and closes; between the
+ * configured limit and this the gateway answers its JSON 413. */
+static int64_t body_cap(const config_t *c)
+{
+    int64_t m = c->server.max_body_bytes;
+    for (size_t i = 0; i < c->n_endpoints; i++)
+        if (c->endpoints[i].max_body_bytes > m)
+            m = c->endpoints[i].max_body_bytes;
+    return m > INT64_MAX / 2 ? m : m * 2;
+}
+
+static void apply_http_settings(worker_t *w)
+{
+    const config_t *c = w->cfg;
+    evhttp_set_max_headers_size(w->http, (ev_ssize_t)c->server.max_header_bytes);
+    evhttp_set_max_body_size(w->http, (ev_ssize_t)body_cap(c));
+    struct timeval tv = {.tv_sec = c->server.client_timeout_ms / 1000,
+                         .tv_usec = (c->server.client_timeout_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(w->http, &tv);
+}
+
+void server_handle(struct evhttp_request *req, void *arg)
+{
+    worker_t *w = arg;
+    if (w->draining)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+    request_start(w, req);
+}
+
+static void on_reload(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker_t *w = arg;
+    config_t *next = atomic_exchange(&w->pending_cfg, NULL);
+    if (!next)
+        return;
+    config_t *old = w->cfg;
+    w->cfg = next;
+    apply_http_settings(w);
+    config_unref(old);
+}
+
+static void drain_tick(evutil_socket_t fd, short what, void *arg);
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker_t *w = arg;
+    if (w->draining) {
+        event_base_loopbreak(w->base); /* second signal: at once */
+        return;
+    }
+    w->draining = 1;
+    if (w->bound) {
+        evhttp_del_accept_socket(w->http, w->bound);
+        w->bound = NULL;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &w->drain_deadline);
+    int64_t ms = w->cfg->server.drain_timeout_ms;
+    w->drain_deadline.tv_sec += ms / 1000;
+    w->drain_deadline.tv_nsec += (ms % 1000) * 1000000;
+    if (w->drain_deadline.tv_nsec >= 1000000000) {
+        w->drain_deadline.tv_sec++;
+        w->drain_deadline.tv_nsec -= 1000000000;
+    }
+    drain_tick(-1, 0, w);
+}
+
+static void drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    worker_t *w = arg;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int over = now.tv_sec > w->drain_deadline.tv_sec ||
+               (now.tv_sec == w->drain_deadline.tv_sec &&
+                now.tv_nsec >= w->drain_deadline.tv_nsec);
+    if ((w->inflight == 0 && w->unflushed <= 0) || over) {
+        if (over && w->inflight > 0)
+            log_msg(LOG_WARN, "worker %d: drain timeout with %d requests in flight",
+                    w->index, w->inflight);
+        event_base_loopexit(w->base, NULL);
+        return;
+    }
+    struct timeval tv = {0, 20000};
+    event_base_once(w->base, -1, EV_TIMEOUT, drain_tick, w, &tv);
+}
+
+static void *worker_main(void *arg)
+{
+    worker_t *w = arg;
+    event_base_dispatch(w->base);
+    /* Ending connections ends their requests; let those finish. */
+    evhttp_free(w->http);
+    w->http = NULL;
+    event_base_loop(w->base, EVLOOP_NONBLOCK);
+    proxy_pools_free(w);
+    event_base_loop(w->base, EVLOOP_NONBLOCK);
+    request_freelist_clear();
+    atomic_store(&w->exited, 1);
+    if (w->exit_notify)
+        event_active(w->exit_notify, EV_READ, 0);
+    return NULL;
+}
+
+int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, int fd)
+{
+    memset(w, 0, sizeof *w);
+    w->index = index;
+    w->cfg = config_ref(cfg);
+    atomic_init(&w->pending_cfg, NULL);
+    unsigned char rnd[8];
+    if (RAND_bytes(rnd, sizeof rnd) != 1)
+        return -1;
+    for (int i = 0; i < 8; i++)
+        snprintf(w->rid_prefix + 2 * i, 3, "%02x", rnd[i]);
+    w->base = event_base_new();
+    if (!w->base)
+        return -1;
+    w->http = evhttp_new(w->base);
+    if (!w->http)
+        return -1;
+    evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                            EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
+                                            EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS);
+    evhttp_set_default_content_type(w->http, "application/json");
+    apply_http_settings(w);
+    evhttp_set_gencb(w->http, server_handle, w);
+    struct evconnlistener *l =
+        evconnlistener_new(w->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                           -1, fd);
+    if (!l)
+        return -1;
+    w->bound = evhttp_bind_listener(w->http, l);
+    if (!w->bound)
+        return -1;
+    w->store = store_attach(store, w->base);
+    if (!w->store)
+        return -1;
+    w->reload_ev = event_new(w->base, -1, 0, on_reload, w);
+    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    if (!w->reload_ev || !w->stop_ev)
+        return -1;
+    return 0;
+}
+
+int server_worker_start(worker_t *w)
+{
+    return pthread_create(&w->thread, NULL, worker_main, w);
+}
+
+void server_worker_swap(worker_t *w, config_t *next)
+{
+    config_t *old = atomic_exchange(&w->pending_cfg, config_ref(next));
+    if (old)
+        config_unref(old);
+    event_active(w->reload_ev, EV_READ, 0);
+}
+
+void server_worker_stop(worker_t *w)
+{
+    event_active(w->stop_ev, EV_READ, 0);
+}
+
+void server_worker_join_free(worker_t *w)
+{
+    pthread_join(w->thread, NULL);
+    config_t *p = atomic_exchange(&w->pending_cfg, NULL);
+    if (p)
+        config_unref(p);
+    if (w->store)
+        store_detach(w->store);
+    if (w->reload_ev)
+        event_free(w->reload_ev);
+    if (w->stop_ev)
+        event_free(w->stop_ev);
+    if (w->http)
+        evhttp_free(w->http);
+    if (w->base)
+        event_base_free(w->base);
+    config_unref(w->cfg);
+}

@@ -1,0 +1,19 @@
+/* gateway/server.h: starting, reconfiguring and stopping worker threads.
+ * Called from the main thread only. */
+#ifndef RW_GATEWAY_SERVER_H
+#define RW_GATEWAY_SERVER_H
+
+#include "gateway.h"
+
+/* A listening socket with SO_REUSEPORT, or -1 with a message in err. */
+int server_listen_socket(const char *host, uint16_t port, char *err, size_t errlen);
+/* Set up worker w on listening socket fd (owned by the worker from now). */
+int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, int fd);
+int server_worker_start(worker_t *w);
+/* Hand a new snapshot to the worker (takes its own reference). */
+void server_worker_swap(worker_t *w, config_t *next);
+/* Stop accepting, drain, exit the worker's loop (twice: at once). */
+void server_worker_stop(worker_t *w);
+void server_worker_join_free(worker_t *w);
+
+#endif

@@ -1,0 +1,190 @@
+/* limiter/policy.c: tier -> account -> key merge, and the checks of one
+ * request. See limits.h. */
+#include "limits.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *lim_metric_name(lim_metric_t m)
+{
+    switch (m) {
+    case LIM_REQUESTS: return "requests";
+    case LIM_UNITS: return "units";
+    case LIM_SPEND: return "spend";
+    case LIM_CONCURRENT: return "concurrent";
+    }
+    return "?";
+}
+
+const char *lim_per_name(lim_per_t p)
+{
+    switch (p) {
+    case LIM_PER_NONE: return "";
+    case LIM_PER_SECOND: return "second";
+    case LIM_PER_MINUTE: return "minute";
+    case LIM_PER_HOUR: return "hour";
+    case LIM_PER_DAY: return "day";
+    case LIM_PER_MONTH: return "month";
+    }
+    return "?";
+}
+
+const char *lim_scope_name(lim_scope_t s)
+{
+    return s == LIM_SCOPE_ACCOUNT ? "account" : "key";
+}
+
+int64_t lim_per_window_ms(lim_per_t p)
+{
+    switch (p) {
+    case LIM_PER_SECOND: return 1000;
+    case LIM_PER_MINUTE: return 60000;
+    case LIM_PER_HOUR: return 3600000;
+    default: return 0;
+    }
+}
+
+static int rule_applies(const lim_rule_t *r, uint32_t ep)
+{
+    if (r->n_eps == 0)
+        return 1;
+    uint32_t lo = 0, hi = r->n_eps;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (r->eps[mid] == ep)
+            return 1;
+        if (r->eps[mid] < ep)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+int lim_policy_resolve(lim_policy_t *out, const lim_rule_t *const levels[],
+                       const size_t n_levels_rules[], size_t n_levels,
+                       size_t n_endpoints)
+{
+    size_t cap = 0;
+    for (size_t l = 0; l < n_levels; l++)
+        cap += n_levels_rules[l];
+
+    const lim_rule_t **rules = calloc(cap ? cap : 1, sizeof *rules);
+    uint32_t *off = calloc(n_endpoints + 1, sizeof *off);
+    if (!rules || !off)
+        goto out_nomem;
+
+    /* Merge: same ident replaces in place (keeps the tier's order), a
+     * removal deletes, anything else is appended. */
+    size_t n = 0;
+    for (size_t l = 0; l < n_levels; l++) {
+        for (size_t i = 0; i < n_levels_rules[l]; i++) {
+            const lim_rule_t *r = &levels[l][i];
+            size_t k;
+            for (k = 0; k < n; k++)
+                if (strcmp(rules[k]->ident, r->ident) == 0)
+                    break;
+            if (r->removed) {
+                if (k < n) {
+                    memmove(&rules[k], &rules[k + 1], (n - k - 1) * sizeof *rules);
+                    n--;
+                }
+            } else if (k < n) {
+                rules[k] = r;
+            } else {
+                rules[n++] = r;
+            }
+        }
+    }
+
+    /* Per endpoint: the indices of the rules that guard it. */
+    size_t total = 0;
+    for (size_t e = 0; e < n_endpoints; e++) {
+        size_t c = 0;
+        for (size_t k = 0; k < n; k++)
+            c += rule_applies(rules[k], (uint32_t)e);
+        if (c > LIM_MAX_CHECKS) {
+            free(rules);
+            free(off);
+            return -2;
+        }
+        off[e] = (uint32_t)total;
+        total += c;
+    }
+    off[n_endpoints] = (uint32_t)total;
+
+    uint16_t *idx = calloc(total ? total : 1, sizeof *idx);
+    if (!idx)
+        goto out_nomem;
+    for (size_t e = 0, p = 0; e < n_endpoints; e++)
+        for (size_t k = 0; k < n; k++)
+            if (rule_applies(rules[k], (uint32_t)e))
+                idx[p++] = (uint16_t)k;
+
+    out->rules = rules;
+    out->n_rules = n;
+    out->n_endpoints = n_endpoints;
+    out->ep_off = off;
+    out->ep_rule = idx;
+    return 0;
+
+out_nomem:
+    free(rules);
+    free(off);
+    return -1;
+}
+
+void lim_policy_free(lim_policy_t *p)
+{
+    if (!p)
+        return;
+    free(p->rules);
+    free(p->ep_off);
+    free(p->ep_rule);
+    memset(p, 0, sizeof *p);
+}
+
+size_t lim_build_checks(const lim_policy_t *p, uint32_t endpoint,
+                        const char *account, const char *key_id,
+                        int64_t units, int64_t price_micros,
+                        lim_check_t *out, size_t max)
+{
+    int all = endpoint == LIM_ALL_ENDPOINTS;
+    if (!all && endpoint >= p->n_endpoints)
+        return 0;
+    uint32_t from = all ? 0 : p->ep_off[endpoint];
+    uint32_t to = all ? (uint32_t)p->n_rules : p->ep_off[endpoint + 1];
+    size_t n = 0;
+    for (uint32_t i = from; i < to; i++) {
+        const lim_rule_t *r = p->rules[all ? i : p->ep_rule[i]];
+        if (n == max)
+            return (size_t)-1;
+        lim_check_t *c = &out[n++];
+        c->rule = r;
+        c->per = r->per;
+        c->limit = r->limit;
+        c->window_ms = lim_per_window_ms(r->per);
+        switch (r->metric) {
+        case LIM_REQUESTS: c->amount = 1; break;
+        case LIM_UNITS: c->amount = units; break;
+        case LIM_SPEND: c->amount = price_micros; break;
+        case LIM_CONCURRENT: c->amount = 1; break;
+        }
+        if (r->metric == LIM_CONCURRENT)
+            c->kind = LIM_CK_GAUGE;
+        else if (c->window_ms > 0)
+            c->kind = LIM_CK_ROLLING;
+        else
+            c->kind = LIM_CK_CALENDAR;
+        int len;
+        if (r->scope == LIM_SCOPE_ACCOUNT)
+            len = snprintf(c->key, sizeof c->key, "{%s}:a:%s", account, r->ident);
+        else
+            len = snprintf(c->key, sizeof c->key, "{%s}:k:%s:%s", account, key_id,
+                           r->ident);
+        if (len < 0 || (size_t)len >= sizeof c->key)
+            return (size_t)-1;
+    }
+    return n;
+}

@@ -1,0 +1,446 @@
+/*
+ * storage/memory.c: the embedded store. One process, any number of worker
+ * threads.
+ *
+ * Counters live in NSHARDS hash tables, each behind its own mutex. A shard
+ * is chosen by the counter key's hash tag ("{account}"), so every check of
+ * one request normally takes one lock, as one Redis slot would take one
+ * script. Every write also looks at a couple of hash chains and frees the
+ * entries that count nothing any more, so memory follows live counters.
+ *
+ * Ownership: entries belong to their shard; nothing is handed out. The
+ * acquire callback runs before acquire() returns, with no lock held.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../limiter/window.h"
+#include "store.h"
+
+#define NSHARDS 64
+#define EVICT_PROBES 2     /* chains inspected per write */
+#define MIN_BUCKETS 64
+
+typedef struct entry {
+    struct entry *next;
+    uint64_t hash;
+    lim_ck_kind_t kind;
+    lim_per_t per;
+    int64_t window_ms;
+    union {
+        struct { int64_t period; int64_t value; } cal; /* calendar */
+        int64_t gauge;                                 /* leases held */
+    } u;
+    lim_rolling_t *roll;   /* rolling only: allocated with the entry */
+    char key[];
+} entry_t;
+
+typedef struct shard {
+    pthread_mutex_t mu;
+    entry_t **b;
+    size_t nb;      /* power of two */
+    size_t count;
+    size_t cursor;  /* next chain to probe for idle entries */
+} shard_t;
+
+typedef struct mem_store {
+    store_t base;
+    store_clock_fn clock;
+    void *clock_arg;
+    atomic_uint rover; /* next shard to sweep */
+    shard_t shard[NSHARDS];
+} mem_store_t;
+
+typedef struct mem_worker {
+    store_worker_t base;
+} mem_worker_t;
+
+/* FNV-1a, 64 bit. */
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* Hash of the hash tag "{...}" if the key has one, else of the key. */
+static unsigned shard_of(const char *key)
+{
+    const char *open = strchr(key, '{');
+    const char *close = open ? strchr(open + 1, '}') : NULL;
+    uint64_t h = close ? hash_bytes(open + 1, (size_t)(close - open - 1))
+                       : hash_bytes(key, strlen(key));
+    return (unsigned)(h % NSHARDS);
+}
+
+static int64_t now_ms(mem_store_t *m)
+{
+    if (m->clock)
+        return m->clock(m->clock_arg);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static entry_t *lookup(shard_t *s, const char *key, uint64_t h)
+{
+    for (entry_t *e = s->b[h & (s->nb - 1)]; e; e = e->next)
+        if (e->hash == h && strcmp(e->key, key) == 0)
+            return e;
+    return NULL;
+}
+
+static void grow(shard_t *s)
+{
+    size_t nb = s->nb * 2;
+    entry_t **b = calloc(nb, sizeof *b);
+    if (!b)
+        return; /* keep the old table: longer chains, still correct */
+    for (size_t i = 0; i < s->nb; i++) {
+        entry_t *e = s->b[i];
+        while (e) {
+            entry_t *next = e->next;
+            e->next = b[e->hash & (nb - 1)];
+            b[e->hash & (nb - 1)] = e;
+            e = next;
+        }
+    }
+    free(s->b);
+    s->b = b;
+    s->nb = nb;
+}
+
+static entry_t *create(shard_t *s, const lim_check_t *c, uint64_t h, int64_t now)
+{
+    size_t klen = strlen(c->key);
+    size_t size = sizeof(entry_t) + klen + 1;
+    size_t roll_off = (size + 7) & ~(size_t)7;
+    if (c->kind == LIM_CK_ROLLING)
+        size = roll_off + sizeof(lim_rolling_t);
+    entry_t *e = malloc(size);
+    if (!e)
+        return NULL;
+    memset(e, 0, sizeof *e);
+    memcpy(e->key, c->key, klen + 1);
+    e->hash = h;
+    e->kind = c->kind;
+    e->per = c->per;
+    e->window_ms = c->window_ms;
+    if (c->kind == LIM_CK_ROLLING) {
+        e->roll = (lim_rolling_t *)((char *)e + roll_off);
+        lim_rolling_init(e->roll, c->window_ms, now);
+    } else if (c->kind == LIM_CK_CALENDAR) {
+        e->u.cal.period = lim_period_id(c->per, now);
+    }
+    if (s->count + 1 > s->nb * 2)
+        grow(s);
+    size_t i = h & (s->nb - 1);
+    e->next = s->b[i];
+    s->b[i] = e;
+    s->count++;
+    return e;
+}
+
+static int entry_idle(entry_t *e, int64_t now)
+{
+    switch (e->kind) {
+    case LIM_CK_ROLLING: return lim_rolling_idle(e->roll, e->window_ms, now);
+    case LIM_CK_CALENDAR:
+        return e->u.cal.value == 0 || e->u.cal.period != lim_period_id(e->per, now);
+    case LIM_CK_GAUGE: return e->u.gauge <= 0;
+    }
+    return 0;
+}
+
+/* Free idle entries of the next EVICT_PROBES chains. */
+static void evict_some(shard_t *s, int64_t now)
+{
+    for (int p = 0; p < EVICT_PROBES; p++) {
+        entry_t **pp = &s->b[s->cursor];
+        s->cursor = (s->cursor + 1) & (s->nb - 1);
+        while (*pp) {
+            entry_t *e = *pp;
+            if (entry_idle(e, now)) {
+                *pp = e->next;
+                free(e);
+                s->count--;
+            } else {
+                pp = &e->next;
+            }
+        }
+    }
+}
+
+/* Shards with no traffic of their own are swept by everyone else's: each
+ * admitted write also sweeps the next shard in turn, if it is free. */
+static void sweep_other(mem_store_t *m, int64_t now)
+{
+    unsigned i = atomic_fetch_add_explicit(&m->rover, 1, memory_order_relaxed) % NSHARDS;
+    shard_t *s = &m->shard[i];
+    if (pthread_mutex_trylock(&s->mu) != 0)
+        return;
+    evict_some(s, now);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Lock the shards of checks[] in index order; returns a bitmap of them. */
+static uint64_t lock_shards(mem_store_t *m, const lim_check_t *c, size_t n,
+                            unsigned *sh)
+{
+    uint64_t set = 0;
+    for (size_t i = 0; i < n; i++) {
+        sh[i] = shard_of(c[i].key);
+        set |= 1ULL << sh[i];
+    }
+    for (unsigned i = 0; i < NSHARDS; i++)
+        if (set & (1ULL << i))
+            pthread_mutex_lock(&m->shard[i].mu);
+    return set;
+}
+
+static void unlock_shards(mem_store_t *m, uint64_t set)
+{
+    for (unsigned i = 0; i < NSHARDS; i++)
+        if (set & (1ULL << i))
+            pthread_mutex_unlock(&m->shard[i].mu);
+}
+
+/* Current count of one check at now (advancing a rolling window). */
+static int64_t used_of(entry_t *e, const lim_check_t *c, int64_t now)
+{
+    if (!e)
+        return 0;
+    switch (c->kind) {
+    case LIM_CK_ROLLING:
+        lim_rolling_advance(e->roll, c->window_ms, now);
+        return e->roll->sum;
+    case LIM_CK_CALENDAR:
+        return e->u.cal.period == lim_period_id(c->per, now) ? e->u.cal.value : 0;
+    case LIM_CK_GAUGE:
+        return e->u.gauge;
+    }
+    return 0;
+}
+
+static void charge(entry_t *e, const lim_check_t *c, int64_t now)
+{
+    switch (c->kind) {
+    case LIM_CK_ROLLING:
+        lim_rolling_add(e->roll, c->amount);
+        break;
+    case LIM_CK_CALENDAR: {
+        int64_t id = lim_period_id(c->per, now);
+        if (e->u.cal.period != id) {
+            e->u.cal.period = id;
+            e->u.cal.value = 0;
+        }
+        e->u.cal.value += c->amount;
+        break;
+    }
+    case LIM_CK_GAUGE:
+        e->u.gauge += c->amount;
+        break;
+    }
+}
+
+static int64_t reset_of(entry_t *e, const lim_check_t *c, int64_t now)
+{
+    switch (c->kind) {
+    case LIM_CK_ROLLING: return e ? lim_rolling_reset_at(e->roll, c->window_ms, now) : now;
+    case LIM_CK_CALENDAR: return lim_period_end(c->per, now);
+    case LIM_CK_GAUGE: return 0;
+    }
+    return 0;
+}
+
+static int64_t retry_of(entry_t *e, const lim_check_t *c, int64_t now)
+{
+    if (c->amount > c->limit)
+        return LIM_NEVER;
+    switch (c->kind) {
+    case LIM_CK_ROLLING:
+        return e ? lim_rolling_retry_at(e->roll, c->window_ms, c->limit, c->amount, now)
+                 : now;
+    case LIM_CK_CALENDAR: return lim_period_end(c->per, now);
+    case LIM_CK_GAUGE: return now + 1000;
+    }
+    return now;
+}
+
+/* The decision, under the shard locks. charge_ok: charge if all fit. */
+static void decide(mem_store_t *m, const lim_check_t *c, size_t n, int charge_ok,
+                   lim_outcome_t *o, int *nomem)
+{
+    unsigned sh[LIM_MAX_CHECKS];
+    entry_t *e[LIM_MAX_CHECKS];
+    uint64_t hs[LIM_MAX_CHECKS];
+    int64_t now = now_ms(m);
+    uint64_t set = lock_shards(m, c, n, sh);
+
+    o->now_ms = now;
+    o->admitted = 1;
+    for (size_t i = 0; i < n; i++) {
+        hs[i] = hash_bytes(c[i].key, strlen(c[i].key));
+        e[i] = lookup(&m->shard[sh[i]], c[i].key, hs[i]);
+        lim_result_t *r = &o->res[i];
+        r->used = used_of(e[i], &c[i], now);
+        r->ok = r->used + c[i].amount <= c[i].limit;
+        if (!r->ok)
+            o->admitted = 0;
+    }
+    if (o->admitted && charge_ok) {
+        for (size_t i = 0; i < n && !*nomem; i++) {
+            if (!e[i]) {
+                /* Another check of this request may share the key. */
+                e[i] = lookup(&m->shard[sh[i]], c[i].key, hs[i]);
+                if (!e[i])
+                    e[i] = create(&m->shard[sh[i]], &c[i], hs[i], now);
+                if (!e[i])
+                    *nomem = 1;
+            }
+        }
+        if (*nomem) {
+            o->admitted = 0;
+        } else {
+            for (size_t i = 0; i < n; i++)
+                charge(e[i], &c[i], now);
+            for (unsigned i = 0; i < NSHARDS; i++)
+                if (set & (1ULL << i))
+                    evict_some(&m->shard[i], now);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        lim_result_t *r = &o->res[i];
+        r->reset_ms = reset_of(e[i], &c[i], now);
+        r->retry_ms = r->ok ? now : retry_of(e[i], &c[i], now);
+    }
+    unlock_shards(m, set);
+    if (o->admitted && charge_ok)
+        sweep_other(m, now);
+}
+
+static void mem_acquire(store_worker_t *w, const lim_check_t *c, size_t n,
+                        store_acquire_cb cb, void *arg)
+{
+    mem_store_t *m = (mem_store_t *)w->store;
+    lim_outcome_t o;
+    int nomem = 0;
+    decide(m, c, n, 1, &o, &nomem);
+    cb(arg, nomem ? STORE_UNAVAILABLE : STORE_OK, &o);
+}
+
+static void mem_usage(store_worker_t *w, const lim_check_t *c, size_t n,
+                      store_usage_cb cb, void *arg)
+{
+    mem_store_t *m = (mem_store_t *)w->store;
+    lim_outcome_t o;
+    int nomem = 0;
+    decide(m, c, n, 0, &o, &nomem);
+    cb(arg, STORE_OK, &o);
+}
+
+static void mem_release(store_worker_t *w, const lim_check_t *c, size_t n)
+{
+    mem_store_t *m = (mem_store_t *)w->store;
+    unsigned sh[LIM_MAX_CHECKS];
+    uint64_t set = lock_shards(m, c, n, sh);
+    for (size_t i = 0; i < n; i++) {
+        if (c[i].kind != LIM_CK_GAUGE)
+            continue;
+        entry_t *e = lookup(&m->shard[sh[i]], c[i].key,
+                            hash_bytes(c[i].key, strlen(c[i].key)));
+        if (e) {
+            e->u.gauge -= c[i].amount;
+            if (e->u.gauge < 0)
+                e->u.gauge = 0;
+        }
+    }
+    unlock_shards(m, set);
+}
+
+static store_worker_t *mem_attach(store_t *s, struct event_base *base)
+{
+    (void)base;
+    mem_worker_t *w = calloc(1, sizeof *w);
+    if (w)
+        w->base.store = s;
+    return &w->base;
+}
+
+static void mem_detach(store_worker_t *w)
+{
+    free(w);
+}
+
+static void mem_destroy(store_t *s)
+{
+    mem_store_t *m = (mem_store_t *)s;
+    for (int i = 0; i < NSHARDS; i++) {
+        shard_t *sh = &m->shard[i];
+        for (size_t j = 0; j < sh->nb; j++) {
+            entry_t *e = sh->b[j];
+            while (e) {
+                entry_t *next = e->next;
+                free(e);
+                e = next;
+            }
+        }
+        free(sh->b);
+        pthread_mutex_destroy(&sh->mu);
+    }
+    free(m);
+}
+
+size_t store_memory_count(store_t *s)
+{
+    mem_store_t *m = (mem_store_t *)s;
+    size_t n = 0;
+    for (int i = 0; i < NSHARDS; i++) {
+        pthread_mutex_lock(&m->shard[i].mu);
+        n += m->shard[i].count;
+        pthread_mutex_unlock(&m->shard[i].mu);
+    }
+    return n;
+}
+
+static const store_ops_t mem_ops = {
+    .name = "memory",
+    .answers_inline = 1,
+    .attach = mem_attach,
+    .detach = mem_detach,
+    .acquire = mem_acquire,
+    .release = mem_release,
+    .usage = mem_usage,
+    .destroy = mem_destroy,
+};
+
+store_t *store_memory_new(store_clock_fn clock, void *clock_arg)
+{
+    mem_store_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->base.ops = &mem_ops;
+    m->clock = clock;
+    m->clock_arg = clock_arg;
+    for (int i = 0; i < NSHARDS; i++) {
+        shard_t *s = &m->shard[i];
+        pthread_mutex_init(&s->mu, NULL);
+        s->nb = MIN_BUCKETS;
+        s->b = calloc(s->nb, sizeof *s->b);
+        if (!s->b) {
+            for (int j = 0; j <= i; j++) {
+                free(m->shard[j].b);
+                pthread_mutex_destroy(&m->shard[j].mu);
+            }
+            free(m);
+            return NULL;
+        }
+    }
+    return &m->base;
+}

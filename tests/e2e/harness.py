@@ -1,0 +1,286 @@
+"""End-to-end harness: starts the real mock-backend and gateway on free
+loopback ports, talks HTTP to them over real sockets, and stops every
+process it started, by PID, whatever way the test ends.
+
+A gateway built with sanitizers reports on stderr; stopping it checks that
+it exited 0 and that no sanitizer report was printed.
+"""
+import argparse
+import atexit
+import hashlib
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+_procs = []
+
+
+def _kill_all():
+    for p in _procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+atexit.register(_kill_all)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("process exited with %s before listening" % proc.returncode)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("port %d not open after %.0f s" % (port, timeout))
+
+
+def sha256(s):
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+def new_key():
+    return "sk_test_" + secrets.token_urlsafe(32)
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers  # lower-case name -> value
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def h(self, name):
+        return self.headers.get(name.lower())
+
+    def __repr__(self):
+        return "<%d %s %r>" % (self.status, self.headers, self.body[:300])
+
+
+def request(port, method, path, body=None, headers=None, timeout=30):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+class Proc:
+    def __init__(self, argv, name, workdir, env=None):
+        self.name = name
+        self.log_path = os.path.join(workdir, name + ".log")
+        self.log = open(self.log_path, "wb")
+        e = dict(os.environ)
+        e.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        e.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        if env:
+            e.update(env)
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=e)
+        _procs.append(self.p)
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def signal(self, sig):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+
+    def stop(self, timeout=30, expect_clean=True):
+        """SIGTERM, wait, and check a clean exit with no sanitizer report."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+                raise AssertionError("%s did not stop within %d s" % (self.name, timeout))
+        out = self.output()
+        if expect_clean:
+            bad = [m for m in ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+                   if m in out]
+            assert not bad, "%s printed a sanitizer report:\n%s" % (self.name, out[-6000:])
+            assert self.p.returncode == 0, "%s exited %s:\n%s" % (
+                self.name, self.p.returncode, out[-3000:])
+        return out
+
+
+def base_config(backend_port, port, **over):
+    """A small config: one backend, a few endpoints, tiers filled by tests."""
+    cfg = {
+        "server": {"listen": "127.0.0.1:%d" % port, "workers": 2,
+                   "drain_timeout_ms": 5000},
+        "backends": {
+            "models": {"url": "http://127.0.0.1:%d" % backend_port, "timeout_ms": 2000,
+                       "headers": {"X-Backend-Token": "backend-secret"}},
+        },
+        "endpoints": {
+            "txt2img": {"method": "POST", "path": "/v3/txt2img", "backend": "models",
+                        "units": [{"pointer": "/image_num", "default": 1}]},
+            "img2img": {"method": "POST", "path": "/v3/img2img", "backend": "models"},
+            "echo": {"method": "POST", "path": "/v1/echo", "backend": "models"},
+            "chat": {"method": "POST", "path": "/v1/chat/completions", "backend": "models"},
+            "models_api": {"method": "GET", "path_prefix": "/v1/models", "backend": "models"},
+            "small": {"method": "POST", "path": "/v3/small", "backend": "models",
+                      "max_body_bytes": 1024},
+        },
+        "tiers": {"open": {"limits": []}},
+        "accounts": {},
+        "keys": [],
+    }
+    for k, v in over.items():
+        cfg[k] = v
+    return cfg
+
+
+class Env:
+    """A mock-backend and a gateway, started for one test."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dir = tempfile.mkdtemp(prefix="ratewall-e2e-")
+        self.mock = None
+        self.gw = None
+        self.mock_port = None
+        self.port = None
+        self.keys = {}
+
+    def start_mock(self, extra=()):
+        self.mock_port = free_port()
+        self.mock = Proc([self.args.mock, "--listen", "127.0.0.1:%d" % self.mock_port] +
+                         list(extra), "mock-backend", self.dir)
+        wait_port(self.mock_port, self.mock.p)
+        return self.mock_port
+
+    def add_key(self, cfg, key_id, account, limits=None, disabled=False):
+        k = new_key()
+        self.keys[key_id] = k
+        entry = {"id": key_id, "sha256": sha256(k), "account": account}
+        if limits is not None:
+            entry["limits"] = limits
+        if disabled:
+            entry["disabled"] = True
+        cfg["keys"].append(entry)
+        return k
+
+    def write_config(self, cfg, name="ratewall.json"):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=2)
+        return path
+
+    def start_gateway(self, cfg, env=None):
+        if self.port is None:
+            self.port = int(cfg["server"]["listen"].rsplit(":", 1)[1])
+        path = self.write_config(cfg)
+        self.config_path = path
+        self.gw = Proc([self.args.gateway, "-c", path], "gateway", self.dir, env=env)
+        wait_port(self.port, self.gw.p)
+        return self.gw
+
+    def req(self, method, path, key=None, body=None, headers=None, header_style="bearer",
+            timeout=30):
+        h = dict(headers or {})
+        if key is not None:
+            if header_style == "bearer":
+                h["Authorization"] = "Bearer " + key
+            else:
+                h["X-API-Key"] = key
+        return request(self.port, method, path, body=body, headers=h, timeout=timeout)
+
+    def mock_stats(self):
+        return request(self.mock_port, "GET", "/mock/stats").json()
+
+    def close(self, ok):
+        errors = []
+        for p in (self.gw, self.mock):
+            if p is None:
+                continue
+            try:
+                p.stop()
+            except AssertionError as e:
+                errors.append(str(e))
+        if ok and not errors:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            print("logs kept in", self.dir)
+            if self.gw:
+                print("---- gateway log ----\n" + self.gw.output()[-4000:])
+        if errors:
+            raise AssertionError("\n".join(errors))
+
+
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gateway", required=True)
+    ap.add_argument("--mock", required=True)
+    return ap.parse_args()
+
+
+def run(tests):
+    """Run test functions f(env) in order, each with fresh processes."""
+    args = parse_args()
+    for path in (args.gateway, args.mock):
+        if not os.access(path, os.X_OK):
+            print("missing executable:", path)
+            sys.exit(1)
+    failed = 0
+    for t in tests:
+        env = Env(args)
+        ok = False
+        t0 = time.time()
+        try:
+            t(env)
+            ok = True
+        except Exception:
+            traceback.print_exc()
+        try:
+            env.close(ok)
+        except AssertionError as e:
+            print(e)
+            ok = False
+        print("%s %s (%.1f s)" % ("PASS" if ok else "FAIL", t.__name__, time.time() - t0))
+        sys.stdout.flush()
+        failed += not ok
+    if failed:
+        print("%d of %d failed" % (failed, len(tests)))
+        sys.exit(1)
+    print("all %d passed" % len(tests))
+
+
+def eq(a, b, what=""):
+    assert a == b, "%s: expected %r, got %r" % (what, b, a)

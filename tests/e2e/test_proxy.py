@@ -1,0 +1,213 @@
+"""Proxying: what reaches the backend, what comes back, streaming as it
+arrives, backend failures, and a client that leaves mid-request."""
+import http.client
+import socket
+import threading
+import time
+
+from harness import base_config, eq, free_port, run, wait_port
+
+
+def setup(env, backend_port=None, limits=None, timeout_ms=2000):
+    mock = env.start_mock() if backend_port is None else backend_port
+    cfg = base_config(mock, free_port())
+    cfg["backends"]["models"]["timeout_ms"] = timeout_ms
+    cfg["tiers"]["t"] = {"limits": limits or [
+        {"metric": "requests", "per": "minute", "limit": 1000}]}
+    cfg["accounts"] = {"acme": {"tier": "t"}}
+    env.add_key(cfg, "k_acme", "acme")
+    env.start_gateway(cfg)
+    return env.keys["k_acme"]
+
+
+def test_forwarding(env):
+    key = setup(env)
+    r = env.req("POST", "/v1/echo?seed=7&x=a%20b", key=key, body='{"hello":"world"}',
+                headers={"Content-Type": "application/json", "X-Custom": "kept",
+                         "Connection": "keep-alive, X-Hop", "X-Hop": "dropped",
+                         "X-Gateway-Key-Id": "spoofed", "X-Forwarded-For": "10.1.1.1",
+                         "Proxy-Authorization": "secret", "X-Backend-Token": "client-value"})
+    eq(r.status, 200)
+    echo = r.json()
+    h = {k.lower(): v for k, v in echo["headers"].items()}
+    eq(echo["method"], "POST", "method")
+    eq(echo["path"], "/v1/echo", "path")
+    eq(echo["query"], "seed=7&x=a%20b", "query")
+    eq(echo["body"], '{"hello":"world"}', "body")
+    assert "authorization" not in h and "x-api-key" not in h, h
+    assert key not in str(echo), "the client's key reached the backend"
+    assert "x-hop" not in h and "proxy-authorization" not in h, h
+    eq(h.get("x-custom"), "kept", "end-to-end header")
+    eq(h.get("content-type"), "application/json", "content-type")
+    eq(h.get("x-backend-token"), "backend-secret", "configured header wins")
+    eq(h.get("x-gateway-key-id"), "k_acme", "key id")
+    eq(h.get("x-gateway-account"), "acme", "account")
+    eq(h.get("x-forwarded-for"), "10.1.1.1, 127.0.0.1", "XFF appended")
+    eq(h.get("x-request-id"), r.h("x-request-id"), "same request id both ways")
+    eq(h.get("host"), "127.0.0.1:%d" % env.mock_port, "Host of the backend")
+    # X-API-Key style is stripped too.
+    r = env.req("POST", "/v1/echo", key=key, body={}, header_style="x-api-key")
+    h = {k.lower(): v for k, v in r.json()["headers"].items()}
+    assert "x-api-key" not in h, h
+    # Prefix routes and GET with no body.
+    r = env.req("GET", "/v1/models/some-model?v=1", key=key)
+    eq(r.status, 200)
+    eq(r.json()["path"], "/v1/models/some-model", "prefix path")
+
+
+def test_status_and_body_passthrough(env):
+    key = setup(env)
+    r = env.req("POST", "/v3/img2img", key=key, body={}, headers={"x-mock-status": "503"})
+    eq(r.status, 503, "backend status passes through")
+    eq(r.json()["error"]["status"], 503, "backend body passes through")
+    r = env.req("POST", "/v3/img2img", key=key, body={},
+                headers={"x-mock-body-bytes": "3000000"})
+    eq(r.status, 200)
+    assert len(r.body) >= 2900000, len(r.body)
+    r = env.req("POST", "/v3/txt2img", key=key, body={"image_num": 3})
+    eq(r.h("x-units-used"), "3", "backend headers pass through")
+    # Keep-alive to the backend: many requests, few backend connections.
+    for _ in range(30):
+        env.req("POST", "/v3/img2img", key=key, body={})
+    ports = {env.req("POST", "/v1/echo", key=key, body={}).json()["remote_port"]
+             for _ in range(10)}
+    assert len(ports) <= 2, "backend connections are reused: %r" % ports
+
+
+def test_backend_down_and_slow(env):
+    dead = free_port()  # nothing listens here
+    key = setup(env, backend_port=dead)
+    r = env.req("POST", "/v3/img2img", key=key, body={})
+    eq(r.status, 502)
+    eq(r.json()["error"]["code"], "BACKEND_UNAVAILABLE", "code")
+    eq(r.json()["error"]["type"], "upstream_error", "type")
+
+
+def test_backend_timeout(env):
+    key = setup(env, timeout_ms=500)
+    t0 = time.time()
+    r = env.req("POST", "/v3/img2img", key=key, body={}, headers={"x-mock-delay-ms": "5000"})
+    eq(r.status, 504)
+    eq(r.json()["error"]["code"], "BACKEND_TIMEOUT", "code")
+    assert time.time() - t0 < 3, "answered within the backend timeout"
+    # Gap between two chunks longer than the timeout: the stream is cut.
+    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=10)
+    conn.request("POST", "/v1/chat/completions", body="{}",
+                 headers={"Authorization": "Bearer " + key, "x-mock-stream": "3",
+                          "x-mock-stream-hang": "1"})
+    resp = conn.getresponse()
+    eq(resp.status, 200)
+    try:
+        resp.read()
+        raise AssertionError("a hung stream must not end as if complete")
+    except (http.client.IncompleteRead, ConnectionError):
+        pass
+    conn.close()
+
+
+def test_streaming_arrives_early(env):
+    key = setup(env)
+    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=10)
+    t0 = time.time()
+    conn.request("POST", "/v1/chat/completions", body='{"stream":true}',
+                 headers={"Authorization": "Bearer " + key, "x-mock-stream": "5",
+                          "x-mock-stream-interval-ms": "400"})
+    resp = conn.getresponse()
+    eq(resp.status, 200)
+    eq(resp.getheader("content-type"), "text/event-stream", "SSE content type")
+    assert resp.getheader("x-ratelimit-limit"), "rate headers on a stream"
+    first = resp.read1(65536)
+    t_first = time.time() - t0
+    rest = resp.read()
+    t_all = time.time() - t0
+    assert first.startswith(b"data:"), first
+    assert t_first < 1.0 and t_all > 1.5, "first event after %.2f s, all after %.2f s" % (
+        t_first, t_all)
+    assert b"[DONE]" in rest, rest[-200:]
+    conn.close()
+
+
+def test_client_gone_releases_lease(env):
+    key = setup(env, limits=[{"metric": "concurrent", "limit": 1}], timeout_ms=10000)
+    # Client leaves while the backend is still working.
+    s = socket.create_connection(("127.0.0.1", env.port))
+    s.sendall(b"POST /v3/img2img HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+              key.encode() + b"\r\nx-mock-delay-ms: 5000\r\nContent-Length: 2\r\n\r\n{}")
+    deadline = time.time() + 5
+    while env.mock_stats()["in_flight"] < 1 and time.time() < deadline:
+        time.sleep(0.02)
+    s.close()
+    time.sleep(0.3)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200,
+       "lease released when the client left mid-request")
+    # Client leaves mid-stream.
+    s = socket.create_connection(("127.0.0.1", env.port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+              key.encode() + b"\r\nx-mock-stream: 50\r\nx-mock-stream-interval-ms: 100\r\n"
+              b"Content-Length: 2\r\n\r\n{}")
+    data = s.recv(4096)
+    assert data.startswith(b"HTTP/1.1 200"), data[:100]
+    s.close()
+    time.sleep(0.3)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200,
+       "lease released when the client left mid-stream")
+    # Client leaves mid-upload: nothing admitted, nothing held.
+    s = socket.create_connection(("127.0.0.1", env.port))
+    s.sendall(b"POST /v3/img2img HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+              key.encode() + b"\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+    time.sleep(0.1)
+    s.close()
+    time.sleep(0.2)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    # And the backend saw the first client go.
+    assert env.mock_stats()["client_gone"] >= 1
+
+
+def test_pipelined_requests(env):
+    key = setup(env)
+    s = socket.create_connection(("127.0.0.1", env.port), timeout=5)
+    one = (b"POST /v3/img2img HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() +
+           b"\r\nx-mock-delay-ms: 100\r\nContent-Length: 2\r\n\r\n{}")
+    s.sendall(one + one + one)
+    data = b""
+    deadline = time.time() + 5
+    while data.count(b"HTTP/1.1 200") < 3 and time.time() < deadline:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    eq(data.count(b"HTTP/1.1 200"), 3, "three pipelined answers")
+
+
+def test_drain_on_sigterm(env):
+    key = setup(env)
+    out = {}
+
+    def slow():
+        out["r"] = env.req("POST", "/v3/img2img", key=key, body={},
+                           headers={"x-mock-delay-ms": "1200"})
+
+    t = threading.Thread(target=slow)
+    t.start()
+    deadline = time.time() + 5
+    while env.mock_stats()["in_flight"] < 1 and time.time() < deadline:
+        time.sleep(0.02)
+    env.gw.signal(15)
+    time.sleep(0.2)
+    # No longer accepting.
+    try:
+        socket.create_connection(("127.0.0.1", env.port), timeout=1).close()
+        refused = False
+    except OSError:
+        refused = True
+    t.join()
+    eq(out["r"].status, 200, "in-flight request finished during the drain")
+    assert refused, "stopped accepting at once"
+    env.gw.p.wait(10)
+    eq(env.gw.p.returncode, 0, "exit status")
+
+
+run([test_forwarding, test_status_and_body_passthrough, test_backend_down_and_slow,
+     test_backend_timeout, test_streaming_arrives_early, test_client_gone_releases_lease,
+     test_pipelined_requests, test_drain_on_sigterm])

@@ -1,0 +1,308 @@
+/*
+ * tests/store/test_store.c: the store conformance suite, written once and
+ * run with the store as its argument (`test_store memory`). Every case goes
+ * through store.h only, with a fake clock, so any store with the same
+ * semantics passes the same cases.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../limiter/limits.h"
+#include "../../limiter/window.h"
+#include "../../storage/store.h"
+
+static int failures;
+#define CHECK(cond, ...)                                                               \
+    do {                                                                               \
+        if (!(cond)) {                                                                 \
+            failures++;                                                                \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);   \
+            fprintf(stderr, __VA_ARGS__);                                              \
+            fprintf(stderr, "\n");                                                     \
+        }                                                                              \
+    } while (0)
+
+static int64_t fake_now;
+static int64_t fake_clock(void *arg)
+{
+    (void)arg;
+    return __atomic_load_n(&fake_now, __ATOMIC_SEQ_CST);
+}
+
+static store_t *open_store(const char *name)
+{
+    if (strcmp(name, "memory") == 0)
+        return store_memory_new(fake_clock, NULL);
+    fprintf(stderr, "test_store: unknown store \"%s\"\n", name);
+    exit(2);
+}
+
+/* Synchronous wrappers: the memory store answers before returning; a store
+ * that answers later would need its loop run here. */
+typedef struct { int called; store_status_t st; lim_outcome_t o; } answer_t;
+static void on_answer(void *arg, store_status_t st, const lim_outcome_t *o)
+{
+    answer_t *a = arg;
+    a->called++;
+    a->st = st;
+    a->o = *o;
+}
+
+static answer_t acquire(store_worker_t *w, lim_check_t *c, size_t n)
+{
+    answer_t a = {0};
+    store_acquire(w, c, n, on_answer, &a);
+    if (a.called != 1 || a.st != STORE_OK) {
+        fprintf(stderr, "acquire: callback ran %d times, status %d\n", a.called, a.st);
+        exit(1);
+    }
+    return a;
+}
+
+static answer_t usage(store_worker_t *w, lim_check_t *c, size_t n)
+{
+    answer_t a = {0};
+    store_usage(w, c, n, on_answer, &a);
+    if (a.called != 1) {
+        fprintf(stderr, "usage: callback ran %d times\n", a.called);
+        exit(1);
+    }
+    return a;
+}
+
+static lim_rule_t rules[8];
+
+static lim_check_t mk(const char *key, lim_metric_t m, lim_per_t per, int64_t limit,
+                      int64_t amount)
+{
+    lim_check_t c;
+    memset(&c, 0, sizeof c);
+    lim_rule_t *r = &rules[m];
+    r->metric = m;
+    r->per = per;
+    c.rule = r;
+    c.per = per;
+    c.limit = limit;
+    c.amount = amount;
+    c.window_ms = lim_per_window_ms(per);
+    c.kind = m == LIM_CONCURRENT ? LIM_CK_GAUGE : c.window_ms ? LIM_CK_ROLLING : LIM_CK_CALENDAR;
+    snprintf(c.key, sizeof c.key, "%s", key);
+    return c;
+}
+
+#define MIN 60000LL
+#define DAY 86400000LL
+
+static void case_all_or_nothing(store_worker_t *w)
+{
+    fake_now = 1000 * MIN;
+    lim_check_t c[2] = {mk("{a1}:k:x:m", LIM_REQUESTS, LIM_PER_MINUTE, 10, 1),
+                        mk("{a1}:a:d", LIM_REQUESTS, LIM_PER_DAY, 2, 1)};
+    CHECK(acquire(w, c, 2).o.admitted, "first");
+    CHECK(acquire(w, c, 2).o.admitted, "second");
+    answer_t a = acquire(w, c, 2);
+    CHECK(!a.o.admitted && a.o.res[0].ok && !a.o.res[1].ok, "third refused by the day only");
+    /* Nothing charged on the refusal: the minute still holds 2. */
+    a = usage(w, c, 2);
+    CHECK(a.o.res[0].used == 2, "minute used %lld after a refusal", (long long)a.o.res[0].used);
+    /* Refusals do not count either. */
+    for (int i = 0; i < 20; i++)
+        acquire(w, c, 2);
+    CHECK(usage(w, c, 2).o.res[0].used == 2, "20 refusals charged nothing");
+}
+
+static void case_minute_burst_edges(store_worker_t *w)
+{
+    /* 3 at the end of one minute, then a burst at the start of the next:
+     * never 6 in 60 s. */
+    int64_t t0 = 2000 * MIN;
+    lim_check_t c = mk("{a2}:k:x:m", LIM_REQUESTS, LIM_PER_MINUTE, 3, 1);
+    fake_now = t0 + 59000;
+    for (int i = 0; i < 3; i++)
+        CHECK(acquire(w, &c, 1).o.admitted, "end-of-minute %d", i);
+    fake_now = t0 + 60001;
+    answer_t a = acquire(w, &c, 1);
+    CHECK(!a.o.admitted, "start of next minute refused");
+    /* Retry-After is tight: refused 1 ms before, admitted at it. */
+    int64_t at = a.o.res[0].retry_ms;
+    CHECK(at > fake_now && at <= t0 + 59000 + MIN + 1000, "retry at +%lld",
+          (long long)(at - t0));
+    fake_now = at - 1;
+    CHECK(!acquire(w, &c, 1).o.admitted, "refused 1 ms before retry_ms");
+    fake_now = at;
+    CHECK(acquire(w, &c, 1).o.admitted, "admitted at retry_ms");
+}
+
+static void case_calendar(store_worker_t *w)
+{
+    int64_t day0 = lim_days_from_civil(2028, 2, 29) * DAY;
+    lim_check_t d = mk("{a3}:k:x:d", LIM_REQUESTS, LIM_PER_DAY, 2, 1);
+    lim_check_t m = mk("{a3}:k:x:mo", LIM_UNITS, LIM_PER_MONTH, 5, 2);
+    fake_now = day0 + DAY - 2000;
+    CHECK(acquire(w, &d, 1).o.admitted && acquire(w, &d, 1).o.admitted, "two today");
+    answer_t a = acquire(w, &d, 1);
+    CHECK(!a.o.admitted && a.o.res[0].retry_ms == day0 + DAY, "day resets at 00:00 UTC");
+    fake_now = day0 + DAY;
+    CHECK(acquire(w, &d, 1).o.admitted, "new day");
+    /* Month: 2 + 2 fit in 5, a third 2 does not; March 1st resets. */
+    fake_now = day0 + 1000;
+    CHECK(acquire(w, &m, 1).o.admitted && acquire(w, &m, 1).o.admitted, "units");
+    a = acquire(w, &m, 1);
+    CHECK(!a.o.admitted && a.o.res[0].used == 4 &&
+              a.o.res[0].retry_ms == lim_days_from_civil(2028, 3, 1) * DAY,
+          "month of a leap February ends on the 29th");
+    fake_now = lim_days_from_civil(2028, 3, 1) * DAY;
+    CHECK(acquire(w, &m, 1).o.admitted, "new month");
+    /* An amount larger than the limit never passes. */
+    lim_check_t big = mk("{a3}:k:x:mo", LIM_UNITS, LIM_PER_MONTH, 5, 6);
+    a = acquire(w, &big, 1);
+    CHECK(!a.o.admitted && a.o.res[0].retry_ms == LIM_NEVER, "too big: never");
+}
+
+static void case_gauge(store_worker_t *w)
+{
+    lim_check_t g = mk("{a4}:a:c", LIM_CONCURRENT, LIM_PER_NONE, 2, 1);
+    CHECK(acquire(w, &g, 1).o.admitted && acquire(w, &g, 1).o.admitted, "two leases");
+    answer_t a = acquire(w, &g, 1);
+    CHECK(!a.o.admitted && a.o.res[0].used == 2, "third waits");
+    store_release(w, &g, 1);
+    CHECK(acquire(w, &g, 1).o.admitted, "a released slot is usable");
+    store_release(w, &g, 1);
+    store_release(w, &g, 1);
+    store_release(w, &g, 1); /* one too many: never below zero */
+    CHECK(usage(w, &g, 1).o.res[0].used == 0, "gauge floor at zero");
+}
+
+/* Random traffic: every admitted event checked against the exact rolling
+ * window (never over), every refusal against the window plus one bucket
+ * (refuses early by at most W/60). */
+static void case_property(store_worker_t *w, lim_per_t per)
+{
+    const int64_t W = lim_per_window_ms(per);
+    const int64_t limit = 20;
+    enum { N = 4000 };
+    static int64_t t[N], amt[N];
+    size_t n = 0;
+    char key[64];
+    snprintf(key, sizeof key, "{p%d}:k:x:r", (int)per);
+    int64_t now = 5000 * W + 123;
+    unsigned seed = 12345u + (unsigned)per;
+    for (int i = 0; i < N; i++) {
+        now += rand_r(&seed) % (W / 8 + 1);
+        int64_t amount = 1 + rand_r(&seed) % 3;
+        fake_now = now;
+        lim_check_t c = mk(key, LIM_UNITS, per, limit, amount);
+        answer_t a = acquire(w, &c, 1);
+        int64_t in_window = 0, in_wider = 0;
+        for (size_t k = 0; k < n; k++) {
+            if (t[k] > now - W)
+                in_window += amt[k];
+            if (t[k] >= now - W - (W + 59) / 60)
+                in_wider += amt[k];
+        }
+        if (a.o.admitted) {
+            CHECK(in_window + amount <= limit, "over at %lld: %lld + %lld > %lld",
+                  (long long)now, (long long)in_window, (long long)amount, (long long)limit);
+            t[n] = now;
+            amt[n] = amount;
+            n++;
+        } else {
+            CHECK(in_wider + amount > limit, "refused too early at %lld (%lld + %lld)",
+                  (long long)now, (long long)in_wider, (long long)amount);
+        }
+        if (failures > 20)
+            return;
+    }
+    CHECK(n > N / 4, "some admitted (%zu)", n);
+}
+
+static void case_eviction(store_t *s, store_worker_t *w)
+{
+    size_t before = store_memory_count(s);
+    fake_now = 9000 * MIN;
+    for (int i = 0; i < 5000; i++) {
+        char k[64];
+        snprintf(k, sizeof k, "{ev%d}:k:x:m", i);
+        lim_check_t c = mk(k, LIM_REQUESTS, LIM_PER_MINUTE, 5, 1);
+        acquire(w, &c, 1);
+    }
+    size_t peak = store_memory_count(s);
+    CHECK(peak >= 5000, "counters created: %zu", peak);
+    /* Two minutes later, new traffic sweeps the idle ones away. */
+    fake_now += 3 * MIN;
+    for (int i = 0; i < 20000; i++) {
+        char k[64];
+        snprintf(k, sizeof k, "{new%d}:k:x:m", i % 50);
+        lim_check_t c = mk(k, LIM_REQUESTS, LIM_PER_MINUTE, 1000000, 1);
+        acquire(w, &c, 1);
+    }
+    size_t after = store_memory_count(s);
+    CHECK(after < before + 200, "idle counters evicted: %zu left of %zu", after, peak);
+}
+
+/* Threads racing on one account counter: exactly the limit admitted. */
+typedef struct { store_t *s; int admitted; } race_t;
+static void *racer(void *arg)
+{
+    race_t *r = arg;
+    store_worker_t *w = store_attach(r->s, NULL);
+    for (int i = 0; i < 5000; i++) {
+        lim_check_t c[2] = {mk("{race}:a:m", LIM_REQUESTS, LIM_PER_HOUR, 7000, 1),
+                            mk("{race}:a:c", LIM_CONCURRENT, LIM_PER_NONE, 1000000, 1)};
+        answer_t a = acquire(w, c, 2);
+        if (a.o.admitted) {
+            r->admitted++;
+            store_release(w, c, 2);
+        }
+    }
+    store_detach(w);
+    return NULL;
+}
+
+static void case_threads(store_t *s)
+{
+    fake_now = 20000 * MIN;
+    pthread_t th[4];
+    race_t r[4];
+    for (int i = 0; i < 4; i++) {
+        r[i].s = s;
+        r[i].admitted = 0;
+        pthread_create(&th[i], NULL, racer, &r[i]);
+    }
+    int total = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        total += r[i].admitted;
+    }
+    CHECK(total == 7000, "4 threads admitted %d, limit 7000", total);
+    store_worker_t *w = store_attach(s, NULL);
+    lim_check_t g = mk("{race}:a:c", LIM_CONCURRENT, LIM_PER_NONE, 10, 1);
+    CHECK(usage(w, &g, 1).o.res[0].used == 0, "every lease released");
+    store_detach(w);
+}
+
+int main(int argc, char **argv)
+{
+    const char *name = argc > 1 ? argv[1] : "memory";
+    store_t *s = open_store(name);
+    store_worker_t *w = store_attach(s, NULL);
+    case_all_or_nothing(w);
+    case_minute_burst_edges(w);
+    case_calendar(w);
+    case_gauge(w);
+    case_property(w, LIM_PER_SECOND);
+    case_property(w, LIM_PER_MINUTE);
+    case_property(w, LIM_PER_HOUR);
+    case_eviction(s, w);
+    store_detach(w);
+    case_threads(s);
+    store_destroy(s);
+    if (failures) {
+        fprintf(stderr, "test_store %s: %d check(s) failed\n", name, failures);
+        return 1;
+    }
+    printf("test_store %s: all checks passed\n", name);
+    return 0;
+}
