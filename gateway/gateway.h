@@ -80,6 +80,8 @@ typedef struct request {
     int client_gone;
     int reply_started;  /* status line sent to the client */
     int is_usage;
+    json_t *usage;      /* usage answer being built (owned) */
+    size_t usage_next;  /* next policy rule to ask the store about */
     int watching;       /* close callback and read watch set on the client */
     int64_t units, price_micros;
     size_t n_checks;
@@ -125,6 +127,8 @@ void respond_error(request_t *r, int status, const char *type,
 void respond_json(request_t *r, int status, json_t *body);
 void respond_429(request_t *r);
 void respond_unavailable(request_t *r);
+/* details.endpoints of a limit: its endpoint names, ["*"] for all. */
+json_t *respond_endpoints_json(const lim_rule_t *rule);
 /* Add X-RateLimit-* (when a decision was made) and X-Request-Id. */
 struct evkeyvalq;
 void respond_rate_headers(const request_t *r, struct evkeyvalq *h);

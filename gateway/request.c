@@ -98,6 +98,10 @@ void request_finish(request_t *r)
         r->req = NULL;
     }
     r->state = RQ_DONE;
+    if (r->usage) {
+        json_decref(r->usage);
+        r->usage = NULL;
+    }
     config_unref(r->cfg);
     w->inflight--;
     request_free(r);
@@ -220,45 +224,63 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     proxy_start(r);
 }
 
+static void usage_next(request_t *r);
+
+/* One batch of usage answered: add its limits, then ask for the next. */
 static void on_usage(void *arg, store_status_t st, const lim_outcome_t *o)
 {
     request_t *r = arg;
-    if (st != STORE_OK) {
-        respond_unavailable(r);
+    if (st != STORE_OK || r->client_gone) {
+        if (r->client_gone)
+            request_finish(r);
+        else
+            respond_unavailable(r);
         return;
     }
-    json_t *limits = json_array();
     for (size_t i = 0; i < r->n_checks; i++) {
         const lim_check_t *c = &r->checks[i];
         const lim_rule_t *rule = c->rule;
         const lim_result_t *res = &o->res[i];
         int64_t rem = c->limit - res->used;
-        json_t *eps = json_array();
-        if (rule->ep_names && *rule->ep_names) {
-            char *dup = strdup(rule->ep_names), *save = NULL;
-            for (char *t = dup ? strtok_r(dup, ",", &save) : NULL; t;
-                 t = strtok_r(NULL, ",", &save))
-                json_array_append_new(eps, json_string(t));
-            free(dup);
-        } else {
-            json_array_append_new(eps, json_string("*"));
-        }
         int64_t reset = c->kind == LIM_CK_GAUGE ? 0 : (res->reset_ms + 999) / 1000;
         json_array_append_new(
-            limits,
+            r->usage,
             json_pack("{s:s, s:o, s:s, s:o, s:I, s:I, s:I, s:o}", "metric",
                       lim_metric_name(rule->metric), "per",
                       rule->per == LIM_PER_NONE ? json_null()
                                                 : json_string(lim_per_name(rule->per)),
-                      "scope", lim_scope_name(rule->scope), "endpoints", eps, "limit",
-                      (json_int_t)c->limit, "used", (json_int_t)res->used, "remaining",
-                      (json_int_t)(rem > 0 ? rem : 0), "reset",
-                      reset ? json_integer(reset) : json_null()));
+                      "scope", lim_scope_name(rule->scope), "endpoints",
+                      respond_endpoints_json(rule), "limit", (json_int_t)c->limit, "used",
+                      (json_int_t)res->used, "remaining", (json_int_t)(rem > 0 ? rem : 0),
+                      "reset", reset ? json_integer(reset) : json_null()));
     }
-    const cfg_tier_t *tier = &r->cfg->tiers[r->acct->tier];
-    respond_json(r, 200,
-                 json_pack("{s:s, s:s, s:s, s:o}", "key", r->key->id, "account",
-                           r->acct->name, "tier", tier->name, "limits", limits));
+    r->usage_next += r->n_checks;
+    usage_next(r);
+}
+
+static void usage_next(request_t *r)
+{
+    const lim_policy_t *p = r->key->policy;
+    if (r->usage_next >= p->n_rules) {
+        json_t *limits = r->usage;
+        r->usage = NULL;
+        r->n_checks = 0; /* nothing was decided: no rate headers */
+        const cfg_tier_t *tier = &r->cfg->tiers[r->acct->tier];
+        respond_json(r, 200,
+                     json_pack("{s:s, s:s, s:s, s:o}", "key", r->key->id, "account",
+                               r->acct->name, "tier", tier->name, "limits", limits));
+        return;
+    }
+    size_t n = lim_build_rule_checks(p, r->usage_next, r->acct->name, r->key->id, r->checks,
+                                     LIM_MAX_CHECKS);
+    if (n == (size_t)-1 || n == 0) {
+        r->n_checks = 0;
+        respond_error(r, 500, "api_error", "INTERNAL_ERROR",
+                      "The limits of this key cannot be read.", NULL);
+        return;
+    }
+    r->n_checks = n;
+    store_usage(r->w->store, r->checks, r->n_checks, on_usage, r);
 }
 
 /* The client's API key: Authorization: Bearer KEY, else X-API-Key. */
@@ -348,17 +370,11 @@ void request_start(worker_t *w, struct evhttp_request *req)
     }
 
     if (r->is_usage) {
-        r->n_checks = lim_build_checks(r->key->policy, LIM_ALL_ENDPOINTS, r->acct->name,
-                                       r->key->id, 0, 0, r->checks, LIM_MAX_CHECKS);
-        if (r->n_checks == (size_t)-1) {
-            r->n_checks = 0;
-            respond_error(r, 500, "api_error", "INTERNAL_ERROR", "Too many limits.", NULL);
-            return;
-        }
+        r->usage = json_array();
         r->state = RQ_STORE;
         if (!w->store->store->ops->answers_inline)
             request_watch_client(r);
-        store_usage(w->store, r->checks, r->n_checks, on_usage, r);
+        usage_next(r);
         return;
     }
 

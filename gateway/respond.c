@@ -127,7 +127,7 @@ static void format_money(int64_t micros, char *buf, size_t len)
     snprintf(buf, len, "%" PRId64 ".%0*" PRId64, whole, digits, frac);
 }
 
-static json_t *endpoints_json(const lim_rule_t *rule)
+json_t *respond_endpoints_json(const lim_rule_t *rule)
 {
     json_t *a = json_array();
     if (!rule->ep_names || !*rule->ep_names) {
@@ -205,7 +205,7 @@ void respond_429(request_t *r)
                                             ? json_null()
                                             : json_string(lim_per_name(rule->per)));
     json_object_set_new(details, "scope", json_string(lim_scope_name(rule->scope)));
-    json_object_set_new(details, "endpoints", endpoints_json(rule));
+    json_object_set_new(details, "endpoints", respond_endpoints_json(rule));
     json_object_set_new(details, "reset", json_integer(rep->ref_reset_s));
 
     if (r->req && !r->client_gone) {

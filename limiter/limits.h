@@ -99,8 +99,7 @@ typedef struct lim_check {
 } lim_check_t;
 
 /*
- * Build the checks for one request into out[0..max) (endpoint
- * LIM_ALL_ENDPOINTS: one per rule of the policy). `units` is the
+ * Build the checks for one request into out[0..max). `units` is the
  * request's units, `price_micros` its estimated price. Returns the number
  * of checks, or (size_t)-1 if a key would be longer than LIM_KEY_MAX.
  */
@@ -108,6 +107,12 @@ size_t lim_build_checks(const lim_policy_t *p, uint32_t endpoint,
                         const char *account, const char *key_id,
                         int64_t units, int64_t price_micros,
                         lim_check_t *out, size_t max);
+
+/* Checks for rules [first, first + max) of the policy (units and price 0), whatever
+ * endpoint they guard (for usage, in batches). Returns how many were built,
+ * or (size_t)-1 if a key would be longer than LIM_KEY_MAX. */
+size_t lim_build_rule_checks(const lim_policy_t *p, size_t first, const char *account,
+                             const char *key_id, lim_check_t *out, size_t max);
 
 /* The store's answer for one check, in store-clock milliseconds. */
 typedef struct lim_result {
@@ -119,8 +124,6 @@ typedef struct lim_result {
 } lim_result_t;
 
 #define LIM_NEVER INT64_MAX
-/* lim_build_checks endpoint meaning "every rule of the policy" (usage). */
-#define LIM_ALL_ENDPOINTS UINT32_MAX
 
 /* The store's answer for one decision. res[i] answers checks[i]. */
 typedef struct lim_outcome {

@@ -145,46 +145,58 @@ void lim_policy_free(lim_policy_t *p)
     memset(p, 0, sizeof *p);
 }
 
+/* One check for one rule; -1 if its key does not fit. */
+static int build_one(const lim_rule_t *r, const char *account, const char *key_id,
+                     int64_t units, int64_t price_micros, lim_check_t *c)
+{
+    c->rule = r;
+    c->per = r->per;
+    c->limit = r->limit;
+    c->window_ms = lim_per_window_ms(r->per);
+    switch (r->metric) {
+    case LIM_REQUESTS: c->amount = 1; break;
+    case LIM_UNITS: c->amount = units; break;
+    case LIM_SPEND: c->amount = price_micros; break;
+    case LIM_CONCURRENT: c->amount = 1; break;
+    }
+    if (r->metric == LIM_CONCURRENT)
+        c->kind = LIM_CK_GAUGE;
+    else if (c->window_ms > 0)
+        c->kind = LIM_CK_ROLLING;
+    else
+        c->kind = LIM_CK_CALENDAR;
+    int len;
+    if (r->scope == LIM_SCOPE_ACCOUNT)
+        len = snprintf(c->key, sizeof c->key, "{%s}:a:%s", account, r->ident);
+    else
+        len = snprintf(c->key, sizeof c->key, "{%s}:k:%s:%s", account, key_id, r->ident);
+    return len < 0 || (size_t)len >= sizeof c->key ? -1 : 0;
+}
+
 size_t lim_build_checks(const lim_policy_t *p, uint32_t endpoint,
                         const char *account, const char *key_id,
                         int64_t units, int64_t price_micros,
                         lim_check_t *out, size_t max)
 {
-    int all = endpoint == LIM_ALL_ENDPOINTS;
-    if (!all && endpoint >= p->n_endpoints)
+    if (endpoint >= p->n_endpoints)
         return 0;
-    uint32_t from = all ? 0 : p->ep_off[endpoint];
-    uint32_t to = all ? (uint32_t)p->n_rules : p->ep_off[endpoint + 1];
     size_t n = 0;
-    for (uint32_t i = from; i < to; i++) {
-        const lim_rule_t *r = p->rules[all ? i : p->ep_rule[i]];
-        if (n == max)
+    for (uint32_t i = p->ep_off[endpoint]; i < p->ep_off[endpoint + 1]; i++) {
+        if (n == max ||
+            build_one(p->rules[p->ep_rule[i]], account, key_id, units, price_micros,
+                      &out[n]) != 0)
             return (size_t)-1;
-        lim_check_t *c = &out[n++];
-        c->rule = r;
-        c->per = r->per;
-        c->limit = r->limit;
-        c->window_ms = lim_per_window_ms(r->per);
-        switch (r->metric) {
-        case LIM_REQUESTS: c->amount = 1; break;
-        case LIM_UNITS: c->amount = units; break;
-        case LIM_SPEND: c->amount = price_micros; break;
-        case LIM_CONCURRENT: c->amount = 1; break;
-        }
-        if (r->metric == LIM_CONCURRENT)
-            c->kind = LIM_CK_GAUGE;
-        else if (c->window_ms > 0)
-            c->kind = LIM_CK_ROLLING;
-        else
-            c->kind = LIM_CK_CALENDAR;
-        int len;
-        if (r->scope == LIM_SCOPE_ACCOUNT)
-            len = snprintf(c->key, sizeof c->key, "{%s}:a:%s", account, r->ident);
-        else
-            len = snprintf(c->key, sizeof c->key, "{%s}:k:%s:%s", account, key_id,
-                           r->ident);
-        if (len < 0 || (size_t)len >= sizeof c->key)
-            return (size_t)-1;
+        n++;
     }
+    return n;
+}
+
+size_t lim_build_rule_checks(const lim_policy_t *p, size_t first, const char *account,
+                             const char *key_id, lim_check_t *out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = first; i < p->n_rules && n < max; i++, n++)
+        if (build_one(p->rules[i], account, key_id, 0, 0, &out[n]) != 0)
+            return (size_t)-1;
     return n;
 }

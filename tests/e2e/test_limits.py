@@ -250,6 +250,27 @@ def test_usage_not_counted(env):
     assert by[("requests", "day")]["reset"] % 86400 == 0, by
 
 
+def test_usage_many_limits(env):
+    """More limits than one store call carries: usage answers them all."""
+    sets = [["txt2img"], ["img2img"], ["chat"], ["echo"], ["small"], ["models_api"],
+            ["txt2img", "img2img"], None]
+    limits = []
+    for per in ("second", "minute", "hour", "day", "month"):
+        for eps in sets:
+            l = {"metric": "requests", "per": per, "limit": 1000}
+            if eps:
+                l["endpoints"] = eps
+            limits.append(l)
+    gateway(env, {"many": {"limits": limits}}, {"acme": {"tier": "many"}}, [("k1", "acme")])
+    key = env.keys["k1"]
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    u = env.req("GET", "/v1/usage", key=key)
+    eq(u.status, 200)
+    got = u.json()["limits"]
+    eq(len(got), 40, "every limit reported")
+    eq(sum(l["used"] for l in got), 15, "img2img counted by its 15 limits")
+
+
 def test_enterprise_unlimited(env):
     gateway(env, {"enterprise": {"limits": []}}, {"big": {"tier": "enterprise"}},
             [("e1", "big")])
@@ -262,4 +283,4 @@ def test_enterprise_unlimited(env):
 run([test_minute_then_refused, test_daily, test_account_shared_by_two_keys,
      test_concurrent_account_limit_exact, test_units_per_minute, test_overrides,
      test_concurrency_leases, test_spend_cap, test_usage_not_counted,
-     test_enterprise_unlimited])
+     test_usage_many_limits, test_enterprise_unlimited])

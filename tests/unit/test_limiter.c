@@ -196,8 +196,11 @@ static void test_policy(void)
     }
     n = lim_build_checks(&p, 1, "acme", "k1", 1, 0, c, LIM_MAX_CHECKS);
     CHECK(n == 3, "3 checks on endpoint 1, got %zu", n);
-    n = lim_build_checks(&p, LIM_ALL_ENDPOINTS, "acme", "k1", 0, 0, c, LIM_MAX_CHECKS);
+    n = lim_build_rule_checks(&p, 0, "acme", "k1", c, LIM_MAX_CHECKS);
     CHECK(n == 5, "usage sees every rule");
+    n = lim_build_rule_checks(&p, 3, "acme", "k1", c, 1);
+    CHECK(n == 1 && c[0].rule == p.rules[3], "usage in batches");
+    CHECK(lim_build_rule_checks(&p, 5, "acme", "k1", c, 4) == 0, "past the end");
     lim_policy_free(&p);
 }
 
