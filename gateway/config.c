@@ -445,10 +445,9 @@ static void kerr(ctx_t *c, const char *where, const char *fmt, ...)
  * checked but has no effect in this build; using it gives a warning at the
  * field's key. Delete the row (and its apply step) when the feature lands.
  * ------------------------------------------------------------------------ */
-enum { NI_REDIS, NI_ADMIN, NI_TLS, NI_IETF, NI_OPENAI, NI_JOB, NI_RECONCILE };
+enum { NI_ADMIN, NI_TLS, NI_IETF, NI_OPENAI, NI_JOB, NI_RECONCILE };
 
 static const char *const not_implemented[] = {
-    [NI_REDIS] = "storage driver \"redis\" is not implemented yet; the memory store is used",
     [NI_ADMIN] = "the admin listener is not implemented yet; it is not started",
     [NI_TLS] = "TLS is not implemented yet; the listener serves plain HTTP",
     [NI_IETF] = "\"ietf_headers\" is not implemented yet; RateLimit-Policy and RateLimit are not sent",
@@ -1166,10 +1165,6 @@ static void parse_storage(ctx_t *c, json_t *o)
     if (e >= 0)
         cfg->storage.on_error = e == 1 ? CFG_ON_ERROR_ALLOW : CFG_ON_ERROR_DENY;
     set_str(c, o, W, "key_prefix", 0, &cfg->storage.key_prefix);
-    if (cfg->storage.driver == CFG_STORE_REDIS) {
-        warn_ni(c, NULL, "driver", NI_REDIS);
-        cfg->storage.driver = CFG_STORE_MEMORY; /* NI_REDIS: drop with the warning */
-    }
 }
 
 /* Collect the names of an object-of-objects section into a table and the

@@ -124,6 +124,21 @@ typedef struct app {
     int stopping;
 } app_t;
 
+static int same_str(const char *x, const char *y)
+{
+    return (!x && !y) || (x && y && strcmp(x, y) == 0);
+}
+
+static int same_storage(const config_t *x, const config_t *y)
+{
+    return x->storage.driver == y->storage.driver && same_str(x->storage.host, y->storage.host) &&
+           x->storage.port == y->storage.port &&
+           same_str(x->storage.password, y->storage.password) && x->storage.db == y->storage.db &&
+           x->storage.timeout_ms == y->storage.timeout_ms &&
+           x->storage.on_error == y->storage.on_error &&
+           same_str(x->storage.key_prefix, y->storage.key_prefix);
+}
+
 static void reload(app_t *a)
 {
     cfg_messages_t m = {0};
@@ -142,8 +157,8 @@ static void reload(app_t *a)
     if (strcmp(next->server.listen_host, a->cfg->server.listen_host) != 0 ||
         next->server.listen_port != a->cfg->server.listen_port ||
         next->server.workers != a->cfg->server.workers ||
-        next->storage.driver != a->cfg->storage.driver)
-        log_msg(LOG_WARN, "server.listen, server.workers and storage.driver take effect "
+        !same_storage(next, a->cfg))
+        log_msg(LOG_WARN, "server.listen, server.workers and storage take effect "
                           "on restart only");
     for (int i = 0; i < a->n_workers; i++)
         server_worker_swap(&a->workers[i], next);
@@ -182,6 +197,11 @@ static void on_worker_exit(evutil_socket_t fd, short what, void *arg)
     event_base_loopexit(a->base, NULL);
 }
 
+static void store_log(const char *line)
+{
+    log_msg(LOG_WARN, "%s", line);
+}
+
 static int run(const char *path)
 {
     app_t a = {0};
@@ -194,10 +214,21 @@ static int run(const char *path)
         return 1;
     const config_t *c = a.cfg;
 
-    if (c->storage.driver == CFG_STORE_REDIS)
-        log_msg(LOG_WARN, "the redis store is not in this build yet: counting in memory, "
-                          "this instance enforces its limits alone");
-    a.store = store_memory_new(NULL, NULL);
+    if (c->storage.driver == CFG_STORE_REDIS) {
+        store_redis_opts_t ro = {
+            .host = c->storage.host,
+            .port = c->storage.port,
+            .password = c->storage.password,
+            .db = c->storage.db,
+            .timeout_ms = c->storage.timeout_ms,
+            .on_error_allow = c->storage.on_error == CFG_ON_ERROR_ALLOW,
+            .key_prefix = c->storage.key_prefix,
+            .log = store_log,
+        };
+        a.store = store_redis_new(&ro);
+    } else {
+        a.store = store_memory_new(NULL, NULL);
+    }
     if (!a.store) {
         log_msg(LOG_ERROR, "out of memory");
         config_unref(a.cfg);
@@ -249,7 +280,7 @@ static int run(const char *path)
     }
     log_msg(LOG_INFO, "ratewall %s listening on %s:%u (%d worker%s, %s store, %zu keys)",
             RATEWALL_VERSION, c->server.listen_host, c->server.listen_port, n,
-            n == 1 ? "" : "s", "memory", c->n_keys);
+            n == 1 ? "" : "s", a.store->ops->name, c->n_keys);
     event_base_dispatch(a.base);
     rc = 0;
 

@@ -86,7 +86,7 @@ void request_finish(request_t *r)
     if (r->breq)
         proxy_abort(r);
     if (r->admitted && has_gauge(r))
-        store_release(w->store, r->checks, r->n_checks);
+        store_release(w->store, r->checks, r->n_checks, r->rid);
     r->admitted = 0;
     if (r->req) {
         /* Still ours: the client went away, or the reply was cut short.
@@ -410,6 +410,12 @@ void request_start(worker_t *w, struct evhttp_request *req)
         return;
     }
     r->n_checks = n;
+    /* A lease outlives a gateway that died holding it by at most this
+     * (SPEC §3): the job's max_seconds, else the backend timeout + 30 s. */
+    int64_t ttl = r->ep->job ? r->ep->job->max_seconds * 1000
+                             : cfg->backends[r->ep->backend].timeout_ms + 30000;
+    for (size_t i = 0; i < n; i++)
+        r->checks[i].lease_ttl_ms = ttl;
     if (n == 0) {
         /* No limit applies (enterprise): straight to the backend. */
         r->state = RQ_STORE;
@@ -420,5 +426,5 @@ void request_start(worker_t *w, struct evhttp_request *req)
     r->state = RQ_STORE;
     if (!w->store->store->ops->answers_inline)
         request_watch_client(r);
-    store_acquire(w->store, r->checks, r->n_checks, on_acquire, r);
+    store_acquire(w->store, r->checks, r->n_checks, r->rid, on_acquire, r);
 }

@@ -95,6 +95,8 @@ typedef struct lim_check {
     int64_t window_ms;      /* rolling windows: 1000, 60000 or 3600000 */
     int64_t limit;          /* metric unit */
     int64_t amount;         /* what this request adds (metric unit) */
+    int64_t lease_ttl_ms;   /* gauge: expiry of the lease in a shared store
+                               (set by the caller; 0 = the store's default) */
     char key[LIM_KEY_MAX];  /* "{account}:a:IDENT" or "{account}:k:KEYID:IDENT" */
 } lim_check_t;
 

@@ -326,8 +326,9 @@ static void decide(mem_store_t *m, const lim_check_t *c, size_t n, int charge_ok
 }
 
 static void mem_acquire(store_worker_t *w, const lim_check_t *c, size_t n,
-                        store_acquire_cb cb, void *arg)
+                        const char *lease_id, store_acquire_cb cb, void *arg)
 {
+    (void)lease_id; /* one process: a lease is a count, gone with the process */
     mem_store_t *m = (mem_store_t *)w->store;
     lim_outcome_t o;
     int nomem = 0;
@@ -345,8 +346,10 @@ static void mem_usage(store_worker_t *w, const lim_check_t *c, size_t n,
     cb(arg, STORE_OK, &o);
 }
 
-static void mem_release(store_worker_t *w, const lim_check_t *c, size_t n)
+static void mem_release(store_worker_t *w, const lim_check_t *c, size_t n,
+                        const char *lease_id)
 {
+    (void)lease_id;
     mem_store_t *m = (mem_store_t *)w->store;
     unsigned sh[LIM_MAX_CHECKS];
     uint64_t set = lock_shards(m, c, n, sh);

@@ -18,6 +18,7 @@
 #ifndef RW_STORAGE_STORE_H
 #define RW_STORAGE_STORE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,11 +52,15 @@ typedef struct store_ops {
     int answers_inline;
     store_worker_t *(*attach)(store_t *s, struct event_base *base);
     void (*detach)(store_worker_t *w);
-    /* checks[0..n) must stay valid until cb has run. */
+    /* checks[0..n) must stay valid until cb has run. lease_id names the
+     * leases of the gauge checks (unique per request, <= 64 bytes); a
+     * gauge check's lease_ttl_ms bounds how long a lease outlives a
+     * gateway that died holding it. */
     void (*acquire)(store_worker_t *w, const lim_check_t *checks, size_t n,
-                    store_acquire_cb cb, void *arg);
+                    const char *lease_id, store_acquire_cb cb, void *arg);
     /* Give back the leases of an admitted acquire. Fire and forget. */
-    void (*release)(store_worker_t *w, const lim_check_t *checks, size_t n);
+    void (*release)(store_worker_t *w, const lim_check_t *checks, size_t n,
+                    const char *lease_id);
     void (*usage)(store_worker_t *w, const lim_check_t *checks, size_t n,
                   store_usage_cb cb, void *arg);
     void (*destroy)(store_t *s);
@@ -76,14 +81,15 @@ struct store_worker {
 };
 
 static inline void store_acquire(store_worker_t *w, const lim_check_t *c,
-                                 size_t n, store_acquire_cb cb, void *arg)
+                                 size_t n, const char *lease_id,
+                                 store_acquire_cb cb, void *arg)
 {
-    w->store->ops->acquire(w, c, n, cb, arg);
+    w->store->ops->acquire(w, c, n, lease_id, cb, arg);
 }
 static inline void store_release(store_worker_t *w, const lim_check_t *c,
-                                 size_t n)
+                                 size_t n, const char *lease_id)
 {
-    w->store->ops->release(w, c, n);
+    w->store->ops->release(w, c, n, lease_id);
 }
 static inline void store_usage(store_worker_t *w, const lim_check_t *c,
                                size_t n, store_usage_cb cb, void *arg)
@@ -105,5 +111,31 @@ typedef int64_t (*store_clock_fn)(void *arg);
 store_t *store_memory_new(store_clock_fn clock, void *clock_arg);
 /* Live counters (for tests and metrics). */
 size_t store_memory_count(store_t *s);
+
+/* The Redis store (storage/redis.c). Strings are copied. */
+typedef struct store_redis_opts {
+    const char *host;         /* default 127.0.0.1 */
+    uint16_t port;            /* default 6379 */
+    const char *password;     /* NULL: no AUTH */
+    int db;
+    int64_t timeout_ms;       /* per call, default 50 */
+    int on_error_allow;       /* 1: count in local memory while Redis is away */
+    const char *key_prefix;   /* default "rl:" */
+    store_clock_fn clock;     /* tests only: NULL uses Redis TIME */
+    void *clock_arg;
+    void (*log)(const char *line); /* operational messages; may be NULL */
+} store_redis_opts_t;
+
+/* Counters for metrics, updated atomically by the workers. */
+typedef struct store_redis_stats {
+    atomic_ulong decisions;          /* answered by Redis */
+    atomic_ulong unavailable;        /* calls Redis could not answer */
+    atomic_ulong fallback_decisions; /* answered by local memory (allow) */
+    atomic_ulong connects;           /* connection attempts */
+} store_redis_stats_t;
+
+store_t *store_redis_new(const store_redis_opts_t *o);
+/* NULL when s is not a Redis store. */
+const store_redis_stats_t *store_redis_stats(store_t *s);
 
 #endif

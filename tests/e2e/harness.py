@@ -139,6 +139,57 @@ class Proc:
         return out
 
 
+def start_redis(workdir, port=None, extra=()):
+    """A real redis-server on a free loopback port, no persistence."""
+    exe = shutil.which("redis-server")
+    if not exe:
+        raise RuntimeError("redis-server is not installed (Debian package redis-server); "
+                           "tests that need Redis fail without it")
+    port = port or free_port()
+    p = Proc([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+              "--appendonly", "no", "--dir", workdir, "--daemonize", "no"] + list(extra),
+             "redis-%d" % port, workdir)
+    p.port = port
+    wait_port(port, p.p)
+    return p
+
+
+def redis_cli(port, *args):
+    """One Redis command over a raw socket (no client library needed)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        f = s.makefile("rb")
+        return _resp(f)
+    finally:
+        s.close()
+
+
+def _resp(f):
+    line = f.readline().rstrip(b"\r\n")
+    t, rest = line[:1], line[1:]
+    if t == b"+":
+        return rest.decode()
+    if t == b"-":
+        raise RuntimeError(rest.decode())
+    if t == b":":
+        return int(rest)
+    if t == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data.decode(errors="replace")
+    if t == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp(f) for _ in range(n)]
+    raise RuntimeError("bad RESP: %r" % line)
+
+
 def base_config(backend_port, port, **over):
     """A small config: one backend, a few endpoints, tiers filled by tests."""
     cfg = {

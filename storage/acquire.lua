@@ -1,0 +1,193 @@
+-- ratewall: one decision in one script (SPEC §3). Every check of a request
+-- is evaluated; only if all have room are all charged. A refusal, and a
+-- peek (usage), write nothing.
+--
+-- KEYS[i]   the counter of check i; all share the account's hash tag
+-- ARGV[1]   now in ms, or "" for Redis TIME (the one clock of a fleet)
+-- ARGV[2]   lease id (gauge checks)
+-- ARGV[3]   "1": charge if all fit; "0": peek only
+-- then 4 values per check i, from ARGV[4 + 4 * (i - 1)]:
+--   kind    "r" rolling window | "c" calendar period | "g" gauge (leases)
+--   param   r: window ms | c: "d" or "m" | g: lease ttl ms
+--   limit   metric units
+--   amount  metric units this request adds
+--
+-- Returns { admitted, now, then per check: ok, used, reset_ms, retry_ms }
+-- with retry_ms -1 for "never" (the amount alone is over the limit).
+--
+-- Counters:
+--   r: hash { h = newest bucket index, s = running sum, "0".."60" = bucket
+--      slots (bucket j in slot j % 61) }; 61 buckets of window/60 are
+--      counted, a superset of the window. Expires after a window and a
+--      bucket of silence.
+--   c: hash { p = period id, v = value }; expires after the period ends.
+--   g: sorted set of lease ids scored by their expiry; expired leases are
+--      not counted and are removed on the next charge.
+
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local lease = ARGV[2]
+local charge = ARGV[3] == '1'
+local B, S = 60, 61
+
+local function bucket_of(t, w) return math.floor(t * B / w) end
+-- ceil(j * w / 60), without j * w (past 2^53 for second windows).
+local function bucket_start(j, w)
+  local q = math.floor(j / B)
+  return q * w + math.ceil((j - q * B) * w / B)
+end
+
+-- Civil date from days since 1970-01-01 (proleptic Gregorian), and back.
+local function civil(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+-- Period id and end (first ms of the next period) of time t.
+local function period(per, t)
+  local day = math.floor(t / 86400000)
+  if per == 'd' then return day, (day + 1) * 86400000 end
+  local y, m = civil(day)
+  local ny, nm = y, m + 1
+  if nm == 13 then ny, nm = y + 1, 1 end
+  return y * 12 + m - 1, days_from_civil(ny, nm, 1) * 86400000
+end
+
+local n = #KEYS
+local st = {}
+local admitted = 1
+for i = 1, n do
+  local a = 4 + 4 * (i - 1)
+  local c = { kind = ARGV[a], param = ARGV[a + 1], limit = tonumber(ARGV[a + 2]),
+              amount = tonumber(ARGV[a + 3]), key = KEYS[i] }
+  if c.kind == 'r' then
+    c.w = tonumber(c.param)
+    c.cur = bucket_of(now, c.w)
+    local hs = redis.call('HMGET', c.key, 'h', 's')
+    c.head = tonumber(hs[1])
+    c.used = tonumber(hs[2]) or 0
+    c.gone = {}
+    if c.head == nil then
+      c.head = c.cur
+      c.used = 0
+    elseif c.cur - c.head >= S then
+      c.used = 0
+      c.wipe = true
+    elseif c.cur > c.head then
+      -- Only the buckets that just left are read.
+      for j = c.head + 1, c.cur do c.gone[#c.gone + 1] = tostring(j % S) end
+      local old = redis.call('HMGET', c.key, unpack(c.gone))
+      for k = 1, #old do c.used = c.used - (tonumber(old[k]) or 0) end
+    end
+  elseif c.kind == 'c' then
+    c.pid, c.pend = period(c.param, now)
+    local pv = redis.call('HMGET', c.key, 'p', 'v')
+    if tonumber(pv[1]) == c.pid then c.used = tonumber(pv[2]) or 0 else c.used = 0 end
+  else
+    c.ttl = tonumber(c.param)
+    c.used = redis.call('ZCOUNT', c.key, '(' .. now, '+inf')
+  end
+  c.ok = c.used + c.amount <= c.limit
+  if not c.ok then admitted = 0 end
+  st[i] = c
+end
+
+-- Bucket j's count as it stands at now (slots of buckets that left are 0).
+local function slots_at_now(c)
+  local f = {}
+  for s = 0, S - 1 do f[s + 1] = tostring(s) end
+  local v = redis.call('HMGET', c.key, unpack(f))
+  return function(j)
+    if c.wipe or j > c.head or j < c.head - B then return 0 end
+    return tonumber(v[(j % S) + 1]) or 0
+  end
+end
+
+local out = { admitted, now }
+for i = 1, n do
+  local c = st[i]
+  local reset, retry = 0, now
+  if c.kind == 'r' then
+    if admitted == 1 and charge then
+      if c.wipe then
+        redis.call('DEL', c.key)
+      elseif #c.gone > 0 then
+        redis.call('HDEL', c.key, unpack(c.gone))
+      end
+      redis.call('HINCRBY', c.key, tostring(c.cur % S), c.amount)
+      redis.call('HSET', c.key, 'h', c.cur, 's', c.used + c.amount)
+      redis.call('PEXPIRE', c.key, c.w + math.ceil(c.w / B) + 1000)
+      reset = bucket_start(c.cur + S, c.w)
+    else
+      -- Every write goes to the head bucket, so the head is the newest
+      -- bucket that counts anything.
+      reset = now
+      if c.used > 0 then reset = math.max(bucket_start(c.head + S, c.w), now) end
+      if not c.ok then
+        if c.amount > c.limit then
+          retry = -1
+        else
+          local at = slots_at_now(c)
+          local sum = c.used
+          retry = bucket_start(c.cur + S, c.w)
+          for j = c.cur - B, c.cur do
+            sum = sum - at(j)
+            if sum + c.amount <= c.limit then
+              retry = math.max(bucket_start(j + S, c.w), now)
+              break
+            end
+          end
+        end
+      end
+    end
+  elseif c.kind == 'c' then
+    reset = c.pend
+    if admitted == 1 and charge then
+      redis.call('HSET', c.key, 'p', c.pid, 'v', c.used + c.amount)
+      redis.call('PEXPIRE', c.key, c.pend - now + 60000)
+    elseif not c.ok then
+      if c.amount > c.limit then retry = -1 else retry = c.pend end
+    end
+  else
+    if admitted == 1 and charge then
+      redis.call('ZREMRANGEBYSCORE', c.key, '-inf', now)
+      redis.call('ZADD', c.key, now + c.ttl, lease)
+      -- Expiries are relative to the script's clock. A new set has no TTL,
+      -- which GT would take for an infinite one.
+      if c.used == 0 then
+        redis.call('PEXPIRE', c.key, c.ttl + 1000)
+      else
+        redis.call('PEXPIRE', c.key, c.ttl + 1000, 'GT')
+      end
+    elseif not c.ok then
+      if c.amount > c.limit then retry = -1 else retry = now + 1000 end
+    end
+  end
+  out[#out + 1] = c.ok and 1 or 0
+  out[#out + 1] = c.used
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+return out
