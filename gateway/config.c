@@ -2240,6 +2240,8 @@ static void ctx_free(ctx_t *c)
 static int set_defaults(config_t *cfg)
 {
     atomic_init(&cfg->refs, 1);
+    static atomic_ulong generations;
+    cfg->generation = atomic_fetch_add(&generations, 1) + 1;
     cfg->server.listen_host = strdup("0.0.0.0");
     cfg->server.listen_port = 8080;
     cfg->server.max_body_bytes = 10485760;

@@ -118,6 +118,7 @@ enum { CFG_ON_ERROR_DENY = 0, CFG_ON_ERROR_ALLOW };
 
 typedef struct config {
     atomic_int refs;
+    uint64_t generation; /* unique per load in this process, never 0 */
     char *path;
 
     struct {

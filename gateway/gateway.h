@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <time.h>
 
+#include "../limiter/deny.h"
 #include "../limiter/limits.h"
 #include "../storage/store.h"
 #include "config.h"
@@ -39,6 +40,7 @@ typedef struct worker {
     struct event *exit_notify;     /* the main thread's: activated on exit */
     atomic_int exited;             /* set before exit_notify is activated */
     struct proxy_pool *pools;      /* backend keep-alive pools, by address */
+    lim_deny_t deny;               /* local deny cache (limiter/deny.h) */
     int draining;
     struct evhttp_bound_socket *bound;
     struct timespec drain_deadline;
@@ -94,6 +96,7 @@ typedef struct request {
     int backend_status;
     int in_make_request; /* inside evhttp_make_request: defer failures */
     struct timespec t_start;
+    int64_t t_sent_ms;  /* monotonic ms when the decision was asked for */
     /* Last: only the first n_checks are ever written or read, so a
      * recycled context is cleared only up to here. */
     lim_check_t checks[LIM_MAX_CHECKS];
@@ -107,6 +110,7 @@ void request_start(worker_t *w, struct evhttp_request *req);
 /* The one place a request ends: releases leases, frees everything. */
 void request_finish(request_t *r);
 void request_freelist_clear(void);
+extern int deny_cache_on;
 /* Called by the client connection's close callback (set by request.c). */
 void request_watch_client(request_t *r);
 /* Before the last write of an answer: stop watching (see request.c). */

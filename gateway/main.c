@@ -292,22 +292,8 @@ out_signals:
         event_free(sig[i]);
     event_base_free(a.base);
 out_workers:
-    for (int i = started; i < inited; i++) {
-        /* set up but never started: free without joining */
-        worker_t *w = &a.workers[i];
-        if (w->store)
-            store_detach(w->store);
-        if (w->reload_ev)
-            event_free(w->reload_ev);
-        if (w->stop_ev)
-            event_free(w->stop_ev);
-        if (w->http)
-            evhttp_free(w->http);
-        if (w->base)
-            event_base_free(w->base);
-        if (w->cfg)
-            config_unref(w->cfg);
-    }
+    for (int i = started; i < inited; i++)
+        server_worker_free(&a.workers[i]);
     free(a.workers);
     store_destroy(a.store);
     config_unref(a.cfg);
@@ -379,6 +365,9 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    const char *nd = getenv("RATEWALL_NO_DENY_CACHE");
+    if (nd && *nd && strcmp(nd, "0") != 0)
+        deny_cache_on = 0;
     if (evthread_use_pthreads() != 0) {
         fprintf(stderr, "gateway: libevent without thread support\n");
         return 1;

@@ -201,6 +201,35 @@ void request_unwatch_client(request_t *r)
     bufferevent_set_timeouts(bev, &tv, &tv);
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* RATEWALL_NO_DENY_CACHE=1 turns the local deny cache off (diagnostics). */
+int deny_cache_on = 1;
+
+/* A refusal the deny cache still holds: answer it without the store. */
+static int answer_from_deny_cache(request_t *r)
+{
+    const lim_deny_entry_t *e =
+        lim_deny_lookup(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
+                        (uint32_t)r->ep_index, mono_ms());
+    if (!e)
+        return 0;
+    r->checks[0] = e->check;
+    r->n_checks = 1;
+    r->rep = e->rep;
+    int64_t left = e->until_ms - mono_ms();
+    r->rep.retry_after_ms = left > 1 ? left : 1;
+    r->rep.retry_after_s = (r->rep.retry_after_ms + 999) / 1000;
+    r->state = RQ_STORE;
+    respond_429(r);
+    return 1;
+}
+
 static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
 {
     request_t *r = arg;
@@ -213,6 +242,9 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     }
     lim_report(r->checks, r->n_checks, o, &r->rep);
     r->admitted = o->admitted;
+    if (!o->admitted && deny_cache_on)
+        lim_deny_offer(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
+                       (uint32_t)r->ep_index, r->checks, o, &r->rep, r->t_sent_ms);
     if (r->client_gone) {
         request_finish(r);
         return;
@@ -401,6 +433,9 @@ void request_start(worker_t *w, struct evhttp_request *req)
                       (per_unit && r->units > INT64_MAX / 4 / per_unit ? INT64_MAX / 4
                                                                        : per_unit * r->units);
 
+    if (deny_cache_on && answer_from_deny_cache(r))
+        return;
+
     size_t n = lim_build_checks(r->key->policy, (uint32_t)r->ep_index, r->acct->name,
                                 r->key->id, r->units, r->price_micros, r->checks,
                                 LIM_MAX_CHECKS);
@@ -426,5 +461,6 @@ void request_start(worker_t *w, struct evhttp_request *req)
     r->state = RQ_STORE;
     if (!w->store->store->ops->answers_inline)
         request_watch_client(r);
+    r->t_sent_ms = mono_ms();
     store_acquire(w->store, r->checks, r->n_checks, r->rid, on_acquire, r);
 }

@@ -191,6 +191,8 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     w->bound = evhttp_bind_listener(w->http, l);
     if (!w->bound)
         return -1;
+    if (lim_deny_init(&w->deny, 4096) != 0)
+        return -1;
     w->store = store_attach(store, w->base);
     if (!w->store)
         return -1;
@@ -222,6 +224,11 @@ void server_worker_stop(worker_t *w)
 void server_worker_join_free(worker_t *w)
 {
     pthread_join(w->thread, NULL);
+    server_worker_free(w);
+}
+
+void server_worker_free(worker_t *w)
+{
     config_t *p = atomic_exchange(&w->pending_cfg, NULL);
     if (p)
         config_unref(p);
@@ -235,5 +242,6 @@ void server_worker_join_free(worker_t *w)
         evhttp_free(w->http);
     if (w->base)
         event_base_free(w->base);
+    lim_deny_free(&w->deny);
     config_unref(w->cfg);
 }

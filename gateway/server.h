@@ -15,5 +15,7 @@ void server_worker_swap(worker_t *w, config_t *next);
 /* Stop accepting, drain, exit the worker's loop (twice: at once). */
 void server_worker_stop(worker_t *w);
 void server_worker_join_free(worker_t *w);
+/* Free a worker that was set up (fully or partly) but never started. */
+void server_worker_free(worker_t *w);
 
 #endif

@@ -660,6 +660,9 @@ static void redis_detach(store_worker_t *w)
     if (rw->ac) {
         redisAsyncContext *ac = rw->ac;
         rw->ac = NULL;
+        /* Lease releases queued by the last requests: write them out. */
+        if (rw->connected)
+            redisAsyncHandleWrite(ac);
         for (rcall_t *c = rw->head; c; c = c->next)
             call_answer_unavailable(c);
         redisAsyncFree(ac);

@@ -1,0 +1,117 @@
+/*
+ * tests/unit/test_deny.c: the deny cache never changes a decision. The same
+ * random traffic (several keys, endpoints, per-second/minute/day request
+ * limits, a units limit, account scope) goes to two memory stores with one
+ * fake clock: A decides every request in the store; B answers from the deny
+ * cache when it holds a refusal and asks its store otherwise. Every decision
+ * must be the same, and B must have asked its store less.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../limiter/deny.h"
+#include "../../limiter/limits.h"
+#include "../../limiter/window.h"
+#include "../../storage/store.h"
+
+static int64_t fake_now;
+static int64_t clock_fn(void *arg)
+{
+    (void)arg;
+    return fake_now;
+}
+
+typedef struct { int called; lim_outcome_t o; } ans_t;
+static void on_ans(void *arg, store_status_t st, const lim_outcome_t *o)
+{
+    ans_t *a = arg;
+    a->called = st == STORE_OK;
+    a->o = *o;
+}
+
+static lim_rule_t mkrule(lim_metric_t m, lim_per_t per, lim_scope_t s, int64_t limit,
+                         const char *ident, uint32_t *eps, uint32_t n_eps)
+{
+    lim_rule_t r;
+    memset(&r, 0, sizeof r);
+    r.metric = m;
+    r.per = per;
+    r.scope = s;
+    r.limit = limit;
+    r.ident = (char *)ident;
+    r.ep_names = (char *)"";
+    r.eps = eps;
+    r.n_eps = n_eps;
+    return r;
+}
+
+int main(void)
+{
+    uint32_t ep0[] = {0}, ep1[] = {1};
+    lim_rule_t rules[] = {
+        mkrule(LIM_REQUESTS, LIM_PER_SECOND, LIM_SCOPE_KEY, 3, "r:s:k:0", ep0, 1),
+        mkrule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 20, "r:m:k:*", NULL, 0),
+        mkrule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_ACCOUNT, 45, "r:m:a:*", NULL, 0),
+        mkrule(LIM_REQUESTS, LIM_PER_DAY, LIM_SCOPE_KEY, 400, "r:d:k:1", ep1, 1),
+        mkrule(LIM_UNITS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 30, "u:m:k:1", ep1, 1),
+    };
+    const lim_rule_t *levels[] = {rules};
+    size_t nr[] = {sizeof rules / sizeof *rules};
+    lim_policy_t p;
+    if (lim_policy_resolve(&p, levels, nr, 1, 2) != 0)
+        return 1;
+
+    store_t *sa = store_memory_new(clock_fn, NULL), *sb = store_memory_new(clock_fn, NULL);
+    store_worker_t *wa = store_attach(sa, NULL), *wb = store_attach(sb, NULL);
+    lim_deny_t deny;
+    lim_deny_init(&deny, 64);
+
+    const char *keys[] = {"k0", "k1", "k2", "k3"};
+    unsigned seed = 4242;
+    fake_now = lim_days_from_civil(2026, 11, 24) * 86400000LL - 3600000; /* crosses midnight */
+    long asked_b = 0, steps = 60000, admitted = 0, mismatches = 0;
+    for (long i = 0; i < steps; i++) {
+        fake_now += rand_r(&seed) % 250;
+        unsigned k = rand_r(&seed) % 4, ep = rand_r(&seed) % 2;
+        int64_t units = rand_r(&seed) % 4;
+        lim_check_t c[LIM_MAX_CHECKS];
+        size_t n = lim_build_checks(&p, ep, "acct", keys[k], units, 0, c, LIM_MAX_CHECKS);
+
+        ans_t a = {0}, b = {0};
+        store_acquire(wa, c, n, "l", on_ans, &a);
+        int decided_b;
+        const lim_deny_entry_t *e = lim_deny_lookup(&deny, 1, k + 1, ep, fake_now);
+        if (e) {
+            decided_b = 0;
+        } else {
+            store_acquire(wb, c, n, "l", on_ans, &b);
+            asked_b++;
+            decided_b = b.o.admitted;
+            if (!decided_b) {
+                lim_report_t rep;
+                lim_report(c, n, &b.o, &rep);
+                lim_deny_offer(&deny, 1, k + 1, ep, c, &b.o, &rep, fake_now);
+            }
+        }
+        if (a.o.admitted != decided_b) {
+            if (mismatches++ < 10)
+                fprintf(stderr, "step %ld at %lld: key %u ep %u units %lld: store %s, cache "
+                                "path %s\n",
+                        i, (long long)fake_now, k, ep, (long long)units,
+                        a.o.admitted ? "admits" : "refuses", decided_b ? "admits" : "refuses");
+        }
+        admitted += a.o.admitted;
+    }
+    printf("test_deny: %ld decisions, %ld admitted, store asked %ld times with the cache "
+           "(%ld without), %llu cache hits, %ld mismatches\n",
+           steps, admitted, asked_b, steps, (unsigned long long)deny.hits, mismatches);
+    int fail = mismatches != 0 || asked_b >= steps || deny.hits == 0 || admitted == 0;
+    lim_deny_free(&deny);
+    store_detach(wa);
+    store_detach(wb);
+    store_destroy(sa);
+    store_destroy(sb);
+    lim_policy_free(&p);
+    return fail;
+}
