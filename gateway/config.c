@@ -445,15 +445,12 @@ static void kerr(ctx_t *c, const char *where, const char *fmt, ...)
  * checked but has no effect in this build; using it gives a warning at the
  * field's key. Delete the row (and its apply step) when the feature lands.
  * ------------------------------------------------------------------------ */
-enum { NI_ADMIN, NI_TLS, NI_IETF, NI_OPENAI, NI_JOB, NI_RECONCILE };
+enum { NI_TLS, NI_IETF, NI_OPENAI };
 
 static const char *const not_implemented[] = {
-    [NI_ADMIN] = "the admin listener is not implemented yet; it is not started",
     [NI_TLS] = "TLS is not implemented yet; the listener serves plain HTTP",
     [NI_IETF] = "\"ietf_headers\" is not implemented yet; RateLimit-Policy and RateLimit are not sent",
     [NI_OPENAI] = "\"openai_headers\" is not implemented yet; x-ratelimit-*-requests/-tokens are not sent",
-    [NI_JOB] = "\"job\" is not implemented yet; a lease ends with the response, not with the job",
-    [NI_RECONCILE] = "\"reconcile\" is not implemented yet; the estimated units and price are kept",
 };
 
 /* Warn about field `name` of the current object; `where` prefixes it. */
@@ -1436,14 +1433,12 @@ static void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W
         size_t mk = pk(c, "job");
         parse_job(c, j, e, W);
         pp(c, mk);
-        warn_ni(c, W, "job", NI_JOB);
     }
     json_t *r = get_obj(c, o, W, "reconcile", 0);
     if (r) {
         size_t mk = pk(c, "reconcile");
         parse_reconcile(c, r, e, W);
         pp(c, mk);
-        warn_ni(c, W, "reconcile", NI_RECONCILE);
     }
 }
 
@@ -2319,7 +2314,6 @@ static void parse_root(ctx_t *c, json_t *root)
         m = pk(c, "admin");
         parse_admin(c, o);
         pp(c, m);
-        warn_ni(c, NULL, "admin", NI_ADMIN);
     }
     if ((o = get_obj(c, root, NULL, "storage", 0))) {
         m = pk(c, "storage");

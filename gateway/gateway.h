@@ -32,6 +32,7 @@ typedef struct worker {
     pthread_t thread;
     struct event_base *base;
     struct evhttp *http;
+    struct evhttp *admin;          /* worker 0 only, when configured */
     store_worker_t *store;
     config_t *cfg;                 /* this worker's reference */
     _Atomic(config_t *) pending_cfg; /* handed over by the main thread */
@@ -94,6 +95,9 @@ typedef struct request {
     struct proxy_conn *bconn;
     int backend_error;  /* enum evhttp_request_error + 1, 0 if none */
     int backend_status;
+    struct evbuffer *capture; /* copy of the answer's body, when needed (owned) */
+    int64_t charged_ms;  /* store clock of the admission (for reconcile) */
+    int lease_moved;     /* an async job holds the leases now */
     int in_make_request; /* inside evhttp_make_request: defer failures */
     struct timespec t_start;
     int64_t t_sent_ms;  /* monotonic ms when the decision was asked for */
@@ -107,6 +111,9 @@ void server_handle(struct evhttp_request *req, void *arg);
 
 /* request.c */
 void request_start(worker_t *w, struct evhttp_request *req);
+/* Usage of a key by id, or of an account's account-scope limits (admin). */
+void request_usage_start(worker_t *w, struct evhttp_request *req, const char *key_id,
+                         const char *account);
 /* The one place a request ends: releases leases, frees everything. */
 void request_finish(request_t *r);
 void request_freelist_clear(void);
@@ -122,6 +129,15 @@ void request_track_flush(request_t *r);
  * *units, or -1 with a message for a 400 INVALID_BODY. */
 int units_from_body(const cfg_endpoint_t *ep, const char *body, size_t len,
                     int64_t *units, char *err, size_t errlen);
+/* The value at an RFC 6901 pointer in root (borrowed), or NULL. */
+json_t *json_pointer_get(json_t *root, const char *ptr);
+
+/* after.c: what an answer from the backend changes: reconcile the units
+ * and spend, hand leases over to an async job, release a job that is done.
+ * Called once per successful backend answer, before it is ended. */
+void after_response(request_t *r, struct evhttp_request *breq);
+/* 1 if the body of this request's answer must be kept for after_response. */
+int after_needs_body(const request_t *r);
 
 /* respond.c: every reply that is not a proxied response. Each one ends the
  * request (calls request_finish); `details` is stolen, may be NULL. */

@@ -4,6 +4,7 @@
  * workers serve.
  */
 #include <getopt.h>
+#include <pthread.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -18,6 +19,7 @@
 #include <event2/thread.h>
 
 #include "gateway.h"
+#include "admin.h"
 #include "server.h"
 
 #ifndef RATEWALL_VERSION
@@ -139,8 +141,13 @@ static int same_storage(const config_t *x, const config_t *y)
            same_str(x->storage.key_prefix, y->storage.key_prefix);
 }
 
-static void reload(app_t *a)
+static pthread_mutex_t reload_mu = PTHREAD_MUTEX_INITIALIZER;
+static app_t *the_app;
+
+/* Load, validate, swap in. 0 on success; messages in *m either way. */
+static int reload_into(app_t *a, cfg_messages_t *m_out)
 {
+    pthread_mutex_lock(&reload_mu);
     cfg_messages_t m = {0};
     config_t *next = config_load(a->path, &m);
     for (size_t i = 0; i < m.n_warnings; i++)
@@ -150,10 +157,11 @@ static void reload(app_t *a)
             log_msg(LOG_ERROR, "reload refused: %s", m.errors[i]);
         log_msg(LOG_ERROR, "reload refused: %zu error(s); the running configuration stays",
                 m.n_errors);
-        cfg_messages_free(&m);
-        return;
+        *m_out = m;
+        pthread_mutex_unlock(&reload_mu);
+        return -1;
     }
-    cfg_messages_free(&m);
+    *m_out = m;
     if (strcmp(next->server.listen_host, a->cfg->server.listen_host) != 0 ||
         next->server.listen_port != a->cfg->server.listen_port ||
         next->server.workers != a->cfg->server.workers ||
@@ -165,6 +173,20 @@ static void reload(app_t *a)
     config_unref(a->cfg);
     a->cfg = next;
     log_msg(LOG_INFO, "configuration reloaded from %s (%zu keys)", a->path, next->n_keys);
+    pthread_mutex_unlock(&reload_mu);
+    return 0;
+}
+
+static void reload(app_t *a)
+{
+    cfg_messages_t m = {0};
+    reload_into(a, &m);
+    cfg_messages_free(&m);
+}
+
+static int admin_reload(cfg_messages_t *m)
+{
+    return reload_into(the_app, m);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -206,6 +228,8 @@ static int run(const char *path)
 {
     app_t a = {0};
     a.path = (char *)path;
+    the_app = &a;
+    admin_set_reload(admin_reload);
     cfg_messages_t m = {0};
     a.cfg = config_load(path, &m);
     print_messages(&m);

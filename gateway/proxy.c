@@ -278,6 +278,23 @@ static int on_backend_headers(struct evhttp_request *breq, void *arg)
     return 0;
 }
 
+/* The answer's body is kept (up to CAPTURE_MAX) when after_response needs
+ * to read it: a job id, a job status, used units. */
+#define CAPTURE_MAX (1024 * 1024)
+
+static void keep_copy(request_t *r, struct evbuffer *in)
+{
+    if (!r->capture)
+        return;
+    size_t have = evbuffer_get_length(r->capture), n = evbuffer_get_length(in);
+    if (have + n > CAPTURE_MAX) {
+        evbuffer_free(r->capture); /* too big to read: left as it is */
+        r->capture = NULL;
+        return;
+    }
+    evbuffer_add(r->capture, evbuffer_pullup(in, (ev_ssize_t)n), n);
+}
+
 static void on_backend_chunk(struct evhttp_request *breq, void *arg)
 {
     request_t *r = arg;
@@ -286,6 +303,7 @@ static void on_backend_chunk(struct evhttp_request *breq, void *arg)
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
+    keep_copy(r, in);
     evhttp_send_reply_chunk(r->req, in);
 }
 
@@ -322,6 +340,8 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
     if (!r->reply_started)
         start_reply(r, breq);
     struct evbuffer *rest = evhttp_request_get_input_buffer(breq);
+    keep_copy(r, rest);
+    after_response(r, breq);
     if (evbuffer_get_length(rest))
         evhttp_send_reply_chunk(r->req, rest);
     request_unwatch_client(r);
@@ -378,6 +398,8 @@ void proxy_start(request_t *r)
     snprintf(target, need, "%s%s%s%s", be->base_path, path && *path ? path : "/",
              query ? "?" : "", query ? query : "");
 
+    if (after_needs_body(r))
+        r->capture = evbuffer_new();
     r->state = RQ_PROXY;
     r->bconn = c;
     r->breq = breq;

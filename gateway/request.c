@@ -71,22 +71,18 @@ static unsigned method_bit(enum evhttp_cmd_type t)
     }
 }
 
-static int has_gauge(const request_t *r)
-{
-    for (size_t i = 0; i < r->n_checks; i++)
-        if (r->checks[i].kind == LIM_CK_GAUGE)
-            return 1;
-    return 0;
-}
-
 void request_finish(request_t *r)
 {
     worker_t *w = r->w;
     request_unwatch_client(r);
     if (r->breq)
         proxy_abort(r);
-    if (r->admitted && has_gauge(r))
+    if (r->admitted && lim_checks_have_gauge(r->checks, r->n_checks) && !r->lease_moved)
         store_release(w->store, r->checks, r->n_checks, r->rid);
+    if (r->capture) {
+        evbuffer_free(r->capture);
+        r->capture = NULL;
+    }
     r->admitted = 0;
     if (r->req) {
         /* Still ours: the client went away, or the reply was cut short.
@@ -242,6 +238,7 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     }
     lim_report(r->checks, r->n_checks, o, &r->rep);
     r->admitted = o->admitted;
+    r->charged_ms = o->now_ms;
     if (!o->admitted && deny_cache_on)
         lim_deny_offer(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
                        (uint32_t)r->ep_index, r->checks, o, &r->rep, r->t_sent_ms);
@@ -292,19 +289,35 @@ static void on_usage(void *arg, store_status_t st, const lim_outcome_t *o)
 
 static void usage_next(request_t *r)
 {
-    const lim_policy_t *p = r->key->policy;
+    const lim_policy_t *p = r->key ? r->key->policy : &r->acct->policy;
     if (r->usage_next >= p->n_rules) {
         json_t *limits = r->usage;
         r->usage = NULL;
         r->n_checks = 0; /* nothing was decided: no rate headers */
         const cfg_tier_t *tier = &r->cfg->tiers[r->acct->tier];
-        respond_json(r, 200,
-                     json_pack("{s:s, s:s, s:s, s:o}", "key", r->key->id, "account",
-                               r->acct->name, "tier", tier->name, "limits", limits));
+        json_t *body = json_pack("{s:s, s:s, s:o}", "account", r->acct->name, "tier",
+                                 tier->name, "limits", limits);
+        if (r->key)
+            json_object_set_new(body, "key", json_string(r->key->id));
+        respond_json(r, 200, body);
         return;
     }
-    size_t n = lim_build_rule_checks(p, r->usage_next, r->acct->name, r->key->id, r->checks,
-                                     LIM_MAX_CHECKS);
+    size_t n = lim_build_rule_checks(p, r->usage_next, r->acct->name,
+                                     r->key ? r->key->id : "", r->checks, LIM_MAX_CHECKS);
+    if (!r->key && n != (size_t)-1) {
+        /* An account's view: its account-scope limits only. */
+        r->usage_next += n;
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (r->checks[i].rule->scope == LIM_SCOPE_ACCOUNT)
+                r->checks[k++] = r->checks[i];
+        r->usage_next -= k; /* on_usage adds the ones asked about */
+        if (k == 0) {
+            usage_next(r);
+            return;
+        }
+        n = k;
+    }
     if (n == (size_t)-1 || n == 0) {
         r->n_checks = 0;
         respond_error(r, 500, "api_error", "INTERNAL_ERROR",
@@ -313,6 +326,61 @@ static void usage_next(request_t *r)
     }
     r->n_checks = n;
     store_usage(r->w->store, r->checks, r->n_checks, on_usage, r);
+}
+
+static void next_request_id(worker_t *w, char *out, size_t len)
+{
+    snprintf(out, len, "%s%016llx", w->rid_prefix, (unsigned long long)w->rid_next++);
+}
+
+static void usage_start(request_t *r)
+{
+    r->usage = json_array();
+    r->state = RQ_STORE;
+    if (!r->w->store->store->ops->answers_inline)
+        request_watch_client(r);
+    usage_next(r);
+}
+
+/* A new request context for req on worker w (NULL: out of memory, and
+ * req has been answered). */
+static request_t *request_new(worker_t *w, struct evhttp_request *req)
+{
+    request_t *r = request_alloc();
+    if (!r) {
+        evhttp_send_error(req, 503, "Out of memory");
+        return NULL;
+    }
+    w->inflight++;
+    r->w = w;
+    r->req = req;
+    r->cfg = config_ref(w->cfg);
+    r->client = evhttp_request_get_connection(req);
+    clock_gettime(CLOCK_MONOTONIC, &r->t_start);
+    next_request_id(w, r->rid, sizeof r->rid);
+    return r;
+}
+
+void request_usage_start(worker_t *w, struct evhttp_request *req, const char *key_id,
+                         const char *account)
+{
+    request_t *r = request_new(w, req);
+    if (!r)
+        return;
+    r->is_usage = 1;
+    if (key_id) {
+        r->key = config_find_key_id(r->cfg, key_id);
+        if (r->key)
+            r->acct = &r->cfg->accounts[r->key->account];
+    } else if (account) {
+        r->acct = config_find_account(r->cfg, account);
+    }
+    if (!r->acct) {
+        respond_error(r, 404, "not_found_error", "NOT_FOUND",
+                      key_id ? "No key with this id." : "No account with this name.", NULL);
+        return;
+    }
+    usage_start(r);
 }
 
 /* The client's API key: Authorization: Bearer KEY, else X-API-Key. */
@@ -337,25 +405,12 @@ static const char *client_key(struct evkeyvalq *h, size_t *len)
     return NULL;
 }
 
-static void next_request_id(worker_t *w, char *out, size_t len)
-{
-    snprintf(out, len, "%s%016llx", w->rid_prefix, (unsigned long long)w->rid_next++);
-}
 
 void request_start(worker_t *w, struct evhttp_request *req)
 {
-    request_t *r = request_alloc();
-    if (!r) {
-        evhttp_send_error(req, 503, "Out of memory");
+    request_t *r = request_new(w, req);
+    if (!r)
         return;
-    }
-    w->inflight++;
-    r->w = w;
-    r->req = req;
-    r->cfg = config_ref(w->cfg);
-    r->client = evhttp_request_get_connection(req);
-    clock_gettime(CLOCK_MONOTONIC, &r->t_start);
-    next_request_id(w, r->rid, sizeof r->rid);
     const config_t *cfg = r->cfg;
 
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -402,11 +457,7 @@ void request_start(worker_t *w, struct evhttp_request *req)
     }
 
     if (r->is_usage) {
-        r->usage = json_array();
-        r->state = RQ_STORE;
-        if (!w->store->store->ops->answers_inline)
-            request_watch_client(r);
-        usage_next(r);
+        usage_start(r);
         return;
     }
 

@@ -18,6 +18,7 @@
 #include <event2/listener.h>
 
 #include "gateway.h"
+#include "admin.h"
 #include "server.h"
 
 int server_listen_socket(const char *host, uint16_t port, char *err, size_t errlen)
@@ -150,6 +151,10 @@ static void *worker_main(void *arg)
     /* Ending connections ends their requests; let those finish. */
     evhttp_free(w->http);
     w->http = NULL;
+    if (w->admin) {
+        evhttp_free(w->admin);
+        w->admin = NULL;
+    }
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     proxy_pools_free(w);
     event_base_loop(w->base, EVLOOP_NONBLOCK);
@@ -196,6 +201,14 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     w->store = store_attach(store, w->base);
     if (!w->store)
         return -1;
+    if (index == 0 && cfg->admin.enabled) {
+        w->admin = admin_start(w, cfg);
+        if (!w->admin) {
+            log_msg(LOG_ERROR, "admin: cannot listen on %s:%u", cfg->admin.listen_host,
+                    cfg->admin.listen_port);
+            return -1;
+        }
+    }
     w->reload_ev = event_new(w->base, -1, 0, on_reload, w);
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     if (!w->reload_ev || !w->stop_ev)
@@ -240,6 +253,8 @@ void server_worker_free(worker_t *w)
         event_free(w->stop_ev);
     if (w->http)
         evhttp_free(w->http);
+    if (w->admin)
+        evhttp_free(w->admin);
     if (w->base)
         event_base_free(w->base);
     lim_deny_free(&w->deny);

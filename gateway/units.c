@@ -14,7 +14,7 @@
 #define UNITS_MAX ((int64_t)1 << 52)
 
 /* Resolve an RFC 6901 pointer (validated by the config) in root. */
-static json_t *pointer_get(json_t *root, const char *ptr)
+json_t *json_pointer_get(json_t *root, const char *ptr)
 {
     json_t *cur = root;
     char tok[256];
@@ -74,7 +74,7 @@ int units_from_body(const cfg_endpoint_t *ep, const char *body, size_t len,
     int rc = 0;
     for (size_t i = 0; i < ep->n_units && rc == 0; i++) {
         const cfg_factor_t *f = &ep->units[i];
-        json_t *v = pointer_get(root, f->pointer);
+        json_t *v = json_pointer_get(root, f->pointer);
         int64_t x = f->dflt;
         if (!v || json_is_null(v)) {
             x = f->dflt;

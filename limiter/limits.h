@@ -116,6 +116,9 @@ size_t lim_build_checks(const lim_policy_t *p, uint32_t endpoint,
 size_t lim_build_rule_checks(const lim_policy_t *p, size_t first, const char *account,
                              const char *key_id, lim_check_t *out, size_t max);
 
+/* 1 if any of the checks is a gauge (a lease to take and give back). */
+int lim_checks_have_gauge(const lim_check_t *c, size_t n);
+
 /* The store's answer for one check, in store-clock milliseconds. */
 typedef struct lim_result {
     int ok;           /* used + amount <= limit */

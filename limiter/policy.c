@@ -173,6 +173,14 @@ static int build_one(const lim_rule_t *r, const char *account, const char *key_i
     return len < 0 || (size_t)len >= sizeof c->key ? -1 : 0;
 }
 
+int lim_checks_have_gauge(const lim_check_t *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (c[i].kind == LIM_CK_GAUGE)
+            return 1;
+    return 0;
+}
+
 size_t lim_build_checks(const lim_policy_t *p, uint32_t endpoint,
                         const char *account, const char *key_id,
                         int64_t units, int64_t price_micros,

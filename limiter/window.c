@@ -53,6 +53,18 @@ void lim_rolling_add(lim_rolling_t *r, int64_t amount)
     r->sum += amount;
 }
 
+void lim_rolling_give_back(lim_rolling_t *r, int64_t window_ms, int64_t amount,
+                           int64_t charged_ms)
+{
+    int64_t j = lim_bucket_of(charged_ms, window_ms);
+    if (j > r->head || j < r->head - LIM_BUCKETS || amount <= 0)
+        return;
+    int64_t *s = &r->slot[((j % LIM_SLOTS) + LIM_SLOTS) % LIM_SLOTS];
+    int64_t take = amount < *s ? amount : *s;
+    *s -= take;
+    r->sum -= take;
+}
+
 int64_t lim_rolling_retry_at(const lim_rolling_t *r, int64_t window_ms,
                              int64_t limit, int64_t amount, int64_t now_ms)
 {

@@ -37,6 +37,11 @@ void lim_rolling_init(lim_rolling_t *r, int64_t window_ms, int64_t now_ms);
 void lim_rolling_advance(lim_rolling_t *r, int64_t window_ms, int64_t now_ms);
 /* Charge amount to the current bucket (after advance). */
 void lim_rolling_add(lim_rolling_t *r, int64_t amount);
+/* Take back up to amount from the bucket charged at charged_ms, if that
+ * bucket is still counted (after advance). Only from that bucket: taking it
+ * from a newer one would undercount once the charge's bucket leaves. */
+void lim_rolling_give_back(lim_rolling_t *r, int64_t window_ms, int64_t amount,
+                           int64_t charged_ms);
 /* Earliest time >= now at which sum + amount <= limit, after advance;
  * LIM_NEVER if amount > limit. */
 int64_t lim_rolling_retry_at(const lim_rolling_t *r, int64_t window_ms,

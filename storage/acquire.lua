@@ -4,8 +4,10 @@
 --
 -- KEYS[i]   the counter of check i; all share the account's hash tag
 -- ARGV[1]   now in ms, or "" for Redis TIME (the one clock of a fleet)
--- ARGV[2]   lease id (gauge checks)
--- ARGV[3]   "1": charge if all fit; "0": peek only
+-- ARGV[2]   lease id (gauge checks); in mode "a", the charge's time (ms)
+-- ARGV[3]   "1": charge if all fit; "0": peek only; "a": adjust (reconcile):
+--           add each amount (negative gives back, only from the bucket or
+--           period of the charge) whatever the limits; returns {1, now}
 -- then 4 values per check i, from ARGV[4 + 4 * (i - 1)]:
 --   kind    "r" rolling window | "c" calendar period | "g" gauge (leases)
 --   param   r: window ms | c: "d" or "m" | g: lease ttl ms
@@ -76,6 +78,60 @@ local function period(per, t)
 end
 
 local n = #KEYS
+
+if ARGV[3] == 'a' then
+  local charged = tonumber(ARGV[2])
+  for i = 1, n do
+    local a = 4 + 4 * (i - 1)
+    local kind, param, d, key = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3]), KEYS[i]
+    if kind == 'r' and d ~= 0 then
+      local w = tonumber(param)
+      local cur = bucket_of(now, w)
+      local hs = redis.call('HMGET', key, 'h', 's')
+      local head, sum = tonumber(hs[1]), tonumber(hs[2]) or 0
+      if d > 0 then
+        if head == nil or cur - head >= S then
+          redis.call('DEL', key)
+          sum = 0
+        elseif cur > head then
+          local gone = {}
+          for j = head + 1, cur do gone[#gone + 1] = tostring(j % S) end
+          local old = redis.call('HMGET', key, unpack(gone))
+          for k = 1, #old do sum = sum - (tonumber(old[k]) or 0) end
+          redis.call('HDEL', key, unpack(gone))
+        end
+        if head == nil or cur > head then head = cur end
+        redis.call('HINCRBY', key, tostring(cur % S), d)
+        redis.call('HSET', key, 'h', head, 's', sum + d)
+        redis.call('PEXPIRE', key, w + math.ceil(w / B) + 1000)
+      elseif head ~= nil then
+        -- Give back only from the charge's own bucket, if still counted.
+        local j = bucket_of(charged, w)
+        if j <= head and j > head - S and cur - j < S then
+          local slot = tostring(j % S)
+          local have = tonumber(redis.call('HGET', key, slot)) or 0
+          local take = math.min(-d, have)
+          if take > 0 then
+            redis.call('HINCRBY', key, slot, -take)
+            redis.call('HSET', key, 's', sum - take)
+          end
+        end
+      end
+    elseif kind == 'c' and d ~= 0 then
+      local pid, pend = period(param, now)
+      local pv = redis.call('HMGET', key, 'p', 'v')
+      local v = (tonumber(pv[1]) == pid) and (tonumber(pv[2]) or 0) or nil
+      if d > 0 then
+        redis.call('HSET', key, 'p', pid, 'v', (v or 0) + d)
+        redis.call('PEXPIRE', key, pend - now + 60000)
+      elseif v ~= nil and period(param, charged) == pid then
+        redis.call('HSET', key, 'v', math.max(0, v + d))
+      end
+    end
+  end
+  return { 1, now }
+end
+
 local st = {}
 local admitted = 1
 for i = 1, n do

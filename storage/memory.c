@@ -8,8 +8,12 @@
  * script. Every write also looks at a couple of hash chains and frees the
  * entries that count nothing any more, so memory follows live counters.
  *
- * Ownership: entries belong to their shard; nothing is handed out. The
- * acquire callback runs before acquire() returns, with no lock held.
+ * Async jobs that hold leases are kept in a job table of their own (with
+ * its own mutex): the gauge counts keep the job's lease until job_done() or
+ * the job's expiry, found by a sweep at most once a second.
+ *
+ * Ownership: entries and jobs belong to the store; nothing is handed out.
+ * Callbacks run before the call returns, with no lock held.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -46,8 +50,23 @@ typedef struct shard {
     size_t cursor;  /* next chain to probe for idle entries */
 } shard_t;
 
+/* A job holding leases: the gauge keys it counts in. */
+typedef struct job {
+    struct job *next;
+    int64_t expires_ms;
+    size_t n_keys;
+    char **keys;
+    char id[];
+} job_t;
+
+#define JOB_BUCKETS 1024
+
 typedef struct mem_store {
     store_t base;
+    pthread_mutex_t jobs_mu;
+    job_t *jobs[JOB_BUCKETS];
+    atomic_size_t n_jobs; /* read without jobs_mu as a hint */
+    int64_t next_sweep_ms;
     store_clock_fn clock;
     void *clock_arg;
     atomic_uint rover; /* next shard to sweep */
@@ -177,6 +196,8 @@ static void evict_some(shard_t *s, int64_t now)
     }
 }
 
+static void sweep_jobs(mem_store_t *m, int64_t now);
+
 /* Shards with no traffic of their own are swept by everyone else's: each
  * admitted write also sweeps the next shard in turn, if it is free. */
 static void sweep_other(mem_store_t *m, int64_t now)
@@ -281,6 +302,8 @@ static void decide(mem_store_t *m, const lim_check_t *c, size_t n, int charge_ok
     entry_t *e[LIM_MAX_CHECKS];
     uint64_t hs[LIM_MAX_CHECKS];
     int64_t now = now_ms(m);
+    if (m->n_jobs)
+        sweep_jobs(m, now);
     uint64_t set = lock_shards(m, c, n, sh);
 
     o->now_ms = now;
@@ -367,6 +390,175 @@ static void mem_release(store_worker_t *w, const lim_check_t *c, size_t n,
     unlock_shards(m, set);
 }
 
+static void mem_adjust(store_worker_t *w, const lim_check_t *c, size_t n,
+                       const int64_t *deltas, int64_t charged_ms)
+{
+    mem_store_t *m = (mem_store_t *)w->store;
+    unsigned sh[LIM_MAX_CHECKS];
+    int64_t now = now_ms(m);
+    uint64_t set = lock_shards(m, c, n, sh);
+    for (size_t i = 0; i < n; i++) {
+        int64_t d = deltas[i];
+        if (d == 0 || c[i].kind == LIM_CK_GAUGE)
+            continue;
+        uint64_t h = hash_bytes(c[i].key, strlen(c[i].key));
+        entry_t *e = lookup(&m->shard[sh[i]], c[i].key, h);
+        if (!e && d > 0)
+            e = create(&m->shard[sh[i]], &c[i], h, now);
+        if (!e)
+            continue;
+        if (c[i].kind == LIM_CK_ROLLING) {
+            lim_rolling_advance(e->roll, c[i].window_ms, now);
+            if (d > 0)
+                lim_rolling_add(e->roll, d);
+            else
+                lim_rolling_give_back(e->roll, c[i].window_ms, -d, charged_ms);
+        } else {
+            int64_t id = lim_period_id(c[i].per, now);
+            if (d > 0) {
+                if (e->u.cal.period != id) {
+                    e->u.cal.period = id;
+                    e->u.cal.value = 0;
+                }
+                e->u.cal.value += d;
+            } else if (e->u.cal.period == id && lim_period_id(c[i].per, charged_ms) == id) {
+                e->u.cal.value = e->u.cal.value + d > 0 ? e->u.cal.value + d : 0;
+            }
+        }
+    }
+    unlock_shards(m, set);
+}
+
+static unsigned job_bucket(const char *id)
+{
+    return (unsigned)(hash_bytes(id, strlen(id)) % JOB_BUCKETS);
+}
+
+/* Give back one lease of each of the job's gauges. */
+static void job_release(mem_store_t *m, job_t *j)
+{
+    for (size_t i = 0; i < j->n_keys; i++) {
+        unsigned s = shard_of(j->keys[i]);
+        pthread_mutex_lock(&m->shard[s].mu);
+        entry_t *e = lookup(&m->shard[s], j->keys[i], hash_bytes(j->keys[i], strlen(j->keys[i])));
+        if (e && e->u.gauge > 0)
+            e->u.gauge--;
+        pthread_mutex_unlock(&m->shard[s].mu);
+    }
+}
+
+static void job_free(job_t *j)
+{
+    for (size_t i = 0; i < j->n_keys; i++)
+        free(j->keys[i]);
+    free(j->keys);
+    free(j);
+}
+
+/* Remove job id from the table (jobs_mu held); NULL if not there. */
+static job_t *job_take(mem_store_t *m, const char *id)
+{
+    for (job_t **p = &m->jobs[job_bucket(id)]; *p; p = &(*p)->next) {
+        if (strcmp((*p)->id, id) == 0) {
+            job_t *j = *p;
+            *p = j->next;
+            m->n_jobs--;
+            return j;
+        }
+    }
+    return NULL;
+}
+
+/* Jobs past their max_seconds give their leases back; at most once a second. */
+static void sweep_jobs(mem_store_t *m, int64_t now)
+{
+    job_t *expired = NULL;
+    pthread_mutex_lock(&m->jobs_mu);
+    if (now < m->next_sweep_ms || m->n_jobs == 0) {
+        pthread_mutex_unlock(&m->jobs_mu);
+        return;
+    }
+    m->next_sweep_ms = now + 1000;
+    for (int b = 0; b < JOB_BUCKETS; b++) {
+        for (job_t **p = &m->jobs[b]; *p;) {
+            job_t *j = *p;
+            if (j->expires_ms <= now) {
+                *p = j->next;
+                m->n_jobs--;
+                j->next = expired;
+                expired = j;
+            } else {
+                p = &j->next;
+            }
+        }
+    }
+    pthread_mutex_unlock(&m->jobs_mu);
+    while (expired) {
+        job_t *next = expired->next;
+        job_release(m, expired);
+        job_free(expired);
+        expired = next;
+    }
+}
+
+static void mem_job_hold(store_worker_t *w, const lim_check_t *c, size_t n,
+                         const char *lease_id, const char *job_id, int64_t ttl_ms)
+{
+    (void)lease_id;
+    mem_store_t *m = (mem_store_t *)w->store;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += c[i].kind == LIM_CK_GAUGE;
+    job_t *j = calloc(1, sizeof *j + strlen(job_id) + 1);
+    if (j)
+        j->keys = calloc(k ? k : 1, sizeof *j->keys);
+    if (!j || !j->keys) {
+        /* Cannot remember the job: give its leases back rather than leak them. */
+        if (j)
+            free(j);
+        mem_release(w, c, n, lease_id);
+        return;
+    }
+    strcpy(j->id, job_id);
+    j->expires_ms = now_ms(m) + ttl_ms;
+    for (size_t i = 0; i < n; i++)
+        if (c[i].kind == LIM_CK_GAUGE && (j->keys[j->n_keys] = strdup(c[i].key)))
+            j->n_keys++;
+    pthread_mutex_lock(&m->jobs_mu);
+    job_t *old = job_take(m, job_id); /* a job id reused: the old lease goes */
+    unsigned b = job_bucket(job_id);
+    j->next = m->jobs[b];
+    m->jobs[b] = j;
+    m->n_jobs++;
+    pthread_mutex_unlock(&m->jobs_mu);
+    if (old) {
+        job_release(m, old);
+        job_free(old);
+    }
+}
+
+static void mem_job_done(store_worker_t *w, const char *job_id,
+                         void (*cb)(void *arg, int found), void *arg)
+{
+    mem_store_t *m = (mem_store_t *)w->store;
+    sweep_jobs(m, now_ms(m));
+    pthread_mutex_lock(&m->jobs_mu);
+    job_t *j = job_take(m, job_id);
+    pthread_mutex_unlock(&m->jobs_mu);
+    if (j) {
+        job_release(m, j);
+        job_free(j);
+    }
+    if (cb)
+        cb(arg, j != NULL);
+}
+
+static int mem_ready(store_worker_t *w)
+{
+    (void)w;
+    return 1;
+}
+
 static store_worker_t *mem_attach(store_t *s, struct event_base *base)
 {
     (void)base;
@@ -384,6 +576,14 @@ static void mem_detach(store_worker_t *w)
 static void mem_destroy(store_t *s)
 {
     mem_store_t *m = (mem_store_t *)s;
+    for (int b = 0; b < JOB_BUCKETS; b++) {
+        while (m->jobs[b]) {
+            job_t *j = m->jobs[b];
+            m->jobs[b] = j->next;
+            job_free(j);
+        }
+    }
+    pthread_mutex_destroy(&m->jobs_mu);
     for (int i = 0; i < NSHARDS; i++) {
         shard_t *sh = &m->shard[i];
         for (size_t j = 0; j < sh->nb; j++) {
@@ -420,6 +620,10 @@ static const store_ops_t mem_ops = {
     .acquire = mem_acquire,
     .release = mem_release,
     .usage = mem_usage,
+    .adjust = mem_adjust,
+    .job_hold = mem_job_hold,
+    .job_done = mem_job_done,
+    .ready = mem_ready,
     .destroy = mem_destroy,
 };
 
@@ -431,6 +635,7 @@ store_t *store_memory_new(store_clock_fn clock, void *clock_arg)
     m->base.ops = &mem_ops;
     m->clock = clock;
     m->clock_arg = clock_arg;
+    pthread_mutex_init(&m->jobs_mu, NULL);
     for (int i = 0; i < NSHARDS; i++) {
         shard_t *s = &m->shard[i];
         pthread_mutex_init(&s->mu, NULL);

@@ -37,6 +37,7 @@
 
 extern const char rw_lua_acquire[];
 extern const char rw_lua_release[];
+extern const char rw_lua_hold[];
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
@@ -45,14 +46,14 @@ extern const char rw_lua_release[];
 typedef struct redis_store {
     store_t base;
     store_redis_opts_t o;     /* strings owned (copied) */
-    char sha_acquire[41], sha_release[41];
+    char sha_acquire[41], sha_release[41], sha_hold[41];
     store_t *fallback;        /* memory store, on_error allow only */
     store_redis_stats_t stats;
 } redis_store_t;
 
 typedef struct redis_worker redis_worker_t;
 
-enum call_kind { RC_ACQUIRE, RC_USAGE, RC_RELEASE, RC_SETUP };
+enum call_kind { RC_ACQUIRE, RC_USAGE, RC_RELEASE, RC_SETUP, RC_ADJUST, RC_JOB_GET };
 
 typedef struct rcall {
     struct rcall *prev, *next; /* in the worker's FIFO of calls sent */
@@ -63,6 +64,7 @@ typedef struct rcall {
     const lim_check_t *checks; /* borrowed until answered */
     size_t n;
     char lease_id[72];
+    void (*done_cb)(void *arg, int found); /* RC_JOB_GET */
     int answered;
     int retried;               /* NOSCRIPT: loaded and sent again once */
     int64_t deadline;          /* monotonic ms */
@@ -183,14 +185,6 @@ static int lease_forget(redis_worker_t *rw, const char *id)
     return 0;
 }
 
-static int has_gauge(const lim_check_t *c, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (c[i].kind == LIM_CK_GAUGE)
-            return 1;
-    return 0;
-}
-
 /* ---- answering ---------------------------------------------------------- */
 
 typedef struct fallback_ctx {
@@ -205,7 +199,7 @@ typedef struct fallback_ctx {
 static void on_fallback(void *arg, store_status_t st, const lim_outcome_t *o)
 {
     fallback_ctx_t *f = arg;
-    if (st == STORE_OK && o->admitted && has_gauge(f->checks, f->n))
+    if (st == STORE_OK && o->admitted && lim_checks_have_gauge(f->checks, f->n))
         lease_remember(f->rw, f->lease_id);
     f->cb(f->arg, st, o);
 }
@@ -237,6 +231,8 @@ static void call_answer_unavailable(rcall_t *c)
     if (c->answered)
         return;
     c->answered = 1;
+    if (c->kind == RC_JOB_GET && c->done_cb)
+        c->done_cb(c->arg, -1);
     if (c->kind == RC_ACQUIRE || c->kind == RC_USAGE)
         answer_unavailable(c->rw, c->kind, c->checks, c->n, c->lease_id, c->cb, c->arg);
 }
@@ -350,6 +346,8 @@ static int parse_outcome(const redisReply *r, size_t n, lim_outcome_t *o)
     return 0;
 }
 
+static void job_got(rcall_t *c, const redisReply *r);
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     rcall_t *c = privdata;
@@ -368,9 +366,13 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             /* Redis lost its scripts (restart, SCRIPT FLUSH): load them,
              * then send the same call again, once. */
             c->retried = 1;
+            /* Load them all: the call may be any of the scripts. */
             const char *la[] = {"SCRIPT", "LOAD", rw_lua_acquire};
             const char *lr[] = {"SCRIPT", "LOAD", rw_lua_release};
-            send_setup(rw, 3, c->kind == RC_RELEASE ? lr : la);
+            const char *lh[] = {"SCRIPT", "LOAD", rw_lua_hold};
+            send_setup(rw, 3, la);
+            send_setup(rw, 3, lr);
+            send_setup(rw, 3, lh);
             if (queue(rw, c) == 0)
                 return;
         }
@@ -386,7 +388,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         call_free(c);
         return;
     }
-    if (!c->answered && (c->kind == RC_ACQUIRE || c->kind == RC_USAGE)) {
+    if (c->kind == RC_JOB_GET && !c->answered) {
+        c->answered = 1;
+        job_got(c, r);
+    } else if (!c->answered && (c->kind == RC_ACQUIRE || c->kind == RC_USAGE)) {
         lim_outcome_t o;
         memset(&o, 0, sizeof o);
         if (parse_outcome(r, c->n, &o) != 0) {
@@ -477,8 +482,10 @@ static void connect_now(redis_worker_t *rw)
     }
     const char *la[] = {"SCRIPT", "LOAD", rw_lua_acquire};
     const char *lr[] = {"SCRIPT", "LOAD", rw_lua_release};
+    const char *lh[] = {"SCRIPT", "LOAD", rw_lua_hold};
     send_setup(rw, 3, la);
     send_setup(rw, 3, lr);
+    send_setup(rw, 3, lh);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -506,7 +513,8 @@ static void schedule_reconnect(redis_worker_t *rw)
 
 /* EVALSHA sha numkeys KEYS... ARGV... for the acquire script. */
 static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
-                              const lim_check_t *checks, size_t n, const char *lease_id)
+                              const lim_check_t *checks, size_t n, const char *lease_id,
+                              const int64_t *deltas)
 {
     redis_store_t *rs = rw->rs;
     enum { FIXED = 6, PER = 5 };
@@ -529,7 +537,7 @@ static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
         snprintf(now, sizeof now, "%lld", (long long)rs->o.clock(rs->o.clock_arg));
     argv[a++] = now;
     argv[a++] = lease_id ? lease_id : "";
-    argv[a++] = kind == RC_ACQUIRE ? "1" : "0";
+    argv[a++] = kind == RC_ACQUIRE ? "1" : kind == RC_ADJUST ? "a" : "0";
     for (size_t i = 0; i < n; i++) {
         const lim_check_t *c = &checks[i];
         switch (c->kind) {
@@ -550,7 +558,8 @@ static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
         argv[a++] = nums[i][0];
         snprintf(nums[i][1], sizeof nums[i][1], "%lld", (long long)c->limit);
         argv[a++] = nums[i][1];
-        snprintf(nums[i][2], sizeof nums[i][2], "%lld", (long long)c->amount);
+        snprintf(nums[i][2], sizeof nums[i][2], "%lld",
+                 (long long)(deltas ? deltas[i] : c->amount));
         argv[a++] = nums[i][2];
     }
     for (int i = 0; i < a; i++)
@@ -565,7 +574,7 @@ static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *ch
                    size_t n, const char *lease_id, store_acquire_cb cb, void *arg)
 {
     redis_worker_t *rw = (redis_worker_t *)w;
-    rcall_t *c = rw->ac ? decision_call(rw, kind, checks, n, lease_id) : NULL;
+    rcall_t *c = rw->ac ? decision_call(rw, kind, checks, n, lease_id, NULL) : NULL;
     if (c) {
         c->cb = cb;
         c->arg = arg;
@@ -623,6 +632,175 @@ static void redis_release(store_worker_t *w, const lim_check_t *checks, size_t n
     rcall_t *c = rw->ac ? call_new(rw, RC_RELEASE, a, argv, len) : NULL;
     if (c && queue(rw, c) != 0)
         call_free(c);
+}
+
+static void fallback_found(void *arg, int found)
+{
+    *(int *)arg = found;
+}
+
+static void redis_adjust(store_worker_t *w, const lim_check_t *checks, size_t n,
+                         const int64_t *deltas, int64_t charged_ms)
+{
+    redis_worker_t *rw = (redis_worker_t *)w;
+    char charged[24];
+    snprintf(charged, sizeof charged, "%lld", (long long)charged_ms);
+    rcall_t *c = rw->ac ? decision_call(rw, RC_ADJUST, checks, n, charged, deltas) : NULL;
+    if (c && queue(rw, c) != 0)
+        call_free(c);
+    /* Redis away: the estimate stays charged (never an undercount). */
+}
+
+/* Gauge keys (with prefix) of checks, into keys[]; returns how many. */
+static int gauge_keys(redis_worker_t *rw, const lim_check_t *checks, size_t n,
+                      char keys[][LIM_KEY_MAX + 64])
+{
+    int k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (checks[i].kind == LIM_CK_GAUGE)
+            snprintf(keys[k++], LIM_KEY_MAX + 64, "%s%s", rw->rs->o.key_prefix,
+                     checks[i].key);
+    return k;
+}
+
+static void send_simple(redis_worker_t *rw, int argc, const char **argv)
+{
+    size_t len[4 + LIM_MAX_CHECKS];
+    for (int i = 0; i < argc; i++)
+        len[i] = strlen(argv[i]);
+    rcall_t *c = rw->ac ? call_new(rw, RC_RELEASE, argc, argv, len) : NULL;
+    if (c && queue(rw, c) != 0)
+        call_free(c);
+}
+
+/* Job records: rl:job:ID holds the gauge keys, one a line, and lives as
+ * long as the job may hold its leases. Its own key (no account tag): any
+ * instance can find a job by its id alone. */
+static void redis_job_hold(store_worker_t *w, const lim_check_t *checks, size_t n,
+                           const char *lease_id, const char *job_id, int64_t ttl_ms)
+{
+    redis_worker_t *rw = (redis_worker_t *)w;
+    redis_store_t *rs = rw->rs;
+    if (rw->fallback && lease_forget(rw, lease_id)) {
+        store_job_hold(rw->fallback, checks, n, lease_id, job_id, ttl_ms);
+        return;
+    }
+    char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
+    int k = gauge_keys(rw, checks, n, keys);
+    if (k == 0)
+        return;
+    char numkeys[16], newid[96], ttl[24], rec[LIM_KEY_MAX + 64];
+    snprintf(numkeys, sizeof numkeys, "%d", k);
+    snprintf(newid, sizeof newid, "job:%s", job_id);
+    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+    const char *argv[8 + LIM_MAX_CHECKS];
+    int a = 0;
+    argv[a++] = "EVALSHA";
+    argv[a++] = rs->sha_hold;
+    argv[a++] = numkeys;
+    for (int i = 0; i < k; i++)
+        argv[a++] = keys[i];
+    argv[a++] = lease_id;
+    argv[a++] = newid;
+    argv[a++] = ttl;
+    send_simple(rw, a, argv);
+
+    size_t total = 0;
+    for (int i = 0; i < k; i++)
+        total += strlen(keys[i]) + 1;
+    char *list = malloc(total + 1);
+    if (!list)
+        return; /* the leases still expire at ttl */
+    list[0] = '\0';
+    for (int i = 0; i < k; i++) {
+        strcat(list, keys[i]);
+        strcat(list, "\n");
+    }
+    snprintf(rec, sizeof rec, "%sjob:%s", rs->o.key_prefix, job_id);
+    const char *sv[] = {"SET", rec, list, "PX", ttl};
+    send_simple(rw, 5, sv);
+    free(list);
+}
+
+static void job_got(rcall_t *c, const redisReply *r)
+{
+    redis_worker_t *rw = c->rw;
+    redis_store_t *rs = rw->rs;
+    if (r->type != REDIS_REPLY_STRING) {
+        if (c->done_cb)
+            c->done_cb(c->arg, 0);
+        return;
+    }
+    /* Release the job's lease from every gauge, and drop the record. */
+    char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
+    int k = 0;
+    const char *p = r->str;
+    while (*p && k < LIM_MAX_CHECKS) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        if (len > 0 && len < sizeof keys[0]) {
+            memcpy(keys[k], p, len);
+            keys[k++][len] = '\0';
+        }
+        p += len + (nl ? 1 : 0);
+    }
+    char numkeys[16], lease[96];
+    snprintf(numkeys, sizeof numkeys, "%d", k);
+    snprintf(lease, sizeof lease, "job:%s", c->lease_id);
+    const char *argv[4 + LIM_MAX_CHECKS];
+    int a = 0;
+    argv[a++] = "EVALSHA";
+    argv[a++] = rs->sha_release;
+    argv[a++] = numkeys;
+    for (int i = 0; i < k; i++)
+        argv[a++] = keys[i];
+    argv[a++] = lease;
+    if (k)
+        send_simple(rw, a, argv);
+    char rec[LIM_KEY_MAX + 64];
+    snprintf(rec, sizeof rec, "%sjob:%s", rs->o.key_prefix, c->lease_id);
+    const char *dv[] = {"DEL", rec};
+    send_simple(rw, 2, dv);
+    if (c->done_cb)
+        c->done_cb(c->arg, 1);
+}
+
+static void redis_job_done(store_worker_t *w, const char *job_id,
+                           void (*cb)(void *arg, int found), void *arg)
+{
+    redis_worker_t *rw = (redis_worker_t *)w;
+    redis_store_t *rs = rw->rs;
+    if (rw->fallback) {
+        /* A job admitted while Redis was away lives in local memory. */
+        int found = -2;
+        store_job_done(rw->fallback, job_id, fallback_found, &found);
+        if (found == 1) {
+            if (cb)
+                cb(arg, 1);
+            return;
+        }
+    }
+    char rec[LIM_KEY_MAX + 64];
+    snprintf(rec, sizeof rec, "%sjob:%s", rs->o.key_prefix, job_id);
+    const char *argv[] = {"GET", rec};
+    size_t len[] = {3, strlen(rec)};
+    rcall_t *c = rw->ac ? call_new(rw, RC_JOB_GET, 2, argv, len) : NULL;
+    if (c) {
+        c->done_cb = cb;
+        c->arg = arg;
+        snprintf(c->lease_id, sizeof c->lease_id, "%s", job_id);
+        if (queue(rw, c) == 0)
+            return;
+        call_free(c);
+    }
+    if (cb)
+        cb(arg, -1);
+}
+
+static int redis_ready(store_worker_t *w)
+{
+    redis_worker_t *rw = (redis_worker_t *)w;
+    return rw->ac != NULL && rw->connected;
 }
 
 static store_worker_t *redis_attach(store_t *s, struct event_base *base)
@@ -701,6 +879,10 @@ static const store_ops_t redis_ops = {
     .acquire = redis_acquire,
     .release = redis_release,
     .usage = redis_usage,
+    .adjust = redis_adjust,
+    .job_hold = redis_job_hold,
+    .job_done = redis_job_done,
+    .ready = redis_ready,
     .destroy = redis_destroy,
 };
 
@@ -728,6 +910,7 @@ store_t *store_redis_new(const store_redis_opts_t *o)
         rs->o.port = 6379;
     sha1_hex(rw_lua_acquire, rs->sha_acquire);
     sha1_hex(rw_lua_release, rs->sha_release);
+    sha1_hex(rw_lua_hold, rs->sha_hold);
     if (o->on_error_allow)
         rs->fallback = store_memory_new(NULL, NULL);
     if (!rs->o.host || !rs->o.key_prefix || (o->password && !rs->o.password) ||

@@ -63,6 +63,23 @@ typedef struct store_ops {
                     const char *lease_id);
     void (*usage)(store_worker_t *w, const lim_check_t *checks, size_t n,
                   store_usage_cb cb, void *arg);
+    /* Reconcile: add deltas[i] to checks[i]'s counter (negative gives back),
+     * as charged at charged_ms (store clock, from the acquire's outcome). A
+     * counter never goes below zero and never counts a give-back in a
+     * window or period later than the charge's. Fire and forget. */
+    void (*adjust)(store_worker_t *w, const lim_check_t *checks, size_t n,
+                   const int64_t *deltas, int64_t charged_ms);
+    /* An async job took over the leases of an admitted request: they are
+     * held, now under job_id, until job_done() or ttl_ms. Fire and forget. */
+    void (*job_hold)(store_worker_t *w, const lim_check_t *checks, size_t n,
+                     const char *lease_id, const char *job_id, int64_t ttl_ms);
+    /* Release the leases held by job_id, from any worker or instance.
+     * cb(arg, found): found 0 when no lease is held for it; -1 when the
+     * store cannot answer. cb may be NULL. */
+    void (*job_done)(store_worker_t *w, const char *job_id,
+                     void (*cb)(void *arg, int found), void *arg);
+    /* 1 when the store can answer now (readiness). */
+    int (*ready)(store_worker_t *w);
     void (*destroy)(store_t *s);
 } store_ops_t;
 
@@ -95,6 +112,26 @@ static inline void store_usage(store_worker_t *w, const lim_check_t *c,
                                size_t n, store_usage_cb cb, void *arg)
 {
     w->store->ops->usage(w, c, n, cb, arg);
+}
+static inline void store_adjust(store_worker_t *w, const lim_check_t *c, size_t n,
+                                const int64_t *deltas, int64_t charged_ms)
+{
+    w->store->ops->adjust(w, c, n, deltas, charged_ms);
+}
+static inline void store_job_hold(store_worker_t *w, const lim_check_t *c, size_t n,
+                                  const char *lease_id, const char *job_id,
+                                  int64_t ttl_ms)
+{
+    w->store->ops->job_hold(w, c, n, lease_id, job_id, ttl_ms);
+}
+static inline void store_job_done(store_worker_t *w, const char *job_id,
+                                  void (*cb)(void *arg, int found), void *arg)
+{
+    w->store->ops->job_done(w, job_id, cb, arg);
+}
+static inline int store_ready(store_worker_t *w)
+{
+    return w->store->ops->ready(w);
 }
 static inline void store_detach(store_worker_t *w)
 {

@@ -7,6 +7,7 @@ it exited 0 and that no sanitizer report was printed.
 """
 import argparse
 import atexit
+import copy
 import hashlib
 import http.client
 import json
@@ -229,6 +230,9 @@ class Env:
         self.mock_port = None
         self.port = None
         self.keys = {}
+        self.gws = []      # start_gateways: stopped and checked by close()
+        self.killed = []   # gateways killed on purpose (kill_gateway): not checked
+        self.redis = []    # start_redis: stopped by close()
 
     def start_mock(self, extra=()):
         self.mock_port = free_port()
@@ -263,6 +267,52 @@ class Env:
         wait_port(self.port, self.gw.p)
         return self.gw
 
+    def start_gateways(self, cfg, n, env=None):
+        """n gateway processes on copies of cfg, each listening on its own free
+        port (cfg's own server.listen is not used). env: one dict for all, or
+        a list of n dicts (None for none). Returns the Procs; each has .port
+        and .config_path. close() stops every one by PID and checks each for
+        exit 0 and no sanitizer report."""
+        envs = env if isinstance(env, list) else [env] * n
+        procs = []
+        for i in range(n):
+            c = copy.deepcopy(cfg)
+            port = free_port()
+            c["server"]["listen"] = "127.0.0.1:%d" % port
+            path = self.write_config(c, "ratewall-%d.json" % len(self.gws))
+            p = Proc([self.args.gateway, "-c", path], "gateway-%d" % len(self.gws),
+                     self.dir, env=envs[i])
+            p.port = port
+            p.config_path = path
+            self.gws.append(p)
+            procs.append(p)
+        for p in procs:
+            wait_port(p.port, p.p)
+        return procs
+
+    def kill_gateway(self, p):
+        """SIGKILL one gateway of start_gateways (a crash on purpose): close()
+        then neither stops nor checks it."""
+        p.p.kill()
+        p.p.wait()
+        if p in self.gws:
+            self.gws.remove(p)
+        self.killed.append(p)
+
+    def start_redis(self, port=None, extra=()):
+        """harness.start_redis, stopped by close() (its exit status is not
+        checked: tests kill and stop Redis on purpose)."""
+        r = start_redis(self.dir, port=port, extra=extra)
+        self.redis.append(r)
+        return r
+
+    def req_at(self, port, method, path, key=None, body=None, headers=None, timeout=30):
+        """Like req(), to the gateway listening on port."""
+        h = dict(headers or {})
+        if key is not None:
+            h["Authorization"] = "Bearer " + key
+        return request(port, method, path, body=body, headers=h, timeout=timeout)
+
     def req(self, method, path, key=None, body=None, headers=None, header_style="bearer",
             timeout=30):
         h = dict(headers or {})
@@ -278,19 +328,26 @@ class Env:
 
     def close(self, ok):
         errors = []
-        for p in (self.gw, self.mock):
+        for p in [self.gw] + self.gws + [self.mock]:
             if p is None:
                 continue
             try:
                 p.stop()
             except AssertionError as e:
                 errors.append(str(e))
+        for r in self.redis:
+            r.signal(signal.SIGCONT)  # a test may have left it stopped
+            try:
+                r.stop(expect_clean=False)
+            except AssertionError as e:
+                errors.append(str(e))
         if ok and not errors:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
             print("logs kept in", self.dir)
-            if self.gw:
-                print("---- gateway log ----\n" + self.gw.output()[-4000:])
+            for g in [self.gw] + self.gws + self.killed:
+                if g:
+                    print("---- %s log ----\n" % g.name + g.output()[-4000:])
         if errors:
             raise AssertionError("\n".join(errors))
 

@@ -1,0 +1,16 @@
+/* gateway/admin.h: the admin listener (SPEC §5). */
+#ifndef RW_GATEWAY_ADMIN_H
+#define RW_GATEWAY_ADMIN_H
+
+#include "gateway.h"
+
+/* Reload the configuration file: 0 and swapped in, or -1 with the errors in
+ * msgs (filled either way; the caller frees it). Thread-safe. */
+typedef int (*admin_reload_fn)(cfg_messages_t *msgs);
+void admin_set_reload(admin_reload_fn fn);
+
+/* Bind the admin listener on worker w's loop; NULL (logged by the caller)
+ * when the address cannot be bound. */
+struct evhttp *admin_start(worker_t *w, const config_t *c);
+
+#endif
