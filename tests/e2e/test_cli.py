@@ -55,6 +55,33 @@ def test_check_config(env):
     assert lines[1].startswith(bad + ":3:") and "week" in lines[1], lines
 
 
+def test_example_config(env):
+    """deploy/examples as shipped: every demo key works, the free tier refuses
+    the 4th txt2img of a minute."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    ex = os.path.join(here, "..", "..", "deploy", "examples")
+    with open(os.path.join(ex, "ratewall.json")) as f:
+        cfg = json.load(f)
+    env.start_mock()
+    cfg["server"]["listen"] = "127.0.0.1:%d" % free_port()
+    cfg["backends"]["models"]["url"] = "http://127.0.0.1:%d" % env.mock_port
+    cfg["keys_file"] = os.path.abspath(os.path.join(ex, "keys.json"))
+    env.start_gateway(cfg)
+    keys = dict(l.split() for l in open(os.path.join(ex, "DEMO_KEYS")) if l.strip())
+    for kid, key in keys.items():
+        r = env.req("POST", "/v3/txt2img", key=key, body={"prompt": "x", "image_num": 1})
+        eq(r.status, 200, "demo key %s" % kid)
+    free = keys["demo_free"]
+    eq(env.req("POST", "/v3/txt2img", key=free, body={}).status, 200, "2nd")
+    eq(env.req("POST", "/v3/txt2img", key=free, body={}).status, 200, "3rd")
+    r = env.req("POST", "/v3/txt2img", key=free, body={})
+    eq((r.status, r.h("x-ratelimit-type")), (429, "minute"), "4th of the minute")
+    # The LLM demo key: tokens reserved, then reconciled.
+    r = env.req("POST", "/v1/chat/completions", key=keys["demo_llm"],
+                body={"max_tokens": 500, "messages": []})
+    eq(r.status, 200, "chat")
+
+
 def start(env, minute_limit):
     env.start_mock()
     cfg = base_config(env.mock_port, free_port())
@@ -130,5 +157,5 @@ def test_reload_keys_file(env):
     eq(env.req("POST", "/v3/img2img", key=new, body={}).status, 401, "removed")
 
 
-run([test_keys_and_version, test_check_config, test_reload_keeps_counts,
+run([test_keys_and_version, test_check_config, test_example_config, test_reload_keeps_counts,
      test_invalid_reload_changes_nothing, test_reload_keys_file])

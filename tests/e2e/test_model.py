@@ -236,9 +236,36 @@ def admin_usage(env, store):
     eq(env.req("GET", "/healthz").status, 404, "no admin on the public port")
 
 
+def killed_gateway_loses_no_slot(env):
+    """A gateway killed with kill -9 while holding a job's lease: another
+    instance gets the slot back once the lease expires (max_seconds)."""
+    cfg = config(env, "redis", {"j": {"limits": [
+        {"metric": "concurrent", "limit": 1, "scope": "account",
+         "endpoints": ["txt2video"]}]}},
+        {"acme": {"tier": "j"}}, [("k1", "acme")])
+    cfg["endpoints"]["txt2video"]["job"]["max_seconds"] = 2
+    del cfg["admin"]
+    a, b = env.start_gateways(cfg, 2)
+    k1 = env.keys["k1"]
+    eq(env.req_at(a.port, "POST", "/v3/async/txt2video", key=k1,
+                  body={"duration_ms": 600000}).status, 200, "job via A")
+    env.kill_gateway(a)
+    t0 = time.time()
+    eq(env.req_at(b.port, "POST", "/v3/async/txt2video", key=k1, body={}).status, 429,
+       "A's lease is still held")
+    status = 429
+    while status == 429 and time.time() - t0 < 8:
+        time.sleep(0.2)
+        status = env.req_at(b.port, "POST", "/v3/async/txt2video", key=k1,
+                            body={"duration_ms": 1}).status
+    eq(status, 200, "slot back after the lease expiry")
+    assert time.time() - t0 < 4, "within max_seconds and a little"
+
+
 def job_across_instances_redis(env):
     job_across_instances(env, "redis")
 
 
 run(for_both(units_map) + for_both(token_reconcile) + for_both(job_leases) +
-    for_both(job_expiry) + [job_across_instances_redis] + for_both(admin_usage))
+    for_both(job_expiry) + [job_across_instances_redis, killed_gateway_loses_no_slot] +
+    for_both(admin_usage))
