@@ -17,6 +17,7 @@
 
 #include "admin.h"
 #include "gateway.h"
+#include "metrics.h"
 
 static admin_reload_fn reload_fn;
 
@@ -190,6 +191,26 @@ static void metrics(worker_t *w, struct evhttp_request *req)
     }
     evbuffer_add_printf(b, "# HELP ratewall_up 1 while the gateway runs.\n"
                            "# TYPE ratewall_up gauge\nratewall_up 1\n");
+    metrics_write(b);
+    const store_redis_stats_t *rs = store_redis_stats(w->store->store);
+    if (rs)
+        evbuffer_add_printf(
+            b,
+            "# HELP ratewall_store_decisions_total Decisions answered by Redis.\n"
+            "# TYPE ratewall_store_decisions_total counter\n"
+            "ratewall_store_decisions_total %lu\n"
+            "# HELP ratewall_store_unavailable_total Store calls Redis could not answer.\n"
+            "# TYPE ratewall_store_unavailable_total counter\n"
+            "ratewall_store_unavailable_total %lu\n"
+            "# HELP ratewall_store_local_decisions_total Decisions counted in local memory "
+            "while Redis was away (on_error allow): limits were enforced per instance.\n"
+            "# TYPE ratewall_store_local_decisions_total counter\n"
+            "ratewall_store_local_decisions_total %lu\n"
+            "# HELP ratewall_store_connects_total Connection attempts to Redis.\n"
+            "# TYPE ratewall_store_connects_total counter\n"
+            "ratewall_store_connects_total %lu\n",
+            atomic_load(&rs->decisions), atomic_load(&rs->unavailable),
+            atomic_load(&rs->fallback_decisions), atomic_load(&rs->connects));
     evbuffer_add_printf(b, "# HELP ratewall_store_ready 1 when the store answers.\n"
                            "# TYPE ratewall_store_ready gauge\nratewall_store_ready %d\n",
                         store_ready(w->store));

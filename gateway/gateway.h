@@ -53,6 +53,9 @@ typedef struct worker {
     uint64_t rid_next;
 } worker_t;
 
+/* What the limiter decided, for metrics and the access log. */
+enum { DEC_NONE = 0, DEC_ADMITTED, DEC_REFUSED, DEC_CACHED, DEC_UNAVAILABLE, DEC_UNLIMITED };
+
 enum req_state {
     RQ_NEW = 0,     /* routing, auth, body */
     RQ_STORE,       /* waiting for the store's answer */
@@ -98,9 +101,14 @@ typedef struct request {
     struct evbuffer *capture; /* copy of the answer's body, when needed (owned) */
     int64_t charged_ms;  /* store clock of the admission (for reconcile) */
     int lease_moved;     /* an async job holds the leases now */
+    int status;          /* status sent to the client (0: none) */
+    int decision;        /* DEC_* */
+    uint64_t bytes_out;  /* body bytes sent to the client */
+    struct timespec t_backend; /* when the backend request was sent (0: never) */
+    int64_t upstream_us; /* backend: send to end of answer */
     int in_make_request; /* inside evhttp_make_request: defer failures */
     struct timespec t_start;
-    int64_t t_sent_ms;  /* monotonic ms when the decision was asked for */
+    int64_t t_sent_us;  /* monotonic us when the decision was asked for */
     /* Last: only the first n_checks are ever written or read, so a
      * recycled context is cleared only up to here. */
     lim_check_t checks[LIM_MAX_CHECKS];

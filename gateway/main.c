@@ -20,6 +20,7 @@
 
 #include "gateway.h"
 #include "admin.h"
+#include "metrics.h"
 #include "server.h"
 
 #ifndef RATEWALL_VERSION
@@ -36,6 +37,7 @@ static void usage(FILE *f)
             "       gateway --hash-key           read a key on stdin, print its SHA-256\n"
             "       gateway --version | --help\n"
             "Options: --log-level error|warn|info|debug (default info)\n"
+            "         --access-log FILE  one JSON line per request to FILE (- for stdout)\n"
             "Signals: SIGHUP reloads the configuration; SIGTERM/SIGINT drain and exit.\n");
 }
 
@@ -157,6 +159,7 @@ static int reload_into(app_t *a, cfg_messages_t *m_out)
             log_msg(LOG_ERROR, "reload refused: %s", m.errors[i]);
         log_msg(LOG_ERROR, "reload refused: %zu error(s); the running configuration stays",
                 m.n_errors);
+        metrics_reload(0);
         *m_out = m;
         pthread_mutex_unlock(&reload_mu);
         return -1;
@@ -173,6 +176,7 @@ static int reload_into(app_t *a, cfg_messages_t *m_out)
     config_unref(a->cfg);
     a->cfg = next;
     log_msg(LOG_INFO, "configuration reloaded from %s (%zu keys)", a->path, next->n_keys);
+    metrics_reload(1);
     pthread_mutex_unlock(&reload_mu);
     return 0;
 }
@@ -328,7 +332,8 @@ out_workers:
 
 int main(int argc, char **argv)
 {
-    enum { OPT_CHECK = 256, OPT_NEW_KEY, OPT_PREFIX, OPT_HASH_KEY, OPT_VERSION, OPT_LOG };
+    enum { OPT_CHECK = 256, OPT_NEW_KEY, OPT_PREFIX, OPT_HASH_KEY, OPT_VERSION, OPT_LOG,
+           OPT_ACCESS_LOG };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", required_argument, NULL, OPT_CHECK},
@@ -337,10 +342,11 @@ int main(int argc, char **argv)
         {"hash-key", no_argument, NULL, OPT_HASH_KEY},
         {"version", no_argument, NULL, OPT_VERSION},
         {"log-level", required_argument, NULL, OPT_LOG},
+        {"access-log", required_argument, NULL, OPT_ACCESS_LOG},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config = NULL, *check = NULL, *prefix = NULL;
+    const char *config = NULL, *check = NULL, *prefix = NULL, *access_log = NULL;
     int new_key = 0, hash_key = 0;
     int o;
     while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -349,6 +355,7 @@ int main(int argc, char **argv)
         case OPT_CHECK: check = optarg; break;
         case OPT_NEW_KEY: new_key = 1; break;
         case OPT_PREFIX: prefix = optarg; break;
+        case OPT_ACCESS_LOG: access_log = optarg; break;
         case OPT_HASH_KEY: hash_key = 1; break;
         case OPT_VERSION: printf("ratewall gateway %s\n", RATEWALL_VERSION); return 0;
         case OPT_LOG: {
@@ -396,5 +403,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "gateway: libevent without thread support\n");
         return 1;
     }
-    return run(config);
+    if (access_log && access_log_open(access_log) != 0) {
+        fprintf(stderr, "gateway: cannot open the access log %s\n", access_log);
+        return 1;
+    }
+    int rc = run(config);
+    access_log_close();
+    return rc;
 }

@@ -26,6 +26,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "gateway.h"
+#include "metrics.h"
 
 typedef struct proxy_conn {
     struct evhttp_connection *evcon;
@@ -265,6 +266,7 @@ static void start_reply(request_t *r, struct evhttp_request *breq)
     int code = evhttp_request_get_response_code(breq);
     const char *line = evhttp_request_get_response_code_line(breq);
     r->backend_status = code;
+    r->status = code;
     evhttp_send_reply_start(r->req, code, line ? line : "");
     r->reply_started = 1;
 }
@@ -304,6 +306,7 @@ static void on_backend_chunk(struct evhttp_request *breq, void *arg)
         return;
     }
     keep_copy(r, in);
+    r->bytes_out += evbuffer_get_length(in);
     evhttp_send_reply_chunk(r->req, in);
 }
 
@@ -316,6 +319,10 @@ static void on_backend_error(enum evhttp_request_error err, void *arg)
 static void on_backend_done(struct evhttp_request *breq, void *arg)
 {
     request_t *r = arg;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    r->upstream_us = (int64_t)(now.tv_sec - r->t_backend.tv_sec) * 1000000 +
+                     (now.tv_nsec - r->t_backend.tv_nsec) / 1000;
     if (r->in_make_request) {
         /* Failed inside evhttp_make_request: proxy_start handles it. */
         r->breq = NULL;
@@ -342,6 +349,7 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
     struct evbuffer *rest = evhttp_request_get_input_buffer(breq);
     keep_copy(r, rest);
     after_response(r, breq);
+    r->bytes_out += evbuffer_get_length(rest);
     if (evbuffer_get_length(rest))
         evhttp_send_reply_chunk(r->req, rest);
     request_unwatch_client(r);
@@ -404,6 +412,7 @@ void proxy_start(request_t *r)
     r->bconn = c;
     r->breq = breq;
     request_watch_client(r);
+    clock_gettime(CLOCK_MONOTONIC, &r->t_backend);
     r->in_make_request = 1;
     int rc = evhttp_make_request(c->evcon, breq, cmd_of(r->req), target);
     r->in_make_request = 0;

@@ -23,6 +23,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "gateway.h"
+#include "metrics.h"
 
 #include <stddef.h>
 
@@ -74,11 +75,15 @@ static unsigned method_bit(enum evhttp_cmd_type t)
 void request_finish(request_t *r)
 {
     worker_t *w = r->w;
+    metrics_request_done(r);
     request_unwatch_client(r);
     if (r->breq)
         proxy_abort(r);
-    if (r->admitted && lim_checks_have_gauge(r->checks, r->n_checks) && !r->lease_moved)
-        store_release(w->store, r->checks, r->n_checks, r->rid);
+    if (r->admitted && lim_checks_have_gauge(r->checks, r->n_checks)) {
+        metrics_lease(-1);
+        if (!r->lease_moved)
+            store_release(w->store, r->checks, r->n_checks, r->rid);
+    }
     if (r->capture) {
         evbuffer_free(r->capture);
         r->capture = NULL;
@@ -197,11 +202,11 @@ void request_unwatch_client(request_t *r)
     bufferevent_set_timeouts(bev, &tv, &tv);
 }
 
-static int64_t mono_ms(void)
+static int64_t mono_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* RATEWALL_NO_DENY_CACHE=1 turns the local deny cache off (diagnostics). */
@@ -212,16 +217,17 @@ static int answer_from_deny_cache(request_t *r)
 {
     const lim_deny_entry_t *e =
         lim_deny_lookup(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
-                        (uint32_t)r->ep_index, mono_ms());
+                        (uint32_t)r->ep_index, mono_us() / 1000);
     if (!e)
         return 0;
     r->checks[0] = e->check;
     r->n_checks = 1;
     r->rep = e->rep;
-    int64_t left = e->until_ms - mono_ms();
+    int64_t left = e->until_ms - mono_us() / 1000;
     r->rep.retry_after_ms = left > 1 ? left : 1;
     r->rep.retry_after_s = (r->rep.retry_after_ms + 999) / 1000;
     r->state = RQ_STORE;
+    r->decision = DEC_CACHED;
     respond_429(r);
     return 1;
 }
@@ -229,7 +235,9 @@ static int answer_from_deny_cache(request_t *r)
 static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
 {
     request_t *r = arg;
+    metrics_store_latency(mono_us() - r->t_sent_us);
     if (st != STORE_OK) {
+        r->decision = DEC_UNAVAILABLE;
         if (r->client_gone)
             request_finish(r);
         else
@@ -238,10 +246,13 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     }
     lim_report(r->checks, r->n_checks, o, &r->rep);
     r->admitted = o->admitted;
+    r->decision = o->admitted ? DEC_ADMITTED : DEC_REFUSED;
+    if (o->admitted && lim_checks_have_gauge(r->checks, r->n_checks))
+        metrics_lease(1);
     r->charged_ms = o->now_ms;
     if (!o->admitted && deny_cache_on)
         lim_deny_offer(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
-                       (uint32_t)r->ep_index, r->checks, o, &r->rep, r->t_sent_ms);
+                       (uint32_t)r->ep_index, r->checks, o, &r->rep, r->t_sent_us / 1000);
     if (r->client_gone) {
         request_finish(r);
         return;
@@ -504,6 +515,7 @@ void request_start(worker_t *w, struct evhttp_request *req)
         r->checks[i].lease_ttl_ms = ttl;
     if (n == 0) {
         /* No limit applies (enterprise): straight to the backend. */
+        r->decision = DEC_UNLIMITED;
         r->state = RQ_STORE;
         r->admitted = 1;
         proxy_start(r);
@@ -512,6 +524,6 @@ void request_start(worker_t *w, struct evhttp_request *req)
     r->state = RQ_STORE;
     if (!w->store->store->ops->answers_inline)
         request_watch_client(r);
-    r->t_sent_ms = mono_ms();
+    r->t_sent_us = mono_us();
     store_acquire(w->store, r->checks, r->n_checks, r->rid, on_acquire, r);
 }

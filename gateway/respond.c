@@ -52,6 +52,8 @@ static void send_json(request_t *r, int status, const char *reason, json_t *body
         char *text = json_dumps(body, JSON_COMPACT);
         if (buf && text)
             evbuffer_add(buf, text, strlen(text));
+        r->status = status;
+        r->bytes_out += text ? strlen(text) : 0;
         request_track_flush(r);
         evhttp_send_reply(req, status, reason, buf);
         free(text);

@@ -1,0 +1,314 @@
+/*
+ * gateway/metrics.c: counters for /metrics and the access log.
+ * See metrics.h.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+
+#include "gateway.h"
+#include "metrics.h"
+
+/* ---- labelled counters --------------------------------------------------- */
+
+#define SERIES_MAX 4096
+
+typedef struct series {
+    const char *family;   /* static */
+    char labels[200];     /* rendered: endpoint="x",status="200" */
+    atomic_ulong value;
+} series_t;
+
+static series_t series[SERIES_MAX];
+static atomic_int n_series;
+static pthread_mutex_t series_mu = PTHREAD_MUTEX_INITIALIZER;
+static atomic_ulong series_overflow;
+
+/* The series of family+labels, created on first use. Lookups are lock-free
+ * over the published prefix of the table; creation takes the mutex. */
+static series_t *series_get(const char *family, const char *labels)
+{
+    int n = atomic_load_explicit(&n_series, memory_order_acquire);
+    for (int i = 0; i < n; i++)
+        if (series[i].family == family && strcmp(series[i].labels, labels) == 0)
+            return &series[i];
+    pthread_mutex_lock(&series_mu);
+    n = atomic_load_explicit(&n_series, memory_order_acquire);
+    for (int i = 0; i < n; i++) {
+        if (series[i].family == family && strcmp(series[i].labels, labels) == 0) {
+            pthread_mutex_unlock(&series_mu);
+            return &series[i];
+        }
+    }
+    series_t *s = NULL;
+    if (n < SERIES_MAX) {
+        s = &series[n];
+        s->family = family;
+        snprintf(s->labels, sizeof s->labels, "%s", labels);
+        atomic_store_explicit(&n_series, n + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&series_mu);
+    if (!s)
+        atomic_fetch_add(&series_overflow, 1);
+    return s;
+}
+
+static void series_add(const char *family, const char *labels, unsigned long v)
+{
+    series_t *s = series_get(family, labels);
+    if (s)
+        atomic_fetch_add_explicit(&s->value, v, memory_order_relaxed);
+}
+
+static const char F_REQUESTS[] = "ratewall_requests_total";
+static const char F_DECISIONS[] = "ratewall_decisions_total";
+
+/* ---- histograms and gauges ------------------------------------------------ */
+
+static const double bounds_s[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                  0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
+                                  1,      2.5,     5,      10,    30,     60};
+#define NB (sizeof bounds_s / sizeof *bounds_s)
+
+typedef struct histo {
+    atomic_ulong bucket[NB + 1]; /* last: +Inf */
+    atomic_ulong count;
+    atomic_ulong sum_us;
+} histo_t;
+
+static histo_t store_latency, backend_latency;
+static atomic_long leases_held;
+static atomic_ulong reloads_ok, reloads_failed;
+static atomic_ulong log_dropped;
+
+static void histo_add(histo_t *h, int64_t us)
+{
+    if (us < 0)
+        us = 0;
+    size_t i = 0;
+    while (i < NB && (double)us / 1e6 > bounds_s[i])
+        i++;
+    atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_us, (unsigned long)us, memory_order_relaxed);
+}
+
+void metrics_store_latency(int64_t us)
+{
+    histo_add(&store_latency, us);
+}
+
+void metrics_reload(int ok)
+{
+    atomic_fetch_add(ok ? &reloads_ok : &reloads_failed, 1);
+}
+
+void metrics_lease(int delta)
+{
+    atomic_fetch_add(&leases_held, delta);
+}
+
+/* ---- access log ------------------------------------------------------------ */
+
+#define LOG_QUEUE 8192
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    char *q[LOG_QUEUE];
+    size_t head, n;
+    FILE *out;
+    int stop, open;
+} alog = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void *log_writer(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&alog.mu);
+    for (;;) {
+        while (alog.n == 0 && !alog.stop)
+            pthread_cond_wait(&alog.cv, &alog.mu);
+        if (alog.n == 0 && alog.stop)
+            break;
+        char *line = alog.q[alog.head];
+        alog.head = (alog.head + 1) % LOG_QUEUE;
+        alog.n--;
+        pthread_mutex_unlock(&alog.mu);
+        fputs(line, alog.out);
+        fputc('\n', alog.out);
+        free(line);
+        pthread_mutex_lock(&alog.mu);
+        if (alog.n == 0)
+            fflush(alog.out);
+    }
+    pthread_mutex_unlock(&alog.mu);
+    fflush(alog.out);
+    return NULL;
+}
+
+int access_log_open(const char *path)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdout : fopen(path, "a");
+    if (!f)
+        return -1;
+    alog.out = f;
+    alog.stop = 0;
+    if (pthread_create(&alog.thread, NULL, log_writer, NULL) != 0) {
+        if (f != stdout)
+            fclose(f);
+        return -1;
+    }
+    alog.open = 1;
+    return 0;
+}
+
+void access_log_close(void)
+{
+    if (!alog.open)
+        return;
+    pthread_mutex_lock(&alog.mu);
+    alog.stop = 1;
+    pthread_cond_signal(&alog.cv);
+    pthread_mutex_unlock(&alog.mu);
+    pthread_join(alog.thread, NULL);
+    if (alog.out != stdout)
+        fclose(alog.out);
+    alog.open = 0;
+}
+
+static void access_log_line(char *line)
+{
+    pthread_mutex_lock(&alog.mu);
+    if (alog.n == LOG_QUEUE) {
+        pthread_mutex_unlock(&alog.mu);
+        free(line);
+        atomic_fetch_add(&log_dropped, 1);
+        return;
+    }
+    alog.q[(alog.head + alog.n) % LOG_QUEUE] = line;
+    alog.n++;
+    pthread_cond_signal(&alog.cv);
+    pthread_mutex_unlock(&alog.mu);
+}
+
+/* ---- per request -------------------------------------------------------------- */
+
+static const char *decision_name(int d)
+{
+    switch (d) {
+    case DEC_ADMITTED: return "admitted";
+    case DEC_REFUSED: return "refused";
+    case DEC_CACHED: return "refused_cached";
+    case DEC_UNAVAILABLE: return "unavailable";
+    case DEC_UNLIMITED: return "unlimited";
+    default: return "none";
+    }
+}
+
+static int64_t us_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)(now.tv_sec - t0->tv_sec) * 1000000 + (now.tv_nsec - t0->tv_nsec) / 1000;
+}
+
+void metrics_request_done(const request_t *r)
+{
+    const char *ep = r->ep ? r->ep->name : r->is_usage ? "_usage" : "_none";
+    char labels[200];
+    snprintf(labels, sizeof labels, "endpoint=\"%s\",status=\"%d\"", ep, r->status);
+    series_add(F_REQUESTS, labels, 1);
+    const char *limit = NULL;
+    if (r->decision != DEC_NONE) {
+        if ((r->decision == DEC_REFUSED || r->decision == DEC_CACHED) && r->rep.refused >= 0)
+            limit = r->checks[r->rep.refused].rule->ident;
+        snprintf(labels, sizeof labels, "outcome=\"%s\",limit=\"%s\"",
+                 decision_name(r->decision), limit ? limit : "");
+        series_add(F_DECISIONS, labels, 1);
+    }
+    if (r->t_backend.tv_sec)
+        histo_add(&backend_latency, r->upstream_us);
+    if (!alog.open)
+        return;
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    char ts[80];
+    struct tm tm;
+    gmtime_r(&wall.tv_sec, &tm);
+    snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             wall.tv_nsec / 1000000);
+    json_t *o = json_pack("{s:s, s:s, s:s?, s:s?, s:s, s:i, s:s, s:s?, s:I, s:f, s:f}", "time", ts,
+                          "request_id", r->rid, "key_id", r->key ? r->key->id : NULL,
+                          "account", r->acct ? r->acct->name : NULL, "endpoint", ep,
+                          "status", r->status, "decision", decision_name(r->decision),
+                          "limit", limit, "bytes", (json_int_t)r->bytes_out, "upstream_ms",
+                          r->t_backend.tv_sec ? (double)r->upstream_us / 1000.0 : 0.0,
+                          "total_ms", (double)us_since(&r->t_start) / 1000.0);
+    char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (line)
+        access_log_line(line);
+}
+
+/* ---- exposition ----------------------------------------------------------------- */
+
+static void write_family(struct evbuffer *out, const char *family, const char *help)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n", family, help, family);
+    int n = atomic_load_explicit(&n_series, memory_order_acquire);
+    for (int i = 0; i < n; i++)
+        if (series[i].family == family)
+            evbuffer_add_printf(out, "%s{%s} %lu\n", family, series[i].labels,
+                                atomic_load(&series[i].value));
+}
+
+static void write_histo(struct evbuffer *out, const char *name, const char *help,
+                        histo_t *h)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long cum = 0;
+    for (size_t i = 0; i < NB; i++) {
+        cum += atomic_load(&h->bucket[i]);
+        evbuffer_add_printf(out, "%s_bucket{le=\"%g\"} %lu\n", name, bounds_s[i], cum);
+    }
+    cum += atomic_load(&h->bucket[NB]);
+    evbuffer_add_printf(out, "%s_bucket{le=\"+Inf\"} %lu\n%s_sum %.6f\n%s_count %lu\n", name,
+                        cum, name, (double)atomic_load(&h->sum_us) / 1e6, name,
+                        atomic_load(&h->count));
+}
+
+void metrics_write(struct evbuffer *out)
+{
+    write_family(out, F_REQUESTS, "Requests answered, by endpoint and status.");
+    write_family(out, F_DECISIONS,
+                 "Limit decisions by outcome and, for refusals, the limit that refused.");
+    write_histo(out, "ratewall_store_latency_seconds",
+                "Time from asking the store for a decision to its answer.", &store_latency);
+    write_histo(out, "ratewall_backend_latency_seconds",
+                "Time from sending a request to the backend to the end of its answer.",
+                &backend_latency);
+    evbuffer_add_printf(out,
+                        "# HELP ratewall_leases_held Concurrency leases this instance holds "
+                        "for requests in flight.\n# TYPE ratewall_leases_held gauge\n"
+                        "ratewall_leases_held %ld\n",
+                        atomic_load(&leases_held));
+    evbuffer_add_printf(out,
+                        "# HELP ratewall_reloads_total Configuration reloads by result.\n"
+                        "# TYPE ratewall_reloads_total counter\n"
+                        "ratewall_reloads_total{result=\"ok\"} %lu\n"
+                        "ratewall_reloads_total{result=\"failed\"} %lu\n",
+                        atomic_load(&reloads_ok), atomic_load(&reloads_failed));
+    evbuffer_add_printf(out,
+                        "# HELP ratewall_access_log_dropped_total Access log lines dropped "
+                        "because the writer fell behind.\n"
+                        "# TYPE ratewall_access_log_dropped_total counter\n"
+                        "ratewall_access_log_dropped_total %lu\n",
+                        atomic_load(&log_dropped));
+}

@@ -1,0 +1,120 @@
+"""Operations: metrics that move, the JSON access log, reload through the
+admin listener."""
+import hashlib
+import json
+import os
+import re
+import time
+
+from harness import Proc, base_config, eq, free_port, request, run, wait_port
+
+TOKEN = "ops-admin-token"
+
+
+def start(env, limit=2, access_log=None):
+    env.start_mock()
+    cfg = base_config(env.mock_port, free_port())
+    cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": limit}]}
+    cfg["accounts"] = {"acme": {"tier": "t"}}
+    cfg["admin"] = {"listen": "127.0.0.1:%d" % free_port(),
+                    "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}
+    env.add_key(cfg, "k1", "acme")
+    env.port = int(cfg["server"]["listen"].rsplit(":", 1)[1])
+    path = env.write_config(cfg)
+    env.config_path = path
+    argv = [env.args.gateway, "-c", path]
+    if access_log:
+        argv += ["--access-log", access_log]
+    env.gw = Proc(argv, "gateway", env.dir)
+    wait_port(env.port, env.gw.p)
+    env.admin_port = int(cfg["admin"]["listen"].rsplit(":", 1)[1])
+    wait_port(env.admin_port, env.gw.p)
+    return cfg
+
+
+def metric(text, name, **labels):
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = ",".join(sorted((m.group(2) or "").split(","))) if m.group(2) else ""
+        if got == want:
+            return float(m.group(3))
+    return 0.0
+
+
+def test_metrics_move(env):
+    start(env)
+    key = env.keys["k1"]
+    before = request(env.admin_port, "GET", "/metrics").body.decode()
+    for _ in range(3):
+        env.req("POST", "/v3/img2img", key=key, body={})
+    r = request(env.admin_port, "GET", "/metrics")
+    eq(r.status, 200)
+    text = r.body.decode()
+    assert r.h("content-type").startswith("text/plain"), r.headers
+    eq(metric(text, "ratewall_requests_total", endpoint="img2img", status="200"), 2.0,
+       "admitted counted")
+    eq(metric(text, "ratewall_requests_total", endpoint="img2img", status="429"), 1.0,
+       "refusal counted")
+    refused = metric(text, "ratewall_decisions_total", outcome="refused",
+                     limit="requests:minute:key:*")
+    eq(refused - metric(before, "ratewall_decisions_total", outcome="refused",
+                        limit="requests:minute:key:*"), 1.0, "refusal by its limit")
+    assert metric(text, "ratewall_store_latency_seconds_count") >= 3, text
+    assert "# TYPE ratewall_backend_latency_seconds histogram" in text, text
+    # Every line is valid exposition text: name{labels} value, or a comment.
+    for line in text.splitlines():
+        assert line.startswith("#") or re.match(r'^[a-z_]+(\{[^}]*\})? [0-9.e+-]+$', line), line
+
+
+def test_access_log(env):
+    log = os.path.join(env.dir, "access.log")
+    start(env, access_log=log)
+    key = env.keys["k1"]
+    for _ in range(3):
+        env.req("POST", "/v3/img2img", key=key, body={})
+    env.req("POST", "/v3/img2img", key="sk_wrong", body={})
+    env.gw.stop()
+    env.gw = None
+    lines = [json.loads(l) for l in open(log) if l.strip()]
+    eq(len(lines), 4, "one line per request")
+    eq([l["status"] for l in lines], [200, 200, 429, 401], "statuses")
+    eq(lines[0]["key_id"], "k1", "key id logged")
+    eq(lines[2]["decision"], "refused", "decision")
+    eq(lines[2]["limit"], "requests:minute:key:*", "the limit that refused")
+    for l in lines:
+        for f in ("time", "request_id", "endpoint", "status", "bytes", "total_ms"):
+            assert f in l, (f, l)
+    text = open(log).read()
+    assert key not in text and "sk_wrong" not in text, "a key was logged"
+
+
+def test_admin_reload(env):
+    cfg = start(env, limit=5)
+    key = env.keys["k1"]
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    h = {"Authorization": "Bearer " + TOKEN}
+    cfg["tiers"]["t"]["limits"][0]["limit"] = 1
+    env.write_config(cfg)
+    r = request(env.admin_port, "POST", "/admin/reload", headers=h)
+    eq((r.status, r.json()), (200, {"reloaded": True}), "reload")
+    time.sleep(0.1)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 429, "tightened, count kept")
+    with open(env.config_path, "w") as f:
+        f.write('{"server": {"listen": 5}}')
+    r = request(env.admin_port, "POST", "/admin/reload", headers=h)
+    eq(r.status, 400, "invalid")
+    err = r.json()["error"]
+    eq(err["code"], "INVALID_CONFIG", "code")
+    assert err["details"]["errors"] and err["details"]["errors"][0].startswith(
+        env.config_path + ":1:"), err
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 429, "old config stays")
+    text = request(env.admin_port, "GET", "/metrics").body.decode()
+    eq(metric(text, "ratewall_reloads_total", result="ok"), 1.0, "reload ok counted")
+    eq(metric(text, "ratewall_reloads_total", result="failed"), 1.0, "reload failure counted")
+    eq(request(env.admin_port, "POST", "/admin/reload").status, 401, "no token")
+
+
+run([test_metrics_move, test_access_log, test_admin_reload])
