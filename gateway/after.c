@@ -120,6 +120,10 @@ static void reconcile(request_t *r, struct evhttp_request *breq, json_t *body)
                 r->rid);
         return;
     }
+    /* Far above any limit, and d_units * per_unit cannot overflow. */
+    const int64_t units_max = (int64_t)1 << 40;
+    if (actual > units_max)
+        actual = units_max;
     int64_t d_units = actual - r->units;
     if (d_units == 0)
         return;
@@ -128,7 +132,10 @@ static void reconcile(request_t *r, struct evhttp_request *breq, json_t *body)
     int any = 0;
     for (size_t i = 0; i < r->n_checks; i++) {
         lim_metric_t m = r->checks[i].rule->metric;
-        deltas[i] = m == LIM_UNITS ? d_units : m == LIM_SPEND ? d_units * per_unit : 0;
+        int64_t spend;
+        if (__builtin_mul_overflow(d_units, per_unit, &spend))
+            spend = d_units > 0 ? INT64_MAX / 4 : -(INT64_MAX / 4); /* saturate */
+        deltas[i] = m == LIM_UNITS ? d_units : m == LIM_SPEND ? spend : 0;
         any |= deltas[i] != 0;
     }
     if (any)

@@ -445,12 +445,12 @@ static void kerr(ctx_t *c, const char *where, const char *fmt, ...)
  * checked but has no effect in this build; using it gives a warning at the
  * field's key. Delete the row (and its apply step) when the feature lands.
  * ------------------------------------------------------------------------ */
-enum { NI_TLS, NI_IETF, NI_OPENAI };
+enum { NI_TLS, NI_HTTPS_BACKEND };
 
 static const char *const not_implemented[] = {
     [NI_TLS] = "TLS is not implemented yet; the listener serves plain HTTP",
-    [NI_IETF] = "\"ietf_headers\" is not implemented yet; RateLimit-Policy and RateLimit are not sent",
-    [NI_OPENAI] = "\"openai_headers\" is not implemented yet; x-ratelimit-*-requests/-tokens are not sent",
+    [NI_HTTPS_BACKEND] = "https:// backends are not implemented yet; requests to this backend "
+                         "are refused with 502 (never sent in clear text)",
 };
 
 /* Warn about field `name` of the current object; `where` prefixes it. */
@@ -1070,12 +1070,8 @@ static void parse_server(ctx_t *c, json_t *o)
             cfg->server.usage_path = up;
         }
     }
-    if (get_bool(c, o, W, "ietf_headers", &cfg->server.ietf_headers) == 1 &&
-        cfg->server.ietf_headers)
-        warn_ni(c, W, "ietf_headers", NI_IETF);
-    if (get_bool(c, o, W, "openai_headers", &cfg->server.openai_headers) == 1 &&
-        cfg->server.openai_headers)
-        warn_ni(c, W, "openai_headers", NI_OPENAI);
+    get_bool(c, o, W, "ietf_headers", &cfg->server.ietf_headers);
+    get_bool(c, o, W, "openai_headers", &cfg->server.openai_headers);
 
     json_t *tls = get_obj(c, o, W, "tls", 0);
     if (tls) {
@@ -1207,6 +1203,8 @@ static void parse_backend(ctx_t *c, json_t *o, cfg_backend_t *b, const char *W)
             ferr(c, W, "url", "invalid URL %s: %s", Q(c, b->url), why);
         else if (!b->host || !b->base_path)
             nomem(c);
+        else if (b->tls)
+            warn_ni(c, W, "url", NI_HTTPS_BACKEND);
     }
     get_int(c, o, W, "timeout_ms", 0, 1, INT32_MAX, &b->timeout_ms);
     json_t *h = get_obj(c, o, W, "headers", 0);

@@ -45,6 +45,7 @@ typedef struct worker {
     int draining;
     struct evhttp_bound_socket *bound;
     struct timespec drain_deadline;
+    struct timespec idle_since;    /* draining: when inflight reached 0 */
     /* Touched by the worker's own thread only. */
     int inflight;   /* request contexts alive */
     int unflushed;  /* answers handed to evhttp and not yet fully written */
@@ -106,12 +107,20 @@ typedef struct request {
     uint64_t bytes_out;  /* body bytes sent to the client */
     struct timespec t_backend; /* when the backend request was sent (0: never) */
     int64_t upstream_us; /* backend: send to end of answer */
+    /* Per-check state after the decision, kept only when the config asks
+     * for the IETF or OpenAI headers (n_state == n_checks then). */
+    size_t n_state;
+    int64_t state_now_ms;
+    int64_t state_remaining[LIM_MAX_CHECKS];
+    int64_t state_reset_ms[LIM_MAX_CHECKS];
     int in_make_request; /* inside evhttp_make_request: defer failures */
+    int backend_paused;  /* backend not read until the client drains */
     struct timespec t_start;
     int64_t t_sent_us;  /* monotonic us when the decision was asked for */
     /* Last: only the first n_checks are ever written or read, so a
      * recycled context is cleared only up to here. */
     lim_check_t checks[LIM_MAX_CHECKS];
+    char path[2048];     /* the normalized path (routed and forwarded) */
 } request_t;
 
 /* server.c */

@@ -23,6 +23,7 @@
 #include <event2/bufferevent.h>
 #include <event2/dns.h>
 #include <event2/http.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 
 #include "gateway.h"
@@ -106,6 +107,16 @@ static void conn_give_back(proxy_conn_t *c)
     p->n_idle++;
 }
 
+/* Free a connection after the callback that used it has unwound. */
+static void conn_free_later(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    proxy_conn_t *c = arg;
+    evhttp_connection_free(c->evcon);
+    free(c);
+}
+
 void proxy_pools_free(worker_t *w)
 {
     proxy_pool_t *p = w->pools;
@@ -140,13 +151,18 @@ void proxy_abort(request_t *r)
     r->breq = NULL;
 }
 
+static enum evhttp_cmd_type cmd_of(struct evhttp_request *req)
+{
+    return evhttp_request_get_command(req);
+}
+
 /* Hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself. */
 static int skip_request_header(const char *name)
 {
     static const char *const skip[] = {
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
         "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
-        "Host", "Content-Length", "Authorization", "X-API-Key",
+        "Host", "Content-Length", "Authorization", "X-API-Key", "Expect",
         "X-Request-Id", "X-Gateway-Key-Id", "X-Gateway-Account", "X-Forwarded-For",
     };
     for (size_t i = 0; i < sizeof skip / sizeof *skip; i++)
@@ -188,13 +204,21 @@ static int named_by_connection(const char *conn, const char *name)
     return 0;
 }
 
+/* Whether any Connection header of hs names `name`. */
+static int named_by_any_connection(struct evkeyvalq *hs, const char *name)
+{
+    for (struct evkeyval *h = hs->tqh_first; h; h = h->next.tqe_next)
+        if (strcasecmp(h->key, "Connection") == 0 && named_by_connection(h->value, name))
+            return 1;
+    return 0;
+}
+
 static void copy_request_headers(request_t *r, struct evkeyvalq *out)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
-    const char *conn = evhttp_find_header(in, "Connection");
     const cfg_backend_t *be = &r->cfg->backends[r->ep->backend];
     for (struct evkeyval *h = in->tqh_first; h; h = h->next.tqe_next) {
-        if (skip_request_header(h->key) || named_by_connection(conn, h->key))
+        if (skip_request_header(h->key) || named_by_any_connection(in, h->key))
             continue;
         int configured = 0;
         for (size_t i = 0; i < be->n_headers && !configured; i++)
@@ -218,13 +242,22 @@ static void copy_request_headers(request_t *r, struct evkeyvalq *out)
     ev_uint16_t peer_port = 0;
     if (r->client)
         evhttp_connection_get_peer(r->client, &peer, &peer_port);
+    /* The peer is always the last entry: never cut off by a long client value. */
     const char *xff = evhttp_find_header(in, "X-Forwarded-For");
-    char xbuf[512];
-    if (xff && *xff && peer)
-        snprintf(xbuf, sizeof xbuf, "%s, %s", xff, peer);
-    else
-        snprintf(xbuf, sizeof xbuf, "%s", peer ? peer : "unknown");
-    evhttp_add_header(out, "X-Forwarded-For", xbuf);
+    const char *me = peer ? peer : "unknown";
+    if (xff && *xff && strlen(xff) < 4096) {
+        size_t need = strlen(xff) + strlen(me) + 3;
+        char *xbuf = malloc(need);
+        if (xbuf) {
+            snprintf(xbuf, need, "%s, %s", xff, me);
+            evhttp_add_header(out, "X-Forwarded-For", xbuf);
+            free(xbuf);
+        } else {
+            evhttp_add_header(out, "X-Forwarded-For", me);
+        }
+    } else {
+        evhttp_add_header(out, "X-Forwarded-For", me);
+    }
     evhttp_add_header(out, "X-Request-Id", r->rid);
     evhttp_add_header(out, "X-Gateway-Key-Id", r->key->id);
     evhttp_add_header(out, "X-Gateway-Account", r->acct->name);
@@ -258,10 +291,13 @@ static void start_reply(request_t *r, struct evhttp_request *breq)
 {
     struct evkeyvalq *bh = evhttp_request_get_input_headers(breq);
     struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
-    const char *conn = evhttp_find_header(bh, "Connection");
     for (struct evkeyval *h = bh->tqh_first; h; h = h->next.tqe_next)
-        if (!skip_response_header(h->key) && !named_by_connection(conn, h->key))
+        if (!skip_response_header(h->key) && !named_by_any_connection(bh, h->key))
             evhttp_add_header(out, h->key, h->value);
+    /* An HTTP/1.0 client cannot take chunks: a body of unknown length then
+     * ends when the connection closes. */
+    if (r->req->major == 1 && r->req->minor == 0 && !evhttp_find_header(bh, "Content-Length"))
+        evhttp_remove_header(evhttp_request_get_input_headers(r->req), "Connection");
     respond_rate_headers(r, out);
     int code = evhttp_request_get_response_code(breq);
     const char *line = evhttp_request_get_response_code_line(breq);
@@ -274,8 +310,13 @@ static void start_reply(request_t *r, struct evhttp_request *breq)
 static int on_backend_headers(struct evhttp_request *breq, void *arg)
 {
     request_t *r = arg;
+    int code = evhttp_request_get_response_code(breq);
     if (r->client_gone)
         return -1;
+    if (code == 100)
+        return 0; /* evhttp reads the final answer next */
+    if (code < 200)
+        return -1; /* other interim answers: not relayed, the backend is cut */
     start_reply(r, breq);
     return 0;
 }
@@ -297,6 +338,21 @@ static void keep_copy(request_t *r, struct evbuffer *in)
     evbuffer_add(r->capture, evbuffer_pullup(in, (ev_ssize_t)n), n);
 }
 
+#define CLIENT_BUFFER_MAX (1024 * 1024)
+
+/* The client took all that was waiting for it: read the backend again.
+ * (Every way a request ends replaces this callback or frees the client
+ * connection, so r is alive here.) */
+static void on_client_drained(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    request_t *r = arg;
+    if (r->backend_paused && r->bconn) {
+        r->backend_paused = 0;
+        bufferevent_enable(evhttp_connection_get_bufferevent(r->bconn->evcon), EV_READ);
+    }
+}
+
 static void on_backend_chunk(struct evhttp_request *breq, void *arg)
 {
     request_t *r = arg;
@@ -307,7 +363,18 @@ static void on_backend_chunk(struct evhttp_request *breq, void *arg)
     }
     keep_copy(r, in);
     r->bytes_out += evbuffer_get_length(in);
-    evhttp_send_reply_chunk(r->req, in);
+    /* Backpressure: a client that reads slower than the backend writes
+     * must not make the gateway buffer the whole answer. Past the mark the
+     * backend is not read until the client has taken everything. */
+    struct bufferevent *cbev = evhttp_connection_get_bufferevent(r->client);
+    if (evbuffer_get_length(bufferevent_get_output(cbev)) + evbuffer_get_length(in) >
+        CLIENT_BUFFER_MAX) {
+        bufferevent_disable(evhttp_connection_get_bufferevent(r->bconn->evcon), EV_READ);
+        r->backend_paused = 1;
+        evhttp_send_reply_chunk_with_cb(r->req, in, on_client_drained, r);
+    } else {
+        evhttp_send_reply_chunk(r->req, in);
+    }
 }
 
 static void on_backend_error(enum evhttp_request_error err, void *arg)
@@ -342,8 +409,15 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
         backend_failed(r);
         return;
     }
-    if (c)
+    int code = evhttp_request_get_response_code(breq);
+    if (c && (cmd_of(r->req) == EVHTTP_REQ_HEAD || code == 204 || code == 304)) {
+        /* A backend that sends a body anyway would leave it on the
+         * connection for the next request: this one is not reused. */
+        if (event_base_once(r->w->base, -1, EV_TIMEOUT, conn_free_later, c, NULL) != 0)
+            conn_give_back(c);
+    } else if (c) {
         conn_give_back(c);
+    }
     if (!r->reply_started)
         start_reply(r, breq);
     struct evbuffer *rest = evhttp_request_get_input_buffer(breq);
@@ -359,15 +433,17 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
     request_finish(r);
 }
 
-static enum evhttp_cmd_type cmd_of(struct evhttp_request *req)
-{
-    return evhttp_request_get_command(req);
-}
 
 void proxy_start(request_t *r)
 {
     worker_t *w = r->w;
     const cfg_backend_t *be = &r->cfg->backends[r->ep->backend];
+    if (be->tls) {
+        /* Never send a backend's credentials in clear text. */
+        respond_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE",
+                      "HTTPS backends are not supported by this build.", NULL);
+        return;
+    }
     proxy_pool_t *pool = pool_for(w, be);
     proxy_conn_t *c = pool ? conn_take(w, pool) : NULL;
     if (!c) {
@@ -386,11 +462,20 @@ void proxy_start(request_t *r)
     evhttp_request_set_chunked_cb(breq, on_backend_chunk);
     evhttp_request_set_error_cb(breq, on_backend_error);
     copy_request_headers(r, evhttp_request_get_output_headers(breq));
-    evbuffer_add_buffer(evhttp_request_get_output_buffer(breq),
-                        evhttp_request_get_input_buffer(r->req));
+    struct evbuffer *out = evhttp_request_get_output_buffer(breq);
+    evbuffer_add_buffer(out, evhttp_request_get_input_buffer(r->req));
+    /* evhttp adds Content-Length only for POST and PUT: a PATCH (or any)
+     * body without it would run into the next request on the connection. */
+    enum evhttp_cmd_type cmd = cmd_of(r->req);
+    size_t blen = evbuffer_get_length(out);
+    if (blen || cmd == EVHTTP_REQ_POST || cmd == EVHTTP_REQ_PUT || cmd == EVHTTP_REQ_PATCH) {
+        char cl[24];
+        snprintf(cl, sizeof cl, "%zu", blen);
+        evhttp_add_header(evhttp_request_get_output_headers(breq), "Content-Length", cl);
+    }
 
     const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(r->req);
-    const char *path = evhttp_uri_get_path(u);
+    const char *path = r->path;
     const char *query = evhttp_uri_get_query(u);
     size_t need = strlen(be->base_path) + strlen(path ? path : "/") +
                   (query ? strlen(query) + 1 : 0) + 1;

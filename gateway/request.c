@@ -58,6 +58,69 @@ void request_freelist_clear(void)
         free(freelist[--n_free]);
 }
 
+/* RFC 9110 token characters: what a header name may hold. */
+static int token_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static int header_names_ok(struct evkeyvalq *h)
+{
+    for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (!*kv->key)
+            return 0;
+        for (const char *p = kv->key; *p; p++)
+            if (!token_char((unsigned char)*p))
+                return 0;
+    }
+    return 1;
+}
+
+/* Remove "." and ".." segments (RFC 3986 §5.2.4) so that routing and the
+ * backend see the same path. Encoded dots and slashes are refused: they
+ * would mean one path here and another behind a decoding backend. */
+static int normalize_path(const char *in, char *out, size_t len)
+{
+    if (*in != '/')
+        return -1;
+    for (const char *p = in; *p; p++)
+        if (p[0] == '%' && p[1] &&
+            ((p[1] == '2' && (p[2] == 'e' || p[2] == 'E' || p[2] == 'f' || p[2] == 'F')) ||
+             (p[1] == '5' && (p[2] == 'c' || p[2] == 'C'))))
+            return -1;
+    size_t o = 0;
+    const char *p = in;
+    while (*p) {
+        /* p points at a '/' */
+        const char *seg = p + 1;
+        const char *end = strchr(seg, '/');
+        size_t n = end ? (size_t)(end - seg) : strlen(seg);
+        if (n == 1 && seg[0] == '.') {
+            if (!end && o + 1 < len)
+                out[o++] = '/';
+        } else if (n == 2 && seg[0] == '.' && seg[1] == '.') {
+            while (o > 0 && out[o - 1] != '/')
+                o--;
+            if (o > 0)
+                o--; /* drop the segment and its slash */
+            if (!end && o + 1 < len)
+                out[o++] = '/';
+        } else {
+            if (o + 1 + n >= len)
+                return -1;
+            out[o++] = '/';
+            memcpy(out + o, seg, n);
+            o += n;
+        }
+        p = end ? end : seg + n;
+    }
+    if (o == 0)
+        out[o++] = '/';
+    out[o] = '\0';
+    return 0;
+}
+
 static unsigned method_bit(enum evhttp_cmd_type t)
 {
     switch (t) {
@@ -247,6 +310,16 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     lim_report(r->checks, r->n_checks, o, &r->rep);
     r->admitted = o->admitted;
     r->decision = o->admitted ? DEC_ADMITTED : DEC_REFUSED;
+    if (r->cfg->server.ietf_headers || r->cfg->server.openai_headers) {
+        r->n_state = r->n_checks;
+        r->state_now_ms = o->now_ms;
+        for (size_t i = 0; i < r->n_checks; i++) {
+            const lim_check_t *c = &r->checks[i];
+            int64_t used = o->res[i].used + (o->admitted ? c->amount : 0);
+            r->state_remaining[i] = c->limit > used ? c->limit - used : 0;
+            r->state_reset_ms[i] = o->res[i].reset_ms;
+        }
+    }
     if (o->admitted && lim_checks_have_gauge(r->checks, r->n_checks))
         metrics_lease(1);
     r->charged_ms = o->now_ms;
@@ -425,9 +498,21 @@ void request_start(worker_t *w, struct evhttp_request *req)
     const config_t *cfg = r->cfg;
 
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    if (!path || !*path)
-        path = "/";
+    const char *raw = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (!raw || !*raw)
+        raw = "/";
+    if (!header_names_ok(evhttp_request_get_input_headers(req))) {
+        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
+                      "A header name is not a valid token.", NULL);
+        return;
+    }
+    if (normalize_path(raw, r->path, sizeof r->path) != 0) {
+        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
+                      "The path is not acceptable (encoded dot or slash, or too long).",
+                      NULL);
+        return;
+    }
+    const char *path = r->path;
     unsigned method = method_bit(evhttp_request_get_command(req));
 
     r->is_usage = method == CFG_M_GET && strcmp(path, cfg->server.usage_path) == 0;

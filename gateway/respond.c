@@ -21,6 +21,115 @@ static void set_int_header(struct evkeyvalq *h, const char *name, int64_t v)
     evhttp_add_header(h, name, buf);
 }
 
+/* Seconds a limit's window or period spans (months: 30 days). */
+static int64_t window_s(const lim_check_t *c)
+{
+    if (c->window_ms)
+        return c->window_ms / 1000;
+    return c->per == LIM_PER_DAY ? 86400 : c->per == LIM_PER_MONTH ? 2592000 : 0;
+}
+
+static int64_t reset_in_s(const request_t *r, size_t i)
+{
+    int64_t ms = r->state_reset_ms[i] - r->state_now_ms;
+    return ms > 0 ? (ms + 999) / 1000 : 0;
+}
+
+/* draft-ietf-httpapi-ratelimit-headers-10: one policy item per limit that
+ * applies, named by the limit's identity; quota units other than requests
+ * in `qu`. */
+static void ietf_headers(const request_t *r, struct evkeyvalq *h)
+{
+    char pol[2048], cur[2048];
+    size_t pl = 0, cl = 0;
+    pol[0] = cur[0] = '\0';
+    for (size_t i = 0; i < r->n_checks; i++) {
+        const lim_check_t *c = &r->checks[i];
+        const char *qu = c->rule->metric == LIM_REQUESTS    ? NULL
+                         : c->rule->metric == LIM_UNITS      ? "units"
+                         : c->rule->metric == LIM_SPEND      ? "spend-micros"
+                                                             : "concurrent-requests";
+        char w[32] = "";
+        if (window_s(c))
+            snprintf(w, sizeof w, ";w=%lld", (long long)window_s(c));
+        int n = snprintf(pol + pl, sizeof pol - pl, "%s\"%s\";q=%lld%s%s%s%s", pl ? ", " : "",
+                         c->rule->ident, (long long)c->limit, qu ? ";qu=\"" : "",
+                         qu ? qu : "", qu ? "\"" : "", w);
+        if (n > 0 && (size_t)n < sizeof pol - pl)
+            pl += (size_t)n;
+        n = snprintf(cur + cl, sizeof cur - cl, "%s\"%s\";r=%lld;t=%lld", cl ? ", " : "",
+                     c->rule->ident, (long long)r->state_remaining[i],
+                     (long long)reset_in_s(r, i));
+        if (n > 0 && (size_t)n < sizeof cur - cl)
+            cl += (size_t)n;
+    }
+    evhttp_add_header(h, "RateLimit-Policy", pol);
+    evhttp_add_header(h, "RateLimit", cur);
+}
+
+/* A duration as LLM clients read it: "20ms", "1.5s", "6m0s", "1h2m3s". */
+static void go_duration(int64_t ms, char *out, size_t len)
+{
+    if (ms < 1000) {
+        snprintf(out, len, "%lldms", (long long)ms);
+        return;
+    }
+    int64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, frac = ms % 1000;
+    char sec[24];
+    if (frac) {
+        snprintf(sec, sizeof sec, "%lld.%03lld", (long long)s, (long long)frac);
+        char *e = sec + strlen(sec) - 1;
+        while (*e == '0')
+            *e-- = '\0';
+    } else {
+        snprintf(sec, sizeof sec, "%lld", (long long)s);
+    }
+    if (h)
+        snprintf(out, len, "%lldh%lldm%ss", (long long)h, (long long)m, sec);
+    else if (m)
+        snprintf(out, len, "%lldm%ss", (long long)m, sec);
+    else
+        snprintf(out, len, "%ss", sec);
+}
+
+/* x-ratelimit-{limit,remaining,reset}-{requests,tokens}: for requests and
+ * for units limits, the per-minute (else shortest rolling) one with the
+ * fewest remaining. */
+static void openai_headers(const request_t *r, struct evkeyvalq *h)
+{
+    static const char *const suffix[2] = {"requests", "tokens"};
+    for (int k = 0; k < 2; k++) {
+        lim_metric_t m = k == 0 ? LIM_REQUESTS : LIM_UNITS;
+        int best = -1;
+        for (size_t i = 0; i < r->n_checks; i++) {
+            const lim_check_t *c = &r->checks[i];
+            if (c->rule->metric != m || c->kind != LIM_CK_ROLLING)
+                continue;
+            if (best < 0) {
+                best = (int)i;
+                continue;
+            }
+            const lim_check_t *b = &r->checks[best];
+            int c_min = c->per == LIM_PER_MINUTE, b_min = b->per == LIM_PER_MINUTE;
+            if (c_min > b_min || (c_min == b_min && c->window_ms < b->window_ms) ||
+                (c_min == b_min && c->window_ms == b->window_ms &&
+                 r->state_remaining[i] < r->state_remaining[best]))
+                best = (int)i;
+        }
+        if (best < 0)
+            continue;
+        char name[64], dur[48];
+        snprintf(name, sizeof name, "x-ratelimit-limit-%s", suffix[k]);
+        set_int_header(h, name, r->checks[best].limit);
+        snprintf(name, sizeof name, "x-ratelimit-remaining-%s", suffix[k]);
+        set_int_header(h, name, r->state_remaining[best]);
+        int64_t ms = r->state_reset_ms[best] - r->state_now_ms;
+        go_duration(ms > 0 ? ms : 0, dur, sizeof dur);
+        snprintf(name, sizeof name, "x-ratelimit-reset-%s", suffix[k]);
+        evhttp_add_header(h, name, dur);
+    }
+}
+
 void respond_rate_headers(const request_t *r, struct evkeyvalq *h)
 {
     const lim_report_t *rep = &r->rep;
@@ -34,6 +143,12 @@ void respond_rate_headers(const request_t *r, struct evkeyvalq *h)
             set_int_header(h, "X-RateLimit-Daily-Limit", rep->daily_limit);
             set_int_header(h, "X-RateLimit-Daily-Remaining", rep->daily_remaining);
         }
+    }
+    if (r->n_state && r->n_state == r->n_checks) {
+        if (r->cfg->server.ietf_headers)
+            ietf_headers(r, h);
+        if (r->cfg->server.openai_headers)
+            openai_headers(r, h);
     }
     evhttp_remove_header(h, "X-Request-Id");
     evhttp_add_header(h, "X-Request-Id", r->rid);

@@ -133,7 +133,15 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     int over = now.tv_sec > w->drain_deadline.tv_sec ||
                (now.tv_sec == w->drain_deadline.tv_sec &&
                 now.tv_nsec >= w->drain_deadline.tv_nsec);
-    if ((w->inflight == 0 && w->unflushed <= 0) || over) {
+    /* Answers still being written get a short grace: a client that broke
+     * its connection mid-write never completes its count. */
+    if (w->inflight > 0)
+        w->idle_since.tv_sec = 0;
+    else if (w->idle_since.tv_sec == 0)
+        w->idle_since = now;
+    int flushed = w->unflushed <= 0 ||
+                  (w->idle_since.tv_sec && now.tv_sec - w->idle_since.tv_sec >= 2);
+    if ((w->inflight == 0 && flushed) || over) {
         if (over && w->inflight > 0)
             log_msg(LOG_WARN, "worker %d: drain timeout with %d requests in flight",
                     w->index, w->inflight);

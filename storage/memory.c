@@ -333,9 +333,6 @@ static void decide(mem_store_t *m, const lim_check_t *c, size_t n, int charge_ok
         } else {
             for (size_t i = 0; i < n; i++)
                 charge(e[i], &c[i], now);
-            for (unsigned i = 0; i < NSHARDS; i++)
-                if (set & (1ULL << i))
-                    evict_some(&m->shard[i], now);
         }
     }
     for (size_t i = 0; i < n; i++) {
@@ -343,6 +340,12 @@ static void decide(mem_store_t *m, const lim_check_t *c, size_t n, int charge_ok
         r->reset_ms = reset_of(e[i], &c[i], now);
         r->retry_ms = r->ok ? now : retry_of(e[i], &c[i], now);
     }
+    /* Last: eviction may free entries of this very decision (a charge of 0
+     * leaves a window idle), so nothing reads e[] after it. */
+    if (o->admitted && charge_ok)
+        for (unsigned i = 0; i < NSHARDS; i++)
+            if (set & (1ULL << i))
+                evict_some(&m->shard[i], now);
     unlock_shards(m, set);
     if (o->admitted && charge_ok)
         sweep_other(m, now);

@@ -7,9 +7,11 @@
  * concurrent requests are pipelined on it.
  *
  * hiredis 0.14's async API has no timeout of its own, so every call is kept
- * in a FIFO (Redis answers in order) with a deadline; a timer fails the
- * calls that ran out and drops the connection, which is then re-made with
- * a backoff of 50 ms doubling up to 1 s.
+ * in a FIFO (Redis answers in order) with a deadline; a timer answers the
+ * calls that ran out as unavailable but keeps them until Redis replies: a
+ * late reply that admitted a request gives its leases straight back. A
+ * connection with no reply for DROP_AFTER is dropped and re-made with a
+ * backoff of 50 ms doubling up to 1 s.
  *
  * Ownership:
  *  - rcall_t: allocated per command, owned by this file. hiredis calls
@@ -42,6 +44,7 @@ extern const char rw_lua_hold[];
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
 #define LEASE_SET_BUCKETS 256
+#define DROP_AFTER_MIN_MS 1000 /* and at least 4 timeouts */
 
 typedef struct redis_store {
     store_t base;
@@ -68,8 +71,11 @@ typedef struct rcall {
     int answered;
     int retried;               /* NOSCRIPT: loaded and sent again once */
     int64_t deadline;          /* monotonic ms */
+    int64_t sent;              /* monotonic ms */
     char *cmd;                 /* formatted command (hiredis format) */
     int cmdlen;
+    char *release_cmd;         /* acquire with leases: their release, for a late admit */
+    int release_len;
 } rcall_t;
 
 typedef struct lease_node {
@@ -140,11 +146,27 @@ static void list_del(redis_worker_t *rw, rcall_t *c)
     c->prev = c->next = NULL;
 }
 
+static int64_t drop_after(const redis_worker_t *rw)
+{
+    int64_t t = 4 * rw->rs->o.timeout_ms;
+    return t > DROP_AFTER_MIN_MS ? t : DROP_AFTER_MIN_MS;
+}
+
+/* Wake for the first call still waiting for its answer, or for the oldest
+ * call's drop time. */
 static void arm_timer(redis_worker_t *rw)
 {
     if (!rw->head || evtimer_pending(rw->timer, NULL))
         return;
-    int64_t wait = rw->head->deadline - mono_ms();
+    int64_t when = rw->head->sent + drop_after(rw);
+    for (rcall_t *c = rw->head; c; c = c->next) {
+        if (!c->answered) {
+            if (c->deadline < when)
+                when = c->deadline;
+            break;
+        }
+    }
+    int64_t wait = when - mono_ms();
     if (wait < 1)
         wait = 1;
     struct timeval tv = {.tv_sec = wait / 1000, .tv_usec = (wait % 1000) * 1000};
@@ -240,10 +262,23 @@ static void call_answer_unavailable(rcall_t *c)
 static void call_free(rcall_t *c)
 {
     free(c->cmd);
+    free(c->release_cmd);
     free(c);
 }
 
 static void schedule_reconnect(redis_worker_t *rw);
+
+/* One line per outage, saying what decisions do meanwhile (SPEC §2). */
+static void note_down(redis_worker_t *rw, const char *why)
+{
+    if (!rw->was_down)
+        rlog(rw->rs, "redis %s:%u: %s; until it is back, decisions %s", rw->rs->o.host,
+             rw->rs->o.port, why,
+             rw->fallback ? "are counted in this instance's memory: each instance enforces "
+                            "the limits alone"
+                          : "are refused with 503 LIMITER_UNAVAILABLE");
+    rw->was_down = 1;
+}
 
 /* Drop the connection: every call not yet answered is answered now; hiredis
  * then hands each one back to on_reply() with NULL, which frees it. */
@@ -252,11 +287,7 @@ static void connection_drop(redis_worker_t *rw, const char *why)
     redisAsyncContext *ac = rw->ac;
     if (!ac)
         return;
-    if (!rw->was_down)
-        rlog(rw->rs, "redis %s:%u: %s; decisions %s until it is back", rw->rs->o.host,
-             rw->rs->o.port, why,
-             rw->fallback ? "are counted in this instance's memory" : "are refused (503)");
-    rw->was_down = 1;
+    note_down(rw, why);
     rw->ac = NULL;
     rw->connected = 0;
     for (rcall_t *c = rw->head; c; c = c->next)
@@ -270,10 +301,23 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     redis_worker_t *rw = arg;
-    if (rw->head && rw->head->deadline <= mono_ms()) {
+    int64_t now = mono_ms();
+    int late = 0;
+    for (rcall_t *c = rw->head; c && c->deadline <= now; c = c->next) {
+        if (!c->answered) {
+            late = 1;
+            call_answer_unavailable(c); /* may queue more calls at the tail */
+        }
+    }
+    if (late) {
         char why[96];
         snprintf(why, sizeof why, "no answer within %lld ms",
                  (long long)rw->rs->o.timeout_ms);
+        note_down(rw, why);
+    }
+    if (rw->head && now - rw->head->sent >= drop_after(rw)) {
+        char why[96];
+        snprintf(why, sizeof why, "no reply at all for %lld ms", (long long)drop_after(rw));
         connection_drop(rw, why);
         return;
     }
@@ -304,7 +348,8 @@ static rcall_t *call_new(redis_worker_t *rw, enum call_kind kind, int argc,
         return NULL;
     c->rw = rw;
     c->kind = kind;
-    c->deadline = mono_ms() + rw->rs->o.timeout_ms;
+    c->sent = mono_ms();
+    c->deadline = c->sent + rw->rs->o.timeout_ms;
     c->cmdlen = redisFormatCommandArgv(&c->cmd, argc, argv, argvlen);
     if (c->cmdlen < 0) {
         free(c);
@@ -388,6 +433,28 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         call_free(c);
         return;
     }
+    if (c->kind == RC_SETUP)
+        rw->backoff_ms = BACKOFF_MIN_MS; /* Redis answers: the next outage starts over */
+    if (rw->was_down && rw->connected) {
+        rlog(rw->rs, "redis %s:%u: answering again", rw->rs->o.host, rw->rs->o.port);
+        rw->was_down = 0;
+    }
+    if (c->answered && c->release_cmd && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->type == REDIS_REPLY_INTEGER && r->element[0]->integer == 1) {
+        /* Admitted after the request was told 503: give the leases back. */
+        rcall_t *rel = calloc(1, sizeof *rel);
+        if (rel) {
+            rel->rw = rw;
+            rel->kind = RC_RELEASE;
+            rel->sent = mono_ms();
+            rel->deadline = rel->sent + rw->rs->o.timeout_ms;
+            rel->cmd = c->release_cmd;
+            rel->cmdlen = c->release_len;
+            c->release_cmd = NULL;
+            if (queue(rw, rel) != 0)
+                call_free(rel);
+        }
+    }
     if (c->kind == RC_JOB_GET && !c->answered) {
         c->answered = 1;
         job_got(c, r);
@@ -418,16 +485,14 @@ static void on_connect(const redisAsyncContext *ac, int status)
             rw->connected = 0;
             for (rcall_t *c = rw->head; c; c = c->next)
                 call_answer_unavailable(c);
-            if (!rw->was_down)
-                rlog(rw->rs, "redis %s:%u: cannot connect: %s", rw->rs->o.host,
-                     rw->rs->o.port, ac->errstr);
-            rw->was_down = 1;
+            char why[300];
+            snprintf(why, sizeof why, "cannot connect: %s", ac->errstr);
+            note_down(rw, why);
             schedule_reconnect(rw);
         }
         return;
     }
     rw->connected = 1;
-    rw->backoff_ms = BACKOFF_MIN_MS;
     if (rw->was_down)
         rlog(rw->rs, "redis %s:%u: connected again", rw->rs->o.host, rw->rs->o.port);
     rw->was_down = 0;
@@ -441,10 +506,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         return; /* dropped on purpose: already handled */
     rw->ac = NULL;
     rw->connected = 0;
-    if (!rw->was_down)
-        rlog(rw->rs, "redis %s:%u: connection lost: %s", rw->rs->o.host, rw->rs->o.port,
-             ac->errstr[0] ? ac->errstr : "closed");
-    rw->was_down = 1;
+    char why[300];
+    snprintf(why, sizeof why, "connection lost: %s", ac->errstr[0] ? ac->errstr : "closed");
+    note_down(rw, why);
     schedule_reconnect(rw);
 }
 
@@ -454,10 +518,9 @@ static void connect_now(redis_worker_t *rw)
     atomic_fetch_add(&rs->stats.connects, 1);
     redisAsyncContext *ac = redisAsyncConnect(rs->o.host, rs->o.port);
     if (!ac || ac->err) {
-        if (!rw->was_down)
-            rlog(rs, "redis %s:%u: cannot connect: %s", rs->o.host, rs->o.port,
-                 ac ? ac->errstr : "out of memory");
-        rw->was_down = 1;
+        char why[300];
+        snprintf(why, sizeof why, "cannot connect: %s", ac ? ac->errstr : "out of memory");
+        note_down(rw, why);
         if (ac)
             redisAsyncFree(ac);
         schedule_reconnect(rw);
@@ -511,6 +574,21 @@ static void schedule_reconnect(redis_worker_t *rw)
 
 /* ---- the store ---------------------------------------------------------- */
 
+/* Gauge keys (with prefix) of checks, into keys[]; returns how many. */
+static int gauge_keys(redis_worker_t *rw, const lim_check_t *checks, size_t n,
+                      char keys[][LIM_KEY_MAX + 64])
+{
+    int k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (checks[i].kind == LIM_CK_GAUGE)
+            snprintf(keys[k++], LIM_KEY_MAX + 64, "%s%s", rw->rs->o.key_prefix,
+                     checks[i].key);
+    return k;
+}
+
+static int format_release(redis_worker_t *rw, const lim_check_t *checks, size_t n,
+                          const char *lease_id, char **cmd);
+
 /* EVALSHA sha numkeys KEYS... ARGV... for the acquire script. */
 static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
                               const lim_check_t *checks, size_t n, const char *lease_id,
@@ -522,7 +600,7 @@ static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
     size_t len[FIXED + PER * LIM_MAX_CHECKS];
     char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
     char nums[LIM_MAX_CHECKS][3][24];
-    char numkeys[8], now[24];
+    char numkeys[24], now[24];
     int a = 0;
     argv[a++] = "EVALSHA";
     argv[a++] = rs->sha_acquire;
@@ -567,6 +645,11 @@ static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
     rcall_t *call = call_new(rw, kind, a, argv, len);
     if (call && lease_id)
         snprintf(call->lease_id, sizeof call->lease_id, "%s", lease_id);
+    if (call && kind == RC_ACQUIRE && lim_checks_have_gauge(checks, n)) {
+        call->release_len = format_release(rw, checks, n, lease_id, &call->release_cmd);
+        if (call->release_len < 0)
+            call->release_cmd = NULL;
+    }
     return call;
 }
 
@@ -599,38 +682,51 @@ static void redis_usage(store_worker_t *w, const lim_check_t *checks, size_t n,
     decide(w, RC_USAGE, checks, n, NULL, cb, arg);
 }
 
-static void redis_release(store_worker_t *w, const lim_check_t *checks, size_t n,
-                          const char *lease_id)
+/* The release of a request's leases as a formatted EVALSHA of release.lua
+ * (into *cmd, malloc'd); its length, or -1 when there are no leases. */
+static int format_release(redis_worker_t *rw, const lim_check_t *checks, size_t n,
+                          const char *lease_id, char **cmd)
 {
-    redis_worker_t *rw = (redis_worker_t *)w;
-    redis_store_t *rs = rw->rs;
-    if (rw->fallback && lease_forget(rw, lease_id)) {
-        store_release(rw->fallback, checks, n, lease_id);
-        return;
-    }
     const char *argv[4 + LIM_MAX_CHECKS];
     size_t len[4 + LIM_MAX_CHECKS];
     char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
-    char numkeys[8];
-    int a = 0, k = 0;
+    char numkeys[16];
+    int a = 0;
     argv[a++] = "EVALSHA";
-    argv[a++] = rs->sha_release;
+    argv[a++] = rw->rs->sha_release;
     argv[a++] = numkeys;
-    for (size_t i = 0; i < n; i++) {
-        if (checks[i].kind != LIM_CK_GAUGE)
-            continue;
-        snprintf(keys[k], sizeof keys[k], "%s%s", rs->o.key_prefix, checks[i].key);
-        argv[a++] = keys[k++];
-    }
+    int k = gauge_keys(rw, checks, n, keys);
     if (k == 0)
-        return;
+        return -1;
+    for (int i = 0; i < k; i++)
+        argv[a++] = keys[i];
     snprintf(numkeys, sizeof numkeys, "%d", k);
     argv[a++] = lease_id;
     for (int i = 0; i < a; i++)
         len[i] = strlen(argv[i]);
-    /* If Redis is down the lease expires on its own (lease_ttl_ms). */
-    rcall_t *c = rw->ac ? call_new(rw, RC_RELEASE, a, argv, len) : NULL;
-    if (c && queue(rw, c) != 0)
+    return redisFormatCommandArgv(cmd, a, argv, len);
+}
+
+static void redis_release(store_worker_t *w, const lim_check_t *checks, size_t n,
+                          const char *lease_id)
+{
+    redis_worker_t *rw = (redis_worker_t *)w;
+    if (rw->fallback && lease_forget(rw, lease_id)) {
+        store_release(rw->fallback, checks, n, lease_id);
+        return;
+    }
+    /* If Redis is away the lease expires on its own (lease_ttl_ms). */
+    if (!rw->ac)
+        return;
+    rcall_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->rw = rw;
+    c->kind = RC_RELEASE;
+    c->sent = mono_ms();
+    c->deadline = c->sent + rw->rs->o.timeout_ms;
+    c->cmdlen = format_release(rw, checks, n, lease_id, &c->cmd);
+    if (c->cmdlen < 0 || queue(rw, c) != 0)
         call_free(c);
 }
 
@@ -651,17 +747,6 @@ static void redis_adjust(store_worker_t *w, const lim_check_t *checks, size_t n,
     /* Redis away: the estimate stays charged (never an undercount). */
 }
 
-/* Gauge keys (with prefix) of checks, into keys[]; returns how many. */
-static int gauge_keys(redis_worker_t *rw, const lim_check_t *checks, size_t n,
-                      char keys[][LIM_KEY_MAX + 64])
-{
-    int k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (checks[i].kind == LIM_CK_GAUGE)
-            snprintf(keys[k++], LIM_KEY_MAX + 64, "%s%s", rw->rs->o.key_prefix,
-                     checks[i].key);
-    return k;
-}
 
 static void send_simple(redis_worker_t *rw, int argc, const char **argv)
 {
