@@ -440,30 +440,6 @@ static void kerr(ctx_t *c, const char *where, const char *fmt, ...)
     va_end(ap);
 }
 
-/* ------------------------------------------------------------------------
- * Not implemented yet: one table. Each row is a field that is parsed and
- * checked but has no effect in this build; using it gives a warning at the
- * field's key. Delete the row (and its apply step) when the feature lands.
- * ------------------------------------------------------------------------ */
-enum { NI_TLS, NI_HTTPS_BACKEND };
-
-static const char *const not_implemented[] = {
-    [NI_TLS] = "TLS is not implemented yet; the listener serves plain HTTP",
-    [NI_HTTPS_BACKEND] = "https:// backends are not implemented yet; requests to this backend "
-                         "are refused with 502 (never sent in clear text)",
-};
-
-/* Warn about field `name` of the current object; `where` prefixes it. */
-static void warn_ni(ctx_t *c, const char *where, const char *name, int which)
-{
-    size_t m = pk(c, name);
-    char *text;
-    if (asprintf(&text, "warning: %s%s%s", where && *where ? where : "",
-                 where && *where ? ": " : "", not_implemented[which]) < 0)
-        text = NULL;
-    add_msg(c, 1, 1, 0, 0, 1, text);
-    pp(c, m);
-}
 
 /* ------------------------------------------------------------------------
  * Typed field access. Each getter reads field `name` of object `o` (the
@@ -1081,7 +1057,6 @@ static void parse_server(ctx_t *c, json_t *o)
         get_file(c, tls, "server.tls", "cert_file", &cfg->server.tls_cert_file);
         get_file(c, tls, "server.tls", "key_file", &cfg->server.tls_key_file);
         pp(c, m);
-        warn_ni(c, W, "tls", NI_TLS);
     }
 }
 
@@ -1194,17 +1169,18 @@ static char **slot_account(config_t *cfg, size_t i) { return &cfg->accounts[i].n
 
 static void parse_backend(ctx_t *c, json_t *o, cfg_backend_t *b, const char *W)
 {
-    static const char *const keys[] = {"url", "timeout_ms", "headers", NULL};
+    static const char *const keys[] = {"url", "timeout_ms", "headers", "ca_file", NULL};
     check_keys(c, o, keys, W);
     b->timeout_ms = 60000;
+    if (json_object_get(o, "ca_file"))
+        get_file(c, o, W, "ca_file", &b->ca_file);
     if (get_str(c, o, W, "url", 1, &b->url) == 1) {
         const char *why = parse_url(b->url, b);
         if (why)
             ferr(c, W, "url", "invalid URL %s: %s", Q(c, b->url), why);
         else if (!b->host || !b->base_path)
             nomem(c);
-        else if (b->tls)
-            warn_ni(c, W, "url", NI_HTTPS_BACKEND);
+
     }
     get_int(c, o, W, "timeout_ms", 0, 1, INT32_MAX, &b->timeout_ms);
     json_t *h = get_obj(c, o, W, "headers", 0);
@@ -2120,6 +2096,7 @@ static void config_free(config_t *cfg)
         cfg_backend_t *b = &cfg->backends[i];
         free(b->name);
         free(b->url);
+        free(b->ca_file);
         free(b->host);
         free(b->base_path);
         for (size_t k = 0; k < b->n_headers; k++) {
@@ -2187,8 +2164,11 @@ static void config_free(config_t *cfg)
 
 void config_unref(config_t *c)
 {
-    if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+    if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) {
+        if (c->tls_ctx && c->tls_free)
+            c->tls_free(c->tls_ctx);
         config_free(c);
+    }
 }
 
 void cfg_messages_free(cfg_messages_t *m)

@@ -40,6 +40,7 @@ typedef struct cfg_backend {
     uint16_t port;   /* explicit or 80/443 */
     char *base_path; /* path part of url without trailing '/', "" if none */
     int64_t timeout_ms;          /* default 60000 */
+    char *ca_file;               /* https: CA bundle to verify with (NULL: system store) */
     cfg_header_t *headers;       /* set on every proxied request */
     size_t n_headers;
 } cfg_backend_t;
@@ -159,6 +160,11 @@ typedef struct config {
     cfg_account_t *accounts;   size_t n_accounts;
     cfg_key_t *keys;           size_t n_keys; /* config keys, then keys_file */
     char *keys_file;           /* resolved path (relative to the config's dir), NULL if none */
+
+    /* Set by the loader's caller (gateway/main.c): the listener's TLS
+     * context, freed with the snapshot by tls_free. */
+    void *tls_ctx;
+    void (*tls_free)(void *ctx);
 
     /* Lookup tables, private to config.c. */
     void *key_index;

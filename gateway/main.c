@@ -20,6 +20,7 @@
 
 #include "gateway.h"
 #include "admin.h"
+#include "tls.h"
 #include "metrics.h"
 #include "server.h"
 
@@ -143,6 +144,25 @@ static int same_storage(const config_t *x, const config_t *y)
            same_str(x->storage.key_prefix, y->storage.key_prefix);
 }
 
+static void free_ssl_ctx(void *ctx)
+{
+    SSL_CTX_free(ctx);
+}
+
+/* The listener's TLS context for a freshly loaded snapshot (a renewed
+ * certificate is read again on every load). -1 with a message. */
+static int attach_tls(config_t *c, char *err, size_t len)
+{
+    if (!c->server.tls_cert_file)
+        return 0;
+    SSL_CTX *ctx = tls_server_ctx(c->server.tls_cert_file, c->server.tls_key_file, err, len);
+    if (!ctx)
+        return -1;
+    c->tls_ctx = ctx;
+    c->tls_free = free_ssl_ctx;
+    return 0;
+}
+
 static pthread_mutex_t reload_mu = PTHREAD_MUTEX_INITIALIZER;
 static app_t *the_app;
 
@@ -161,6 +181,25 @@ static int reload_into(app_t *a, cfg_messages_t *m_out)
                 m.n_errors);
         metrics_reload(0);
         *m_out = m;
+        pthread_mutex_unlock(&reload_mu);
+        return -1;
+    }
+    char terr[512];
+    if ((!next->server.tls_cert_file) != (!a->cfg->server.tls_cert_file) ||
+        attach_tls(next, terr, sizeof terr) != 0) {
+        if ((!next->server.tls_cert_file) != (!a->cfg->server.tls_cert_file))
+            snprintf(terr, sizeof terr, "server.tls can be added or removed on restart only");
+        log_msg(LOG_ERROR, "reload refused: %s", terr);
+        metrics_reload(0);
+        /* Give the caller the reason as one more error line. */
+        char **e = realloc(m.errors, (m.n_errors + 1) * sizeof *e);
+        if (e) {
+            m.errors = e;
+            if (asprintf(&m.errors[m.n_errors], "%s: %s", a->path, terr) >= 0)
+                m.n_errors++;
+        }
+        *m_out = m;
+        config_unref(next);
         pthread_mutex_unlock(&reload_mu);
         return -1;
     }
@@ -240,6 +279,12 @@ static int run(const char *path)
     cfg_messages_free(&m);
     if (!a.cfg)
         return 1;
+    char terr[512];
+    if (attach_tls(a.cfg, terr, sizeof terr) != 0) {
+        log_msg(LOG_ERROR, "%s", terr);
+        config_unref(a.cfg);
+        return 1;
+    }
     const config_t *c = a.cfg;
 
     if (c->storage.driver == CFG_STORE_REDIS) {

@@ -21,6 +21,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
 #include <event2/http.h>
 #include <event2/http_struct.h>
@@ -28,11 +29,13 @@
 
 #include "gateway.h"
 #include "metrics.h"
+#include "tls.h"
 
 typedef struct proxy_conn {
     struct evhttp_connection *evcon;
     struct proxy_pool *pool;
     struct proxy_conn *next; /* in the pool's idle list */
+    int dead;                /* TLS: closed once, not to be reused */
 } proxy_conn_t;
 
 typedef struct proxy_pool {
@@ -40,6 +43,10 @@ typedef struct proxy_pool {
     char *host;
     uint16_t port;
     int64_t timeout_ms;
+    int tls;
+    char *ca_file;           /* NULL: the system's store */
+    SSL_CTX *ssl_ctx;        /* tls: verifying client context (owned) */
+    struct event_base *base; /* the worker's */
     proxy_conn_t *idle;
     size_t n_idle;
 } proxy_pool_t;
@@ -48,16 +55,42 @@ typedef struct proxy_pool {
 
 static __thread struct evdns_base *dns;
 
+static int same_file(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static void pool_free(proxy_pool_t *p)
+{
+    if (p->ssl_ctx)
+        SSL_CTX_free(p->ssl_ctx);
+    free(p->ca_file);
+    free(p->host);
+    free(p);
+}
+
 static proxy_pool_t *pool_for(worker_t *w, const cfg_backend_t *be)
 {
     for (proxy_pool_t *p = w->pools; p; p = p->next)
-        if (p->port == be->port && p->timeout_ms == be->timeout_ms &&
-            strcmp(p->host, be->host) == 0)
+        if (p->port == be->port && p->timeout_ms == be->timeout_ms && p->tls == be->tls &&
+            strcmp(p->host, be->host) == 0 && same_file(p->ca_file, be->ca_file))
             return p;
     proxy_pool_t *p = calloc(1, sizeof *p);
-    if (!p || !(p->host = strdup(be->host))) {
-        free(p);
+    if (!p || !(p->host = strdup(be->host)) || (be->ca_file && !(p->ca_file = strdup(be->ca_file)))) {
+        if (p)
+            pool_free(p);
         return NULL;
+    }
+    p->tls = be->tls;
+    p->base = w->base;
+    if (p->tls) {
+        char err[512];
+        p->ssl_ctx = tls_client_ctx(be->ca_file, err, sizeof err);
+        if (!p->ssl_ctx) {
+            log_msg(LOG_ERROR, "backend %s: %s", be->name, err);
+            pool_free(p);
+            return NULL;
+        }
     }
     p->port = be->port;
     p->timeout_ms = be->timeout_ms;
@@ -66,21 +99,54 @@ static proxy_pool_t *pool_for(worker_t *w, const cfg_backend_t *be)
     return p;
 }
 
+/* A TLS connection that closed cannot be reconnected by evhttp (its SSL
+ * object is spent): it is marked and freed instead of being reused. */
+static void on_backend_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    proxy_conn_t *c = arg;
+    c->dead = 1;
+}
+
 static proxy_conn_t *conn_take(worker_t *w, proxy_pool_t *p)
 {
-    proxy_conn_t *c = p->idle;
-    if (c) {
+    proxy_conn_t *c;
+    while ((c = p->idle)) {
         p->idle = c->next;
         p->n_idle--;
         c->next = NULL;
-        return c;
+        if (!c->dead)
+            return c;
+        evhttp_connection_free(c->evcon);
+        free(c);
     }
     c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     if (!dns)
         dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-    c->evcon = evhttp_connection_base_new(w->base, dns, p->host, p->port);
+    if (p->tls) {
+        SSL *ssl = tls_client_ssl(p->ssl_ctx, p->host);
+        struct bufferevent *bev =
+            ssl ? bufferevent_openssl_socket_new(w->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                 BEV_OPT_CLOSE_ON_FREE)
+                : NULL;
+        if (!bev) {
+            if (ssl)
+                SSL_free(ssl);
+            free(c);
+            return NULL;
+        }
+        /* Many servers end a body by closing without close_notify. */
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+        c->evcon = evhttp_connection_base_bufferevent_new(w->base, dns, bev, p->host, p->port);
+        if (c->evcon)
+            evhttp_connection_set_closecb(c->evcon, on_backend_conn_close, c);
+        else
+            bufferevent_free(bev);
+    } else {
+        c->evcon = evhttp_connection_base_new(w->base, dns, p->host, p->port);
+    }
     if (!c->evcon) {
         free(c);
         return NULL;
@@ -94,12 +160,19 @@ static proxy_conn_t *conn_take(worker_t *w, proxy_pool_t *p)
     return c;
 }
 
+static void conn_free_later(evutil_socket_t fd, short what, void *arg);
+
+/* Back to the idle list; or freed, once the callback that returns it (it
+ * may be the connection's own) has unwound. */
 static void conn_give_back(proxy_conn_t *c)
 {
     proxy_pool_t *p = c->pool;
-    if (p->n_idle >= POOL_IDLE_MAX) {
-        evhttp_connection_free(c->evcon);
-        free(c);
+    if (p->n_idle >= POOL_IDLE_MAX || c->dead) {
+        if (event_base_once(p->base, -1, EV_TIMEOUT, conn_free_later, c, NULL) != 0) {
+            c->next = p->idle; /* cannot defer: keep it, reconnects on use */
+            p->idle = c;
+            p->n_idle++;
+        }
         return;
     }
     c->next = p->idle;
@@ -129,8 +202,7 @@ void proxy_pools_free(worker_t *w)
             free(c);
             c = cn;
         }
-        free(p->host);
-        free(p);
+        pool_free(p);
         p = next;
     }
     w->pools = NULL;
@@ -438,12 +510,6 @@ void proxy_start(request_t *r)
 {
     worker_t *w = r->w;
     const cfg_backend_t *be = &r->cfg->backends[r->ep->backend];
-    if (be->tls) {
-        /* Never send a backend's credentials in clear text. */
-        respond_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE",
-                      "HTTPS backends are not supported by this build.", NULL);
-        return;
-    }
     proxy_pool_t *pool = pool_for(w, be);
     proxy_conn_t *c = pool ? conn_take(w, pool) : NULL;
     if (!c) {

@@ -15,7 +15,9 @@
 
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/listener.h>
+#include <openssl/ssl.h>
 
 #include "gateway.h"
 #include "admin.h"
@@ -72,6 +74,18 @@ static void apply_http_settings(worker_t *w)
     struct timeval tv = {.tv_sec = c->server.client_timeout_ms / 1000,
                          .tv_usec = (c->server.client_timeout_ms % 1000) * 1000};
     evhttp_set_timeout_tv(w->http, &tv);
+}
+
+/* Each TLS connection takes the context of the worker's current snapshot:
+ * after a reload, new connections present the renewed certificate. */
+static struct bufferevent *tls_bev(struct event_base *base, void *arg)
+{
+    worker_t *w = arg;
+    SSL *ssl = SSL_new(w->cfg->tls_ctx);
+    if (!ssl)
+        return NULL;
+    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                          BEV_OPT_CLOSE_ON_FREE);
 }
 
 void server_handle(struct evhttp_request *req, void *arg)
@@ -196,6 +210,8 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     evhttp_set_default_content_type(w->http, "application/json");
     apply_http_settings(w);
     evhttp_set_gencb(w->http, server_handle, w);
+    if (cfg->tls_ctx)
+        evhttp_set_bevcb(w->http, tls_bev, w);
     struct evconnlistener *l =
         evconnlistener_new(w->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
                            -1, fd);
