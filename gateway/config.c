@@ -678,8 +678,9 @@ static int get_bool(ctx_t *c, json_t *o, const char *where, const char *name, in
     return 1;
 }
 
-/* Field name must be an object (or absent). */
-static json_t *get_obj(ctx_t *c, json_t *o, const char *where, const char *name, int required)
+/* Field name must be of type t (or absent); what names it in messages. */
+static json_t *get_typed(ctx_t *c, json_t *o, const char *where, const char *name, int required,
+                         json_type t, const char *what)
 {
     json_t *v = json_object_get(o, name);
     if (!v) {
@@ -687,26 +688,21 @@ static json_t *get_obj(ctx_t *c, json_t *o, const char *where, const char *name,
             missing(c, where, name);
         return NULL;
     }
-    if (!json_is_object(v)) {
-        type_err(c, where, name, v, "an object");
+    if (json_typeof(v) != t) {
+        type_err(c, where, name, v, what);
         return NULL;
     }
     return v;
 }
 
+static json_t *get_obj(ctx_t *c, json_t *o, const char *where, const char *name, int required)
+{
+    return get_typed(c, o, where, name, required, JSON_OBJECT, "an object");
+}
+
 static json_t *get_arr(ctx_t *c, json_t *o, const char *where, const char *name, int required)
 {
-    json_t *v = json_object_get(o, name);
-    if (!v) {
-        if (required)
-            missing(c, where, name);
-        return NULL;
-    }
-    if (!json_is_array(v)) {
-        type_err(c, where, name, v, "an array");
-        return NULL;
-    }
-    return v;
+    return get_typed(c, o, where, name, required, JSON_ARRAY, "an array");
 }
 
 /* One of a fixed list of words. Returns the index, -1 (reported) or -2 (absent). */

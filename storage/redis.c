@@ -574,6 +574,48 @@ static void schedule_reconnect(redis_worker_t *rw)
 
 /* ---- the store ---------------------------------------------------------- */
 
+/* EVALSHA sha with keys[0..k) and args[0..nargs), formatted into *cmd;
+ * its length, or -1. Used by every script call but the decision's. */
+static int format_script(const char *sha, char keys[][LIM_KEY_MAX + 64], int k,
+                         const char *const *args, int nargs, char **cmd)
+{
+    const char *argv[3 + LIM_MAX_CHECKS + 4];
+    size_t len[3 + LIM_MAX_CHECKS + 4];
+    char numkeys[16];
+    int a = 0;
+    if (k > LIM_MAX_CHECKS || nargs > 4)
+        return -1;
+    snprintf(numkeys, sizeof numkeys, "%d", k);
+    argv[a++] = "EVALSHA";
+    argv[a++] = sha;
+    argv[a++] = numkeys;
+    for (int i = 0; i < k; i++)
+        argv[a++] = keys[i];
+    for (int i = 0; i < nargs; i++)
+        argv[a++] = args[i];
+    for (int i = 0; i < a; i++)
+        len[i] = strlen(argv[i]);
+    return redisFormatCommandArgv(cmd, a, argv, len);
+}
+
+/* Fire and forget a script call. */
+static void send_script(redis_worker_t *rw, const char *sha, char keys[][LIM_KEY_MAX + 64],
+                        int k, const char *const *args, int nargs)
+{
+    if (!rw->ac)
+        return;
+    rcall_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->rw = rw;
+    c->kind = RC_RELEASE;
+    c->sent = mono_ms();
+    c->deadline = c->sent + rw->rs->o.timeout_ms;
+    c->cmdlen = format_script(sha, keys, k, args, nargs, &c->cmd);
+    if (c->cmdlen < 0 || queue(rw, c) != 0)
+        call_free(c);
+}
+
 /* Gauge keys (with prefix) of checks, into keys[]; returns how many. */
 static int gauge_keys(redis_worker_t *rw, const lim_check_t *checks, size_t n,
                       char keys[][LIM_KEY_MAX + 64])
@@ -687,24 +729,10 @@ static void redis_usage(store_worker_t *w, const lim_check_t *checks, size_t n,
 static int format_release(redis_worker_t *rw, const lim_check_t *checks, size_t n,
                           const char *lease_id, char **cmd)
 {
-    const char *argv[4 + LIM_MAX_CHECKS];
-    size_t len[4 + LIM_MAX_CHECKS];
     char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
-    char numkeys[16];
-    int a = 0;
-    argv[a++] = "EVALSHA";
-    argv[a++] = rw->rs->sha_release;
-    argv[a++] = numkeys;
     int k = gauge_keys(rw, checks, n, keys);
-    if (k == 0)
-        return -1;
-    for (int i = 0; i < k; i++)
-        argv[a++] = keys[i];
-    snprintf(numkeys, sizeof numkeys, "%d", k);
-    argv[a++] = lease_id;
-    for (int i = 0; i < a; i++)
-        len[i] = strlen(argv[i]);
-    return redisFormatCommandArgv(cmd, a, argv, len);
+    const char *args[] = {lease_id};
+    return k ? format_script(rw->rs->sha_release, keys, k, args, 1, cmd) : -1;
 }
 
 static void redis_release(store_worker_t *w, const lim_check_t *checks, size_t n,
@@ -716,18 +744,11 @@ static void redis_release(store_worker_t *w, const lim_check_t *checks, size_t n
         return;
     }
     /* If Redis is away the lease expires on its own (lease_ttl_ms). */
-    if (!rw->ac)
-        return;
-    rcall_t *c = calloc(1, sizeof *c);
-    if (!c)
-        return;
-    c->rw = rw;
-    c->kind = RC_RELEASE;
-    c->sent = mono_ms();
-    c->deadline = c->sent + rw->rs->o.timeout_ms;
-    c->cmdlen = format_release(rw, checks, n, lease_id, &c->cmd);
-    if (c->cmdlen < 0 || queue(rw, c) != 0)
-        call_free(c);
+    char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
+    int k = gauge_keys(rw, checks, n, keys);
+    const char *args[] = {lease_id};
+    if (k)
+        send_script(rw, rw->rs->sha_release, keys, k, args, 1);
 }
 
 static void fallback_found(void *arg, int found)
@@ -750,13 +771,14 @@ static void redis_adjust(store_worker_t *w, const lim_check_t *checks, size_t n,
 
 static void send_simple(redis_worker_t *rw, int argc, const char **argv)
 {
-    size_t len[4 + LIM_MAX_CHECKS];
+    size_t len[8 + LIM_MAX_CHECKS];
     for (int i = 0; i < argc; i++)
         len[i] = strlen(argv[i]);
     rcall_t *c = rw->ac ? call_new(rw, RC_RELEASE, argc, argv, len) : NULL;
     if (c && queue(rw, c) != 0)
         call_free(c);
 }
+
 
 /* Job records: rl:job:ID holds the gauge keys, one a line, and lives as
  * long as the job may hold its leases. Its own key (no account tag): any
@@ -774,21 +796,11 @@ static void redis_job_hold(store_worker_t *w, const lim_check_t *checks, size_t 
     int k = gauge_keys(rw, checks, n, keys);
     if (k == 0)
         return;
-    char numkeys[16], newid[96], ttl[24], rec[LIM_KEY_MAX + 64];
-    snprintf(numkeys, sizeof numkeys, "%d", k);
+    char newid[96], ttl[24], rec[LIM_KEY_MAX + 64];
     snprintf(newid, sizeof newid, "job:%s", job_id);
     snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
-    const char *argv[8 + LIM_MAX_CHECKS];
-    int a = 0;
-    argv[a++] = "EVALSHA";
-    argv[a++] = rs->sha_hold;
-    argv[a++] = numkeys;
-    for (int i = 0; i < k; i++)
-        argv[a++] = keys[i];
-    argv[a++] = lease_id;
-    argv[a++] = newid;
-    argv[a++] = ttl;
-    send_simple(rw, a, argv);
+    const char *args[] = {lease_id, newid, ttl};
+    send_script(rw, rs->sha_hold, keys, k, args, 3);
 
     size_t total = 0;
     for (int i = 0; i < k; i++)
@@ -829,19 +841,11 @@ static void job_got(rcall_t *c, const redisReply *r)
         }
         p += len + (nl ? 1 : 0);
     }
-    char numkeys[16], lease[96];
-    snprintf(numkeys, sizeof numkeys, "%d", k);
+    char lease[96];
     snprintf(lease, sizeof lease, "job:%s", c->lease_id);
-    const char *argv[4 + LIM_MAX_CHECKS];
-    int a = 0;
-    argv[a++] = "EVALSHA";
-    argv[a++] = rs->sha_release;
-    argv[a++] = numkeys;
-    for (int i = 0; i < k; i++)
-        argv[a++] = keys[i];
-    argv[a++] = lease;
+    const char *args[] = {lease};
     if (k)
-        send_simple(rw, a, argv);
+        send_script(rw, rs->sha_release, keys, k, args, 1);
     char rec[LIM_KEY_MAX + 64];
     snprintf(rec, sizeof rec, "%sjob:%s", rs->o.key_prefix, c->lease_id);
     const char *dv[] = {"DEL", rec};
