@@ -452,7 +452,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "gateway: cannot open the access log %s\n", access_log);
         return 1;
     }
+    log_start();
     int rc = run(config);
     access_log_close();
+    log_stop();
     return rc;
 }

@@ -115,86 +115,35 @@ void metrics_lease(int delta)
 
 /* ---- access log ------------------------------------------------------------ */
 
-#define LOG_QUEUE 8192
-
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pthread_t thread;
-    char *q[LOG_QUEUE];
-    size_t head, n;
-    FILE *out;
-    int stop, open;
-} alog = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-
-static void *log_writer(void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&alog.mu);
-    for (;;) {
-        while (alog.n == 0 && !alog.stop)
-            pthread_cond_wait(&alog.cv, &alog.mu);
-        if (alog.n == 0 && alog.stop)
-            break;
-        char *line = alog.q[alog.head];
-        alog.head = (alog.head + 1) % LOG_QUEUE;
-        alog.n--;
-        pthread_mutex_unlock(&alog.mu);
-        fputs(line, alog.out);
-        fputc('\n', alog.out);
-        free(line);
-        pthread_mutex_lock(&alog.mu);
-        if (alog.n == 0)
-            fflush(alog.out);
-    }
-    pthread_mutex_unlock(&alog.mu);
-    fflush(alog.out);
-    return NULL;
-}
+static linelog_t alog;
 
 int access_log_open(const char *path)
 {
     FILE *f = strcmp(path, "-") == 0 ? stdout : fopen(path, "a");
     if (!f)
         return -1;
-    alog.out = f;
-    alog.stop = 0;
-    if (pthread_create(&alog.thread, NULL, log_writer, NULL) != 0) {
+    if (linelog_open(&alog, f) != 0) {
         if (f != stdout)
             fclose(f);
         return -1;
     }
-    alog.open = 1;
     return 0;
 }
 
 void access_log_close(void)
 {
+    FILE *f = alog.out;
     if (!alog.open)
         return;
-    pthread_mutex_lock(&alog.mu);
-    alog.stop = 1;
-    pthread_cond_signal(&alog.cv);
-    pthread_mutex_unlock(&alog.mu);
-    pthread_join(alog.thread, NULL);
-    if (alog.out != stdout)
-        fclose(alog.out);
-    alog.open = 0;
+    linelog_close(&alog);
+    if (f != stdout)
+        fclose(f);
 }
 
 static void access_log_line(char *line)
 {
-    pthread_mutex_lock(&alog.mu);
-    if (alog.n == LOG_QUEUE) {
-        pthread_mutex_unlock(&alog.mu);
-        free(line);
+    if (linelog_put(&alog, line) != 0)
         atomic_fetch_add(&log_dropped, 1);
-        return;
-    }
-    alog.q[(alog.head + alog.n) % LOG_QUEUE] = line;
-    alog.n++;
-    pthread_cond_signal(&alog.cv);
-    pthread_mutex_unlock(&alog.mu);
 }
 
 /* ---- per request -------------------------------------------------------------- */
