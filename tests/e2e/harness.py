@@ -155,16 +155,27 @@ def start_redis(workdir, port=None, extra=()):
     return p
 
 
-def redis_cli(port, *args):
-    """One Redis command over a raw socket (no client library needed)."""
+def _command(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = str(a).encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+def redis_cli(port, *args, password=None, db=None):
+    """One Redis command over a raw socket (no client library needed),
+    after AUTH and SELECT when given."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
-        out = b"*%d\r\n" % len(args)
-        for a in args:
-            a = str(a).encode()
-            out += b"$%d\r\n%s\r\n" % (len(a), a)
-        s.sendall(out)
         f = s.makefile("rb")
+        if password is not None:
+            s.sendall(_command("AUTH", password))
+            _resp(f)
+        if db is not None:
+            s.sendall(_command("SELECT", db))
+            _resp(f)
+        s.sendall(_command(*args))
         return _resp(f)
     finally:
         s.close()
