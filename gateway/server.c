@@ -198,7 +198,14 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
         return -1;
     for (int i = 0; i < 8; i++)
         snprintf(w->rid_prefix + 2 * i, 3, "%02x", rnd[i]);
-    w->base = event_base_new();
+    /* epoll changelist: the add/del of write interest that every answer
+     * causes is folded into one epoll_ctl per loop turn, or none. */
+    struct event_config *ec = event_config_new();
+    if (!ec)
+        return -1;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    w->base = event_base_new_with_config(ec);
+    event_config_free(ec);
     if (!w->base)
         return -1;
     w->http = evhttp_new(w->base);
