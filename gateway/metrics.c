@@ -58,11 +58,44 @@ static series_t *series_get(const char *family, const char *labels)
     return s;
 }
 
-static void series_add(const char *family, const char *labels, unsigned long v)
+/* Per thread: the series last used for (family, a, b, n), so the hot path
+ * formats and looks up its labels only the first time. a and b point into
+ * the config snapshot of generation gen (names of an endpoint, a limit). */
+#define SERIES_CACHE 128
+static __thread struct {
+    const char *family;
+    const void *a, *b;
+    int n;
+    uint64_t gen;
+    series_t *s;
+} series_cache[SERIES_CACHE];
+
+static void series_inc(uint64_t gen, const char *family, const void *a, const void *b, int n,
+                       const char *fmt, const char *s1, const char *s2)
 {
-    series_t *s = series_get(family, labels);
+    uintptr_t h = ((uintptr_t)a * 31 + (uintptr_t)b * 17 + (uintptr_t)n * 7 +
+                   (uintptr_t)family) >> 3;
+    size_t i = h % SERIES_CACHE;
+    series_t *s;
+    if (series_cache[i].family == family && series_cache[i].a == a &&
+        series_cache[i].b == b && series_cache[i].n == n && series_cache[i].gen == gen) {
+        s = series_cache[i].s;
+    } else {
+        char labels[200];
+        if (fmt[0] == 'E')
+            snprintf(labels, sizeof labels, "endpoint=\"%s\",status=\"%d\"", s1, n);
+        else
+            snprintf(labels, sizeof labels, "outcome=\"%s\",limit=\"%s\"", s1, s2);
+        s = series_get(family, labels);
+        series_cache[i].family = family;
+        series_cache[i].a = a;
+        series_cache[i].b = b;
+        series_cache[i].n = n;
+        series_cache[i].gen = gen;
+        series_cache[i].s = s;
+    }
     if (s)
-        atomic_fetch_add_explicit(&s->value, v, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->value, 1, memory_order_relaxed);
 }
 
 static const char F_REQUESTS[] = "ratewall_requests_total";
@@ -170,16 +203,13 @@ static int64_t us_since(const struct timespec *t0)
 void metrics_request_done(const request_t *r)
 {
     const char *ep = r->ep ? r->ep->name : r->is_usage ? "_usage" : "_none";
-    char labels[200];
-    snprintf(labels, sizeof labels, "endpoint=\"%s\",status=\"%d\"", ep, r->status);
-    series_add(F_REQUESTS, labels, 1);
+    series_inc(r->cfg->generation, F_REQUESTS, ep, NULL, r->status, "E", ep, NULL);
     const char *limit = NULL;
     if (r->decision != DEC_NONE) {
         if ((r->decision == DEC_REFUSED || r->decision == DEC_CACHED) && r->rep.refused >= 0)
             limit = r->checks[r->rep.refused].rule->ident;
-        snprintf(labels, sizeof labels, "outcome=\"%s\",limit=\"%s\"",
-                 decision_name(r->decision), limit ? limit : "");
-        series_add(F_DECISIONS, labels, 1);
+        series_inc(r->cfg->generation, F_DECISIONS, decision_name(r->decision), limit, 0, "D",
+                   decision_name(r->decision), limit ? limit : "");
     }
     if (r->t_backend.tv_sec)
         histo_add(&backend_latency, r->upstream_us);
