@@ -4,6 +4,7 @@
  * workers serve.
  */
 #include <getopt.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -216,6 +217,7 @@ static int reload_into(app_t *a, cfg_messages_t *m_out)
     a->cfg = next;
     log_msg(LOG_INFO, "configuration reloaded from %s (%zu keys)", a->path, next->n_keys);
     metrics_reload(1);
+    malloc_trim(0); /* the parse of a large keys_file leaves free memory behind */
     pthread_mutex_unlock(&reload_mu);
     return 0;
 }
@@ -279,6 +281,7 @@ static int run(const char *path)
     cfg_messages_free(&m);
     if (!a.cfg)
         return 1;
+    malloc_trim(0); /* give back what parsing the file took */
     char terr[512];
     if (attach_tls(a.cfg, terr, sizeof terr) != 0) {
         log_msg(LOG_ERROR, "%s", terr);
