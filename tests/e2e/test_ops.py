@@ -117,4 +117,33 @@ def test_admin_reload(env):
     eq(request(env.admin_port, "POST", "/admin/reload").status, 401, "no token")
 
 
-run([test_metrics_move, test_access_log, test_admin_reload])
+def test_second_signal_stops_at_once(env):
+    start(env, limit=100)
+    key = env.keys["k1"]
+    import threading
+    out = {}
+
+    def slow():
+        try:
+            out["r"] = env.req("POST", "/v3/img2img", key=key, body={},
+                               headers={"x-mock-delay-ms": "8000"}, timeout=15)
+        except Exception as e:  # the connection is cut: expected
+            out["e"] = e
+
+    t = threading.Thread(target=slow)
+    t.start()
+    deadline = time.time() + 5
+    while env.mock_stats()["in_flight"] < 1 and time.time() < deadline:
+        time.sleep(0.02)
+    env.gw.signal(15)
+    time.sleep(0.3)
+    assert env.gw.p.poll() is None, "the first signal drains (a request is in flight)"
+    t0 = time.time()
+    env.gw.signal(15)
+    env.gw.p.wait(5)
+    assert time.time() - t0 < 2, "the second signal stops at once"
+    t.join()
+    assert "r" not in out or out["r"].status != 200, "the slow request was cut"
+
+
+run([test_metrics_move, test_access_log, test_admin_reload, test_second_signal_stops_at_once])
