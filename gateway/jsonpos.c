@@ -315,6 +315,29 @@ static int skip_value(walker_t *w)
 
 static int walk_value(walker_t *w);
 
+/* After a member of an object or array (base: the path's length before
+ * it): 1 when another member follows, 0 at the closer (or when every
+ * position wanted is found), -1 on malformed text. */
+static int next_member(walker_t *w, size_t base, char closer)
+{
+    w->plen = base;
+    w->path[base] = '\0';
+    if (w->left == 0)
+        return 0;
+    skip_ws(w);
+    if (w->i >= w->len)
+        return -1;
+    if (w->s[w->i] == ',') {
+        w->i++;
+        return 1;
+    }
+    if (w->s[w->i] == closer) {
+        w->i++;
+        return 0;
+    }
+    return -1;
+}
+
 static int walk_object(walker_t *w)
 {
     w->i++; /* { */
@@ -338,22 +361,9 @@ static int walk_object(walker_t *w)
             return 0;
         if (walk_value(w))
             return -1;
-        w->plen = base;
-        w->path[base] = '\0';
-        if (w->left == 0)
-            return 0;
-        skip_ws(w);
-        if (w->i >= w->len)
-            return -1;
-        if (w->s[w->i] == ',') {
-            w->i++;
-            continue;
-        }
-        if (w->s[w->i] == '}') {
-            w->i++;
-            return 0;
-        }
-        return -1;
+        int more = next_member(w, base, '}');
+        if (more <= 0)
+            return more;
     }
 }
 
@@ -380,22 +390,9 @@ static int walk_array(walker_t *w)
                 return -1;
         if (walk_value(w))
             return -1;
-        w->plen = base;
-        w->path[base] = '\0';
-        if (w->left == 0)
-            return 0;
-        skip_ws(w);
-        if (w->i >= w->len)
-            return -1;
-        if (w->s[w->i] == ',') {
-            w->i++;
-            continue;
-        }
-        if (w->s[w->i] == ']') {
-            w->i++;
-            return 0;
-        }
-        return -1;
+        int more = next_member(w, base, ']');
+        if (more <= 0)
+            return more;
     }
 }
 
