@@ -170,14 +170,24 @@ for i = 1, n do
   st[i] = c
 end
 
--- Bucket j's count as it stands at now (slots of buckets that left are 0).
+-- Bucket j's count as it stands at now (slots of buckets that left are 0),
+-- read from Redis CHUNK slots at a time, oldest first, only as far as the
+-- caller goes: a refusal usually needs just the oldest few buckets.
+local CHUNK = 8
 local function slots_at_now(c)
-  local f = {}
-  for s = 0, S - 1 do f[s + 1] = tostring(s) end
-  local v = redis.call('HMGET', c.key, unpack(f))
+  local cache = {}
   return function(j)
     if c.wipe or j > c.head or j < c.head - B then return 0 end
-    return tonumber(v[(j % S) + 1]) or 0
+    if cache[j] == nil then
+      local f, idx = {}, {}
+      for k = j, math.min(j + CHUNK - 1, c.head) do
+        f[#f + 1] = tostring(k % S)
+        idx[#idx + 1] = k
+      end
+      local v = redis.call('HMGET', c.key, unpack(f))
+      for k = 1, #idx do cache[idx[k]] = tonumber(v[k]) or 0 end
+    end
+    return cache[j]
   end
 end
 
