@@ -116,6 +116,8 @@ typedef struct request {
     int64_t state_reset_ms[LIM_MAX_CHECKS];
     int in_make_request; /* inside evhttp_make_request: defer failures */
     int backend_paused;  /* backend not read until the client drains */
+    const char *deny_body; /* a 429 answered from the deny cache: its body */
+    char **deny_keep;      /* a 429 just kept by the deny cache: its body slot */
     struct timespec t_start;
     int64_t t_sent_us;  /* monotonic us when the decision was asked for */
     /* Last: only the first n_checks are ever written or read, so a

@@ -291,6 +291,7 @@ static int answer_from_deny_cache(request_t *r)
     r->rep.retry_after_s = (r->rep.retry_after_ms + 999) / 1000;
     r->state = RQ_STORE;
     r->decision = DEC_CACHED;
+    r->deny_body = e->body;
     respond_429(r);
     return 1;
 }
@@ -323,9 +324,13 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     if (o->admitted && lim_checks_have_gauge(r->checks, r->n_checks))
         metrics_lease(1);
     r->charged_ms = o->now_ms;
-    if (!o->admitted && deny_cache_on)
-        lim_deny_offer(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
-                       (uint32_t)r->ep_index, r->checks, o, &r->rep, r->t_sent_us / 1000);
+    if (!o->admitted && deny_cache_on) {
+        lim_deny_entry_t *e =
+            lim_deny_offer(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
+                           (uint32_t)r->ep_index, r->checks, o, &r->rep, r->t_sent_us / 1000);
+        if (e)
+            r->deny_keep = &e->body;
+    }
     if (r->client_gone) {
         request_finish(r);
         return;

@@ -155,7 +155,11 @@ void respond_rate_headers(const request_t *r, struct evkeyvalq *h)
 }
 
 /* Send status + JSON body and end the request. Steals body. */
-static void send_json(request_t *r, int status, const char *reason, json_t *body)
+/* Send status and a JSON body (built with jansson, or already rendered
+ * text) and end the request. Steals body. keep: where to store a copy of
+ * the rendered text (the deny cache reuses it), or NULL. */
+static void send_body(request_t *r, int status, const char *reason, json_t *body,
+                      const char *rendered, char **keep)
 {
     struct evhttp_request *req = r->req;
     request_unwatch_client(r);
@@ -164,20 +168,32 @@ static void send_json(request_t *r, int status, const char *reason, json_t *body
         evhttp_add_header(h, "Content-Type", "application/json");
         respond_rate_headers(r, h);
         struct evbuffer *buf = evbuffer_new();
-        char *text = json_dumps(body, JSON_COMPACT);
+        char *text = rendered ? NULL : json_dumps(body, JSON_COMPACT);
+        if (rendered)
+            text = (char *)rendered;
         if (buf && text)
             evbuffer_add(buf, text, strlen(text));
+        if (keep && text && !rendered) {
+            free(*keep);
+            *keep = strdup(text);
+        }
         r->status = status;
         r->bytes_out += text ? strlen(text) : 0;
         request_track_flush(r);
         evhttp_send_reply(req, status, reason, buf);
-        free(text);
+        if (!rendered)
+            free(text);
         if (buf)
             evbuffer_free(buf);
         r->req = NULL; /* evhttp owns it now */
     }
     json_decref(body);
     request_finish(r);
+}
+
+static void send_json(request_t *r, int status, const char *reason, json_t *body)
+{
+    send_body(r, status, reason, body, NULL, NULL);
 }
 
 static const char *reason_of(int status)
@@ -278,6 +294,20 @@ void respond_429(request_t *r)
     const lim_check_t *c = &r->checks[rep->refused];
     const lim_rule_t *rule = c->rule;
     char msg[256];
+
+    if (r->req && !r->client_gone) {
+        struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+        set_int_header(h, "Retry-After", rep->retry_after_s);
+        set_int_header(h, "retry-after-ms", rep->retry_after_ms);
+        evhttp_add_header(h, "X-RateLimit-Type", rep->type_header);
+        if (!rep->should_retry)
+            evhttp_add_header(h, "x-should-retry", "false");
+    }
+    if (r->deny_body) {
+        /* The deny cache keeps the body it was first sent with. */
+        send_body(r, 429, reason_of(429), NULL, r->deny_body, NULL);
+        return;
+    }
     int64_t remaining = rep->ref_limit - rep->ref_used;
     if (remaining < 0)
         remaining = 0;
@@ -307,14 +337,14 @@ void respond_429(request_t *r)
                      c->amount, what, c->limit, lim_per_name(c->per),
                      lim_scope_name(rule->scope));
         } else {
-            snprintf(msg, sizeof msg,
-                     "%s limit exceeded: %" PRId64 " %s per %s (%s scope). Retry after %" PRId64
-                     " s.",
+            /* No Retry-After in the text: the header has it, and the body
+             * stays the same while the refusal lasts (the deny cache
+             * sends it again as it is). */
+            snprintf(msg, sizeof msg, "%s limit exceeded: %" PRId64 " %s per %s (%s scope).",
                      c->per == LIM_PER_DAY     ? "Daily"
                      : c->per == LIM_PER_MONTH ? "Monthly"
                                                : "Rate",
-                     c->limit, what, lim_per_name(c->per), lim_scope_name(rule->scope),
-                     rep->retry_after_s);
+                     c->limit, what, lim_per_name(c->per), lim_scope_name(rule->scope));
         }
     }
     json_object_set_new(details, "metric", json_string(lim_metric_name(rule->metric)));
@@ -325,13 +355,6 @@ void respond_429(request_t *r)
     json_object_set_new(details, "endpoints", respond_endpoints_json(rule));
     json_object_set_new(details, "reset", json_integer(rep->ref_reset_s));
 
-    if (r->req && !r->client_gone) {
-        struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
-        set_int_header(h, "Retry-After", rep->retry_after_s);
-        set_int_header(h, "retry-after-ms", rep->retry_after_ms);
-        evhttp_add_header(h, "X-RateLimit-Type", rep->type_header);
-        if (!rep->should_retry)
-            evhttp_add_header(h, "x-should-retry", "false");
-    }
-    respond_error(r, 429, "rate_limit_error", rep->code, msg, details);
+    send_body(r, 429, reason_of(429),
+              error_body("rate_limit_error", rep->code, msg, details), NULL, r->deny_keep);
 }

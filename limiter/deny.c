@@ -23,6 +23,8 @@ int lim_deny_init(lim_deny_t *d, size_t entries)
 
 void lim_deny_free(lim_deny_t *d)
 {
+    for (size_t i = 0; d->e && i < d->n; i++)
+        free(d->e[i].body);
     free(d->e);
     memset(d, 0, sizeof *d);
 }
@@ -34,20 +36,23 @@ static size_t slot_of(const lim_deny_t *d, uintptr_t key, uint32_t endpoint)
     return (size_t)(h & (d->n - 1));
 }
 
-int lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key, uint32_t endpoint,
-                   const lim_check_t *checks, const lim_outcome_t *o,
-                   const lim_report_t *rep, int64_t sent_ms)
+lim_deny_entry_t *lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key,
+                                 uint32_t endpoint, const lim_check_t *checks,
+                                 const lim_outcome_t *o, const lim_report_t *rep,
+                                 int64_t sent_ms)
 {
     if (!d->e || o->admitted || rep->refused < 0)
-        return 0;
+        return NULL;
     const lim_check_t *c = &checks[rep->refused];
     const lim_result_t *r = &o->res[rep->refused];
     if (c->rule->metric != LIM_REQUESTS || c->kind == LIM_CK_GAUGE || r->ok)
-        return 0;
+        return NULL;
     int64_t wait = r->retry_ms == LIM_NEVER ? NEVER_KEEP_MS : r->retry_ms - o->now_ms;
     if (wait <= 0)
-        return 0;
+        return NULL;
     lim_deny_entry_t *e = &d->e[slot_of(d, key, endpoint)];
+    free(e->body);
+    e->body = NULL;
     e->gen = gen;
     e->key = key;
     e->endpoint = endpoint;
@@ -56,7 +61,7 @@ int lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key, uint32_t endpoint
     e->rep.refused = 0;
     e->check = *c;
     d->stored++;
-    return 1;
+    return e;
 }
 
 const lim_deny_entry_t *lim_deny_lookup(lim_deny_t *d, uint64_t gen, uintptr_t key,

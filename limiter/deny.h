@@ -30,6 +30,8 @@ typedef struct lim_deny_entry {
     int64_t until_ms;    /* caller's clock */
     lim_report_t rep;    /* the refusal as reported; rep.refused == 0 */
     lim_check_t check;   /* the refusing check */
+    char *body;          /* the 429 body as sent, set by the caller (owned,
+                            free()d when the entry is overwritten or freed) */
 } lim_deny_entry_t;
 
 typedef struct lim_deny {
@@ -44,9 +46,10 @@ void lim_deny_free(lim_deny_t *d);
 /*
  * Offer a refusal just answered by the store. sent_ms is the caller's clock
  * when the request was sent to the store (so that `until` is never later
- * than the store's T). Returns 1 if it was kept.
+ * than the store's T). Returns the entry it was kept in (valid until the
+ * next offer), or NULL.
  */
-int lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key, uint32_t endpoint,
+lim_deny_entry_t *lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key, uint32_t endpoint,
                    const lim_check_t *checks, const lim_outcome_t *o,
                    const lim_report_t *rep, int64_t sent_ms);
 
