@@ -120,22 +120,22 @@ static void reconcile(request_t *r, struct evhttp_request *breq, json_t *body)
                 r->rid);
         return;
     }
-    /* Far above any limit, and d_units * per_unit cannot overflow. */
+    /* Far above any limit. */
     const int64_t units_max = (int64_t)1 << 40;
     if (actual > units_max)
         actual = units_max;
     int64_t d_units = actual - r->units;
     if (d_units == 0)
         return;
-    int64_t per_unit = r->ep->price_unit_micros;
+    /* The spend delta is the price of the used units minus what was
+     * charged, both with the cap the admission used. */
+    int64_t actual_price = price_of(r->ep, actual);
+    int64_t d_spend = actual_price - r->price_micros;
     int64_t deltas[LIM_MAX_CHECKS];
     int any = 0;
     for (size_t i = 0; i < r->n_checks; i++) {
         lim_metric_t m = r->checks[i].rule->metric;
-        int64_t spend;
-        if (__builtin_mul_overflow(d_units, per_unit, &spend))
-            spend = d_units > 0 ? INT64_MAX / 4 : -(INT64_MAX / 4); /* saturate */
-        deltas[i] = m == LIM_UNITS ? d_units : m == LIM_SPEND ? spend : 0;
+        deltas[i] = m == LIM_UNITS ? d_units : m == LIM_SPEND ? d_spend : 0;
         any |= deltas[i] != 0;
     }
     if (any)

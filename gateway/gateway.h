@@ -149,6 +149,9 @@ void request_track_flush(request_t *r);
  * *units, or -1 with a message for a 400 INVALID_BODY. */
 int units_from_body(const cfg_endpoint_t *ep, const char *body, size_t len,
                     int64_t *units, char *err, size_t errlen);
+/* A request's price in millionths for its units: per_request + per_unit x
+ * units, saturating far above any cap. */
+int64_t price_of(const cfg_endpoint_t *ep, int64_t units);
 /* The value at an RFC 6901 pointer in root (borrowed), or NULL. */
 json_t *json_pointer_get(json_t *root, const char *ptr);
 

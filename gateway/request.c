@@ -580,10 +580,7 @@ void request_start(worker_t *w, struct evhttp_request *req)
     } else {
         r->units = 1;
     }
-    int64_t per_unit = r->ep->price_unit_micros;
-    r->price_micros = r->ep->price_request_micros +
-                      (per_unit && r->units > INT64_MAX / 4 / per_unit ? INT64_MAX / 4
-                                                                       : per_unit * r->units);
+    r->price_micros = price_of(r->ep, r->units);
 
     if (deny_cache_on && answer_from_deny_cache(r))
         return;

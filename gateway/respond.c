@@ -52,17 +52,23 @@ static void ietf_headers(const request_t *r, struct evkeyvalq *h)
         char w[32] = "";
         if (window_s(c))
             snprintf(w, sizeof w, ";w=%lld", (long long)window_s(c));
+        /* An item that does not fit is left out whole, never cut. */
         int n = snprintf(pol + pl, sizeof pol - pl, "%s\"%s\";q=%lld%s%s%s%s", pl ? ", " : "",
                          c->rule->ident, (long long)c->limit, qu ? ";qu=\"" : "",
                          qu ? qu : "", qu ? "\"" : "", w);
         if (n > 0 && (size_t)n < sizeof pol - pl)
             pl += (size_t)n;
+        pol[pl] = '\0';
         n = snprintf(cur + cl, sizeof cur - cl, "%s\"%s\";r=%lld;t=%lld", cl ? ", " : "",
                      c->rule->ident, (long long)r->state_remaining[i],
                      (long long)reset_in_s(r, i));
         if (n > 0 && (size_t)n < sizeof cur - cl)
             cl += (size_t)n;
+        cur[cl] = '\0';
     }
+    /* Ours replace whatever a backend sent under the same names. */
+    evhttp_remove_header(h, "RateLimit-Policy");
+    evhttp_remove_header(h, "RateLimit");
     evhttp_add_header(h, "RateLimit-Policy", pol);
     evhttp_add_header(h, "RateLimit", cur);
 }
@@ -126,6 +132,7 @@ static void openai_headers(const request_t *r, struct evkeyvalq *h)
         int64_t ms = r->state_reset_ms[best] - r->state_now_ms;
         go_duration(ms > 0 ? ms : 0, dur, sizeof dur);
         snprintf(name, sizeof name, "x-ratelimit-reset-%s", suffix[k]);
+        evhttp_remove_header(h, name);
         evhttp_add_header(h, name, dur);
     }
 }

@@ -10,6 +10,8 @@
 
 #include "gateway.h"
 
+/* Prices saturate here (millionths), far above any cap. */
+#define PRICE_MAX (INT64_MAX / 4)
 /* Units saturate here: far above any limit, never overflowing a counter. */
 #define UNITS_MAX ((int64_t)1 << 52)
 
@@ -55,6 +57,16 @@ static int64_t mul_sat(int64_t a, int64_t b)
     if (a > UNITS_MAX / b)
         return UNITS_MAX;
     return a * b;
+}
+
+int64_t price_of(const cfg_endpoint_t *ep, int64_t units)
+{
+    int64_t unit_part;
+    if (__builtin_mul_overflow(ep->price_unit_micros, units, &unit_part) ||
+        unit_part > PRICE_MAX)
+        unit_part = PRICE_MAX;
+    int64_t p = ep->price_request_micros + unit_part;
+    return p > PRICE_MAX ? PRICE_MAX : p;
 }
 
 int units_from_body(const cfg_endpoint_t *ep, const char *body, size_t len,

@@ -78,6 +78,21 @@ typedef struct rcall {
     int release_len;
 } rcall_t;
 
+/* A lease release (or any fire-and-forget script call) whose reply was lost
+ * with its connection, or a job whose done could not be read: sent again
+ * once Redis answers, a few times, because a call already in Redis's buffer
+ * may still run after we reconnect. */
+typedef struct pending {
+    struct pending *next;
+    char *cmd;           /* formatted command (owned), or NULL for a job */
+    int len;
+    int sends_left;
+    char job_id[72];
+} pending_t;
+
+#define PENDING_SENDS 4  /* once a second after Redis answers again */
+#define PENDING_MAX 100000
+
 typedef struct lease_node {
     struct lease_node *next;
     char id[72];
@@ -97,6 +112,10 @@ struct redis_worker {
     store_worker_t *fallback;  /* memory store worker (allow) */
     lease_node_t *fallback_leases[LEASE_SET_BUCKETS];
     int detaching;
+    int ready;                 /* Redis has answered on this connection */
+    pending_t *pending;        /* releases and job dones to send again */
+    size_t n_pending;
+    struct event *pending_ev;  /* once a second while there are some */
 };
 
 static int64_t mono_ms(void)
@@ -290,6 +309,7 @@ static void connection_drop(redis_worker_t *rw, const char *why)
     note_down(rw, why);
     rw->ac = NULL;
     rw->connected = 0;
+    rw->ready = 0;
     for (rcall_t *c = rw->head; c; c = c->next)
         call_answer_unavailable(c);
     redisAsyncFree(ac); /* on_reply(NULL) for each call, then on_disconnect */
@@ -392,6 +412,89 @@ static int parse_outcome(const redisReply *r, size_t n, lim_outcome_t *o)
 }
 
 static void job_got(rcall_t *c, const redisReply *r);
+static void redis_job_done(store_worker_t *w, const char *job_id,
+                           void (*cb)(void *arg, int found), void *arg);
+
+static void pending_arm(redis_worker_t *rw)
+{
+    if (rw->pending && !evtimer_pending(rw->pending_ev, NULL)) {
+        struct timeval tv = {1, 0};
+        evtimer_add(rw->pending_ev, &tv);
+    }
+}
+
+/* A call whose reply is lost: what it would have given back is kept. */
+static void keep_pending(redis_worker_t *rw, rcall_t *c)
+{
+    char **cmd = NULL;
+    int len = 0;
+    if (c->kind == RC_ACQUIRE && c->release_cmd) {
+        cmd = &c->release_cmd;
+        len = c->release_len;
+    } else if (c->kind == RC_RELEASE) {
+        cmd = &c->cmd;
+        len = c->cmdlen;
+    } else if (c->kind != RC_JOB_GET) {
+        return;
+    }
+    if (rw->n_pending >= PENDING_MAX || rw->detaching)
+        return; /* the leases still expire on their own */
+    pending_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return;
+    if (cmd) {
+        p->cmd = *cmd;
+        p->len = len;
+        *cmd = NULL;
+    } else {
+        snprintf(p->job_id, sizeof p->job_id, "%s", c->lease_id);
+    }
+    p->sends_left = PENDING_SENDS;
+    p->next = rw->pending;
+    rw->pending = p;
+    rw->n_pending++;
+    pending_arm(rw);
+}
+
+static void on_pending(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    redis_worker_t *rw = arg;
+    if (rw->ready) {
+        for (pending_t **pp = &rw->pending; *pp;) {
+            pending_t *p = *pp;
+            if (p->cmd) {
+                rcall_t *c = calloc(1, sizeof *c);
+                if (c && (c->cmd = malloc((size_t)p->len))) {
+                    memcpy(c->cmd, p->cmd, (size_t)p->len);
+                    c->cmdlen = p->len;
+                    c->rw = rw;
+                    c->kind = RC_RELEASE;
+                    c->sent = mono_ms();
+                    c->deadline = c->sent + rw->rs->o.timeout_ms;
+                    if (queue(rw, c) != 0)
+                        call_free(c);
+                } else {
+                    free(c);
+                }
+                p->sends_left--;
+            } else {
+                p->sends_left = 0; /* a lost reply queues it again */
+                redis_job_done(&rw->base, p->job_id, NULL, NULL);
+            }
+            if (p->sends_left <= 0) {
+                *pp = p->next;
+                free(p->cmd);
+                free(p);
+                rw->n_pending--;
+            } else {
+                pp = &p->next;
+            }
+        }
+    }
+    pending_arm(rw);
+}
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
@@ -403,6 +506,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
     if (!r) {
         call_answer_unavailable(c);
+        keep_pending(rw, c);
         call_free(c);
         return;
     }
@@ -433,9 +537,15 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         call_free(c);
         return;
     }
-    if (c->kind == RC_SETUP)
-        rw->backoff_ms = BACKOFF_MIN_MS; /* Redis answers: the next outage starts over */
-    if (rw->was_down && rw->connected) {
+    if (rw->connected && !rw->ready) {
+        /* The first answer on this connection: Redis is really back (a
+         * TCP connect alone proves nothing: the kernel accepts for a
+         * stopped Redis). */
+        rw->ready = 1;
+        rw->backoff_ms = BACKOFF_MIN_MS;
+        pending_arm(rw);
+    }
+    if (rw->was_down && rw->ready) {
         rlog(rw->rs, "redis %s:%u: answering again", rw->rs->o.host, rw->rs->o.port);
         rw->was_down = 0;
     }
@@ -455,9 +565,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
                 call_free(rel);
         }
     }
-    if (c->kind == RC_JOB_GET && !c->answered) {
-        c->answered = 1;
+    if (c->kind == RC_JOB_GET) {
+        /* Even when the caller was already told "unavailable": the job is
+         * done, its leases go. */
         job_got(c, r);
+        c->answered = 1;
     } else if (!c->answered && (c->kind == RC_ACQUIRE || c->kind == RC_USAGE)) {
         lim_outcome_t o;
         memset(&o, 0, sizeof o);
@@ -483,6 +595,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         if (rw->ac == ac) {
             rw->ac = NULL;
             rw->connected = 0;
+            rw->ready = 0;
             for (rcall_t *c = rw->head; c; c = c->next)
                 call_answer_unavailable(c);
             char why[300];
@@ -493,9 +606,6 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     rw->connected = 1;
-    if (rw->was_down)
-        rlog(rw->rs, "redis %s:%u: connected again", rw->rs->o.host, rw->rs->o.port);
-    rw->was_down = 0;
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -506,6 +616,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         return; /* dropped on purpose: already handled */
     rw->ac = NULL;
     rw->connected = 0;
+    rw->ready = 0;
     char why[300];
     snprintf(why, sizeof why, "connection lost: %s", ac->errstr[0] ? ac->errstr : "closed");
     note_down(rw, why);
@@ -824,7 +935,7 @@ static void job_got(rcall_t *c, const redisReply *r)
     redis_worker_t *rw = c->rw;
     redis_store_t *rs = rw->rs;
     if (r->type != REDIS_REPLY_STRING) {
-        if (c->done_cb)
+        if (c->done_cb && !c->answered)
             c->done_cb(c->arg, 0);
         return;
     }
@@ -850,7 +961,7 @@ static void job_got(rcall_t *c, const redisReply *r)
     snprintf(rec, sizeof rec, "%sjob:%s", rs->o.key_prefix, c->lease_id);
     const char *dv[] = {"DEL", rec};
     send_simple(rw, 2, dv);
-    if (c->done_cb)
+    if (c->done_cb && !c->answered)
         c->done_cb(c->arg, 1);
 }
 
@@ -889,7 +1000,7 @@ static void redis_job_done(store_worker_t *w, const char *job_id,
 static int redis_ready(store_worker_t *w)
 {
     redis_worker_t *rw = (redis_worker_t *)w;
-    return rw->ac != NULL && rw->connected;
+    return rw->ac != NULL && rw->ready;
 }
 
 static store_worker_t *redis_attach(store_t *s, struct event_base *base)
@@ -904,13 +1015,16 @@ static store_worker_t *redis_attach(store_t *s, struct event_base *base)
     rw->backoff_ms = BACKOFF_MIN_MS;
     rw->timer = evtimer_new(base, on_timer, rw);
     rw->retry_ev = evtimer_new(base, on_retry, rw);
+    rw->pending_ev = evtimer_new(base, on_pending, rw);
     if (rs->fallback)
         rw->fallback = store_attach(rs->fallback, base);
-    if (!rw->timer || !rw->retry_ev || (rs->fallback && !rw->fallback)) {
+    if (!rw->timer || !rw->retry_ev || !rw->pending_ev || (rs->fallback && !rw->fallback)) {
         if (rw->timer)
             event_free(rw->timer);
         if (rw->retry_ev)
             event_free(rw->retry_ev);
+        if (rw->pending_ev)
+            event_free(rw->pending_ev);
         if (rw->fallback)
             store_detach(rw->fallback);
         free(rw);
@@ -936,6 +1050,13 @@ static void redis_detach(store_worker_t *w)
     }
     event_free(rw->timer);
     event_free(rw->retry_ev);
+    event_free(rw->pending_ev);
+    while (rw->pending) {
+        pending_t *p = rw->pending;
+        rw->pending = p->next;
+        free(p->cmd);
+        free(p);
+    }
     if (rw->fallback)
         store_detach(rw->fallback);
     for (int i = 0; i < LEASE_SET_BUCKETS; i++) {
