@@ -390,6 +390,16 @@ static void send_setup(redis_worker_t *rw, int argc, const char **argv)
         call_free(c);
 }
 
+/* SCRIPT LOAD of every script this file calls by EVALSHA. */
+static void load_scripts(redis_worker_t *rw)
+{
+    const char *const scripts[] = {rw_lua_acquire, rw_lua_release, rw_lua_hold};
+    for (size_t i = 0; i < sizeof scripts / sizeof *scripts; i++) {
+        const char *a[] = {"SCRIPT", "LOAD", scripts[i]};
+        send_setup(rw, 3, a);
+    }
+}
+
 /* ---- replies ------------------------------------------------------------ */
 
 static int parse_outcome(const redisReply *r, size_t n, lim_outcome_t *o)
@@ -515,13 +525,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             /* Redis lost its scripts (restart, SCRIPT FLUSH): load them,
              * then send the same call again, once. */
             c->retried = 1;
-            /* Load them all: the call may be any of the scripts. */
-            const char *la[] = {"SCRIPT", "LOAD", rw_lua_acquire};
-            const char *lr[] = {"SCRIPT", "LOAD", rw_lua_release};
-            const char *lh[] = {"SCRIPT", "LOAD", rw_lua_hold};
-            send_setup(rw, 3, la);
-            send_setup(rw, 3, lr);
-            send_setup(rw, 3, lh);
+            load_scripts(rw); /* all: the call may be any of them */
             if (queue(rw, c) == 0)
                 return;
         }
@@ -654,12 +658,7 @@ static void connect_now(redis_worker_t *rw)
         const char *a[] = {"SELECT", db};
         send_setup(rw, 2, a);
     }
-    const char *la[] = {"SCRIPT", "LOAD", rw_lua_acquire};
-    const char *lr[] = {"SCRIPT", "LOAD", rw_lua_release};
-    const char *lh[] = {"SCRIPT", "LOAD", rw_lua_hold};
-    send_setup(rw, 3, la);
-    send_setup(rw, 3, lr);
-    send_setup(rw, 3, lh);
+    load_scripts(rw);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)

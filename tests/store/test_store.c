@@ -14,16 +14,7 @@
 #include "../../limiter/window.h"
 #include "../../storage/store.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                               \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            failures++;                                                                \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);   \
-            fprintf(stderr, __VA_ARGS__);                                              \
-            fprintf(stderr, "\n");                                                     \
-        }                                                                              \
-    } while (0)
+#include "../unit/testutil.h"
 
 static int64_t fake_now;
 static int64_t fake_clock(void *arg)

@@ -14,6 +14,7 @@
 #include "../../limiter/limits.h"
 #include "../../limiter/window.h"
 #include "../../storage/store.h"
+#include "testutil.h"
 
 static int64_t fake_now;
 static int64_t clock_fn(void *arg)
@@ -33,17 +34,7 @@ static void on_ans(void *arg, store_status_t st, const lim_outcome_t *o)
 static lim_rule_t mkrule(lim_metric_t m, lim_per_t per, lim_scope_t s, int64_t limit,
                          const char *ident, uint32_t *eps, uint32_t n_eps)
 {
-    lim_rule_t r;
-    memset(&r, 0, sizeof r);
-    r.metric = m;
-    r.per = per;
-    r.scope = s;
-    r.limit = limit;
-    r.ident = (char *)ident;
-    r.ep_names = (char *)"";
-    r.eps = eps;
-    r.n_eps = n_eps;
-    return r;
+    return test_rule(m, per, s, limit, ident, eps, n_eps, 0);
 }
 
 int main(void)

@@ -10,16 +10,7 @@
 #include "../../limiter/limits.h"
 #include "../../limiter/window.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                               \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            failures++;                                                                \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond);   \
-            fprintf(stderr, __VA_ARGS__);                                              \
-            fprintf(stderr, "\n");                                                     \
-        }                                                                              \
-    } while (0)
+#include "testutil.h"
 
 #define DAY 86400000LL
 
@@ -130,43 +121,27 @@ static void test_rolling(void)
     CHECK(r.sum == 1, "clock going back keeps counts");
 }
 
-static lim_rule_t rule(lim_metric_t m, lim_per_t per, lim_scope_t s, int64_t limit,
-                       const char *ident, uint32_t *eps, uint32_t n_eps, int removed)
-{
-    lim_rule_t r;
-    memset(&r, 0, sizeof r);
-    r.metric = m;
-    r.per = per;
-    r.scope = s;
-    r.limit = limit;
-    r.ident = (char *)ident;
-    r.eps = eps;
-    r.n_eps = n_eps;
-    r.ep_names = (char *)"";
-    r.removed = removed;
-    return r;
-}
 
 static void test_policy(void)
 {
     uint32_t ep0[] = {0}, ep1[] = {1};
     lim_rule_t tier[] = {
-        rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 3, "requests:minute:key:a", ep0, 1, 0),
-        rule(LIM_REQUESTS, LIM_PER_DAY, LIM_SCOPE_KEY, 100, "requests:day:key:a", ep0, 1, 0),
-        rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 5, "requests:minute:key:b", ep1, 1, 0),
-        rule(LIM_CONCURRENT, LIM_PER_NONE, LIM_SCOPE_ACCOUNT, 5, "concurrent::account:*", NULL, 0, 0),
+        test_rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 3, "requests:minute:key:a", ep0, 1, 0),
+        test_rule(LIM_REQUESTS, LIM_PER_DAY, LIM_SCOPE_KEY, 100, "requests:day:key:a", ep0, 1, 0),
+        test_rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 5, "requests:minute:key:b", ep1, 1, 0),
+        test_rule(LIM_CONCURRENT, LIM_PER_NONE, LIM_SCOPE_ACCOUNT, 5, "concurrent::account:*", NULL, 0, 0),
     };
     lim_rule_t acct[] = {
         /* replaces the tier's a-per-minute */
-        rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 10, "requests:minute:key:a", ep0, 1, 0),
+        test_rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 10, "requests:minute:key:a", ep0, 1, 0),
         /* adds an account-wide spend cap */
-        rule(LIM_SPEND, LIM_PER_DAY, LIM_SCOPE_ACCOUNT, 5000000, "spend:day:account:*", NULL, 0, 0),
+        test_rule(LIM_SPEND, LIM_PER_DAY, LIM_SCOPE_ACCOUNT, 5000000, "spend:day:account:*", NULL, 0, 0),
     };
     lim_rule_t key[] = {
         /* removes the daily limit */
-        rule(LIM_REQUESTS, LIM_PER_DAY, LIM_SCOPE_KEY, 0, "requests:day:key:a", ep0, 1, 1),
+        test_rule(LIM_REQUESTS, LIM_PER_DAY, LIM_SCOPE_KEY, 0, "requests:day:key:a", ep0, 1, 1),
         /* same metric and per but account scope: a different limit, added */
-        rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_ACCOUNT, 50, "requests:minute:account:a", ep0, 1, 0),
+        test_rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_ACCOUNT, 50, "requests:minute:account:a", ep0, 1, 0),
     };
     const lim_rule_t *levels[] = {tier, acct, key};
     size_t ns[] = {4, 2, 2};
@@ -206,10 +181,10 @@ static void test_policy(void)
 
 static void test_report(void)
 {
-    lim_rule_t minute = rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 3, "m", NULL, 0, 0);
-    lim_rule_t day = rule(LIM_REQUESTS, LIM_PER_DAY, LIM_SCOPE_KEY, 100, "d", NULL, 0, 0);
-    lim_rule_t spend = rule(LIM_SPEND, LIM_PER_MONTH, LIM_SCOPE_ACCOUNT, 1000, "s", NULL, 0, 0);
-    lim_rule_t conc = rule(LIM_CONCURRENT, LIM_PER_NONE, LIM_SCOPE_ACCOUNT, 5, "c", NULL, 0, 0);
+    lim_rule_t minute = test_rule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 3, "m", NULL, 0, 0);
+    lim_rule_t day = test_rule(LIM_REQUESTS, LIM_PER_DAY, LIM_SCOPE_KEY, 100, "d", NULL, 0, 0);
+    lim_rule_t spend = test_rule(LIM_SPEND, LIM_PER_MONTH, LIM_SCOPE_ACCOUNT, 1000, "s", NULL, 0, 0);
+    lim_rule_t conc = test_rule(LIM_CONCURRENT, LIM_PER_NONE, LIM_SCOPE_ACCOUNT, 5, "c", NULL, 0, 0);
     lim_check_t c[4];
     memset(c, 0, sizeof c);
     const lim_rule_t *rules[] = {&minute, &day, &spend, &conc};
