@@ -36,12 +36,70 @@ atexit.register(_kill_all)
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
 
 
+PORT_DIR = os.path.join(tempfile.gettempdir(), "ratewall-test-ports")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port for a server of this test. Taken below the kernel's
+    ephemeral range (so no outgoing connection holds it) and claimed in a
+    registry shared by tests running in parallel: the gateway binds with
+    SO_REUSEPORT, so two tests must never be handed the same port."""
+    os.makedirs(PORT_DIR, exist_ok=True)
+    rng = secrets.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32000)
+        claim = os.path.join(PORT_DIR, str(port))
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(claim) as f:
+                    owner = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and _alive(owner):
+                continue
+            try:  # a claim of a test that is gone: take it over
+                os.unlink(claim)
+                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except OSError:
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue  # in use by something else; the claim stays ours
+        finally:
+            s.close()
+        _claims.append(claim)
+        return port
+    raise RuntimeError("no free loopback port found")
+
+
+_claims = []
+
+
+def _release_claims():
+    for c in _claims:
+        try:
+            os.unlink(c)
+        except OSError:
+            pass
+
+
+atexit.register(_release_claims)
 
 
 def wait_port(port, proc, timeout=20.0):
