@@ -392,6 +392,12 @@ class Env:
                 h["X-API-Key"] = key
         return request(self.port, method, path, body=body, headers=h, timeout=timeout)
 
+    def wait_backend_busy(self, n=1, timeout=5):
+        """Until the mock backend holds n requests (delayed or streaming)."""
+        deadline = time.time() + timeout
+        while self.mock_stats()["in_flight"] < n and time.time() < deadline:
+            time.sleep(0.02)
+
     def mock_stats(self):
         return request(self.mock_port, "GET", "/mock/stats").json()
 

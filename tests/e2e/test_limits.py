@@ -185,9 +185,7 @@ def test_concurrency_leases(env):
     ts = [threading.Thread(target=slow_call) for _ in range(2)]
     for t in ts:
         t.start()
-    deadline = time.time() + 5
-    while env.mock_stats()["in_flight"] < 2 and time.time() < deadline:
-        time.sleep(0.02)
+    env.wait_backend_busy(2)
     r = env.req("POST", "/v3/img2img", key=key, body={})
     err = assert_429(r, "CONCURRENT_LIMIT_EXCEEDED", "concurrent")
     eq(err["message"], "Concurrent prediction limit exceeded. 2/2 predictions running.",

@@ -132,9 +132,7 @@ def test_second_signal_stops_at_once(env):
 
     t = threading.Thread(target=slow)
     t.start()
-    deadline = time.time() + 5
-    while env.mock_stats()["in_flight"] < 1 and time.time() < deadline:
-        time.sleep(0.02)
+    env.wait_backend_busy(1)
     env.gw.signal(15)
     time.sleep(0.3)
     assert env.gw.p.poll() is None, "the first signal drains (a request is in flight)"

@@ -133,9 +133,7 @@ def test_client_gone_releases_lease(env):
     s = socket.create_connection(("127.0.0.1", env.port))
     s.sendall(b"POST /v3/img2img HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
               key.encode() + b"\r\nx-mock-delay-ms: 5000\r\nContent-Length: 2\r\n\r\n{}")
-    deadline = time.time() + 5
-    while env.mock_stats()["in_flight"] < 1 and time.time() < deadline:
-        time.sleep(0.02)
+    env.wait_backend_busy(1)
     s.close()
     time.sleep(0.3)
     eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200,
@@ -190,9 +188,7 @@ def test_drain_on_sigterm(env):
 
     t = threading.Thread(target=slow)
     t.start()
-    deadline = time.time() + 5
-    while env.mock_stats()["in_flight"] < 1 and time.time() < deadline:
-        time.sleep(0.02)
+    env.wait_backend_busy(1)
     env.gw.signal(15)
     time.sleep(0.2)
     # No longer accepting.

@@ -463,18 +463,29 @@ def test_one_round_trip_per_decision(env):
         mon.close()
 
 
-# ---- 4: Redis killed, on_error deny ------------------------------------------
-
-def test_redis_killed_deny(env):
+def hammered_gateway(env, timeout_ms):
+    """Redis, one gateway (on_error deny, a limit never reached) and a
+    Hammer of clients already getting 200s."""
     r, gws, _ = redis_env(env, {"big": {"limits": [
         {"metric": "requests", "per": "minute", "limit": 1000000}]}},
         {"acme": {"tier": "big"}}, [("k1", "acme")],
-        storage={"timeout_ms": 100, "on_error": "deny"})
+        storage={"timeout_ms": timeout_ms, "on_error": "deny"})
     g = gws[0]
     h = Hammer(g.port, env.keys["k1"]).start()
     try:
         poll(lambda: h.seen(lambda x: x[2] == 200), 5, what="first 200")
-        time.sleep(0.3)
+    except BaseException:
+        h.stop()
+        raise
+    time.sleep(0.3)
+    return r, g, h
+
+
+# ---- 4: Redis killed, on_error deny ------------------------------------------
+
+def test_redis_killed_deny(env):
+    r, g, h = hammered_gateway(env, timeout_ms=100)
+    try:
         r.p.kill()           # SIGKILL by PID
         r.p.wait()
         t_dead = time.monotonic()
@@ -575,15 +586,8 @@ def test_redis_killed_allow(env):
 # ---- 6: Redis hangs ----------------------------------------------------------
 
 def test_redis_hang(env):
-    r, gws, _ = redis_env(env, {"big": {"limits": [
-        {"metric": "requests", "per": "minute", "limit": 1000000}]}},
-        {"acme": {"tier": "big"}}, [("k1", "acme")],
-        storage={"timeout_ms": 150, "on_error": "deny"})
-    g = gws[0]
-    h = Hammer(g.port, env.keys["k1"]).start()
+    r, g, h = hammered_gateway(env, timeout_ms=150)
     try:
-        poll(lambda: h.seen(lambda x: x[2] == 200), 5, what="first 200")
-        time.sleep(0.3)
         r.signal(signal.SIGSTOP)
         t_stop = time.monotonic()
         time.sleep(2.0)
