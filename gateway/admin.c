@@ -14,10 +14,12 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
+#include <unistd.h>
 
 #include "admin.h"
 #include "gateway.h"
 #include "metrics.h"
+#include "server.h"
 
 static admin_reload_fn reload_fn;
 
@@ -27,22 +29,16 @@ void admin_set_reload(admin_reload_fn fn)
 }
 
 /* Admin answers are not part of any request context: plain JSON replies. */
-static void reply(struct evhttp_request *req, int status, const char *reason, json_t *body)
+static void reply(h1_conn_t *req, int status, const char *reason, json_t *body)
 {
-    struct evbuffer *b = evbuffer_new();
     char *text = json_dumps(body, JSON_COMPACT);
-    if (b && text)
-        evbuffer_add(b, text, strlen(text));
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      "application/json");
-    evhttp_send_reply(req, status, reason, b);
+    h1_add_header(req, "Content-Type", "application/json");
+    h1_reply(req, status, reason, text, text ? strlen(text) : 0);
     free(text);
-    if (b)
-        evbuffer_free(b);
     json_decref(body);
 }
 
-static void reply_error(struct evhttp_request *req, int status, const char *reason,
+static void reply_error(h1_conn_t *req, int status, const char *reason,
                         const char *type, const char *code, const char *msg, json_t *details)
 {
     reply(req, status, reason,
@@ -51,10 +47,10 @@ static void reply_error(struct evhttp_request *req, int status, const char *reas
 }
 
 /* 1 when the request carries the admin token; else answers 401/403. */
-static int authorized(worker_t *w, struct evhttp_request *req)
+static int authorized(worker_t *w, h1_conn_t *req)
 {
     const config_t *c = w->cfg;
-    const char *a = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    const char *a = h1_header(req, "Authorization");
     if (!a || strncasecmp(a, "Bearer ", 7) != 0 || !a[7]) {
         reply_error(req, 401, "Unauthorized", "authentication_error", "MISSING_ADMIN_TOKEN",
                     "Send Authorization: Bearer ADMIN_TOKEN.", NULL);
@@ -70,8 +66,9 @@ static int authorized(worker_t *w, struct evhttp_request *req)
     return ok;
 }
 
+/* Ownership: holds the open exchange of req until on_job_done ends it. */
 typedef struct done_ctx {
-    struct evhttp_request *req;
+    h1_conn_t *req;
 } done_ctx_t;
 
 static void on_job_done(void *arg, int found)
@@ -88,22 +85,26 @@ static void on_job_done(void *arg, int found)
     free(d);
 }
 
-static void metrics(worker_t *w, struct evhttp_request *req);
+static void metrics(worker_t *w, h1_conn_t *req);
 
-static void admin_handle(struct evhttp_request *req, void *arg)
+static void admin_handle(h1_conn_t *req, void *arg)
 {
     worker_t *w = arg;
-    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
-    const char *path = u ? evhttp_uri_get_path(u) : "/";
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    if (!path)
-        path = "/";
+    const char *path = h1_path(req);
+    enum h1_method m = h1_method(req);
+    if (m != H1_GET && m != H1_POST && m != H1_HEAD) {
+        reply_error(req, 405, "Method Not Allowed", "invalid_request_error",
+                    "METHOD_NOT_ALLOWED", "The admin listener takes GET and POST.", NULL);
+        return;
+    }
+    if (m == H1_HEAD)
+        m = H1_GET;
 
-    if (strcmp(path, "/healthz") == 0 && m == EVHTTP_REQ_GET) {
+    if (strcmp(path, "/healthz") == 0 && m == H1_GET) {
         reply(req, 200, "OK", json_pack("{s:s}", "status", "ok"));
         return;
     }
-    if (strcmp(path, "/readyz") == 0 && m == EVHTTP_REQ_GET) {
+    if (strcmp(path, "/readyz") == 0 && m == H1_GET) {
         if (store_ready(w->store))
             reply(req, 200, "OK", json_pack("{s:s}", "status", "ready"));
         else
@@ -111,7 +112,7 @@ static void admin_handle(struct evhttp_request *req, void *arg)
                         "LIMITER_UNAVAILABLE", "The store cannot be reached.", NULL);
         return;
     }
-    if (strcmp(path, "/metrics") == 0 && m == EVHTTP_REQ_GET) {
+    if (strcmp(path, "/metrics") == 0 && m == H1_GET) {
         metrics(w, req);
         return;
     }
@@ -123,10 +124,10 @@ static void admin_handle(struct evhttp_request *req, void *arg)
     if (!authorized(w, req))
         return;
 
-    if (strcmp(path, "/admin/usage") == 0 && m == EVHTTP_REQ_GET) {
+    if (strcmp(path, "/admin/usage") == 0 && m == H1_GET) {
         struct evkeyvalq q;
         TAILQ_INIT(&q);
-        const char *query = evhttp_uri_get_query(u);
+        const char *query = h1_query(req);
         if (query)
             evhttp_parse_query_str(query, &q);
         const char *key = evhttp_find_header(&q, "key");
@@ -139,7 +140,7 @@ static void admin_handle(struct evhttp_request *req, void *arg)
         evhttp_clear_headers(&q);
         return;
     }
-    if (strcmp(path, "/admin/reload") == 0 && m == EVHTTP_REQ_POST) {
+    if (strcmp(path, "/admin/reload") == 0 && m == H1_POST) {
         cfg_messages_t msgs = {0};
         int ok = reload_fn && reload_fn(&msgs) == 0;
         if (ok) {
@@ -157,7 +158,7 @@ static void admin_handle(struct evhttp_request *req, void *arg)
     }
     const char *prefix = "/admin/jobs/", *suffix = "/done";
     size_t pl = strlen(prefix), sl = strlen(suffix), n = strlen(path);
-    if (m == EVHTTP_REQ_POST && n > pl + sl && strncmp(path, prefix, pl) == 0 &&
+    if (m == H1_POST && n > pl + sl && strncmp(path, prefix, pl) == 0 &&
         strcmp(path + n - sl, suffix) == 0) {
         char id[80];
         size_t idlen = n - pl - sl;
@@ -182,11 +183,11 @@ static void admin_handle(struct evhttp_request *req, void *arg)
                 NULL);
 }
 
-static void metrics(worker_t *w, struct evhttp_request *req)
+static void metrics(worker_t *w, h1_conn_t *req)
 {
     struct evbuffer *b = evbuffer_new();
     if (!b) {
-        evhttp_send_error(req, 503, "Out of memory");
+        h1_reply(req, 503, "Service Unavailable", NULL, 0);
         return;
     }
     evbuffer_add_printf(b, "# HELP ratewall_up 1 while the gateway runs.\n"
@@ -214,24 +215,24 @@ static void metrics(worker_t *w, struct evhttp_request *req)
     evbuffer_add_printf(b, "# HELP ratewall_store_ready 1 when the store answers.\n"
                            "# TYPE ratewall_store_ready gauge\nratewall_store_ready %d\n",
                         store_ready(w->store));
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-                      "text/plain; version=0.0.4");
-    evhttp_send_reply(req, 200, "OK", b);
+    h1_add_header(req, "Content-Type", "text/plain; version=0.0.4");
+    h1_reply_buffer(req, 200, "OK", b);
     evbuffer_free(b);
 }
 
-struct evhttp *admin_start(worker_t *w, const config_t *c)
+h1_server_t *admin_start(worker_t *w, const config_t *c)
 {
-    struct evhttp *h = evhttp_new(w->base);
-    if (!h)
-        return NULL;
-    evhttp_set_allowed_methods(h, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
-    evhttp_set_max_body_size(h, 64 * 1024);
-    evhttp_set_timeout(h, 30);
-    evhttp_set_gencb(h, admin_handle, w);
-    if (!evhttp_bind_socket_with_handle(h, c->admin.listen_host, c->admin.listen_port)) {
-        evhttp_free(h);
+    char err[256];
+    int fd = server_listen_socket(c->admin.listen_host, c->admin.listen_port, 0, err,
+                                  sizeof err);
+    if (fd < 0) {
+        log_msg(LOG_ERROR, "admin: %s", err);
         return NULL;
     }
+    h1_limits_t lim = {.max_header_bytes = 16384, .max_body_bytes = 64 * 1024,
+                       .timeout_ms = 30000};
+    h1_server_t *h = h1_server_new(w->base, fd, &lim, admin_handle, NULL, w);
+    if (!h)
+        close(fd);
     return h;
 }

@@ -11,6 +11,6 @@ void admin_set_reload(admin_reload_fn fn);
 
 /* Bind the admin listener on worker w's loop; NULL (logged by the caller)
  * when the address cannot be bound. */
-struct evhttp *admin_start(worker_t *w, const config_t *c);
+h1_server_t *admin_start(worker_t *w, const config_t *c);
 
 #endif

@@ -158,8 +158,7 @@ static void job_created(request_t *r, json_t *body)
 
 static void job_polled(request_t *r, const cfg_job_t *job, json_t *body)
 {
-    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(r->req);
-    const char *q = u ? evhttp_uri_get_query(u) : NULL;
+    const char *q = r->req ? h1_query(r->req) : NULL;
     struct evkeyvalq params;
     TAILQ_INIT(&params);
     if (!q || evhttp_parse_query_str(q, &params) != 0)

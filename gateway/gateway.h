@@ -19,11 +19,12 @@
 #include "../limiter/limits.h"
 #include "../storage/store.h"
 #include "config.h"
+#include "h1.h"
 
 struct proxy_pool;
 
 /*
- * One worker thread. Owns its event_base, its evhttp server on a
+ * One worker thread. Owns its event_base, its HTTP server (h1.c) on a
  * SO_REUSEPORT listener, its backend connection pools and its store
  * connection. Only `pending_cfg` and `stop_ev`/`reload_ev` are touched by
  * other threads.
@@ -32,8 +33,8 @@ typedef struct worker {
     int index;
     pthread_t thread;
     struct event_base *base;
-    struct evhttp *http;
-    struct evhttp *admin;          /* worker 0 only, when configured */
+    h1_server_t *http;             /* the public listener (gateway/h1.c) */
+    h1_server_t *admin;            /* worker 0 only, when configured */
     store_worker_t *store;
     config_t *cfg;                 /* this worker's reference */
     _Atomic(config_t *) pending_cfg; /* handed over by the main thread */
@@ -44,12 +45,9 @@ typedef struct worker {
     struct proxy_pool *pools;      /* backend keep-alive pools, by address */
     lim_deny_t deny;               /* local deny cache (limiter/deny.h) */
     int draining;
-    struct evhttp_bound_socket *bound;
     struct timespec drain_deadline;
-    struct timespec idle_since;    /* draining: when inflight reached 0 */
     /* Touched by the worker's own thread only. */
     int inflight;   /* request contexts alive */
-    int unflushed;  /* answers handed to evhttp and not yet fully written */
     /* X-Request-Id: random per-worker prefix + counter. */
     char rid_prefix[17];
     uint64_t rid_next;
@@ -70,14 +68,13 @@ enum req_state {
  * request_finish(), which is the one place it is freed.
  *
  * Ownership: owns `cfg` (a reference), `checks`, the lease (when
- * `admitted`), and the backend request while `breq` is set. Borrows `req`
- * (owned by evhttp; becomes invalid once a reply has been ended) and
- * `w`. `ep` and `key` point into `cfg`.
+ * `admitted`), the open exchange of `req` until it ends it (then `req` is
+ * set to NULL; gateway/h1.h), and the backend request while `breq` is set.
+ * Borrows `w`. `ep` and `key` point into `cfg`.
  */
 typedef struct request {
     worker_t *w;
-    struct evhttp_request *req;
-    struct evhttp_connection *client; /* NULL once the client went away */
+    h1_conn_t *req;     /* the client's connection, exchange open; NULL once ended */
     config_t *cfg;
     const cfg_endpoint_t *ep;
     int ep_index;
@@ -90,7 +87,7 @@ typedef struct request {
     int is_usage;
     json_t *usage;      /* usage answer being built (owned) */
     size_t usage_next;  /* next policy rule to ask the store about */
-    int watching;       /* close callback and read watch set on the client */
+    int watching;       /* close callback set on the client connection */
     int64_t units, price_micros;
     size_t n_checks;
     lim_report_t rep;
@@ -126,24 +123,19 @@ typedef struct request {
     char path[2048];     /* the normalized path (routed and forwarded) */
 } request_t;
 
-/* server.c */
-void server_handle(struct evhttp_request *req, void *arg);
-
 /* request.c */
-void request_start(worker_t *w, struct evhttp_request *req);
+void request_start(worker_t *w, h1_conn_t *req);
 /* Usage of a key by id, or of an account's account-scope limits (admin). */
-void request_usage_start(worker_t *w, struct evhttp_request *req, const char *key_id,
+void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
                          const char *account);
 /* The one place a request ends: releases leases, frees everything. */
 void request_finish(request_t *r);
 void request_freelist_clear(void);
 extern int deny_cache_on;
-/* Called by the client connection's close callback (set by request.c). */
+/* Hear of a client that goes away while its request is served. */
 void request_watch_client(request_t *r);
-/* Before the last write of an answer: stop watching (see request.c). */
+/* Before the last write of an answer: stop watching. */
 void request_unwatch_client(request_t *r);
-/* Right before the final send of an answer (see request.c). */
-void request_track_flush(request_t *r);
 
 /* units.c: the request's units from its JSON body. Returns 0 and sets
  * *units, or -1 with a message for a 400 INVALID_BODY. */
@@ -172,9 +164,9 @@ void respond_429(request_t *r);
 void respond_unavailable(request_t *r);
 /* details.endpoints of a limit: its endpoint names, ["*"] for all. */
 json_t *respond_endpoints_json(const lim_rule_t *rule);
-/* Add X-RateLimit-* (when a decision was made) and X-Request-Id. */
-struct evkeyvalq;
-void respond_rate_headers(const request_t *r, struct evkeyvalq *h);
+/* Add X-RateLimit-* (when a decision was made) and X-Request-Id to the
+ * answer of c. */
+void respond_rate_headers(const request_t *r, h1_conn_t *c);
 
 /* proxy.c */
 void proxy_start(request_t *r);

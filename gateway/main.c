@@ -321,7 +321,7 @@ static int run(const char *path)
     int started = 0, inited = 0;
     for (int i = 0; a.workers && i < n; i++) {
         char err[256];
-        int fd = server_listen_socket(c->server.listen_host, c->server.listen_port, err,
+        int fd = server_listen_socket(c->server.listen_host, c->server.listen_port, 1, err,
                                       sizeof err);
         if (fd < 0) {
             log_msg(LOG_ERROR, "%s", err);

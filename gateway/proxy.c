@@ -223,9 +223,18 @@ void proxy_abort(request_t *r)
     r->breq = NULL;
 }
 
-static enum evhttp_cmd_type cmd_of(struct evhttp_request *req)
+static enum evhttp_cmd_type cmd_of(h1_conn_t *req)
 {
-    return evhttp_request_get_command(req);
+    switch (h1_method(req)) {
+    case H1_GET: return EVHTTP_REQ_GET;
+    case H1_POST: return EVHTTP_REQ_POST;
+    case H1_PUT: return EVHTTP_REQ_PUT;
+    case H1_DELETE: return EVHTTP_REQ_DELETE;
+    case H1_PATCH: return EVHTTP_REQ_PATCH;
+    case H1_HEAD: return EVHTTP_REQ_HEAD;
+    case H1_OPTIONS: return EVHTTP_REQ_OPTIONS;
+    }
+    return EVHTTP_REQ_GET;
 }
 
 /* Hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself. */
@@ -285,18 +294,34 @@ static int named_by_any_connection(struct evkeyvalq *hs, const char *name)
     return 0;
 }
 
+/* The same for the client's request. */
+static int client_connection_names(h1_conn_t *c, const char *name)
+{
+    size_t n = h1_header_count(c);
+    for (size_t i = 0; i < n; i++) {
+        const char *k, *v;
+        h1_header_at(c, i, &k, &v);
+        if (strcasecmp(k, "Connection") == 0 && named_by_connection(v, name))
+            return 1;
+    }
+    return 0;
+}
+
 static void copy_request_headers(request_t *r, struct evkeyvalq *out)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
+    h1_conn_t *in = r->req;
     const cfg_backend_t *be = &r->cfg->backends[r->ep->backend];
-    for (struct evkeyval *h = in->tqh_first; h; h = h->next.tqe_next) {
-        if (skip_request_header(h->key) || named_by_any_connection(in, h->key))
+    size_t nh = h1_header_count(in);
+    for (size_t k = 0; k < nh; k++) {
+        const char *key, *value;
+        h1_header_at(in, k, &key, &value);
+        if (skip_request_header(key) || client_connection_names(in, key))
             continue;
         int configured = 0;
         for (size_t i = 0; i < be->n_headers && !configured; i++)
-            configured = strcasecmp(be->headers[i].name, h->key) == 0;
+            configured = strcasecmp(be->headers[i].name, key) == 0;
         if (!configured)
-            evhttp_add_header(out, h->key, h->value);
+            evhttp_add_header(out, key, value);
     }
     for (size_t i = 0; i < be->n_headers; i++)
         evhttp_add_header(out, be->headers[i].name, be->headers[i].value);
@@ -310,13 +335,9 @@ static void copy_request_headers(request_t *r, struct evkeyvalq *out)
         snprintf(host, sizeof host, v6 ? "[%s]:%u" : "%s:%u", be->host, be->port);
     evhttp_add_header(out, "Host", host);
 
-    char *peer = NULL;
-    ev_uint16_t peer_port = 0;
-    if (r->client)
-        evhttp_connection_get_peer(r->client, &peer, &peer_port);
     /* The peer is always the last entry: never cut off by a long client value. */
-    const char *xff = evhttp_find_header(in, "X-Forwarded-For");
-    const char *me = peer ? peer : "unknown";
+    const char *xff = h1_header(in, "X-Forwarded-For");
+    const char *me = h1_peer(in);
     if (xff && *xff && strlen(xff) < 4096) {
         size_t need = strlen(xff) + strlen(me) + 3;
         char *xbuf = malloc(need);
@@ -340,13 +361,12 @@ static void backend_failed(request_t *r)
     if (r->reply_started) {
         /* Mid-stream: the client must not take a cut body for a whole one,
          * so its connection is closed without the final chunk. */
-        struct evhttp_connection *c = r->client;
-        if (c && !r->client_gone) {
+        h1_conn_t *c = r->req;
+        if (c) {
             request_unwatch_client(r);
             r->client_gone = 1;
-            r->client = NULL;
-            r->req = NULL; /* freed with its connection */
-            evhttp_connection_free(c);
+            r->req = NULL;
+            h1_abort(c);
         }
         request_finish(r);
         return;
@@ -359,23 +379,32 @@ static void backend_failed(request_t *r)
                       "The backend could not be reached.", NULL);
 }
 
+/* The answer's head: ours first (they replace the backend's fields of the
+ * same names), then the backend's end-to-end fields. A body of unknown
+ * length goes chunked (until close for an HTTP/1.0 client). */
 static void start_reply(request_t *r, struct evhttp_request *breq)
 {
     struct evkeyvalq *bh = evhttp_request_get_input_headers(breq);
-    struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
-    for (struct evkeyval *h = bh->tqh_first; h; h = h->next.tqe_next)
-        if (!skip_response_header(h->key) && !named_by_any_connection(bh, h->key))
-            evhttp_add_header(out, h->key, h->value);
-    /* An HTTP/1.0 client cannot take chunks: a body of unknown length then
-     * ends when the connection closes. */
-    if (r->req->major == 1 && r->req->minor == 0 && !evhttp_find_header(bh, "Content-Length"))
-        evhttp_remove_header(evhttp_request_get_input_headers(r->req), "Connection");
+    h1_conn_t *out = r->req;
     respond_rate_headers(r, out);
+    int64_t clen = -1;
+    for (struct evkeyval *h = bh->tqh_first; h; h = h->next.tqe_next) {
+        if (strcasecmp(h->key, "Content-Length") == 0) {
+            char *e;
+            long long v = strtoll(h->value, &e, 10);
+            if (*h->value && !*e && v >= 0)
+                clen = v;
+            continue;
+        }
+        if (!skip_response_header(h->key) && !named_by_any_connection(bh, h->key) &&
+            !h1_has_header(out, h->key))
+            h1_add_header(out, h->key, h->value);
+    }
     int code = evhttp_request_get_response_code(breq);
     const char *line = evhttp_request_get_response_code_line(breq);
     r->backend_status = code;
     r->status = code;
-    evhttp_send_reply_start(r->req, code, line ? line : "");
+    h1_reply_start(out, code, line ? line : "", clen);
     r->reply_started = 1;
 }
 
@@ -415,9 +444,9 @@ static void keep_copy(request_t *r, struct evbuffer *in)
 /* The client took all that was waiting for it: read the backend again.
  * (Every way a request ends replaces this callback or frees the client
  * connection, so r is alive here.) */
-static void on_client_drained(struct evhttp_connection *evcon, void *arg)
+static void on_client_drained(h1_conn_t *c, void *arg)
 {
-    (void)evcon;
+    (void)c;
     request_t *r = arg;
     if (r->backend_paused && r->bconn) {
         r->backend_paused = 0;
@@ -435,17 +464,14 @@ static void on_backend_chunk(struct evhttp_request *breq, void *arg)
     }
     keep_copy(r, in);
     r->bytes_out += evbuffer_get_length(in);
+    h1_reply_chunk(r->req, in);
     /* Backpressure: a client that reads slower than the backend writes
      * must not make the gateway buffer the whole answer. Past the mark the
      * backend is not read until the client has taken everything. */
-    struct bufferevent *cbev = evhttp_connection_get_bufferevent(r->client);
-    if (evbuffer_get_length(bufferevent_get_output(cbev)) + evbuffer_get_length(in) >
-        CLIENT_BUFFER_MAX) {
+    if (h1_pending(r->req) > CLIENT_BUFFER_MAX && r->bconn) {
         bufferevent_disable(evhttp_connection_get_bufferevent(r->bconn->evcon), EV_READ);
         r->backend_paused = 1;
-        evhttp_send_reply_chunk_with_cb(r->req, in, on_client_drained, r);
-    } else {
-        evhttp_send_reply_chunk(r->req, in);
+        h1_set_drained_cb(r->req, on_client_drained, r);
     }
 }
 
@@ -496,12 +522,12 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
     keep_copy(r, rest);
     after_response(r, breq);
     r->bytes_out += evbuffer_get_length(rest);
+    h1_conn_t *client = r->req;
     if (evbuffer_get_length(rest))
-        evhttp_send_reply_chunk(r->req, rest);
+        h1_reply_chunk(client, rest);
     request_unwatch_client(r);
-    request_track_flush(r);
-    evhttp_send_reply_end(r->req);
     r->req = NULL;
+    h1_reply_end(client);
     request_finish(r);
 }
 
@@ -529,7 +555,7 @@ void proxy_start(request_t *r)
     evhttp_request_set_error_cb(breq, on_backend_error);
     copy_request_headers(r, evhttp_request_get_output_headers(breq));
     struct evbuffer *out = evhttp_request_get_output_buffer(breq);
-    evbuffer_add_buffer(out, evhttp_request_get_input_buffer(r->req));
+    evbuffer_add_buffer(out, h1_body(r->req));
     /* evhttp adds Content-Length only for POST and PUT: a PATCH (or any)
      * body without it would run into the next request on the connection. */
     enum evhttp_cmd_type cmd = cmd_of(r->req);
@@ -540,9 +566,8 @@ void proxy_start(request_t *r)
         evhttp_add_header(evhttp_request_get_output_headers(breq), "Content-Length", cl);
     }
 
-    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(r->req);
     const char *path = r->path;
-    const char *query = evhttp_uri_get_query(u);
+    const char *query = h1_query(r->req);
     size_t need = strlen(be->base_path) + strlen(path ? path : "/") +
                   (query ? strlen(query) + 1 : 0) + 1;
     char stackbuf[1024];

@@ -58,25 +58,6 @@ void request_freelist_clear(void)
         free(freelist[--n_free]);
 }
 
-/* RFC 9110 token characters: what a header name may hold. */
-static int token_char(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c && strchr("!#$%&'*+-.^_`|~", c));
-}
-
-static int header_names_ok(struct evkeyvalq *h)
-{
-    for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
-        if (!*kv->key)
-            return 0;
-        for (const char *p = kv->key; *p; p++)
-            if (!token_char((unsigned char)*p))
-                return 0;
-    }
-    return 1;
-}
-
 /* Remove "." and ".." segments (RFC 3986 §5.2.4) so that routing and the
  * backend see the same path. Encoded dots and slashes are refused: they
  * would mean one path here and another behind a decoding backend. */
@@ -121,18 +102,18 @@ static int normalize_path(const char *in, char *out, size_t len)
     return 0;
 }
 
-static unsigned method_bit(enum evhttp_cmd_type t)
+static unsigned method_bit(enum h1_method t)
 {
     switch (t) {
-    case EVHTTP_REQ_GET: return CFG_M_GET;
-    case EVHTTP_REQ_POST: return CFG_M_POST;
-    case EVHTTP_REQ_PUT: return CFG_M_PUT;
-    case EVHTTP_REQ_DELETE: return CFG_M_DELETE;
-    case EVHTTP_REQ_PATCH: return CFG_M_PATCH;
-    case EVHTTP_REQ_HEAD: return CFG_M_HEAD;
-    case EVHTTP_REQ_OPTIONS: return CFG_M_OPTIONS;
-    default: return 0;
+    case H1_GET: return CFG_M_GET;
+    case H1_POST: return CFG_M_POST;
+    case H1_PUT: return CFG_M_PUT;
+    case H1_DELETE: return CFG_M_DELETE;
+    case H1_PATCH: return CFG_M_PATCH;
+    case H1_HEAD: return CFG_M_HEAD;
+    case H1_OPTIONS: return CFG_M_OPTIONS;
     }
+    return 0;
 }
 
 void request_finish(request_t *r)
@@ -153,12 +134,9 @@ void request_finish(request_t *r)
     }
     r->admitted = 0;
     if (r->req) {
-        /* Still ours: the client went away, or the reply was cut short.
-         * With no connection left, ending the reply frees the request. */
-        if (r->reply_started)
-            evhttp_send_reply_end(r->req);
-        else
-            evhttp_send_reply(r->req, 500, "Internal Server Error", NULL);
+        /* Still open: the client went away, or the answer was cut short
+         * (never to be taken for a whole one). */
+        h1_abort(r->req);
         r->req = NULL;
     }
     r->state = RQ_DONE;
@@ -171,98 +149,35 @@ void request_finish(request_t *r)
     request_free(r);
 }
 
-static void finish_deferred(evutil_socket_t fd, short what, void *arg)
+/* The client went away while its request was served. */
+static void on_client_close(h1_conn_t *c, void *arg)
 {
-    (void)fd;
-    (void)what;
-    request_finish(arg);
-}
-
-/* The client connection is being torn down while we hold its request. */
-static void on_client_close(struct evhttp_connection *evcon, void *arg)
-{
-    (void)evcon;
+    (void)c;
     request_t *r = arg;
     r->client_gone = 1;
-    r->client = NULL;
-    /* After a read error or timeout evhttp has already detached the request
-     * from its connection and leaves it to us; when the connection is freed
-     * directly (server shutdown), the request goes with it. */
-    if (r->req && evhttp_request_get_connection(r->req) != NULL)
-        r->req = NULL;
+    r->watching = 0;
     if (r->state == RQ_PROXY) {
         proxy_abort(r);
-        /* Finish once evhttp has unwound the connection's teardown. */
-        if (event_base_once(r->w->base, -1, EV_TIMEOUT, finish_deferred, r, NULL) != 0)
-            log_msg(LOG_ERROR, "cannot schedule the end of request %s", r->rid);
+        request_finish(r);
     }
     /* RQ_STORE: the store's callback sees client_gone and finishes. */
 }
 
-/* Most input waiting while a request is served (a pipelined next request). */
-#define HOLD_INPUT_BYTES (64 * 1024)
-
-/*
- * Notice a client that leaves while its request is being served. libevent
- * 2.1 stops reading a connection once a request has arrived, so a client
- * that hangs up would go unseen until the answer is written. Reading stays
- * on with no read callback (a pipelined request waits in the input buffer)
- * and no read timeout (the backend's timeout bounds the wait); EOF then
- * reaches evhttp's error path and our close callback.
- */
-static void on_flushed(struct evhttp_request *req, void *arg)
-{
-    (void)req;
-    worker_t *w = arg;
-    w->unflushed--;
-}
-
-/* Before the last send of an answer: count it until evhttp has written it
- * all, so a drain does not close a connection with an answer still in its
- * buffer. (A client that breaks the connection mid-write leaves the count
- * up; the drain timeout bounds that.) */
-void request_track_flush(request_t *r)
-{
-    if (!r->req || r->client_gone)
-        return;
-    r->w->unflushed++;
-    evhttp_request_set_on_complete_cb(r->req, on_flushed, r->w);
-}
-
 void request_watch_client(request_t *r)
 {
-    if (r->watching || !r->client || r->client_gone)
+    if (r->watching || !r->req || r->client_gone)
         return;
     r->watching = 1;
-    evhttp_connection_set_closecb(r->client, on_client_close, r);
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->client);
-    bufferevent_data_cb wcb;
-    bufferevent_event_cb ecb;
-    void *cbarg;
-    bufferevent_getcb(bev, NULL, &wcb, &ecb, &cbarg);
-    bufferevent_setcb(bev, NULL, wcb, ecb, cbarg);
-    struct timeval wtv = {.tv_sec = r->cfg->server.client_timeout_ms / 1000,
-                          .tv_usec = (r->cfg->server.client_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(bev, NULL, &wtv);
-    bufferevent_setwatermark(bev, EV_READ, 0, HOLD_INPUT_BYTES);
-    bufferevent_enable(bev, EV_READ);
+    h1_set_close_cb(r->req, on_client_close, r);
 }
 
-/* Give the connection back to evhttp's own settings before the last write
- * of the answer, after which evhttp may close it. */
 void request_unwatch_client(request_t *r)
 {
     if (!r->watching)
         return;
     r->watching = 0;
-    if (!r->client || r->client_gone)
-        return;
-    evhttp_connection_set_closecb(r->client, NULL, NULL);
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->client);
-    bufferevent_setwatermark(bev, EV_READ, 0, 0);
-    struct timeval tv = {.tv_sec = r->cfg->server.client_timeout_ms / 1000,
-                         .tv_usec = (r->cfg->server.client_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(bev, &tv, &tv);
+    if (r->req && !r->client_gone)
+        h1_set_close_cb(r->req, NULL, NULL);
 }
 
 static int64_t mono_us(void)
@@ -433,24 +348,23 @@ static void usage_start(request_t *r)
 
 /* A new request context for req on worker w (NULL: out of memory, and
  * req has been answered). */
-static request_t *request_new(worker_t *w, struct evhttp_request *req)
+static request_t *request_new(worker_t *w, h1_conn_t *req)
 {
     request_t *r = request_alloc();
     if (!r) {
-        evhttp_send_error(req, 503, "Out of memory");
+        h1_reply(req, 503, "Service Unavailable", NULL, 0);
         return NULL;
     }
     w->inflight++;
     r->w = w;
     r->req = req;
     r->cfg = config_ref(w->cfg);
-    r->client = evhttp_request_get_connection(req);
     clock_gettime(CLOCK_MONOTONIC, &r->t_start);
     next_request_id(w, r->rid, sizeof r->rid);
     return r;
 }
 
-void request_usage_start(worker_t *w, struct evhttp_request *req, const char *key_id,
+void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
                          const char *account)
 {
     request_t *r = request_new(w, req);
@@ -473,9 +387,9 @@ void request_usage_start(worker_t *w, struct evhttp_request *req, const char *ke
 }
 
 /* The client's API key: Authorization: Bearer KEY, else X-API-Key. */
-static const char *client_key(struct evkeyvalq *h, size_t *len)
+static const char *client_key(h1_conn_t *h, size_t *len)
 {
-    const char *a = evhttp_find_header(h, "Authorization");
+    const char *a = h1_header(h, "Authorization");
     if (a && strncasecmp(a, "Bearer ", 7) == 0) {
         a += 7;
         while (*a == ' ')
@@ -486,7 +400,7 @@ static const char *client_key(struct evkeyvalq *h, size_t *len)
         if (*len)
             return a;
     }
-    a = evhttp_find_header(h, "X-API-Key");
+    a = h1_header(h, "X-API-Key");
     if (a && *a) {
         *len = strlen(a);
         return a;
@@ -495,22 +409,14 @@ static const char *client_key(struct evkeyvalq *h, size_t *len)
 }
 
 
-void request_start(worker_t *w, struct evhttp_request *req)
+void request_start(worker_t *w, h1_conn_t *req)
 {
     request_t *r = request_new(w, req);
     if (!r)
         return;
     const config_t *cfg = r->cfg;
 
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    const char *raw = uri ? evhttp_uri_get_path(uri) : NULL;
-    if (!raw || !*raw)
-        raw = "/";
-    if (!header_names_ok(evhttp_request_get_input_headers(req))) {
-        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
-                      "A header name is not a valid token.", NULL);
-        return;
-    }
+    const char *raw = h1_path(req);
     if (normalize_path(raw, r->path, sizeof r->path) != 0) {
         respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
                       "The path is not acceptable (encoded dot or slash, or too long).",
@@ -518,7 +424,7 @@ void request_start(worker_t *w, struct evhttp_request *req)
         return;
     }
     const char *path = r->path;
-    unsigned method = method_bit(evhttp_request_get_command(req));
+    unsigned method = method_bit(h1_method(req));
 
     r->is_usage = method == CFG_M_GET && strcmp(path, cfg->server.usage_path) == 0;
     if (!r->is_usage) {
@@ -531,9 +437,8 @@ void request_start(worker_t *w, struct evhttp_request *req)
         r->ep = &cfg->endpoints[r->ep_index];
     }
 
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     size_t klen = 0;
-    const char *key = client_key(in, &klen);
+    const char *key = client_key(req, &klen);
     if (!key) {
         respond_error(r, 401, "authentication_error", "MISSING_API_KEY",
                       "No API key: send Authorization: Bearer KEY or X-API-Key: KEY.", NULL);
@@ -557,19 +462,22 @@ void request_start(worker_t *w, struct evhttp_request *req)
         return;
     }
 
+    struct evbuffer *body = h1_body(req);
+    size_t blen = evbuffer_get_length(body);
+    int64_t max_body = r->ep ? r->ep->max_body_bytes : cfg->server.max_body_bytes;
+    if (h1_body_refused(req) || (int64_t)blen > max_body) {
+        /* Larger than any endpoint takes: not read at all (the connection
+         * closes after this answer). */
+        respond_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE",
+                      "The request body is larger than this endpoint accepts.",
+                      json_pack("{s:I}", "limit", (json_int_t)max_body));
+        return;
+    }
     if (r->is_usage) {
         usage_start(r);
         return;
     }
 
-    struct evbuffer *body = evhttp_request_get_input_buffer(req);
-    size_t blen = evbuffer_get_length(body);
-    if ((int64_t)blen > r->ep->max_body_bytes) {
-        respond_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE",
-                      "The request body is larger than this endpoint accepts.",
-                      json_pack("{s:I}", "limit", (json_int_t)r->ep->max_body_bytes));
-        return;
-    }
     if (r->ep->n_units) {
         char err[256];
         const char *data = (const char *)evbuffer_pullup(body, -1);

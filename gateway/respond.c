@@ -1,25 +1,15 @@
 /*
  * gateway/respond.c: every answer the gateway writes itself (errors, 429,
  * 503, usage). Bodies are built with jansson. Each function ends the
- * request: it hands the reply to evhttp and calls request_finish().
+ * request: it writes the answer (gateway/h1.c) and calls request_finish().
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
-#include <event2/buffer.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 
 #include "gateway.h"
 
-static void set_int_header(struct evkeyvalq *h, const char *name, int64_t v)
-{
-    char buf[24];
-    snprintf(buf, sizeof buf, "%" PRId64, v);
-    evhttp_remove_header(h, name);
-    evhttp_add_header(h, name, buf);
-}
 
 /* Seconds a limit's window or period spans (months: 30 days). */
 static int64_t window_s(const lim_check_t *c)
@@ -38,7 +28,7 @@ static int64_t reset_in_s(const request_t *r, size_t i)
 /* draft-ietf-httpapi-ratelimit-headers-10: one policy item per limit that
  * applies, named by the limit's identity; quota units other than requests
  * in `qu`. */
-static void ietf_headers(const request_t *r, struct evkeyvalq *h)
+static void ietf_headers(const request_t *r, h1_conn_t *h)
 {
     char pol[2048], cur[2048];
     size_t pl = 0, cl = 0;
@@ -66,11 +56,8 @@ static void ietf_headers(const request_t *r, struct evkeyvalq *h)
             cl += (size_t)n;
         cur[cl] = '\0';
     }
-    /* Ours replace whatever a backend sent under the same names. */
-    evhttp_remove_header(h, "RateLimit-Policy");
-    evhttp_remove_header(h, "RateLimit");
-    evhttp_add_header(h, "RateLimit-Policy", pol);
-    evhttp_add_header(h, "RateLimit", cur);
+    h1_add_header(h, "RateLimit-Policy", pol);
+    h1_add_header(h, "RateLimit", cur);
 }
 
 /* A duration as LLM clients read it: "20ms", "1.5s", "6m0s", "1h2m3s". */
@@ -101,7 +88,7 @@ static void go_duration(int64_t ms, char *out, size_t len)
 /* x-ratelimit-{limit,remaining,reset}-{requests,tokens}: for requests and
  * for units limits, the per-minute (else shortest rolling) one with the
  * fewest remaining. */
-static void openai_headers(const request_t *r, struct evkeyvalq *h)
+static void openai_headers(const request_t *r, h1_conn_t *h)
 {
     static const char *const suffix[2] = {"requests", "tokens"};
     for (int k = 0; k < 2; k++) {
@@ -126,29 +113,30 @@ static void openai_headers(const request_t *r, struct evkeyvalq *h)
             continue;
         char name[64], dur[48];
         snprintf(name, sizeof name, "x-ratelimit-limit-%s", suffix[k]);
-        set_int_header(h, name, r->checks[best].limit);
+        h1_add_header_int(h, name, r->checks[best].limit);
         snprintf(name, sizeof name, "x-ratelimit-remaining-%s", suffix[k]);
-        set_int_header(h, name, r->state_remaining[best]);
+        h1_add_header_int(h, name, r->state_remaining[best]);
         int64_t ms = r->state_reset_ms[best] - r->state_now_ms;
         go_duration(ms > 0 ? ms : 0, dur, sizeof dur);
         snprintf(name, sizeof name, "x-ratelimit-reset-%s", suffix[k]);
-        evhttp_remove_header(h, name);
-        evhttp_add_header(h, name, dur);
+        h1_add_header(h, name, dur);
     }
 }
 
-void respond_rate_headers(const request_t *r, struct evkeyvalq *h)
+/* Written before any header a backend sent: the proxy leaves out the
+ * backend's fields of the same names (ours replace them). */
+void respond_rate_headers(const request_t *r, h1_conn_t *h)
 {
     const lim_report_t *rep = &r->rep;
     if (r->state >= RQ_STORE && r->n_checks > 0) {
         if (rep->has_main) {
-            set_int_header(h, "X-RateLimit-Limit", rep->main_limit);
-            set_int_header(h, "X-RateLimit-Remaining", rep->main_remaining);
-            set_int_header(h, "X-RateLimit-Reset", rep->main_reset_s);
+            h1_add_header_int(h, "X-RateLimit-Limit", rep->main_limit);
+            h1_add_header_int(h, "X-RateLimit-Remaining", rep->main_remaining);
+            h1_add_header_int(h, "X-RateLimit-Reset", rep->main_reset_s);
         }
         if (rep->has_daily) {
-            set_int_header(h, "X-RateLimit-Daily-Limit", rep->daily_limit);
-            set_int_header(h, "X-RateLimit-Daily-Remaining", rep->daily_remaining);
+            h1_add_header_int(h, "X-RateLimit-Daily-Limit", rep->daily_limit);
+            h1_add_header_int(h, "X-RateLimit-Daily-Remaining", rep->daily_remaining);
         }
     }
     if (r->n_state && r->n_state == r->n_checks) {
@@ -157,42 +145,32 @@ void respond_rate_headers(const request_t *r, struct evkeyvalq *h)
         if (r->cfg->server.openai_headers)
             openai_headers(r, h);
     }
-    evhttp_remove_header(h, "X-Request-Id");
-    evhttp_add_header(h, "X-Request-Id", r->rid);
+    h1_add_header(h, "X-Request-Id", r->rid);
 }
 
-/* Send status + JSON body and end the request. Steals body. */
 /* Send status and a JSON body (built with jansson, or already rendered
  * text) and end the request. Steals body. keep: where to store a copy of
  * the rendered text (the deny cache reuses it), or NULL. */
 static void send_body(request_t *r, int status, const char *reason, json_t *body,
                       const char *rendered, char **keep)
 {
-    struct evhttp_request *req = r->req;
+    h1_conn_t *c = r->req;
     request_unwatch_client(r);
-    if (req && !r->client_gone) {
-        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-        evhttp_add_header(h, "Content-Type", "application/json");
-        respond_rate_headers(r, h);
-        struct evbuffer *buf = evbuffer_new();
-        char *text = rendered ? NULL : json_dumps(body, JSON_COMPACT);
-        if (rendered)
-            text = (char *)rendered;
-        if (buf && text)
-            evbuffer_add(buf, text, strlen(text));
+    if (c && !r->client_gone) {
+        h1_add_header(c, "Content-Type", "application/json");
+        respond_rate_headers(r, c);
+        char *text = rendered ? (char *)rendered : json_dumps(body, JSON_COMPACT);
+        size_t len = text ? strlen(text) : 0;
         if (keep && text && !rendered) {
             free(*keep);
             *keep = strdup(text);
         }
         r->status = status;
-        r->bytes_out += text ? strlen(text) : 0;
-        request_track_flush(r);
-        evhttp_send_reply(req, status, reason, buf);
+        r->bytes_out += len;
+        r->req = NULL; /* the exchange ends here */
+        h1_reply(c, status, reason, text, len);
         if (!rendered)
             free(text);
-        if (buf)
-            evbuffer_free(buf);
-        r->req = NULL; /* evhttp owns it now */
     }
     json_decref(body);
     request_finish(r);
@@ -247,9 +225,8 @@ void respond_json(request_t *r, int status, json_t *body)
 void respond_unavailable(request_t *r)
 {
     if (r->req && !r->client_gone) {
-        struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
-        evhttp_add_header(h, "Retry-After", "1");
-        evhttp_add_header(h, "retry-after-ms", "1000");
+        h1_add_header(r->req, "Retry-After", "1");
+        h1_add_header(r->req, "retry-after-ms", "1000");
     }
     respond_error(r, 503, "service_unavailable", "LIMITER_UNAVAILABLE",
                   "The rate limiter's store cannot be reached. Retry shortly.", NULL);
@@ -303,12 +280,12 @@ void respond_429(request_t *r)
     char msg[256];
 
     if (r->req && !r->client_gone) {
-        struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
-        set_int_header(h, "Retry-After", rep->retry_after_s);
-        set_int_header(h, "retry-after-ms", rep->retry_after_ms);
-        evhttp_add_header(h, "X-RateLimit-Type", rep->type_header);
+        h1_conn_t *h = r->req;
+        h1_add_header_int(h, "Retry-After", rep->retry_after_s);
+        h1_add_header_int(h, "retry-after-ms", rep->retry_after_ms);
+        h1_add_header(h, "X-RateLimit-Type", rep->type_header);
         if (!rep->should_retry)
-            evhttp_add_header(h, "x-should-retry", "false");
+            h1_add_header(h, "x-should-retry", "false");
     }
     if (r->deny_body) {
         /* The deny cache keeps the body it was first sent with. */

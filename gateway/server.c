@@ -1,6 +1,6 @@
 /*
  * gateway/server.c: worker threads. Each worker owns an event_base, an
- * evhttp server bound to its own SO_REUSEPORT socket, its backend pools and
+ * HTTP server (gateway/h1.c) on its own SO_REUSEPORT socket, its backend pools and
  * its store connection. Workers share only the config snapshot (reference
  * counted, swapped through pending_cfg) and the store.
  */
@@ -23,7 +23,8 @@
 #include "admin.h"
 #include "server.h"
 
-int server_listen_socket(const char *host, uint16_t port, char *err, size_t errlen)
+int server_listen_socket(const char *host, uint16_t port, int reuseport, char *err,
+                         size_t errlen)
 {
     struct addrinfo hints = {0}, *res = NULL;
     hints.ai_family = AF_UNSPEC;
@@ -44,7 +45,8 @@ int server_listen_socket(const char *host, uint16_t port, char *err, size_t errl
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
         snprintf(err, errlen, "cannot listen on %s:%u: %s", host, port, strerror(errno));
         close(fd);
@@ -55,45 +57,36 @@ int server_listen_socket(const char *host, uint16_t port, char *err, size_t errl
     return fd;
 }
 
-/* evhttp refuses bodies above this with its own 413 and closes; between the
- * configured limit and this the gateway answers its JSON 413. */
+/* Bodies above the largest an endpoint takes are not read at all: the
+ * request is answered 413 and its connection closed. */
 static int64_t body_cap(const config_t *c)
 {
     int64_t m = c->server.max_body_bytes;
     for (size_t i = 0; i < c->n_endpoints; i++)
         if (c->endpoints[i].max_body_bytes > m)
             m = c->endpoints[i].max_body_bytes;
-    return m > INT64_MAX / 2 ? m : m * 2;
+    return m;
 }
 
-static void apply_http_settings(worker_t *w)
+static h1_limits_t http_limits(const config_t *c)
 {
-    const config_t *c = w->cfg;
-    evhttp_set_max_headers_size(w->http, (ev_ssize_t)c->server.max_header_bytes);
-    evhttp_set_max_body_size(w->http, (ev_ssize_t)body_cap(c));
-    struct timeval tv = {.tv_sec = c->server.client_timeout_ms / 1000,
-                         .tv_usec = (c->server.client_timeout_ms % 1000) * 1000};
-    evhttp_set_timeout_tv(w->http, &tv);
+    h1_limits_t l = {.max_header_bytes = (size_t)c->server.max_header_bytes,
+                     .max_body_bytes = body_cap(c),
+                     .timeout_ms = c->server.client_timeout_ms};
+    return l;
 }
 
 /* Each TLS connection takes the context of the worker's current snapshot:
  * after a reload, new connections present the renewed certificate. */
-static struct bufferevent *tls_bev(struct event_base *base, void *arg)
+static SSL_CTX *tls_ctx_of(void *arg)
 {
     worker_t *w = arg;
-    SSL *ssl = SSL_new(w->cfg->tls_ctx);
-    if (!ssl)
-        return NULL;
-    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                          BEV_OPT_CLOSE_ON_FREE);
+    return w->cfg->tls_ctx;
 }
 
-void server_handle(struct evhttp_request *req, void *arg)
+static void server_handle(h1_conn_t *c, void *arg)
 {
-    worker_t *w = arg;
-    if (w->draining)
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-    request_start(w, req);
+    request_start(arg, c);
 }
 
 static void on_reload(evutil_socket_t fd, short what, void *arg)
@@ -106,7 +99,8 @@ static void on_reload(evutil_socket_t fd, short what, void *arg)
         return;
     config_t *old = w->cfg;
     w->cfg = next;
-    apply_http_settings(w);
+    h1_limits_t lim = http_limits(next);
+    h1_server_set_limits(w->http, &lim);
     config_unref(old);
 }
 
@@ -122,10 +116,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
         return;
     }
     w->draining = 1;
-    if (w->bound) {
-        evhttp_del_accept_socket(w->http, w->bound);
-        w->bound = NULL;
-    }
+    h1_server_drain(w->http);
     clock_gettime(CLOCK_MONOTONIC, &w->drain_deadline);
     int64_t ms = w->cfg->server.drain_timeout_ms;
     w->drain_deadline.tv_sec += ms / 1000;
@@ -147,15 +138,10 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     int over = now.tv_sec > w->drain_deadline.tv_sec ||
                (now.tv_sec == w->drain_deadline.tv_sec &&
                 now.tv_nsec >= w->drain_deadline.tv_nsec);
-    /* Answers still being written get a short grace: a client that broke
-     * its connection mid-write never completes its count. */
-    if (w->inflight > 0)
-        w->idle_since.tv_sec = 0;
-    else if (w->idle_since.tv_sec == 0)
-        w->idle_since = now;
-    int flushed = w->unflushed <= 0 ||
-                  (w->idle_since.tv_sec && now.tv_sec - w->idle_since.tv_sec >= 2);
-    if ((w->inflight == 0 && flushed) || over) {
+    /* Done when every request has ended and every connection has written
+     * its last answer and closed (a client that stops reading is cut off
+     * by client_timeout_ms, and by the drain deadline). */
+    if ((w->inflight == 0 && h1_server_conns(w->http) == 0) || over) {
         if (over && w->inflight > 0)
             log_msg(LOG_WARN, "worker %d: drain timeout with %d requests in flight",
                     w->index, w->inflight);
@@ -171,10 +157,10 @@ static void *worker_main(void *arg)
     worker_t *w = arg;
     event_base_dispatch(w->base);
     /* Ending connections ends their requests; let those finish. */
-    evhttp_free(w->http);
+    h1_server_free(w->http);
     w->http = NULL;
     if (w->admin) {
-        evhttp_free(w->admin);
+        h1_server_free(w->admin);
         w->admin = NULL;
     }
     event_base_loop(w->base, EVLOOP_NONBLOCK);
@@ -208,25 +194,13 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     event_config_free(ec);
     if (!w->base)
         return -1;
-    w->http = evhttp_new(w->base);
-    if (!w->http)
+    h1_limits_t lim = http_limits(cfg);
+    w->http = h1_server_new(w->base, fd, &lim, server_handle, cfg->tls_ctx ? tls_ctx_of : NULL,
+                            w);
+    if (!w->http) {
+        close(fd);
         return -1;
-    evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                            EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
-                                            EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS);
-    evhttp_set_default_content_type(w->http, "application/json");
-    apply_http_settings(w);
-    evhttp_set_gencb(w->http, server_handle, w);
-    if (cfg->tls_ctx)
-        evhttp_set_bevcb(w->http, tls_bev, w);
-    struct evconnlistener *l =
-        evconnlistener_new(w->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
-                           -1, fd);
-    if (!l)
-        return -1;
-    w->bound = evhttp_bind_listener(w->http, l);
-    if (!w->bound)
-        return -1;
+    }
     if (lim_deny_init(&w->deny, 4096) != 0)
         return -1;
     w->store = store_attach(store, w->base);
@@ -283,9 +257,9 @@ void server_worker_free(worker_t *w)
     if (w->stop_ev)
         event_free(w->stop_ev);
     if (w->http)
-        evhttp_free(w->http);
+        h1_server_free(w->http);
     if (w->admin)
-        evhttp_free(w->admin);
+        h1_server_free(w->admin);
     if (w->base)
         event_base_free(w->base);
     lim_deny_free(&w->deny);

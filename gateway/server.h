@@ -5,8 +5,10 @@
 
 #include "gateway.h"
 
-/* A listening socket with SO_REUSEPORT, or -1 with a message in err. */
-int server_listen_socket(const char *host, uint16_t port, char *err, size_t errlen);
+/* A listening socket (with SO_REUSEPORT when reuseport: one per worker),
+ * or -1 with a message in err. */
+int server_listen_socket(const char *host, uint16_t port, int reuseport, char *err,
+                         size_t errlen);
 /* Set up worker w on listening socket fd (owned by the worker from now). */
 int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, int fd);
 int server_worker_start(worker_t *w);

@@ -1,0 +1,1371 @@
+/*
+ * gateway/h1.c: HTTP/1.1 server connections (see h1.h for why and for the
+ * ownership rules).
+ *
+ * A connection walks ST_HEAD -> (ST_BODY_CL | ST_BODY_CHUNKED) -> ST_OPEN
+ * (the exchange is with the request callback) -> ST_HEAD again, or
+ * ST_CLOSING (the answer is flushed, then the socket closed; with unread
+ * input it lingers: write side shut, input discarded for a moment, so that
+ * the client reads the answer instead of a reset).
+ *
+ * Three flags keep the memory safe whatever the order of events:
+ *   dead   the socket is closed; no more I/O;
+ *   open   an exchange is with the callee, who will end it;
+ *   busy   a libevent callback of this connection is on the stack.
+ * The struct is freed only when dead && !open && !busy (maybe_free).
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/listener.h>
+#include <jansson.h>
+
+#include "h1.h"
+
+#define H1_MAX_HEADERS 100
+#define HOLD_INPUT (64 * 1024)     /* most input kept while an exchange is open */
+#define READ_CHUNK 16384
+#define LINGER_MS 2000
+#define CHUNK_LINE_MAX 1024
+
+enum { ST_HEAD, ST_BODY_CL, ST_BODY_CHUNKED, ST_OPEN, ST_CLOSING, ST_LINGER };
+enum { CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
+
+struct h1_server {
+    struct event_base *base;
+    struct evconnlistener *lst;
+    h1_limits_t lim;
+    const struct timeval *ctv; /* common timeout of lim.timeout_ms */
+    h1_request_cb cb;
+    h1_tls_cb tls;
+    void *arg;
+    h1_conn_t *conns;
+    size_t n_conns;
+    int draining, freeing;
+};
+
+struct h1_hdr {
+    char *name, *value;
+};
+
+struct h1_conn {
+    h1_server_t *srv;
+    h1_conn_t *prev, *next;
+    evutil_socket_t fd;
+    struct bufferevent *bev; /* TLS only */
+    struct event rev, wev;   /* plain only */
+    struct event later;      /* close notice, resuming pipelined input */
+    struct sockaddr_storage peer;
+    char peer_text[INET6_ADDRSTRLEN];
+    /* input: unconsumed bytes are ibuf[ipos, ilen) */
+    char *ibuf;
+    size_t ipos, ilen, icap, scan;
+    int64_t head_start_ms;
+    int state, chunk_state;
+    int dead, open, busy, in_process, notified, reading_paused;
+    /* the request */
+    int method, http10, keep_alive, body_refused, no_body_out;
+    int64_t body_left, body_total;
+    char *head;
+    size_t head_cap;
+    char *path, *query;
+    struct h1_hdr hdr[H1_MAX_HEADERS];
+    size_t n_hdr;
+    struct evbuffer *body;
+    /* output */
+    char *obuf; /* added answer headers, as lines */
+    size_t olen, ocap;
+    struct evbuffer *out; /* plain: what the socket has not taken yet */
+    int writing, chunked_out, closing_after;
+    h1_event_cb close_cb, drained_cb;
+    void *close_arg, *drained_arg;
+};
+
+static int64_t now_ms(const h1_conn_t *c)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(c->srv->base, &tv);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* ---- lifetime ---------------------------------------------------------- */
+
+static void server_unlink(h1_server_t *s, h1_conn_t *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->n_conns--;
+    if (s->freeing && s->n_conns == 0)
+        free(s);
+}
+
+static void maybe_free(h1_conn_t *c)
+{
+    if (!c->dead || c->open || c->busy)
+        return;
+    event_del(&c->later);
+    if (c->body)
+        evbuffer_free(c->body);
+    if (c->out)
+        evbuffer_free(c->out);
+    free(c->ibuf);
+    free(c->head);
+    free(c->obuf);
+    server_unlink(c->srv, c);
+    free(c);
+}
+
+/* Close the socket. The struct stays while its exchange is open; the
+ * callee hears of it through the close callback, from the loop. */
+static void fail(h1_conn_t *c)
+{
+    if (c->dead)
+        return;
+    c->dead = 1;
+    if (c->bev) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    } else {
+        event_del(&c->rev);
+        event_del(&c->wev);
+        evutil_closesocket(c->fd);
+    }
+    c->fd = -1;
+    if (c->open && c->close_cb && !c->notified)
+        event_active(&c->later, EV_TIMEOUT, 1);
+}
+
+static void pause_reading(h1_conn_t *c, int pause)
+{
+    if (c->dead || c->reading_paused == pause)
+        return;
+    c->reading_paused = pause;
+    if (c->bev) {
+        if (pause)
+            bufferevent_disable(c->bev, EV_READ);
+        else
+            bufferevent_enable(c->bev, EV_READ);
+    } else if (pause) {
+        event_del(&c->rev);
+    } else {
+        event_add(&c->rev, c->srv->ctv);
+    }
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+static size_t pending(const h1_conn_t *c)
+{
+    if (c->dead)
+        return 0;
+    if (c->bev)
+        return evbuffer_get_length(bufferevent_get_output(c->bev));
+    return evbuffer_get_length(c->out);
+}
+
+/*
+ * Write pre[], then data (drained), then post[] — straight to the socket
+ * when nothing is queued before them (one sendmsg), the rest queued.
+ */
+static void send_parts(h1_conn_t *c, const struct iovec *pre, int npre, struct evbuffer *data,
+                       const struct iovec *post, int npost)
+{
+    if (c->dead) {
+        if (data)
+            evbuffer_drain(data, evbuffer_get_length(data));
+        return;
+    }
+    if (c->bev) {
+        struct evbuffer *o = bufferevent_get_output(c->bev);
+        for (int i = 0; i < npre; i++)
+            if (pre[i].iov_len)
+                evbuffer_add(o, pre[i].iov_base, pre[i].iov_len);
+        if (data)
+            evbuffer_add_buffer(o, data);
+        for (int i = 0; i < npost; i++)
+            if (post[i].iov_len)
+                evbuffer_add(o, post[i].iov_base, post[i].iov_len);
+        return;
+    }
+    struct iovec iov[24];
+    int n = 0;
+    for (int i = 0; i < npre; i++)
+        iov[n++] = pre[i];
+    int ndata = 0;
+    if (data && evbuffer_get_length(data)) {
+        ndata = evbuffer_peek(data, -1, NULL, iov + n, 16);
+        if (ndata > 16)
+            ndata = -1; /* too fragmented: queue it all */
+    }
+    size_t written = 0;
+    if (evbuffer_get_length(c->out) == 0 && ndata >= 0) {
+        int total = n + ndata;
+        for (int i = 0; i < npost; i++)
+            iov[total++] = post[i];
+        struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)total};
+        ssize_t w;
+        do
+            w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+        while (w < 0 && errno == EINTR);
+        if (w < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                if (data)
+                    evbuffer_drain(data, evbuffer_get_length(data));
+                fail(c);
+                return;
+            }
+            w = 0;
+        }
+        written = (size_t)w;
+    }
+    /* Queue what the socket did not take, in order. */
+    for (int i = 0; i < npre; i++) {
+        size_t l = pre[i].iov_len, skip = written < l ? written : l;
+        written -= skip;
+        if (l > skip)
+            evbuffer_add(c->out, (const char *)pre[i].iov_base + skip, l - skip);
+    }
+    if (data) {
+        size_t l = evbuffer_get_length(data), skip = written < l ? written : l;
+        written -= skip;
+        evbuffer_drain(data, skip);
+        evbuffer_add_buffer(c->out, data);
+    }
+    for (int i = 0; i < npost; i++) {
+        size_t l = post[i].iov_len, skip = written < l ? written : l;
+        written -= skip;
+        if (l > skip)
+            evbuffer_add(c->out, (const char *)post[i].iov_base + skip, l - skip);
+    }
+    if (evbuffer_get_length(c->out) && !c->writing) {
+        c->writing = 1;
+        event_add(&c->wev, c->srv->ctv);
+    }
+}
+
+static void close_or_linger(h1_conn_t *c);
+
+/* Everything written: close, tell the callee, or go on reading. */
+static void drained(h1_conn_t *c)
+{
+    if (c->state == ST_CLOSING) {
+        close_or_linger(c);
+        return;
+    }
+    if (c->drained_cb) {
+        h1_event_cb cb = c->drained_cb;
+        c->drained_cb = NULL;
+        cb(c, c->drained_arg);
+    }
+}
+
+static size_t put_uint(char *p, uint64_t v)
+{
+    char t[24];
+    size_t n = 0;
+    do
+        t[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    for (size_t i = 0; i < n; i++)
+        p[i] = t[n - 1 - i];
+    return n;
+}
+
+static size_t put_str(char *p, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(p, s, n);
+    return n;
+}
+
+/* "Date: ...\r\n", formatted once a second per thread. */
+static const char *date_line(const h1_conn_t *c)
+{
+    static __thread time_t last;
+    static __thread char line[64];
+    struct timeval tv;
+    event_base_gettimeofday_cached(c->srv->base, &tv);
+    if (tv.tv_sec != last || !line[0]) {
+        struct tm tm;
+        time_t t = tv.tv_sec;
+        gmtime_r(&t, &tm);
+        strftime(line, sizeof line, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        last = tv.tv_sec;
+    }
+    return line;
+}
+
+static int answer_closes(const h1_conn_t *c)
+{
+    return !c->keep_alive || c->srv->draining || c->body_refused || c->closing_after;
+}
+
+/* Status line and Date into a; Content-Length / chunked / Connection and
+ * the empty line into b. */
+static void compose(h1_conn_t *c, int status, const char *reason, int64_t clen, char *a,
+                    size_t *alen, char *b, size_t *blen)
+{
+    size_t n = put_str(a, "HTTP/1.1 ");
+    n += put_uint(a + n, (uint64_t)(status > 0 && status < 1000 ? status : 500));
+    a[n++] = ' ';
+    size_t rl = strlen(reason);
+    if (rl > 64)
+        rl = 64;
+    memcpy(a + n, reason, rl);
+    n += rl;
+    n += put_str(a + n, "\r\n");
+    n += put_str(a + n, date_line(c));
+    *alen = n;
+    int bodiless = status < 200 || status == 204 || status == 304;
+    size_t m = 0;
+    if (clen >= 0 && !bodiless) {
+        m += put_str(b, "Content-Length: ");
+        m += put_uint(b + m, (uint64_t)clen);
+        m += put_str(b + m, "\r\n");
+    } else if (clen < 0 && !bodiless && !c->no_body_out) {
+        if (c->http10)
+            c->closing_after = 1; /* the body ends with the connection */
+        else {
+            m += put_str(b + m, "Transfer-Encoding: chunked\r\n");
+            c->chunked_out = 1;
+        }
+    }
+    if (answer_closes(c)) {
+        c->closing_after = 1;
+        m += put_str(b + m, "Connection: close\r\n");
+    } else if (c->http10) {
+        m += put_str(b + m, "Connection: keep-alive\r\n");
+    }
+    m += put_str(b + m, "\r\n");
+    *blen = m;
+}
+
+static void process(h1_conn_t *c);
+
+static void end_exchange(h1_conn_t *c)
+{
+    if (!c->open)
+        return;
+    c->open = 0;
+    c->close_cb = NULL;
+    c->drained_cb = NULL;
+    c->olen = 0;
+    c->chunked_out = 0;
+    c->n_hdr = 0;
+    if (c->body)
+        evbuffer_drain(c->body, evbuffer_get_length(c->body));
+    if (c->dead) {
+        maybe_free(c);
+        return;
+    }
+    if (c->closing_after || c->srv->draining) {
+        c->state = ST_CLOSING;
+        if (pending(c) == 0)
+            close_or_linger(c);
+        return;
+    }
+    c->state = ST_HEAD;
+    c->head_start_ms = 0;
+    c->scan = 0;
+    pause_reading(c, 0);
+    /* A pipelined request may be waiting: taken from the loop, not from
+     * inside the callee's call. */
+    if (!c->in_process && c->ilen > c->ipos)
+        event_active(&c->later, EV_TIMEOUT, 1);
+}
+
+/* ---- the public answer API -------------------------------------------- */
+
+void h1_add_header(h1_conn_t *c, const char *name, const char *value)
+{
+    size_t nl = strlen(name), vl = strlen(value), need = c->olen + nl + vl + 4;
+    if (need > c->ocap) {
+        size_t cap = c->ocap ? c->ocap : 1024;
+        while (cap < need)
+            cap *= 2;
+        char *p = realloc(c->obuf, cap);
+        if (!p)
+            return;
+        c->obuf = p;
+        c->ocap = cap;
+    }
+    char *p = c->obuf + c->olen;
+    memcpy(p, name, nl);
+    p[nl] = ':';
+    p[nl + 1] = ' ';
+    /* A value never breaks the head: CR and LF become spaces. */
+    for (size_t i = 0; i < vl; i++)
+        p[nl + 2 + i] = value[i] == '\r' || value[i] == '\n' ? ' ' : value[i];
+    p[nl + 2 + vl] = '\r';
+    p[nl + 3 + vl] = '\n';
+    c->olen = need;
+}
+
+void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
+{
+    char buf[24];
+    size_t n = 0;
+    if (value < 0) {
+        buf[n++] = '-';
+        n += put_uint(buf + n, (uint64_t)0 - (uint64_t)value);
+    } else {
+        n += put_uint(buf, (uint64_t)value);
+    }
+    buf[n] = '\0';
+    h1_add_header(c, name, buf);
+}
+
+int h1_has_header(const h1_conn_t *c, const char *name)
+{
+    size_t nl = strlen(name);
+    const char *p = c->obuf, *end = c->obuf + c->olen;
+    while (p && p < end) {
+        if ((size_t)(end - p) > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0)
+            return 1;
+        const char *e = memchr(p, '\n', (size_t)(end - p));
+        p = e ? e + 1 : end;
+    }
+    return 0;
+}
+
+void h1_reply(h1_conn_t *c, int status, const char *reason, const void *body, size_t len)
+{
+    if (!c->open)
+        return;
+    char a[128], b[128];
+    size_t al, bl;
+    compose(c, status, reason, (int64_t)len, a, &al, b, &bl);
+    int with_body = len && !c->no_body_out && status >= 200 && status != 204 && status != 304;
+    struct iovec v[4] = {{a, al}, {c->obuf, c->olen}, {b, bl}, {(void *)body, len}};
+    send_parts(c, v, with_body ? 4 : 3, NULL, NULL, 0);
+    end_exchange(c);
+}
+
+void h1_reply_buffer(h1_conn_t *c, int status, const char *reason, struct evbuffer *body)
+{
+    if (!c->open)
+        return;
+    char a[128], b[128];
+    size_t al, bl;
+    size_t len = body ? evbuffer_get_length(body) : 0;
+    compose(c, status, reason, (int64_t)len, a, &al, b, &bl);
+    struct iovec v[3] = {{a, al}, {c->obuf, c->olen}, {b, bl}};
+    int with_body = len && !c->no_body_out && status >= 200 && status != 204 && status != 304;
+    if (body && !with_body)
+        evbuffer_drain(body, len);
+    send_parts(c, v, 3, with_body ? body : NULL, NULL, 0);
+    end_exchange(c);
+}
+
+void h1_reply_start(h1_conn_t *c, int status, const char *reason, int64_t content_length)
+{
+    if (!c->open)
+        return;
+    char a[128], b[128];
+    size_t al, bl;
+    compose(c, status, reason, content_length, a, &al, b, &bl);
+    struct iovec v[3] = {{a, al}, {c->obuf, c->olen}, {b, bl}};
+    if (status < 200 || status == 204 || status == 304)
+        c->no_body_out = 1;
+    send_parts(c, v, 3, NULL, NULL, 0);
+}
+
+void h1_reply_chunk(h1_conn_t *c, struct evbuffer *data)
+{
+    size_t n = evbuffer_get_length(data);
+    if (!c->open || c->dead || c->no_body_out || n == 0) {
+        evbuffer_drain(data, n);
+        return;
+    }
+    if (!c->chunked_out) {
+        send_parts(c, NULL, 0, data, NULL, 0);
+        return;
+    }
+    char pre[24];
+    int pl = snprintf(pre, sizeof pre, "%zx\r\n", n);
+    struct iovec a = {pre, (size_t)pl}, b = {"\r\n", 2};
+    send_parts(c, &a, 1, data, &b, 1);
+}
+
+size_t h1_pending(const h1_conn_t *c)
+{
+    return pending(c);
+}
+
+void h1_set_drained_cb(h1_conn_t *c, h1_event_cb cb, void *arg)
+{
+    c->drained_cb = cb;
+    c->drained_arg = arg;
+}
+
+void h1_set_close_cb(h1_conn_t *c, h1_event_cb cb, void *arg)
+{
+    c->close_cb = cb;
+    c->close_arg = arg;
+    if (cb && c->dead && c->open && !c->notified)
+        event_active(&c->later, EV_TIMEOUT, 1);
+}
+
+void h1_reply_end(h1_conn_t *c)
+{
+    if (!c->open)
+        return;
+    if (c->chunked_out && !c->no_body_out) {
+        struct iovec v = {"0\r\n\r\n", 5};
+        send_parts(c, &v, 1, NULL, NULL, 0);
+    }
+    end_exchange(c);
+}
+
+void h1_abort(h1_conn_t *c)
+{
+    if (!c->open)
+        return;
+    c->close_cb = NULL;
+    fail(c);
+    end_exchange(c);
+}
+
+/* ---- the request accessors -------------------------------------------- */
+
+enum h1_method h1_method(const h1_conn_t *c) { return (enum h1_method)c->method; }
+const char *h1_path(const h1_conn_t *c) { return c->path; }
+const char *h1_query(const h1_conn_t *c) { return c->query; }
+int h1_is_http10(const h1_conn_t *c) { return c->http10; }
+size_t h1_header_count(const h1_conn_t *c) { return c->n_hdr; }
+struct evbuffer *h1_body(h1_conn_t *c) { return c->body; }
+int h1_body_refused(const h1_conn_t *c) { return c->body_refused; }
+
+const char *h1_header(const h1_conn_t *c, const char *name)
+{
+    for (size_t i = 0; i < c->n_hdr; i++)
+        if (strcasecmp(c->hdr[i].name, name) == 0)
+            return c->hdr[i].value;
+    return NULL;
+}
+
+void h1_header_at(const h1_conn_t *c, size_t i, const char **name, const char **value)
+{
+    *name = c->hdr[i].name;
+    *value = c->hdr[i].value;
+}
+
+const char *h1_peer(h1_conn_t *c)
+{
+    if (!c->peer_text[0]) {
+        const struct sockaddr *sa = (const struct sockaddr *)&c->peer;
+        const void *a = sa->sa_family == AF_INET6
+                            ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+                            : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+        if (!inet_ntop(sa->sa_family, a, c->peer_text, sizeof c->peer_text))
+            strcpy(c->peer_text, "unknown");
+    }
+    return c->peer_text;
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+/* An answer of the HTTP layer itself (the request never reaches the
+ * gateway): JSON error, then the connection is closed. */
+static void refuse(h1_conn_t *c, int status, const char *reason, const char *code,
+                   const char *message)
+{
+    json_t *j = json_pack("{s:{s:s, s:s, s:s, s:{}}}", "error", "type",
+                          "invalid_request_error", "code", code, "message", message,
+                          "details");
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    c->open = 1; /* h1_reply ends it */
+    c->keep_alive = 0;
+    c->no_body_out = 0;
+    c->olen = 0;
+    h1_add_header(c, "Content-Type", "application/json");
+    h1_reply(c, status, reason, text ? text : "", text ? strlen(text) : 0);
+    free(text);
+}
+
+static int token_char(unsigned char ch)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && memchr(extra, ch, sizeof extra - 1));
+}
+
+static int method_of(const char *m, size_t n)
+{
+    static const struct {
+        const char *name;
+        int m;
+    } t[] = {{"GET", H1_GET},     {"POST", H1_POST}, {"PUT", H1_PUT},
+             {"DELETE", H1_DELETE}, {"PATCH", H1_PATCH}, {"HEAD", H1_HEAD},
+             {"OPTIONS", H1_OPTIONS}};
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
+        if (strlen(t[i].name) == n && memcmp(t[i].name, m, n) == 0)
+            return t[i].m;
+    return 0;
+}
+
+static char *trim(char *s, char *e)
+{
+    while (s < e && (*s == ' ' || *s == '\t'))
+        s++;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+        e--;
+    *e = '\0';
+    return s;
+}
+
+/* Whether a comma list (a Connection value) holds token t. */
+static int list_has(const char *v, const char *t)
+{
+    size_t n = strlen(t);
+    while (*v) {
+        while (*v == ' ' || *v == ',' || *v == '\t')
+            v++;
+        const char *e = v;
+        while (*e && *e != ',')
+            e++;
+        const char *f = e;
+        while (f > v && (f[-1] == ' ' || f[-1] == '\t'))
+            f--;
+        if ((size_t)(f - v) == n && strncasecmp(v, t, n) == 0)
+            return 1;
+        v = e;
+    }
+    return 0;
+}
+
+/* Parse the head in c->head (len bytes, ends with the empty line). 0, or
+ * -1 when the connection was refused. */
+static int parse_head(h1_conn_t *c, size_t len)
+{
+    char *h = c->head, *end = h + len;
+    h[len] = '\0';
+    char *eol = memchr(h, '\n', len);
+    char *le = eol > h && eol[-1] == '\r' ? eol - 1 : eol;
+    /* request line: METHOD SP target SP HTTP/1.x */
+    char *sp1 = memchr(h, ' ', (size_t)(le - h));
+    char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(le - sp1 - 1)) : NULL;
+    if (!sp1 || !sp2 || sp1 == h || sp2 == sp1 + 1 || le - sp2 != 9 ||
+        memcmp(sp2 + 1, "HTTP/1.", 7) != 0 || sp2[8] < '0' || sp2[8] > '9') {
+        refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The request is not valid HTTP/1.1.");
+        return -1;
+    }
+    for (char *p = h; p < sp1; p++)
+        if (!token_char((unsigned char)*p)) {
+            refuse(c, 400, "Bad Request", "INVALID_REQUEST",
+                   "The request is not valid HTTP/1.1.");
+            return -1;
+        }
+    c->method = method_of(h, (size_t)(sp1 - h));
+    if (!c->method) {
+        refuse(c, 501, "Not Implemented", "METHOD_NOT_SUPPORTED",
+               "The method is not supported (GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS).");
+        return -1;
+    }
+    c->http10 = sp2[8] == '0';
+    c->no_body_out = c->method == H1_HEAD;
+    char *target = sp1 + 1;
+    *sp2 = '\0';
+    for (char *p = target; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f) {
+            refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The request target is not valid.");
+            return -1;
+        }
+    if (strncasecmp(target, "http://", 7) == 0 || strncasecmp(target, "https://", 8) == 0) {
+        char *p = strstr(target, "://") + 3, *slash = strchr(p, '/'), *q = strchr(p, '?');
+        if (!slash || (q && q < slash)) {
+            /* "http://host" or "http://host?x": the path is "/" */
+            target = q ? q - 1 : p + strlen(p) - 1;
+            *target = '/';
+            if (q)
+                memmove(target + 1, q, strlen(q) + 1);
+            else
+                target[1] = '\0';
+        } else {
+            target = slash;
+        }
+    }
+    char *frag = strchr(target, '#');
+    if (frag)
+        *frag = '\0';
+    char *q = strchr(target, '?');
+    if (q)
+        *q++ = '\0';
+    c->path = *target ? target : "/";
+    c->query = q;
+
+    /* header lines */
+    c->n_hdr = 0;
+    int64_t clen = -1;
+    int chunked = 0, te = 0, conn_close = 0, conn_keep = 0, expect = 0;
+    char *p = eol + 1;
+    while (p < end) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            break;
+        char *e = nl > p && nl[-1] == '\r' ? nl - 1 : nl;
+        if (e == p)
+            break; /* the empty line */
+        char *colon = memchr(p, ':', (size_t)(e - p));
+        int bad = !colon || colon == p;
+        for (char *k = p; !bad && k < colon; k++)
+            bad = !token_char((unsigned char)*k);
+        for (char *k = colon ? colon + 1 : e; !bad && k < e; k++)
+            bad = *k == '\0' || *k == '\r';
+        if (bad) {
+            refuse(c, 400, "Bad Request", "INVALID_REQUEST",
+                   "A header line is not valid (name not a token, or folded).");
+            return -1;
+        }
+        if (c->n_hdr == H1_MAX_HEADERS) {
+            refuse(c, 431, "Request Header Fields Too Large", "HEADERS_TOO_LARGE",
+                   "The request has too many header fields.");
+            return -1;
+        }
+        *colon = '\0';
+        char *v = trim(colon + 1, e);
+        c->hdr[c->n_hdr].name = p;
+        c->hdr[c->n_hdr].value = v;
+        c->n_hdr++;
+        if (strcasecmp(p, "Content-Length") == 0) {
+            char *x;
+            errno = 0;
+            long long n = strtoll(v, &x, 10);
+            if (!*v || *x || n < 0 || errno || (clen >= 0 && clen != n) || *v == '+' ||
+                *v == '-') {
+                refuse(c, 400, "Bad Request", "INVALID_REQUEST",
+                       "The Content-Length is not valid.");
+                return -1;
+            }
+            clen = n;
+        } else if (strcasecmp(p, "Transfer-Encoding") == 0) {
+            te = 1;
+            chunked = strcasecmp(v, "chunked") == 0;
+        } else if (strcasecmp(p, "Connection") == 0) {
+            conn_close |= list_has(v, "close");
+            conn_keep |= list_has(v, "keep-alive");
+        } else if (strcasecmp(p, "Expect") == 0) {
+            expect = strcasecmp(v, "100-continue") == 0;
+        }
+        p = nl + 1;
+    }
+    if (te && (!chunked || c->http10)) {
+        refuse(c, 501, "Not Implemented", "TRANSFER_ENCODING_NOT_SUPPORTED",
+               "Only Transfer-Encoding: chunked is supported (HTTP/1.1).");
+        return -1;
+    }
+    if (te && clen >= 0) {
+        refuse(c, 400, "Bad Request", "INVALID_REQUEST",
+               "Content-Length and Transfer-Encoding together are not accepted.");
+        return -1;
+    }
+    c->keep_alive = c->http10 ? conn_keep && !conn_close : !conn_close;
+    c->body_refused = 0;
+    c->body_total = 0;
+    if (chunked) {
+        c->state = ST_BODY_CHUNKED;
+        c->chunk_state = CH_SIZE;
+    } else if (clen > c->srv->lim.max_body_bytes) {
+        c->body_refused = 1; /* answered (413) without reading it */
+        c->state = ST_OPEN;
+    } else if (clen > 0) {
+        c->state = ST_BODY_CL;
+        c->body_left = clen;
+    } else {
+        c->state = ST_OPEN;
+    }
+    if (expect && !c->http10 && (chunked || clen > 0) && !c->body_refused &&
+        c->ilen == c->ipos) {
+        struct iovec v = {"HTTP/1.1 100 Continue\r\n\r\n", 25};
+        send_parts(c, &v, 1, NULL, NULL, 0);
+    }
+    return 0;
+}
+
+static void deliver(h1_conn_t *c)
+{
+    c->state = ST_OPEN;
+    c->open = 1;
+    c->notified = 0;
+    c->closing_after = 0;
+    c->chunked_out = 0;
+    c->olen = 0;
+    c->head_start_ms = 0;
+    c->srv->cb(c, c->srv->arg);
+}
+
+/* Take up to n bytes of body from the input. */
+static size_t take_body(h1_conn_t *c, size_t n)
+{
+    size_t avail = c->ilen - c->ipos;
+    if (n > avail)
+        n = avail;
+    if (n) {
+        evbuffer_add(c->body, c->ibuf + c->ipos, n);
+        c->ipos += n;
+    }
+    return n;
+}
+
+/* One line of the chunked framing at ipos (without its CRLF), or NULL.
+ * *bad is set when the line is too long. */
+static char *chunk_line(h1_conn_t *c, size_t *len, int *bad)
+{
+    char *s = c->ibuf + c->ipos;
+    size_t avail = c->ilen - c->ipos;
+    char *nl = memchr(s, '\n', avail < CHUNK_LINE_MAX ? avail : CHUNK_LINE_MAX);
+    if (!nl) {
+        *bad = avail >= CHUNK_LINE_MAX;
+        return NULL;
+    }
+    *len = (size_t)(nl - s) - (nl > s && nl[-1] == '\r');
+    c->ipos += (size_t)(nl - s) + 1;
+    return s;
+}
+
+/* Advance the chunked body. 1: progress, 0: needs input, -1: refused. */
+static int step_chunked(h1_conn_t *c)
+{
+    size_t len;
+    int bad = 0;
+    switch (c->chunk_state) {
+    case CH_SIZE: {
+        char *s = chunk_line(c, &len, &bad);
+        if (!s)
+            goto need;
+        int64_t n = 0;
+        size_t i = 0;
+        for (; i < len && i < 15; i++) {
+            char ch = s[i];
+            int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                    : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                    : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                             : -1;
+            if (d < 0)
+                break;
+            n = n * 16 + d;
+        }
+        if (i == 0 || (i < len && s[i] != ';' && s[i] != ' ' && s[i] != '\t')) {
+            refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
+            return -1;
+        }
+        if (n == 0) {
+            c->chunk_state = CH_TRAILER;
+            return 1;
+        }
+        if (c->body_total + n > c->srv->lim.max_body_bytes) {
+            /* Answered now (413); the rest is never read. */
+            c->body_refused = 1;
+            evbuffer_drain(c->body, evbuffer_get_length(c->body));
+            deliver(c);
+            return 1;
+        }
+        c->body_total += n;
+        c->body_left = n;
+        c->chunk_state = CH_DATA;
+        return 1;
+    }
+    case CH_DATA:
+        c->body_left -= (int64_t)take_body(c, (size_t)c->body_left);
+        if (c->body_left > 0)
+            return 0;
+        c->chunk_state = CH_DATA_END;
+        return 1;
+    case CH_DATA_END: {
+        char *s = chunk_line(c, &len, &bad);
+        if (!s)
+            goto need;
+        if (len != 0) {
+            refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
+            return -1;
+        }
+        c->chunk_state = CH_SIZE;
+        return 1;
+    }
+    case CH_TRAILER: {
+        char *s = chunk_line(c, &len, &bad);
+        if (!s)
+            goto need;
+        if (len == 0)
+            deliver(c);
+        return 1; /* trailer fields are read and dropped */
+    }
+    }
+need:
+    if (bad) {
+        refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
+        return -1;
+    }
+    return 0;
+}
+
+/* One step of reading requests. 1: progress, 0: needs input (or stops). */
+static int step(h1_conn_t *c)
+{
+    if (c->state == ST_HEAD) {
+        /* Empty lines before a request are allowed (RFC 9112 §2.2). */
+        while (c->ipos < c->ilen && (c->ibuf[c->ipos] == '\r' || c->ibuf[c->ipos] == '\n'))
+            c->ipos++;
+        size_t avail = c->ilen - c->ipos;
+        if (avail == 0) {
+            c->ipos = c->ilen = 0;
+            c->scan = 0;
+            return 0;
+        }
+        if (!c->head_start_ms)
+            c->head_start_ms = now_ms(c);
+        char *s = c->ibuf + c->ipos;
+        size_t end = 0;
+        for (size_t i = c->scan; i < avail;) {
+            char *nl = memchr(s + i, '\n', avail - i);
+            if (!nl)
+                break;
+            size_t k = (size_t)(nl - s);
+            if (k + 1 < avail && s[k + 1] == '\n') {
+                end = k + 2;
+                break;
+            }
+            if (k + 2 < avail && s[k + 1] == '\r' && s[k + 2] == '\n') {
+                end = k + 3;
+                break;
+            }
+            i = k + 1;
+        }
+        size_t maxh = c->srv->lim.max_header_bytes;
+        if (!end || end > maxh) {
+            if (end > maxh || avail > maxh) {
+                refuse(c, 431, "Request Header Fields Too Large", "HEADERS_TOO_LARGE",
+                       "The request head is larger than max_header_bytes.");
+                return 0;
+            }
+            c->scan = avail > 2 ? avail - 2 : 0;
+            if (now_ms(c) - c->head_start_ms > c->srv->lim.timeout_ms) {
+                refuse(c, 408, "Request Timeout", "REQUEST_TIMEOUT",
+                       "The request head did not arrive within client_timeout_ms.");
+                return 0;
+            }
+            return 0;
+        }
+        if (end + 1 > c->head_cap) {
+            size_t cap = c->head_cap ? c->head_cap : 1024;
+            while (cap < end + 1)
+                cap *= 2;
+            char *p = realloc(c->head, cap);
+            if (!p) {
+                fail(c);
+                return 0;
+            }
+            c->head = p;
+            c->head_cap = cap;
+        }
+        memcpy(c->head, s, end);
+        c->ipos += end;
+        c->scan = 0;
+        if (parse_head(c, end) != 0)
+            return 0;
+        if (c->state == ST_OPEN)
+            deliver(c);
+        return 1;
+    }
+    if (c->state == ST_BODY_CL) {
+        c->body_left -= (int64_t)take_body(c, (size_t)c->body_left);
+        if (c->body_left > 0)
+            return 0;
+        deliver(c);
+        return 1;
+    }
+    if (c->state == ST_BODY_CHUNKED)
+        return step_chunked(c) > 0;
+    return 0;
+}
+
+static void process(h1_conn_t *c)
+{
+    if (c->in_process)
+        return;
+    c->in_process = 1;
+    while (!c->dead && !c->open &&
+           (c->state == ST_HEAD || c->state == ST_BODY_CL || c->state == ST_BODY_CHUNKED)) {
+        if (c->bev) {
+            /* TLS: move decrypted input into ibuf. */
+            struct evbuffer *in = bufferevent_get_input(c->bev);
+            size_t n = evbuffer_get_length(in);
+            if (n) {
+                if (c->ipos && c->ipos == c->ilen)
+                    c->ipos = c->ilen = 0;
+                if (c->icap - c->ilen < n && c->ipos) {
+                    memmove(c->ibuf, c->ibuf + c->ipos, c->ilen - c->ipos);
+                    c->ilen -= c->ipos;
+                    c->ipos = 0;
+                }
+                size_t room = c->icap - c->ilen;
+                if (room == 0 && c->icap < c->srv->lim.max_header_bytes + READ_CHUNK) {
+                    char *p = realloc(c->ibuf, c->icap * 2);
+                    if (p) {
+                        c->ibuf = p;
+                        c->icap *= 2;
+                        room = c->icap - c->ilen;
+                    }
+                }
+                c->ilen += (size_t)evbuffer_remove(in, c->ibuf + c->ilen, n < room ? n : room);
+            }
+        }
+        if (!step(c))
+            break;
+    }
+    c->in_process = 0;
+}
+
+/* A read timeout: an idle keep-alive connection is closed; a request that
+ * stopped coming in gets 408. With an exchange open the backend's own
+ * timeout governs. */
+static void on_idle_timeout(h1_conn_t *c)
+{
+    if (c->open || c->state == ST_CLOSING)
+        return;
+    if (c->state == ST_LINGER || (c->state == ST_HEAD && c->ilen == c->ipos)) {
+        fail(c);
+        return;
+    }
+    refuse(c, 408, "Request Timeout", "REQUEST_TIMEOUT",
+           "The request did not arrive within client_timeout_ms.");
+}
+
+static void close_or_linger(h1_conn_t *c)
+{
+    if (c->dead)
+        return;
+    int unread = c->ilen > c->ipos || c->body_refused;
+    if (c->bev || !unread) {
+        fail(c);
+        return;
+    }
+    /* Let the client read the answer: shut our side, drop its input for a
+     * moment, then close. */
+    c->state = ST_LINGER;
+    c->ipos = c->ilen = 0;
+    shutdown(c->fd, SHUT_WR);
+    struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+    event_del(&c->rev);
+    c->reading_paused = 0;
+    event_add(&c->rev, &tv);
+}
+
+/* Make room in ibuf for a read; 0 when none is to be had now. */
+static size_t read_room(h1_conn_t *c)
+{
+    if (c->ipos == c->ilen)
+        c->ipos = c->ilen = 0;
+    if (c->icap - c->ilen < READ_CHUNK / 4 && c->ipos) {
+        memmove(c->ibuf, c->ibuf + c->ipos, c->ilen - c->ipos);
+        c->ilen -= c->ipos;
+        c->ipos = 0;
+    }
+    if (c->ilen == c->icap) {
+        size_t want = c->icap * 2;
+        size_t cap = c->srv->lim.max_header_bytes + READ_CHUNK;
+        if (cap < HOLD_INPUT)
+            cap = HOLD_INPUT;
+        if (c->icap >= cap)
+            return 0;
+        char *p = realloc(c->ibuf, want);
+        if (!p)
+            return 0;
+        c->ibuf = p;
+        c->icap = want;
+    }
+    return c->icap - c->ilen;
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+    h1_conn_t *c = arg;
+    c->busy++;
+    if (what & EV_TIMEOUT) {
+        on_idle_timeout(c);
+        goto out;
+    }
+    if (c->state == ST_LINGER || c->state == ST_CLOSING) {
+        char sink[4096];
+        ssize_t n = read(fd, sink, sizeof sink);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            fail(c);
+        goto out;
+    }
+    size_t room = read_room(c);
+    if (room == 0) {
+        if (c->open) {
+            pause_reading(c, 1);
+        } else if (c->state == ST_HEAD) {
+            refuse(c, 431, "Request Header Fields Too Large", "HEADERS_TOO_LARGE",
+                   "The request head is larger than max_header_bytes.");
+        } else {
+            fail(c);
+        }
+        goto out;
+    }
+    ssize_t n = read(fd, c->ibuf + c->ilen, room);
+    if (n > 0) {
+        c->ilen += (size_t)n;
+        if (!c->open)
+            process(c);
+        else if (c->ilen - c->ipos >= HOLD_INPUT)
+            pause_reading(c, 1);
+    } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        fail(c); /* the client is gone */
+    }
+out:
+    c->busy--;
+    maybe_free(c);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
+{
+    h1_conn_t *c = arg;
+    c->busy++;
+    if (what & EV_TIMEOUT) {
+        fail(c); /* the client stopped reading */
+        goto out;
+    }
+    int n = evbuffer_write(c->out, fd);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        fail(c);
+        goto out;
+    }
+    if (evbuffer_get_length(c->out) == 0) {
+        event_del(&c->wev);
+        c->writing = 0;
+        drained(c);
+    }
+out:
+    c->busy--;
+    maybe_free(c);
+}
+
+static void on_later(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    h1_conn_t *c = arg;
+    c->busy++;
+    if (c->dead && c->open && c->close_cb && !c->notified) {
+        c->notified = 1;
+        h1_event_cb cb = c->close_cb;
+        c->close_cb = NULL;
+        cb(c, c->close_arg);
+    }
+    if (!c->dead && !c->open)
+        process(c);
+    c->busy--;
+    maybe_free(c);
+}
+
+/* TLS connections: bufferevent_openssl callbacks. */
+static void tls_read(struct bufferevent *bev, void *arg)
+{
+    h1_conn_t *c = arg;
+    c->busy++;
+    if (c->state == ST_CLOSING || c->state == ST_LINGER) {
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+    } else if (!c->open) {
+        process(c);
+    } else if (evbuffer_get_length(bufferevent_get_input(bev)) >= HOLD_INPUT) {
+        pause_reading(c, 1);
+    }
+    c->busy--;
+    maybe_free(c);
+}
+
+static void tls_write(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    h1_conn_t *c = arg;
+    c->busy++;
+    drained(c);
+    c->busy--;
+    maybe_free(c);
+}
+
+static void tls_event(struct bufferevent *bev, short what, void *arg)
+{
+    h1_conn_t *c = arg;
+    c->busy++;
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && c->open) {
+        bufferevent_enable(bev, EV_READ); /* the backend's timeout governs */
+    } else if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)) {
+        on_idle_timeout(c);
+    } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+        fail(c);
+    }
+    c->busy--;
+    maybe_free(c);
+}
+
+/* ---- the server -------------------------------------------------------- */
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    (void)l;
+    h1_server_t *s = arg;
+    h1_conn_t *c = calloc(1, sizeof *c);
+    if (!c || !(c->ibuf = malloc(READ_CHUNK)) || !(c->body = evbuffer_new()) ||
+        !(c->out = evbuffer_new())) {
+        if (c) {
+            free(c->ibuf);
+            if (c->body)
+                evbuffer_free(c->body);
+            free(c);
+        }
+        evutil_closesocket(fd);
+        return;
+    }
+    c->srv = s;
+    c->fd = fd;
+    c->icap = READ_CHUNK;
+    if ((size_t)salen <= sizeof c->peer)
+        memcpy(&c->peer, sa, (size_t)salen);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    event_assign(&c->later, s->base, -1, 0, on_later, c);
+    SSL_CTX *ctx = s->tls ? s->tls(s->arg) : NULL;
+    if (ctx) {
+        SSL *ssl = SSL_new(ctx);
+        c->bev = ssl ? bufferevent_openssl_socket_new(s->base, fd, ssl,
+                                                      BUFFEREVENT_SSL_ACCEPTING,
+                                                      BEV_OPT_CLOSE_ON_FREE)
+                     : NULL;
+        if (!c->bev) {
+            if (ssl)
+                SSL_free(ssl);
+            evbuffer_free(c->body);
+            evbuffer_free(c->out);
+            free(c->ibuf);
+            free(c);
+            evutil_closesocket(fd);
+            return;
+        }
+        bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+        bufferevent_setcb(c->bev, tls_read, tls_write, tls_event, c);
+        struct timeval tv = {s->lim.timeout_ms / 1000, (s->lim.timeout_ms % 1000) * 1000};
+        bufferevent_set_timeouts(c->bev, &tv, &tv);
+        bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    } else {
+        event_assign(&c->rev, s->base, fd, EV_READ | EV_PERSIST, on_read, c);
+        event_assign(&c->wev, s->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
+        event_add(&c->rev, s->ctv);
+    }
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+}
+
+static void set_limits(h1_server_t *s, const h1_limits_t *lim)
+{
+    s->lim = *lim;
+    if (s->lim.max_header_bytes < 256)
+        s->lim.max_header_bytes = 256;
+    if (s->lim.timeout_ms <= 0)
+        s->lim.timeout_ms = 30000;
+    struct timeval tv = {s->lim.timeout_ms / 1000, (s->lim.timeout_ms % 1000) * 1000};
+    s->ctv = event_base_init_common_timeout(s->base, &tv);
+}
+
+h1_server_t *h1_server_new(struct event_base *base, int fd, const h1_limits_t *lim,
+                           h1_request_cb cb, h1_tls_cb tls, void *arg)
+{
+    h1_server_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->base = base;
+    s->cb = cb;
+    s->tls = tls;
+    s->arg = arg;
+    set_limits(s, lim);
+    s->lst = evconnlistener_new(base, on_accept, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                -1, fd);
+    if (!s->lst) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void h1_server_set_limits(h1_server_t *s, const h1_limits_t *lim)
+{
+    set_limits(s, lim);
+}
+
+size_t h1_server_conns(const h1_server_t *s)
+{
+    return s->n_conns;
+}
+
+void h1_server_drain(h1_server_t *s)
+{
+    if (s->draining)
+        return;
+    s->draining = 1;
+    if (s->lst) {
+        evconnlistener_free(s->lst);
+        s->lst = NULL;
+    }
+    for (h1_conn_t *c = s->conns, *n; c; c = n) {
+        n = c->next;
+        if (!c->open && !c->busy && c->state == ST_HEAD && c->ilen == c->ipos &&
+            pending(c) == 0) {
+            fail(c);
+            maybe_free(c);
+        }
+    }
+}
+
+void h1_server_free(h1_server_t *s)
+{
+    if (!s)
+        return;
+    if (s->lst) {
+        evconnlistener_free(s->lst);
+        s->lst = NULL;
+    }
+    s->draining = 1;
+    if (s->n_conns == 0) {
+        free(s);
+        return;
+    }
+    s->freeing = 1;
+    /* Freeing the last connection frees s: walk with care. */
+    size_t left = s->n_conns;
+    h1_conn_t *c = s->conns;
+    while (c && left--) {
+        h1_conn_t *n = c->next;
+        int last = s->n_conns == 1 && !c->open && !c->busy;
+        fail(c);
+        maybe_free(c);
+        if (last)
+            return;
+        c = n;
+    }
+}
