@@ -121,6 +121,9 @@ typedef struct request {
      * recycled context is cleared only up to here. */
     lim_check_t checks[LIM_MAX_CHECKS];
     char path[2048];     /* the normalized path (routed and forwarded) */
+    /* Body that came before its head was sent (owned; kept, empty, with
+     * the recycled context; freed with it). */
+    struct evbuffer *held;
 } request_t;
 
 /* request.c */

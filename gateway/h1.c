@@ -389,7 +389,10 @@ static void end_exchange(h1_conn_t *c)
     pause_reading(c, 0);
     /* A pipelined request may be waiting: taken from the loop, not from
      * inside the callee's call. */
-    if (!c->in_process && c->ilen > c->ipos)
+    size_t waiting = c->ilen - c->ipos;
+    if (c->bev)
+        waiting += evbuffer_get_length(bufferevent_get_input(c->bev));
+    if (!c->in_process && waiting)
         event_active(&c->later, EV_TIMEOUT, 1);
 }
 

@@ -380,9 +380,9 @@ static void backend_failed(request_t *r)
 }
 
 /* The answer's head: ours first (they replace the backend's fields of the
- * same names), then the backend's end-to-end fields. A body of unknown
- * length goes chunked (until close for an HTTP/1.0 client). */
-static void start_reply(request_t *r, struct evhttp_request *breq)
+ * same names), then the backend's end-to-end fields. Returns the backend's
+ * Content-Length, -1 if none. */
+static int64_t reply_headers(request_t *r, struct evhttp_request *breq)
 {
     struct evkeyvalq *bh = evhttp_request_get_input_headers(breq);
     h1_conn_t *out = r->req;
@@ -401,11 +401,24 @@ static void start_reply(request_t *r, struct evhttp_request *breq)
             h1_add_header(out, h->key, h->value);
     }
     int code = evhttp_request_get_response_code(breq);
-    const char *line = evhttp_request_get_response_code_line(breq);
     r->backend_status = code;
     r->status = code;
-    h1_reply_start(out, code, line ? line : "", clen);
     r->reply_started = 1;
+    return clen;
+}
+
+static const char *reason_of(struct evhttp_request *breq)
+{
+    const char *line = evhttp_request_get_response_code_line(breq);
+    return line ? line : "";
+}
+
+/* Send the head now; the body follows as it arrives (chunked when its
+ * length is unknown, until close for an HTTP/1.0 client). */
+static void start_reply(request_t *r, struct evhttp_request *breq)
+{
+    int64_t clen = reply_headers(r, breq);
+    h1_reply_start(r->req, r->status, reason_of(breq), clen);
 }
 
 static int on_backend_headers(struct evhttp_request *breq, void *arg)
@@ -418,6 +431,17 @@ static int on_backend_headers(struct evhttp_request *breq, void *arg)
         return 0; /* evhttp reads the final answer next */
     if (code < 200)
         return -1; /* other interim answers: not relayed, the backend is cut */
+    /* A body that is already all here is sent with the head, in one write
+     * (on_backend_done); otherwise the head goes now. */
+    const char *cl = evhttp_find_header(evhttp_request_get_input_headers(breq),
+                                        "Content-Length");
+    if (cl && r->bconn && cmd_of(r->req) != EVHTTP_REQ_HEAD) {
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(r->bconn->evcon);
+        char *e;
+        long long n = strtoll(cl, &e, 10);
+        if (!*e && n >= 0 && evbuffer_get_length(bufferevent_get_input(bev)) >= (size_t)n)
+            return 0;
+    }
     start_reply(r, breq);
     return 0;
 }
@@ -458,12 +482,21 @@ static void on_backend_chunk(struct evhttp_request *breq, void *arg)
 {
     request_t *r = arg;
     struct evbuffer *in = evhttp_request_get_input_buffer(breq);
-    if (r->client_gone || !r->reply_started) {
+    if (r->client_gone) {
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
     keep_copy(r, in);
     r->bytes_out += evbuffer_get_length(in);
+    if (!r->reply_started) {
+        /* The head waits for the whole body (all here already): evhttp
+         * empties `in` after this call, so the bytes are kept aside. */
+        if (!r->held)
+            r->held = evbuffer_new();
+        if (r->held)
+            evbuffer_add_buffer(r->held, in);
+        return;
+    }
     h1_reply_chunk(r->req, in);
     /* Backpressure: a client that reads slower than the backend writes
      * must not make the gateway buffer the whole answer. Past the mark the
@@ -516,18 +549,33 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
     } else if (c) {
         conn_give_back(c);
     }
-    if (!r->reply_started)
-        start_reply(r, breq);
     struct evbuffer *rest = evhttp_request_get_input_buffer(breq);
+    int whole = !r->reply_started && cmd_of(r->req) != EVHTTP_REQ_HEAD && code != 204 &&
+                code != 304;
+    if (!r->reply_started) {
+        if (whole)
+            reply_headers(r, breq);
+        else
+            start_reply(r, breq);
+    }
     keep_copy(r, rest);
     after_response(r, breq);
     r->bytes_out += evbuffer_get_length(rest);
     h1_conn_t *client = r->req;
-    if (evbuffer_get_length(rest))
-        h1_reply_chunk(client, rest);
     request_unwatch_client(r);
     r->req = NULL;
-    h1_reply_end(client);
+    if (whole) {
+        /* The whole answer at once: head and body in one write. */
+        if (r->held) {
+            evbuffer_add_buffer(r->held, rest);
+            rest = r->held;
+        }
+        h1_reply_buffer(client, code, reason_of(breq), rest);
+    } else {
+        if (evbuffer_get_length(rest))
+            h1_reply_chunk(client, rest);
+        h1_reply_end(client);
+    }
     request_finish(r);
 }
 

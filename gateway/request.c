@@ -35,13 +35,26 @@ static __thread int n_free;
 
 static request_t *request_alloc(void)
 {
-    request_t *r = n_free > 0 ? freelist[--n_free] : malloc(sizeof *r);
-    if (!r)
-        return NULL;
+    request_t *r;
+    if (n_free > 0) {
+        r = freelist[--n_free];
+    } else {
+        r = malloc(sizeof *r);
+        if (!r)
+            return NULL;
+        r->held = NULL;
+    }
     /* Everything before the checks array is state; the checks are written
      * by lim_build_checks before they are read. */
     memset(r, 0, offsetof(request_t, checks));
     return r;
+}
+
+static void request_destroy(request_t *r)
+{
+    if (r->held)
+        evbuffer_free(r->held);
+    free(r);
 }
 
 static void request_free(request_t *r)
@@ -49,13 +62,13 @@ static void request_free(request_t *r)
     if (n_free < FREELIST_MAX)
         freelist[n_free++] = r;
     else
-        free(r);
+        request_destroy(r);
 }
 
 void request_freelist_clear(void)
 {
     while (n_free > 0)
-        free(freelist[--n_free]);
+        request_destroy(freelist[--n_free]);
 }
 
 /* Remove "." and ".." segments (RFC 3986 §5.2.4) so that routing and the
@@ -132,6 +145,8 @@ void request_finish(request_t *r)
         evbuffer_free(r->capture);
         r->capture = NULL;
     }
+    if (r->held)
+        evbuffer_drain(r->held, evbuffer_get_length(r->held));
     r->admitted = 0;
     if (r->req) {
         /* Still open: the client went away, or the answer was cut short
