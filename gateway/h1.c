@@ -379,14 +379,25 @@ static void end_exchange(h1_conn_t *c)
     }
     if (c->closing_after || c->srv->draining) {
         c->state = ST_CLOSING;
-        if (pending(c) == 0)
+        if (pending(c) == 0) {
             close_or_linger(c);
+            maybe_free(c);
+        }
         return;
     }
     c->state = ST_HEAD;
     c->head_start_ms = 0;
     c->scan = 0;
-    pause_reading(c, 0);
+    /* The idle keep-alive timeout runs from the end of this answer. */
+    if (c->reading_paused) {
+        pause_reading(c, 0);
+    } else if (c->bev) {
+        struct timeval tv = {c->srv->lim.timeout_ms / 1000,
+                             (c->srv->lim.timeout_ms % 1000) * 1000};
+        bufferevent_set_timeouts(c->bev, &tv, &tv);
+    } else {
+        event_add(&c->rev, c->srv->ctv);
+    }
     /* A pipelined request may be waiting: taken from the loop, not from
      * inside the callee's call. */
     size_t waiting = c->ilen - c->ipos;
@@ -926,6 +937,12 @@ need:
 static int step(h1_conn_t *c)
 {
     if (c->state == ST_HEAD) {
+        /* The head's deadline runs from its first byte, empty lines
+         * included. */
+        if (!c->head_start_ms && c->ilen > c->ipos)
+            c->head_start_ms = now_ms(c);
+        int late = c->head_start_ms &&
+                   now_ms(c) - c->head_start_ms > c->srv->lim.timeout_ms;
         /* Empty lines before a request are allowed (RFC 9112 §2.2). */
         while (c->ipos < c->ilen && (c->ibuf[c->ipos] == '\r' || c->ibuf[c->ipos] == '\n'))
             c->ipos++;
@@ -933,10 +950,15 @@ static int step(h1_conn_t *c)
         if (avail == 0) {
             c->ipos = c->ilen = 0;
             c->scan = 0;
+            if (late)
+                fail(c);
             return 0;
         }
-        if (!c->head_start_ms)
-            c->head_start_ms = now_ms(c);
+        if (late) {
+            refuse(c, 408, "Request Timeout", "REQUEST_TIMEOUT",
+                   "The request head did not arrive within client_timeout_ms.");
+            return 0;
+        }
         char *s = c->ibuf + c->ipos;
         size_t end = 0;
         for (size_t i = c->scan; i < avail;) {
@@ -962,11 +984,6 @@ static int step(h1_conn_t *c)
                 return 0;
             }
             c->scan = avail > 2 ? avail - 2 : 0;
-            if (now_ms(c) - c->head_start_ms > c->srv->lim.timeout_ms) {
-                refuse(c, 408, "Request Timeout", "REQUEST_TIMEOUT",
-                       "The request head did not arrive within client_timeout_ms.");
-                return 0;
-            }
             return 0;
         }
         if (end + 1 > c->head_cap) {
@@ -1326,15 +1343,20 @@ size_t h1_server_conns(const h1_server_t *s)
     return s->n_conns;
 }
 
+static void stop_listening(h1_server_t *s)
+{
+    if (s->lst) {
+        evconnlistener_free(s->lst);
+        s->lst = NULL;
+    }
+}
+
 void h1_server_drain(h1_server_t *s)
 {
     if (s->draining)
         return;
     s->draining = 1;
-    if (s->lst) {
-        evconnlistener_free(s->lst);
-        s->lst = NULL;
-    }
+    stop_listening(s);
     for (h1_conn_t *c = s->conns, *n; c; c = n) {
         n = c->next;
         if (!c->open && !c->busy && c->state == ST_HEAD && c->ilen == c->ipos &&
@@ -1349,10 +1371,7 @@ void h1_server_free(h1_server_t *s)
 {
     if (!s)
         return;
-    if (s->lst) {
-        evconnlistener_free(s->lst);
-        s->lst = NULL;
-    }
+    stop_listening(s);
     s->draining = 1;
     if (s->n_conns == 0) {
         free(s);
