@@ -82,6 +82,7 @@ typedef struct request {
     const cfg_account_t *acct;
     enum req_state state;
     int admitted;       /* holds leases in the store */
+    int settled;        /* counted, logged, leases released (request_settle) */
     int client_gone;
     int reply_started;  /* status line sent to the client */
     int is_usage;
@@ -131,8 +132,13 @@ void request_start(worker_t *w, h1_conn_t *req);
 /* Usage of a key by id, or of an account's account-scope limits (admin). */
 void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
                          const char *account);
-/* The one place a request ends: releases leases, frees everything. */
+/* The one place a request ends: settles it (below) if that was not done,
+ * frees everything. */
 void request_finish(request_t *r);
+/* Count and log the request and release its leases, right before its last
+ * write: a client that has its answer finds its slot free and its line in
+ * the access log. Idempotent; request_finish still follows. */
+void request_settle(request_t *r);
 void request_freelist_clear(void);
 extern int deny_cache_on;
 /* Hear of a client that goes away while its request is served. */

@@ -76,6 +76,7 @@ struct h1_conn {
     char *ibuf;
     size_t ipos, ilen, icap, scan;
     int64_t head_start_ms;
+    int64_t linger_until_ms;
     int state, chunk_state;
     int dead, open, busy, in_process, notified, reading_paused;
     /* the request */
@@ -264,12 +265,34 @@ static void send_parts(h1_conn_t *c, const struct iovec *pre, int npre, struct e
 
 static void close_or_linger(h1_conn_t *c);
 
+/* The idle keep-alive timeout runs from the moment an answer is all
+ * written (the read timer restarted). */
+static void arm_idle(h1_conn_t *c)
+{
+    if (c->dead || c->reading_paused)
+        return;
+    if (c->bev) {
+        struct timeval tv = {c->srv->lim.timeout_ms / 1000,
+                             (c->srv->lim.timeout_ms % 1000) * 1000};
+        bufferevent_set_timeouts(c->bev, &tv, &tv);
+    } else {
+        event_add(&c->rev, c->srv->ctv);
+    }
+}
+
 /* Everything written: close, tell the callee, or go on reading. */
 static void drained(h1_conn_t *c)
 {
     if (c->state == ST_CLOSING) {
         close_or_linger(c);
         return;
+    }
+    if (!c->open && c->state == ST_HEAD && c->ilen == c->ipos) {
+        if (c->srv->draining) {
+            fail(c); /* its last answer is out */
+            return;
+        }
+        arm_idle(c);
     }
     if (c->drained_cb) {
         h1_event_cb cb = c->drained_cb;
@@ -388,16 +411,9 @@ static void end_exchange(h1_conn_t *c)
     c->state = ST_HEAD;
     c->head_start_ms = 0;
     c->scan = 0;
-    /* The idle keep-alive timeout runs from the end of this answer. */
-    if (c->reading_paused) {
-        pause_reading(c, 0);
-    } else if (c->bev) {
-        struct timeval tv = {c->srv->lim.timeout_ms / 1000,
-                             (c->srv->lim.timeout_ms % 1000) * 1000};
-        bufferevent_set_timeouts(c->bev, &tv, &tv);
-    } else {
-        event_add(&c->rev, c->srv->ctv);
-    }
+    pause_reading(c, 0);
+    if (pending(c) == 0)
+        arm_idle(c);
     /* A pipelined request may be waiting: taken from the loop, not from
      * inside the callee's call. */
     size_t waiting = c->ilen - c->ipos;
@@ -448,10 +464,15 @@ void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
     h1_add_header(c, name, buf);
 }
 
-int h1_has_header(const h1_conn_t *c, const char *name)
+size_t h1_headers_mark(const h1_conn_t *c)
+{
+    return c->olen;
+}
+
+int h1_has_header(const h1_conn_t *c, const char *name, size_t mark)
 {
     size_t nl = strlen(name);
-    const char *p = c->obuf, *end = c->obuf + c->olen;
+    const char *p = c->obuf, *end = c->obuf + (mark < c->olen ? mark : c->olen);
     while (p && p < end) {
         if ((size_t)(end - p) > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0)
             return 1;
@@ -852,7 +873,11 @@ static char *chunk_line(h1_conn_t *c, size_t *len, int *bad)
         *bad = avail >= CHUNK_LINE_MAX;
         return NULL;
     }
-    *len = (size_t)(nl - s) - (nl > s && nl[-1] == '\r');
+    if (nl == s || nl[-1] != '\r') {
+        *bad = 1; /* the framing takes CRLF only */
+        return NULL;
+    }
+    *len = (size_t)(nl - s) - 1;
     c->ipos += (size_t)(nl - s) + 1;
     return s;
 }
@@ -879,7 +904,11 @@ static int step_chunked(h1_conn_t *c)
                 break;
             n = n * 16 + d;
         }
-        if (i == 0 || (i < len && s[i] != ';' && s[i] != ' ' && s[i] != '\t')) {
+        size_t j = i;
+        while (j < len && (s[j] == ' ' || s[j] == '\t'))
+            j++;
+        if (i == 0 || (i == 15 && i < len && s[i] != ';' && s[i] != ' ' && s[i] != '\t') ||
+            (j < len && s[j] != ';')) {
             refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
             return -1;
         }
@@ -1026,6 +1055,7 @@ static void process(h1_conn_t *c)
     c->in_process = 1;
     while (!c->dead && !c->open &&
            (c->state == ST_HEAD || c->state == ST_BODY_CL || c->state == ST_BODY_CHUNKED)) {
+        size_t moved = 0;
         if (c->bev) {
             /* TLS: move decrypted input into ibuf. */
             struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -1047,10 +1077,15 @@ static void process(h1_conn_t *c)
                         room = c->icap - c->ilen;
                     }
                 }
-                c->ilen += (size_t)evbuffer_remove(in, c->ibuf + c->ilen, n < room ? n : room);
+                int got = evbuffer_remove(in, c->ibuf + c->ilen, n < room ? n : room);
+                moved = got > 0 ? (size_t)got : 0;
+                c->ilen += moved;
             }
         }
-        if (!step(c))
+        if (step(c))
+            continue;
+        /* More decrypted input than fitted: take the rest before waiting. */
+        if (!(moved && c->bev && evbuffer_get_length(bufferevent_get_input(c->bev))))
             break;
     }
     c->in_process = 0;
@@ -1061,8 +1096,17 @@ static void process(h1_conn_t *c)
  * timeout governs. */
 static void on_idle_timeout(h1_conn_t *c)
 {
-    if (c->open || c->state == ST_CLOSING)
+    if (c->state == ST_LINGER) {
+        fail(c);
         return;
+    }
+    /* Still writing (the write timeout covers a client that stopped
+     * reading), or an exchange open (the backend's timeout governs). */
+    if (c->open || c->state == ST_CLOSING || pending(c) > 0) {
+        if (c->bev)
+            bufferevent_enable(c->bev, EV_READ);
+        return;
+    }
     if (c->state == ST_LINGER || (c->state == ST_HEAD && c->ilen == c->ipos)) {
         fail(c);
         return;
@@ -1083,6 +1127,7 @@ static void close_or_linger(h1_conn_t *c)
     /* Let the client read the answer: shut our side, drop its input for a
      * moment, then close. */
     c->state = ST_LINGER;
+    c->linger_until_ms = now_ms(c) + LINGER_MS;
     c->ipos = c->ilen = 0;
     shutdown(c->fd, SHUT_WR);
     struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
@@ -1128,7 +1173,8 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     if (c->state == ST_LINGER || c->state == ST_CLOSING) {
         char sink[4096];
         ssize_t n = read(fd, sink, sizeof sink);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) ||
+            (c->state == ST_LINGER && now_ms(c) >= c->linger_until_ms))
             fail(c);
         goto out;
     }
@@ -1228,11 +1274,10 @@ static void tls_write(struct bufferevent *bev, void *arg)
 
 static void tls_event(struct bufferevent *bev, short what, void *arg)
 {
+    (void)bev;
     h1_conn_t *c = arg;
     c->busy++;
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && c->open) {
-        bufferevent_enable(bev, EV_READ); /* the backend's timeout governs */
-    } else if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)) {
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)) {
         on_idle_timeout(c);
     } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
         fail(c);

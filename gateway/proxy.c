@@ -387,6 +387,7 @@ static int64_t reply_headers(request_t *r, struct evhttp_request *breq)
     struct evkeyvalq *bh = evhttp_request_get_input_headers(breq);
     h1_conn_t *out = r->req;
     respond_rate_headers(r, out);
+    size_t ours = h1_headers_mark(out);
     int64_t clen = -1;
     for (struct evkeyval *h = bh->tqh_first; h; h = h->next.tqe_next) {
         if (strcasecmp(h->key, "Content-Length") == 0) {
@@ -397,7 +398,7 @@ static int64_t reply_headers(request_t *r, struct evhttp_request *breq)
             continue;
         }
         if (!skip_response_header(h->key) && !named_by_any_connection(bh, h->key) &&
-            !h1_has_header(out, h->key))
+            !h1_has_header(out, h->key, ours))
             h1_add_header(out, h->key, h->value);
     }
     int code = evhttp_request_get_response_code(breq);
@@ -435,7 +436,8 @@ static int on_backend_headers(struct evhttp_request *breq, void *arg)
      * (on_backend_done); otherwise the head goes now. */
     const char *cl = evhttp_find_header(evhttp_request_get_input_headers(breq),
                                         "Content-Length");
-    if (cl && r->bconn && cmd_of(r->req) != EVHTTP_REQ_HEAD) {
+    if (cl && r->bconn && cmd_of(r->req) != EVHTTP_REQ_HEAD &&
+        !evhttp_find_header(evhttp_request_get_input_headers(breq), "Transfer-Encoding")) {
         struct bufferevent *bev = evhttp_connection_get_bufferevent(r->bconn->evcon);
         char *e;
         long long n = strtoll(cl, &e, 10);
@@ -564,6 +566,7 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
     h1_conn_t *client = r->req;
     request_unwatch_client(r);
     r->req = NULL;
+    request_settle(r);
     if (whole) {
         /* The whole answer at once: head and body in one write. */
         if (r->held) {

@@ -129,25 +129,33 @@ static unsigned method_bit(enum h1_method t)
     return 0;
 }
 
-void request_finish(request_t *r)
+void request_settle(request_t *r)
 {
-    worker_t *w = r->w;
+    if (r->settled)
+        return;
+    r->settled = 1;
     metrics_request_done(r);
-    request_unwatch_client(r);
-    if (r->breq)
-        proxy_abort(r);
     if (r->admitted && lim_checks_have_gauge(r->checks, r->n_checks)) {
         metrics_lease(-1);
         if (!r->lease_moved)
-            store_release(w->store, r->checks, r->n_checks, r->rid);
+            store_release(r->w->store, r->checks, r->n_checks, r->rid);
     }
+    r->admitted = 0;
+}
+
+void request_finish(request_t *r)
+{
+    worker_t *w = r->w;
+    request_settle(r);
+    request_unwatch_client(r);
+    if (r->breq)
+        proxy_abort(r);
     if (r->capture) {
         evbuffer_free(r->capture);
         r->capture = NULL;
     }
     if (r->held)
         evbuffer_drain(r->held, evbuffer_get_length(r->held));
-    r->admitted = 0;
     if (r->req) {
         /* Still open: the client went away, or the answer was cut short
          * (never to be taken for a whole one). */

@@ -168,6 +168,7 @@ static void send_body(request_t *r, int status, const char *reason, json_t *body
         r->status = status;
         r->bytes_out += len;
         r->req = NULL; /* the exchange ends here */
+        request_settle(r);
         h1_reply(c, status, reason, text, len);
         if (!rendered)
             free(text);

@@ -133,6 +133,8 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     worker_t *w = arg;
+    if (!w->http)
+        return; /* the worker is exiting (a second signal broke the loop) */
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     int over = now.tv_sec > w->drain_deadline.tv_sec ||

@@ -2,6 +2,7 @@
 (the password from the environment through ${ENV}), selects the database,
 keeps its keys under its prefix there; a wrong password is an outage
 (503 under on_error deny), reported once in the log."""
+import time
 from harness import base_config, eq, free_port, redis_cli, run
 
 
@@ -34,7 +35,12 @@ def test_wrong_password(env):
     r = env.req("POST", "/v3/img2img", key=env.keys["k1"], body={})
     eq((r.status, r.json()["error"]["code"], r.h("retry-after")),
        (503, "LIMITER_UNAVAILABLE", "1"), "not authenticated: unavailable")
+    # The warning is written by the log thread: give it a moment.
+    deadline = time.time() + 5
     out = env.gw.output()
+    while "WRONGPASS" not in out.upper() and time.time() < deadline:
+        time.sleep(0.05)
+        out = env.gw.output()
     assert "setup failed" in out and "WRONGPASS" in out.upper(), out[-2000:]
     assert "s3cret-pw" not in out and "wrong" not in out.replace("WRONGPASS", ""), \
         "the password must not be logged"
