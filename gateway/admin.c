@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "errjson.h"
 #include "gateway.h"
 #include "metrics.h"
 #include "server.h"
@@ -41,9 +42,7 @@ static void reply(h1_conn_t *req, int status, const char *reason, json_t *body)
 static void reply_error(h1_conn_t *req, int status, const char *reason,
                         const char *type, const char *code, const char *msg, json_t *details)
 {
-    reply(req, status, reason,
-          json_pack("{s:{s:s, s:s, s:s, s:o}}", "error", "type", type, "code", code,
-                    "message", msg, "details", details ? details : json_object()));
+    reply(req, status, reason, error_json(type, code, msg, details));
 }
 
 /* 1 when the request carries the admin token; else answers 401/403. */

@@ -35,6 +35,7 @@
 #include <event2/listener.h>
 #include <jansson.h>
 
+#include "errjson.h"
 #include "h1.h"
 
 #define H1_MAX_HEADERS 100
@@ -624,9 +625,7 @@ const char *h1_peer(h1_conn_t *c)
 static void refuse(h1_conn_t *c, int status, const char *reason, const char *code,
                    const char *message)
 {
-    json_t *j = json_pack("{s:{s:s, s:s, s:s, s:{}}}", "error", "type",
-                          "invalid_request_error", "code", code, "message", message,
-                          "details");
+    json_t *j = error_json("invalid_request_error", code, message, NULL);
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     c->open = 1; /* h1_reply ends it */
@@ -669,8 +668,7 @@ static char *trim(char *s, char *e)
     return s;
 }
 
-/* Whether a comma list (a Connection value) holds token t. */
-static int list_has(const char *v, const char *t)
+int h1_list_has(const char *v, const char *t)
 {
     size_t n = strlen(t);
     while (*v) {
@@ -797,8 +795,8 @@ static int parse_head(h1_conn_t *c, size_t len)
             te = 1;
             chunked = strcasecmp(v, "chunked") == 0;
         } else if (strcasecmp(p, "Connection") == 0) {
-            conn_close |= list_has(v, "close");
-            conn_keep |= list_has(v, "keep-alive");
+            conn_close |= h1_list_has(v, "close");
+            conn_keep |= h1_list_has(v, "keep-alive");
         } else if (strcasecmp(p, "Expect") == 0) {
             expect = strcasecmp(v, "100-continue") == 0;
         }
@@ -907,8 +905,7 @@ static int step_chunked(h1_conn_t *c)
         size_t j = i;
         while (j < len && (s[j] == ' ' || s[j] == '\t'))
             j++;
-        if (i == 0 || (i == 15 && i < len && s[i] != ';' && s[i] != ' ' && s[i] != '\t') ||
-            (j < len && s[j] != ';')) {
+        if (i == 0 || (j < len && s[j] != ';')) {
             refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
             return -1;
         }
@@ -1107,7 +1104,7 @@ static void on_idle_timeout(h1_conn_t *c)
             bufferevent_enable(c->bev, EV_READ);
         return;
     }
-    if (c->state == ST_LINGER || (c->state == ST_HEAD && c->ilen == c->ipos)) {
+    if (c->state == ST_HEAD && c->ilen == c->ipos) {
         fail(c);
         return;
     }
@@ -1423,16 +1420,11 @@ void h1_server_free(h1_server_t *s)
         return;
     }
     s->freeing = 1;
-    /* Freeing the last connection frees s: walk with care. */
-    size_t left = s->n_conns;
-    h1_conn_t *c = s->conns;
-    while (c && left--) {
-        h1_conn_t *n = c->next;
-        int last = s->n_conns == 1 && !c->open && !c->busy;
+    /* s goes with the last connection freed, which can only be the last one
+     * visited (every one not yet visited still counts). */
+    for (h1_conn_t *c = s->conns, *n; c; c = n) {
+        n = c->next;
         fail(c);
         maybe_free(c);
-        if (last)
-            return;
-        c = n;
     }
 }

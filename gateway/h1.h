@@ -85,6 +85,10 @@ struct evbuffer *h1_body(h1_conn_t *c);
 int h1_body_refused(const h1_conn_t *c);
 const char *h1_peer(h1_conn_t *c); /* the client's address as text */
 
+/* Whether a comma-separated field value (a Connection header) holds
+ * token, case-insensitively. */
+int h1_list_has(const char *list, const char *token);
+
 /* Called once if the client goes away while the exchange is open (never
  * from inside an h1_* call). NULL removes it. */
 void h1_set_close_cb(h1_conn_t *c, h1_event_cb cb, void *arg);

@@ -265,31 +265,12 @@ static int skip_response_header(const char *name)
     return 0;
 }
 
-/* Headers named by the Connection header are hop-by-hop too. */
-static int named_by_connection(const char *conn, const char *name)
-{
-    if (!conn)
-        return 0;
-    size_t n = strlen(name);
-    const char *p = conn;
-    while (*p) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',' && *e != ' ')
-            e++;
-        if ((size_t)(e - p) == n && strncasecmp(p, name, n) == 0)
-            return 1;
-        p = e;
-    }
-    return 0;
-}
-
-/* Whether any Connection header of hs names `name`. */
+/* Headers named by a Connection header are hop-by-hop too: whether any
+ * Connection header of hs names `name`. */
 static int named_by_any_connection(struct evkeyvalq *hs, const char *name)
 {
     for (struct evkeyval *h = hs->tqh_first; h; h = h->next.tqe_next)
-        if (strcasecmp(h->key, "Connection") == 0 && named_by_connection(h->value, name))
+        if (strcasecmp(h->key, "Connection") == 0 && h1_list_has(h->value, name))
             return 1;
     return 0;
 }
@@ -301,7 +282,7 @@ static int client_connection_names(h1_conn_t *c, const char *name)
     for (size_t i = 0; i < n; i++) {
         const char *k, *v;
         h1_header_at(c, i, &k, &v);
-        if (strcasecmp(k, "Connection") == 0 && named_by_connection(v, name))
+        if (strcasecmp(k, "Connection") == 0 && h1_list_has(v, name))
             return 1;
     }
     return 0;

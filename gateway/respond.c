@@ -8,6 +8,7 @@
 #include <string.h>
 
 
+#include "errjson.h"
 #include "gateway.h"
 
 
@@ -200,22 +201,10 @@ static const char *reason_of(int status)
     return "Error";
 }
 
-static json_t *error_body(const char *type, const char *code, const char *message,
-                          json_t *details)
-{
-    json_t *err = json_pack("{s:s, s:s, s:s}", "type", type, "code", code,
-                            "message", message);
-    if (err)
-        json_object_set_new(err, "details", details ? details : json_object());
-    else
-        json_decref(details);
-    return json_pack("{s:o*}", "error", err);
-}
-
 void respond_error(request_t *r, int status, const char *type, const char *code,
                    const char *message, json_t *details)
 {
-    send_json(r, status, reason_of(status), error_body(type, code, message, details));
+    send_json(r, status, reason_of(status), error_json(type, code, message, details));
 }
 
 void respond_json(request_t *r, int status, json_t *body)
@@ -341,5 +330,5 @@ void respond_429(request_t *r)
     json_object_set_new(details, "reset", json_integer(rep->ref_reset_s));
 
     send_body(r, 429, reason_of(429),
-              error_body("rate_limit_error", rep->code, msg, details), NULL, r->deny_keep);
+              error_json("rate_limit_error", rep->code, msg, details), NULL, r->deny_keep);
 }

@@ -27,13 +27,19 @@ def probe_no_lease_left(env, r, g, key, after):
     eq(st, [200, 200, 200], "probes (a lease stuck from the stall?)")
 
 
-def test_stall_leases(env):
+def one_slot_gateway(env):
+    """One gateway (1 worker, 100 ms store timeout, on_error deny) on a
+    fresh Redis, one key whose account may run 1 request at a time."""
     r, gws, _ = redis_env(env, {"one": {"limits": [
         {"metric": "concurrent", "limit": 1, "scope": "account"}]}},
         {"acme": {"tier": "one"}}, [("k1", "acme")],
         storage={"timeout_ms": 100, "on_error": "deny"}, workers=1)
-    g = gws[0]; key = env.keys["k1"]
     wait_gateways_connected(r.port, 1)
+    return r, gws[0], env.keys["k1"]
+
+
+def test_stall_leases(env):
+    r, g, key = one_slot_gateway(env)
     eq(env.req_at(g.port, "POST", PATH, key=key, body={}).status, 200)
     r.signal(signal.SIGSTOP)
     out = []
@@ -48,12 +54,7 @@ def test_stall_leases(env):
 
 def test_stall_short(env):
     # stall shorter than drop_after: late admitted replies must release
-    r, gws, _ = redis_env(env, {"one": {"limits": [
-        {"metric": "concurrent", "limit": 1, "scope": "account"}]}},
-        {"acme": {"tier": "one"}}, [("k1", "acme")],
-        storage={"timeout_ms": 100, "on_error": "deny"}, workers=1)
-    g = gws[0]; key = env.keys["k1"]
-    wait_gateways_connected(r.port, 1)
+    r, g, key = one_slot_gateway(env)
     r.signal(signal.SIGSTOP)
     out = []
     ts = fire(env, g, key, 5, out)
