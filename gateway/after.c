@@ -138,8 +138,10 @@ static void reconcile(request_t *r, struct evhttp_request *breq, json_t *body)
         deltas[i] = m == LIM_UNITS ? d_units : m == LIM_SPEND ? d_spend : 0;
         any |= deltas[i] != 0;
     }
-    if (any)
+    if (any) {
         store_adjust(r->w->store, r->checks, r->n_checks, deltas, r->charged_ms);
+        r->store_sent = 1;
+    }
 }
 
 static void job_created(request_t *r, json_t *body)
@@ -153,6 +155,7 @@ static void job_created(request_t *r, json_t *body)
         return;
     }
     store_job_hold(r->w->store, r->checks, r->n_checks, r->rid, id, job->max_seconds * 1000);
+    r->store_sent = 1;
     r->lease_moved = 1;
 }
 
@@ -169,6 +172,7 @@ static void job_polled(request_t *r, const cfg_job_t *job, json_t *body)
         for (size_t i = 0; i < job->n_done; i++) {
             if (strcmp(json_string_value(st), job->done_values[i]) == 0) {
                 store_job_done(r->w->store, id, NULL, NULL);
+                r->store_sent = 1;
                 break;
             }
         }

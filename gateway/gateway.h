@@ -83,6 +83,7 @@ typedef struct request {
     enum req_state state;
     int admitted;       /* holds leases in the store */
     int settled;        /* counted, logged, leases released (request_settle) */
+    int store_sent;     /* fire-and-forget store calls made since the decision */
     int client_gone;
     int reply_started;  /* status line sent to the client */
     int is_usage;

@@ -134,10 +134,15 @@ void request_settle(request_t *r)
     metrics_request_done(r);
     if (r->admitted && lim_checks_have_gauge(r->checks, r->n_checks)) {
         metrics_lease(-1);
-        if (!r->lease_moved)
+        if (!r->lease_moved) {
             store_release(r->w->store, r->checks, r->n_checks, r->rid);
+            r->store_sent = 1;
+        }
     }
     r->admitted = 0;
+    /* The answer goes out right after this: the store hears first. */
+    if (r->store_sent)
+        store_flush(r->w->store);
 }
 
 void request_finish(request_t *r)

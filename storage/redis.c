@@ -1080,6 +1080,16 @@ static void redis_destroy(store_t *s)
     free(rs);
 }
 
+static void redis_flush(store_worker_t *w)
+{
+    redis_worker_t *rw = (redis_worker_t *)w;
+    /* Not from inside hiredis' own callbacks: the loop writes soon after. */
+    if (rw->ac && rw->connected && !rw->detaching && !(rw->ac->c.flags & REDIS_IN_CALLBACK))
+        redisAsyncHandleWrite(rw->ac);
+    if (rw->fallback)
+        store_flush(rw->fallback);
+}
+
 static const store_ops_t redis_ops = {
     .name = "redis",
     .answers_inline = 0,
@@ -1092,6 +1102,7 @@ static const store_ops_t redis_ops = {
     .job_hold = redis_job_hold,
     .job_done = redis_job_done,
     .ready = redis_ready,
+    .flush = redis_flush,
     .destroy = redis_destroy,
 };
 

@@ -80,6 +80,11 @@ typedef struct store_ops {
                      void (*cb)(void *arg, int found), void *arg);
     /* 1 when the store can answer now (readiness). */
     int (*ready)(store_worker_t *w);
+    /* Send the calls queued so far now, not at the next turn of the loop:
+     * before an answer that a client may follow at once with a call that
+     * must see them (a released lease, a held job). NULL: nothing is ever
+     * queued. */
+    void (*flush)(store_worker_t *w);
     void (*destroy)(store_t *s);
 } store_ops_t;
 
@@ -128,6 +133,11 @@ static inline void store_job_done(store_worker_t *w, const char *job_id,
                                   void (*cb)(void *arg, int found), void *arg)
 {
     w->store->ops->job_done(w, job_id, cb, arg);
+}
+static inline void store_flush(store_worker_t *w)
+{
+    if (w->store->ops->flush)
+        w->store->ops->flush(w);
 }
 static inline int store_ready(store_worker_t *w)
 {
