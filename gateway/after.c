@@ -121,7 +121,7 @@ static void reconcile(request_t *r, struct evhttp_request *breq, json_t *body)
         return;
     }
     /* Far above any limit. */
-    const int64_t units_max = (int64_t)1 << 40;
+    const int64_t units_max = LIM_UNITS_MAX;
     if (actual > units_max)
         actual = units_max;
     int64_t d_units = actual - r->units;

@@ -11,9 +11,9 @@
 #include "gateway.h"
 
 /* Prices saturate here (millionths), far above any cap. */
-#define PRICE_MAX (INT64_MAX / 4)
+#define PRICE_MAX LIM_PRICE_MAX
 /* Units saturate here: far above any limit, never overflowing a counter. */
-#define UNITS_MAX ((int64_t)1 << 52)
+#define UNITS_MAX LIM_UNITS_MAX
 
 /* Resolve an RFC 6901 pointer (validated by the config) in root. */
 json_t *json_pointer_get(json_t *root, const char *ptr)

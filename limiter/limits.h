@@ -35,6 +35,16 @@ typedef enum {
 
 typedef enum { LIM_SCOPE_KEY = 0, LIM_SCOPE_ACCOUNT } lim_scope_t;
 
+/*
+ * The largest amounts anywhere: a request's units (estimated or reported
+ * by the backend) and its price in millionths saturate at these, and no
+ * limit may be larger. Both stay far below 2^53, so a counter holding a
+ * limit plus the reconcile debt of many requests is still exact where it
+ * is kept as a double (Redis's Lua numbers).
+ */
+#define LIM_UNITS_MAX ((int64_t)1 << 40)
+#define LIM_PRICE_MAX ((int64_t)1 << 50)
+
 /* Longest counter identity a check can carry (account and key ids are
  * limited to 64 bytes by the config, rule identities to 96). */
 #define LIM_KEY_MAX 256

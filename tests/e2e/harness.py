@@ -302,6 +302,7 @@ class Env:
         self.gws = []      # start_gateways: stopped and checked by close()
         self.killed = []   # gateways killed on purpose (kill_gateway): not checked
         self.redis = []    # start_redis: stopped by close()
+        self.backends = [] # start_backend: stopped by close()
 
     def start_mock(self, extra=()):
         self.mock_port = free_port()
@@ -368,6 +369,15 @@ class Env:
             self.gws.remove(p)
         self.killed.append(p)
 
+    def start_backend(self, handler, idle_timeout=None):
+        """A backend.Backend (Python's standard library, behaving like real
+        model services) on a free port, answering with handler(req);
+        stopped by close()."""
+        import backend
+        b = backend.Backend(free_port(), handler, idle_timeout=idle_timeout)
+        self.backends.append(b)
+        return b
+
     def start_redis(self, port=None, extra=()):
         """harness.start_redis, stopped by close() (its exit status is not
         checked: tests kill and stop Redis on purpose)."""
@@ -410,6 +420,8 @@ class Env:
                 p.stop()
             except AssertionError as e:
                 errors.append(str(e))
+        for b in self.backends:
+            b.stop()
         for r in self.redis:
             r.signal(signal.SIGCONT)  # a test may have left it stopped
             try:
@@ -431,16 +443,43 @@ def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gateway", required=True)
     ap.add_argument("--mock", required=True)
+    ap.add_argument("--case", action="append", default=[],
+                    help="run only this case (repeatable); --list names them")
     return ap.parse_args()
 
 
+def case_name(t):
+    """A case's name as CTest lists it: the function's name without its
+    test_ prefix (for_both() variants keep their [store] suffix as .store)."""
+    n = t.__name__
+    if n.startswith("test_"):
+        n = n[5:]
+    return n.replace("[", ".").replace("]", "")
+
+
 def run(tests):
-    """Run test functions f(env) in order, each with fresh processes."""
+    """Run test functions f(env) in order, each with fresh processes.
+    --list prints the case names (CMake registers one CTest test each);
+    --case NAME runs only that case."""
+    names = [case_name(t) for t in tests]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        print("duplicate case names:", ", ".join(dup))
+        sys.exit(2)
+    if "--list" in sys.argv[1:]:
+        print("\n".join(names))
+        sys.exit(0)
     args = parse_args()
     for path in (args.gateway, args.mock):
         if not os.access(path, os.X_OK):
             print("missing executable:", path)
             sys.exit(1)
+    if args.case:
+        unknown = [c for c in args.case if c not in names]
+        if unknown:
+            print("no such case:", ", ".join(unknown), "(cases:", ", ".join(names) + ")")
+            sys.exit(2)
+        tests = [t for t in tests if case_name(t) in args.case]
     failed = 0
     for t in tests:
         env = Env(args)
@@ -456,11 +495,14 @@ def run(tests):
         except AssertionError as e:
             print(e)
             ok = False
-        print("%s %s (%.1f s)" % ("PASS" if ok else "FAIL", t.__name__, time.time() - t0))
+        print("%s %s (%.1f s)" % ("PASS" if ok else "FAIL", case_name(t), time.time() - t0))
         sys.stdout.flush()
         failed += not ok
     if failed:
         print("%d of %d failed" % (failed, len(tests)))
+        sys.exit(1)
+    if not tests:
+        print("no case ran")
         sys.exit(1)
     print("all %d passed" % len(tests))
 
