@@ -37,6 +37,7 @@
 
 #include "errjson.h"
 #include "h1.h"
+#include "http/parse.h"
 
 #define H1_MAX_HEADERS 100
 #define HOLD_INPUT (64 * 1024)     /* most input kept while an exchange is open */
@@ -45,7 +46,6 @@
 #define CHUNK_LINE_MAX 1024
 
 enum { ST_HEAD, ST_BODY_CL, ST_BODY_CHUNKED, ST_OPEN, ST_CLOSING, ST_LINGER };
-enum { CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER };
 
 struct h1_server {
     struct event_base *base;
@@ -78,7 +78,8 @@ struct h1_conn {
     size_t ipos, ilen, icap, scan;
     int64_t head_start_ms;
     int64_t linger_until_ms;
-    int state, chunk_state;
+    int state;
+    hp_chunked_t chunk;      /* a chunked request body being read */
     int dead, open, busy, in_process, notified, reading_paused;
     /* the request */
     int method, http10, keep_alive, body_refused, no_body_out;
@@ -637,13 +638,6 @@ static void refuse(h1_conn_t *c, int status, const char *reason, const char *cod
     free(text);
 }
 
-static int token_char(unsigned char ch)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           (ch && memchr(extra, ch, sizeof extra - 1));
-}
-
 static int method_of(const char *m, size_t n)
 {
     static const struct {
@@ -658,72 +652,82 @@ static int method_of(const char *m, size_t n)
     return 0;
 }
 
-static char *trim(char *s, char *e)
-{
-    while (s < e && (*s == ' ' || *s == '\t'))
-        s++;
-    while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
-        e--;
-    *e = '\0';
-    return s;
-}
-
 int h1_list_has(const char *v, const char *t)
 {
-    size_t n = strlen(t);
-    while (*v) {
-        while (*v == ' ' || *v == ',' || *v == '\t')
-            v++;
-        const char *e = v;
-        while (*e && *e != ',')
-            e++;
-        const char *f = e;
-        while (f > v && (f[-1] == ' ' || f[-1] == '\t'))
-            f--;
-        if ((size_t)(f - v) == n && strncasecmp(v, t, n) == 0)
-            return 1;
-        v = e;
-    }
-    return 0;
+    return hp_list_has(v, strlen(v), t);
 }
 
-/* Parse the head in c->head (len bytes, ends with the empty line). 0, or
- * -1 when the connection was refused. */
+/* The answer of the HTTP layer to a head the parser refused. */
+static void refuse_parse(h1_conn_t *c, int rc)
+{
+    switch (rc) {
+    case HP_E_TOO_MANY:
+        refuse(c, 431, "Request Header Fields Too Large", "HEADERS_TOO_LARGE",
+               "The request has too many header fields.");
+        return;
+    case HP_E_TE:
+        refuse(c, 501, "Not Implemented", "TRANSFER_ENCODING_NOT_SUPPORTED",
+               "Only Transfer-Encoding: chunked is supported (HTTP/1.1).");
+        return;
+    case HP_E_VERSION:
+        refuse(c, 505, "HTTP Version Not Supported", "VERSION_NOT_SUPPORTED",
+               "Only HTTP/1.0 and HTTP/1.1 are supported.");
+        return;
+    case HP_E_LENGTH:
+        refuse(c, 400, "Bad Request", "INVALID_REQUEST",
+               "The Content-Length is not valid (digits only, one value, and not with "
+               "Transfer-Encoding).");
+        return;
+    case HP_E_TARGET:
+        refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The request target is not valid.");
+        return;
+    case HP_E_HOST:
+        refuse(c, 400, "Bad Request", "INVALID_REQUEST",
+               "An HTTP/1.1 request needs exactly one Host header.");
+        return;
+    case HP_E_FIELD:
+        refuse(c, 400, "Bad Request", "INVALID_REQUEST",
+               "A header line is not valid (name not a token, folded, or a control byte).");
+        return;
+    default:
+        refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The request is not valid HTTP/1.1.");
+    }
+}
+
+/* Parse the head in c->head (len bytes, ends with the empty line) with
+ * gateway/http/parse.c, then make its strings NUL-terminated in place (each
+ * ends on a byte of the framing: a space, CR, LF or colon). 0, or -1 when
+ * the connection was refused. */
 static int parse_head(h1_conn_t *c, size_t len)
 {
-    char *h = c->head, *end = h + len;
+    char *h = c->head;
     h[len] = '\0';
-    char *eol = memchr(h, '\n', len);
-    char *le = eol > h && eol[-1] == '\r' ? eol - 1 : eol;
-    /* request line: METHOD SP target SP HTTP/1.x */
-    char *sp1 = memchr(h, ' ', (size_t)(le - h));
-    char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(le - sp1 - 1)) : NULL;
-    if (!sp1 || !sp2 || sp1 == h || sp2 == sp1 + 1 || le - sp2 != 9 ||
-        memcmp(sp2 + 1, "HTTP/1.", 7) != 0 || sp2[8] < '0' || sp2[8] > '9') {
-        refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The request is not valid HTTP/1.1.");
+    hp_field_t f[H1_MAX_HEADERS];
+    hp_request_t rq;
+    memset(&rq, 0, sizeof rq);
+    rq.fields = f;
+    rq.n_fields = H1_MAX_HEADERS;
+    int rc = hp_parse_request(h, len, &rq);
+    if (rc < 0) {
+        refuse_parse(c, rc);
         return -1;
     }
-    for (char *p = h; p < sp1; p++)
-        if (!token_char((unsigned char)*p)) {
-            refuse(c, 400, "Bad Request", "INVALID_REQUEST",
-                   "The request is not valid HTTP/1.1.");
-            return -1;
-        }
-    c->method = method_of(h, (size_t)(sp1 - h));
+    c->method = method_of(rq.method, rq.method_len);
     if (!c->method) {
         refuse(c, 501, "Not Implemented", "METHOD_NOT_SUPPORTED",
                "The method is not supported (GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS).");
         return -1;
     }
-    c->http10 = sp2[8] == '0';
+    const hp_framing_t *fr = &rq.framing;
+    c->http10 = rq.minor_version == 0;
     c->no_body_out = c->method == H1_HEAD;
-    char *target = sp1 + 1;
-    *sp2 = '\0';
-    for (char *p = target; *p; p++)
-        if ((unsigned char)*p <= ' ' || *p == 0x7f) {
-            refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The request target is not valid.");
-            return -1;
-        }
+    if (fr->chunked && c->http10) {
+        refuse(c, 501, "Not Implemented", "TRANSFER_ENCODING_NOT_SUPPORTED",
+               "Only Transfer-Encoding: chunked is supported (HTTP/1.1).");
+        return -1;
+    }
+    char *target = (char *)rq.target;
+    target[rq.target_len] = '\0';
     if (strncasecmp(target, "http://", 7) == 0 || strncasecmp(target, "https://", 8) == 0) {
         char *p = strstr(target, "://") + 3, *slash = strchr(p, '/'), *q = strchr(p, '?');
         if (!slash || (q && q < slash)) {
@@ -747,77 +751,22 @@ static int parse_head(h1_conn_t *c, size_t len)
     c->path = *target ? target : "/";
     c->query = q;
 
-    /* header lines */
-    c->n_hdr = 0;
-    int64_t clen = -1;
-    int chunked = 0, te = 0, conn_close = 0, conn_keep = 0, expect = 0;
-    char *p = eol + 1;
-    while (p < end) {
-        char *nl = memchr(p, '\n', (size_t)(end - p));
-        if (!nl)
-            break;
-        char *e = nl > p && nl[-1] == '\r' ? nl - 1 : nl;
-        if (e == p)
-            break; /* the empty line */
-        char *colon = memchr(p, ':', (size_t)(e - p));
-        int bad = !colon || colon == p;
-        for (char *k = p; !bad && k < colon; k++)
-            bad = !token_char((unsigned char)*k);
-        for (char *k = colon ? colon + 1 : e; !bad && k < e; k++)
-            bad = *k == '\0' || *k == '\r';
-        if (bad) {
-            refuse(c, 400, "Bad Request", "INVALID_REQUEST",
-                   "A header line is not valid (name not a token, or folded).");
-            return -1;
-        }
-        if (c->n_hdr == H1_MAX_HEADERS) {
-            refuse(c, 431, "Request Header Fields Too Large", "HEADERS_TOO_LARGE",
-                   "The request has too many header fields.");
-            return -1;
-        }
-        *colon = '\0';
-        char *v = trim(colon + 1, e);
-        c->hdr[c->n_hdr].name = p;
-        c->hdr[c->n_hdr].value = v;
-        c->n_hdr++;
-        if (strcasecmp(p, "Content-Length") == 0) {
-            char *x;
-            errno = 0;
-            long long n = strtoll(v, &x, 10);
-            if (!*v || *x || n < 0 || errno || (clen >= 0 && clen != n) || *v == '+' ||
-                *v == '-') {
-                refuse(c, 400, "Bad Request", "INVALID_REQUEST",
-                       "The Content-Length is not valid.");
-                return -1;
-            }
-            clen = n;
-        } else if (strcasecmp(p, "Transfer-Encoding") == 0) {
-            te = 1;
-            chunked = strcasecmp(v, "chunked") == 0;
-        } else if (strcasecmp(p, "Connection") == 0) {
-            conn_close |= h1_list_has(v, "close");
-            conn_keep |= h1_list_has(v, "keep-alive");
-        } else if (strcasecmp(p, "Expect") == 0) {
-            expect = strcasecmp(v, "100-continue") == 0;
-        }
-        p = nl + 1;
+    c->n_hdr = rq.n_fields;
+    for (size_t i = 0; i < rq.n_fields; i++) {
+        char *name = (char *)f[i].name, *value = (char *)f[i].value;
+        name[f[i].name_len] = '\0';
+        value[f[i].value_len] = '\0';
+        c->hdr[i].name = name;
+        c->hdr[i].value = value;
     }
-    if (te && (!chunked || c->http10)) {
-        refuse(c, 501, "Not Implemented", "TRANSFER_ENCODING_NOT_SUPPORTED",
-               "Only Transfer-Encoding: chunked is supported (HTTP/1.1).");
-        return -1;
-    }
-    if (te && clen >= 0) {
-        refuse(c, 400, "Bad Request", "INVALID_REQUEST",
-               "Content-Length and Transfer-Encoding together are not accepted.");
-        return -1;
-    }
-    c->keep_alive = c->http10 ? conn_keep && !conn_close : !conn_close;
+    int64_t clen = fr->content_length;
+    c->keep_alive = c->http10 ? fr->conn_keep_alive && !fr->conn_close : !fr->conn_close;
     c->body_refused = 0;
     c->body_total = 0;
-    if (chunked) {
+    if (fr->chunked) {
         c->state = ST_BODY_CHUNKED;
-        c->chunk_state = CH_SIZE;
+        hp_chunked_init(&c->chunk);
+        c->chunk.max_line = CHUNK_LINE_MAX;
     } else if (clen > c->srv->lim.max_body_bytes) {
         c->body_refused = 1; /* answered (413) without reading it */
         c->state = ST_OPEN;
@@ -827,7 +776,7 @@ static int parse_head(h1_conn_t *c, size_t len)
     } else {
         c->state = ST_OPEN;
     }
-    if (expect && !c->http10 && (chunked || clen > 0) && !c->body_refused &&
+    if (fr->expect_continue && !c->http10 && (fr->chunked || clen > 0) && !c->body_refused &&
         c->ilen == c->ipos) {
         struct iovec v = {"HTTP/1.1 100 Continue\r\n\r\n", 25};
         send_parts(c, &v, 1, NULL, NULL, 0);
@@ -860,103 +809,34 @@ static size_t take_body(h1_conn_t *c, size_t n)
     return n;
 }
 
-/* One line of the chunked framing at ipos (without its CRLF), or NULL.
- * *bad is set when the line is too long. */
-static char *chunk_line(h1_conn_t *c, size_t *len, int *bad)
-{
-    char *s = c->ibuf + c->ipos;
-    size_t avail = c->ilen - c->ipos;
-    char *nl = memchr(s, '\n', avail < CHUNK_LINE_MAX ? avail : CHUNK_LINE_MAX);
-    if (!nl) {
-        *bad = avail >= CHUNK_LINE_MAX;
-        return NULL;
-    }
-    if (nl == s || nl[-1] != '\r') {
-        *bad = 1; /* the framing takes CRLF only */
-        return NULL;
-    }
-    *len = (size_t)(nl - s) - 1;
-    c->ipos += (size_t)(nl - s) + 1;
-    return s;
-}
-
-/* Advance the chunked body. 1: progress, 0: needs input, -1: refused. */
+/* Advance the chunked body (gateway/http/parse.c decodes the framing).
+ * 1: progress, 0: needs input, -1: refused. Trailer fields are read and
+ * dropped. */
 static int step_chunked(h1_conn_t *c)
 {
-    size_t len;
-    int bad = 0;
-    switch (c->chunk_state) {
-    case CH_SIZE: {
-        char *s = chunk_line(c, &len, &bad);
-        if (!s)
-            goto need;
-        int64_t n = 0;
-        size_t i = 0;
-        for (; i < len && i < 15; i++) {
-            char ch = s[i];
-            int d = ch >= '0' && ch <= '9'   ? ch - '0'
-                    : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
-                    : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
-                                             : -1;
-            if (d < 0)
-                break;
-            n = n * 16 + d;
-        }
-        size_t j = i;
-        while (j < len && (s[j] == ' ' || s[j] == '\t'))
-            j++;
-        if (i == 0 || (j < len && s[j] != ';')) {
-            refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
-            return -1;
-        }
-        if (n == 0) {
-            c->chunk_state = CH_TRAILER;
-            return 1;
-        }
-        if (c->body_total + n > c->srv->lim.max_body_bytes) {
+    hp_chunk_ev_t ev;
+    int rc = hp_chunked_next(&c->chunk, c->ibuf + c->ipos, c->ilen - c->ipos, &ev);
+    if (rc == HP_NEED)
+        return 0;
+    if (rc < 0) {
+        refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
+        return -1;
+    }
+    if (ev.type == HP_CH_DATA) {
+        if (c->body_total + (int64_t)ev.len > c->srv->lim.max_body_bytes) {
             /* Answered now (413); the rest is never read. */
             c->body_refused = 1;
             evbuffer_drain(c->body, evbuffer_get_length(c->body));
             deliver(c);
             return 1;
         }
-        c->body_total += n;
-        c->body_left = n;
-        c->chunk_state = CH_DATA;
-        return 1;
+        evbuffer_add(c->body, ev.data, ev.len);
+        c->body_total += (int64_t)ev.len;
     }
-    case CH_DATA:
-        c->body_left -= (int64_t)take_body(c, (size_t)c->body_left);
-        if (c->body_left > 0)
-            return 0;
-        c->chunk_state = CH_DATA_END;
-        return 1;
-    case CH_DATA_END: {
-        char *s = chunk_line(c, &len, &bad);
-        if (!s)
-            goto need;
-        if (len != 0) {
-            refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
-            return -1;
-        }
-        c->chunk_state = CH_SIZE;
-        return 1;
-    }
-    case CH_TRAILER: {
-        char *s = chunk_line(c, &len, &bad);
-        if (!s)
-            goto need;
-        if (len == 0)
-            deliver(c);
-        return 1; /* trailer fields are read and dropped */
-    }
-    }
-need:
-    if (bad) {
-        refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
-        return -1;
-    }
-    return 0;
+    c->ipos += (size_t)rc;
+    if (ev.type == HP_CH_END)
+        deliver(c);
+    return 1;
 }
 
 /* One step of reading requests. 1: progress, 0: needs input (or stops). */
