@@ -543,6 +543,21 @@ void h1_reply_chunk(h1_conn_t *c, struct evbuffer *data)
     send_parts(c, &a, 1, data, &b, 1);
 }
 
+void h1_reply_bytes(h1_conn_t *c, const void *data, size_t n)
+{
+    if (!c->open || c->dead || c->no_body_out || n == 0)
+        return;
+    struct iovec d = {(void *)data, n};
+    if (!c->chunked_out) {
+        send_parts(c, &d, 1, NULL, NULL, 0);
+        return;
+    }
+    char pre[24];
+    int pl = snprintf(pre, sizeof pre, "%zx\r\n", n);
+    struct iovec v[3] = {{pre, (size_t)pl}, d, {"\r\n", 2}};
+    send_parts(c, v, 3, NULL, NULL, 0);
+}
+
 size_t h1_pending(const h1_conn_t *c)
 {
     return pending(c);

@@ -10,8 +10,8 @@
  * connection reads into a buffer of its own, parses the head in place, and
  * writes an answer with one writev straight from its own buffer; only what
  * the socket does not take is queued (then EV_WRITE is asked for). TLS
- * connections go through bufferevent_openssl. The backend side stays on
- * evhttp's client (gateway/proxy.c).
+ * connections go through bufferevent_openssl. The request head is read by
+ * gateway/http/parse.c.
  *
  * One exchange (request + answer) at a time per connection; pipelined
  * requests wait in the input buffer until the answer before them is ended.
@@ -112,6 +112,8 @@ void h1_reply_buffer(h1_conn_t *c, int status, const char *reason, struct evbuff
 void h1_reply_start(h1_conn_t *c, int status, const char *reason, int64_t content_length);
 /* Body bytes of a started answer (drained from data). */
 void h1_reply_chunk(h1_conn_t *c, struct evbuffer *data);
+/* The same from memory (copied only when the socket does not take it). */
+void h1_reply_bytes(h1_conn_t *c, const void *data, size_t n);
 /* Bytes written to the connection and not yet taken by the socket. */
 size_t h1_pending(const h1_conn_t *c);
 /* cb runs (from the loop) once everything pending has been written. */
