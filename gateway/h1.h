@@ -97,10 +97,14 @@ void h1_set_close_cb(h1_conn_t *c, h1_event_cb cb, void *arg);
  * copied. */
 void h1_add_header(h1_conn_t *c, const char *name, const char *value);
 void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value);
+/* The same with lengths (strings not NUL-terminated). */
+void h1_add_header_n(h1_conn_t *c, const char *name, size_t name_len, const char *value,
+                     size_t value_len);
 /* How much has been added so far (a mark for h1_has_header). */
 size_t h1_headers_mark(const h1_conn_t *c);
 /* Whether a header of this name was added before mark. */
 int h1_has_header(const h1_conn_t *c, const char *name, size_t mark);
+int h1_has_header_n(const h1_conn_t *c, const char *name, size_t name_len, size_t mark);
 
 /* A whole answer: status line, the added headers, Date, Content-Length (and
  * Connection when it closes), then body. Ends the exchange. */
