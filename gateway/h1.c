@@ -429,7 +429,12 @@ static void end_exchange(h1_conn_t *c)
 
 void h1_add_header(h1_conn_t *c, const char *name, const char *value)
 {
-    size_t nl = strlen(name), vl = strlen(value), need = c->olen + nl + vl + 4;
+    h1_add_header_n(c, name, strlen(name), value, strlen(value));
+}
+
+void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl)
+{
+    size_t need = c->olen + nl + vl + 4;
     if (need > c->ocap) {
         size_t cap = c->ocap ? c->ocap : 1024;
         while (cap < need)
@@ -473,7 +478,11 @@ size_t h1_headers_mark(const h1_conn_t *c)
 
 int h1_has_header(const h1_conn_t *c, const char *name, size_t mark)
 {
-    size_t nl = strlen(name);
+    return h1_has_header_n(c, name, strlen(name), mark);
+}
+
+int h1_has_header_n(const h1_conn_t *c, const char *name, size_t nl, size_t mark)
+{
     const char *p = c->obuf, *end = c->obuf + (mark < c->olen ? mark : c->olen);
     while (p && p < end) {
         if ((size_t)(end - p) > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0)
@@ -541,6 +550,21 @@ void h1_reply_chunk(h1_conn_t *c, struct evbuffer *data)
     int pl = snprintf(pre, sizeof pre, "%zx\r\n", n);
     struct iovec a = {pre, (size_t)pl}, b = {"\r\n", 2};
     send_parts(c, &a, 1, data, &b, 1);
+}
+
+void h1_reply_bytes(h1_conn_t *c, const void *data, size_t n)
+{
+    if (!c->open || c->dead || c->no_body_out || n == 0)
+        return;
+    struct iovec d = {(void *)data, n};
+    if (!c->chunked_out) {
+        send_parts(c, &d, 1, NULL, NULL, 0);
+        return;
+    }
+    char pre[24];
+    int pl = snprintf(pre, sizeof pre, "%zx\r\n", n);
+    struct iovec v[3] = {{pre, (size_t)pl}, d, {"\r\n", 2}};
+    send_parts(c, v, 3, NULL, NULL, 0);
 }
 
 size_t h1_pending(const h1_conn_t *c)

@@ -10,8 +10,8 @@
  * connection reads into a buffer of its own, parses the head in place, and
  * writes an answer with one writev straight from its own buffer; only what
  * the socket does not take is queued (then EV_WRITE is asked for). TLS
- * connections go through bufferevent_openssl. The backend side stays on
- * evhttp's client (gateway/proxy.c).
+ * connections go through bufferevent_openssl. The request head is read by
+ * gateway/http/parse.c.
  *
  * One exchange (request + answer) at a time per connection; pipelined
  * requests wait in the input buffer until the answer before them is ended.
@@ -97,10 +97,14 @@ void h1_set_close_cb(h1_conn_t *c, h1_event_cb cb, void *arg);
  * copied. */
 void h1_add_header(h1_conn_t *c, const char *name, const char *value);
 void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value);
+/* The same with lengths (strings not NUL-terminated). */
+void h1_add_header_n(h1_conn_t *c, const char *name, size_t name_len, const char *value,
+                     size_t value_len);
 /* How much has been added so far (a mark for h1_has_header). */
 size_t h1_headers_mark(const h1_conn_t *c);
 /* Whether a header of this name was added before mark. */
 int h1_has_header(const h1_conn_t *c, const char *name, size_t mark);
+int h1_has_header_n(const h1_conn_t *c, const char *name, size_t name_len, size_t mark);
 
 /* A whole answer: status line, the added headers, Date, Content-Length (and
  * Connection when it closes), then body. Ends the exchange. */
@@ -112,6 +116,8 @@ void h1_reply_buffer(h1_conn_t *c, int status, const char *reason, struct evbuff
 void h1_reply_start(h1_conn_t *c, int status, const char *reason, int64_t content_length);
 /* Body bytes of a started answer (drained from data). */
 void h1_reply_chunk(h1_conn_t *c, struct evbuffer *data);
+/* The same from memory (copied only when the socket does not take it). */
+void h1_reply_bytes(h1_conn_t *c, const void *data, size_t n);
 /* Bytes written to the connection and not yet taken by the socket. */
 size_t h1_pending(const h1_conn_t *c);
 /* cb runs (from the loop) once everything pending has been written. */
