@@ -77,6 +77,7 @@ struct hc_exchange {
     int64_t left;
     hp_chunked_t ch;
     int got_bytes, got_head, write_failed, retried, reused, paused, keep_alive;
+    size_t head_rest;      /* bytes read past the head when on_head ran */
     int starting;          /* inside hc_request: a failure is not called back */
     enum hc_error failed;  /* the failure seen while starting */
 };
@@ -355,6 +356,7 @@ static int step_head(hc_conn_t *c, hc_exchange_t *x)
     }
     /* The head is all here: from now on only gaps in the body are timed. */
     arm_timeout(c, x->pool->o.timeout_ms);
+    x->head_rest = avail - (size_t)rc;
     int go = x->cb.on_head(x->arg, &res);
     if (c->x != x)
         return -1; /* cancelled from the callback */
@@ -759,6 +761,11 @@ void hc_pause(hc_exchange_t *x, int paused)
     process(c);
     c->busy--;
     maybe_free(c);
+}
+
+size_t hc_head_rest(const hc_exchange_t *x)
+{
+    return x->head_rest;
 }
 
 int hc_reused(const hc_exchange_t *x)

@@ -104,6 +104,9 @@ hc_exchange_t *hc_request(hc_pool_t *p, struct evbuffer *req, int is_head, int i
 void hc_pause(hc_exchange_t *x, int paused);
 /* End the exchange now: its connection is closed, no callback runs. */
 void hc_cancel(hc_exchange_t *x);
+/* During on_head: the bytes of the body (or framing) already read past the
+ * head (a body of known length that is all here can go out with the head). */
+size_t hc_head_rest(const hc_exchange_t *x);
 /* Whether the exchange was sent on a reused connection (for tests). */
 int hc_reused(const hc_exchange_t *x);
 
