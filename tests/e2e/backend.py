@@ -60,10 +60,13 @@ class Reply:
     produced; a float in it sleeps that long), with trailers
     [(name, value)] after the last chunk. close_delimited: no length, no
     chunking, the end of the body is the connection's close. cut: the
-    connection is closed after the chunks, without the final chunk."""
+    connection is closed after the chunks, without the final chunk. raw:
+    these bytes and nothing else (for answers no library would send).
+    close_after: the connection is closed after the answer without a
+    Connection: close (as a server that drops keep-alive connections)."""
 
     def __init__(self, status=200, body=b"", headers=(), chunks=None, trailers=(),
-                 close_delimited=False, cut=False):
+                 close_delimited=False, cut=False, raw=None, close_after=False):
         self.status = status
         self.headers = list(headers)
         if not isinstance(body, (bytes, str)):
@@ -74,6 +77,8 @@ class Reply:
         self.trailers = list(trailers)
         self.close_delimited = close_delimited
         self.cut = cut
+        self.raw = raw                  # bytes sent as they are, instead of all the above
+        self.close_after = close_after  # close the connection after the answer, unannounced
 
 
 def sse(events):
@@ -140,6 +145,7 @@ class Backend:
         self.lock = threading.Lock()
         self.in_flight = 0
         self.connections = 0
+        self.closed = 0
         backend = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -153,6 +159,13 @@ class Backend:
                 super().setup()
                 with backend.lock:
                     backend.connections += 1
+
+            def finish(self):
+                try:
+                    super().finish()
+                finally:
+                    with backend.lock:
+                        backend.closed += 1
 
             def _serve(self):
                 n = int(self.headers.get("Content-Length") or 0)
@@ -169,6 +182,12 @@ class Backend:
                         backend.in_flight -= 1
 
             def _send(self, rep):
+                if rep.close_after:
+                    self.close_connection = True
+                if rep.raw is not None:
+                    self.wfile.write(rep.raw)
+                    self.wfile.flush()
+                    return
                 self.send_response(rep.status)
                 for k, v in rep.headers:
                     self.send_header(k, v)
@@ -219,6 +238,16 @@ class Backend:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+    def wait_closed(self, n, timeout=10):
+        """Until n connections have been closed (by either side)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                if self.closed >= n:
+                    return
+            time.sleep(0.01)
+        raise AssertionError("only %d connections closed, wanted %d" % (self.closed, n))
 
     def wait_busy(self, n=1, timeout=10):
         """Until n requests are being answered; fails if they never are."""
