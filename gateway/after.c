@@ -104,15 +104,13 @@ static int job_id_of(json_t *v, char *out, size_t len)
     return job_id_ok(out) ? 0 : -1;
 }
 
-static void reconcile(request_t *r, struct evhttp_request *breq, json_t *body)
+static void reconcile(request_t *r, json_t *body)
 {
     const cfg_reconcile_t *rc = r->ep->reconcile;
     int64_t actual;
     int got;
     if (rc->response_header)
-        got = parse_units(evhttp_find_header(evhttp_request_get_input_headers(breq),
-                                             rc->response_header),
-                          &actual);
+        got = parse_units(r->has_units_field ? r->units_field : NULL, &actual);
     else
         got = body ? json_units(json_pointer_get(body, rc->response_pointer), &actual) : -1;
     if (got != 0) {
@@ -180,9 +178,9 @@ static void job_polled(request_t *r, const cfg_job_t *job, json_t *body)
     evhttp_clear_headers(&params);
 }
 
-void after_response(request_t *r, struct evhttp_request *breq)
+void after_response(request_t *r)
 {
-    int code = evhttp_request_get_response_code(breq);
+    int code = r->backend_status;
     if (code < 200 || code > 299)
         return;
     const cfg_endpoint_t *ep = r->ep;
@@ -192,7 +190,7 @@ void after_response(request_t *r, struct evhttp_request *breq)
         return;
     json_t *body = captured_json(r);
     if (admitted && ep->reconcile)
-        reconcile(r, breq, body);
+        reconcile(r, body);
     if (admitted && ep->job && lim_checks_have_gauge(r->checks, r->n_checks))
         job_created(r, body);
     if (status_of)

@@ -11,7 +11,6 @@
 #include <stdio.h>
 
 #include <event2/event.h>
-#include <event2/http.h>
 #include <jansson.h>
 #include <time.h>
 
@@ -69,8 +68,9 @@ enum req_state {
  *
  * Ownership: owns `cfg` (a reference), `checks`, the lease (when
  * `admitted`), the open exchange of `req` until it ends it (then `req` is
- * set to NULL; gateway/h1.h), and the backend request while `breq` is set.
- * Borrows `w`. `ep` and `key` point into `cfg`.
+ * set to NULL; gateway/h1.h).
+ * Borrows `w`. `ep` and `key` point into `cfg`. The backend exchange `bx`
+ * is client.c's; r only points at it while it runs (gateway/proxy.c).
  */
 typedef struct request {
     worker_t *w;
@@ -95,10 +95,12 @@ typedef struct request {
     lim_report_t rep;
     char rid[40];
     /* proxy */
-    struct evhttp_request *breq;
-    struct proxy_conn *bconn;
-    int backend_error;  /* enum evhttp_request_error + 1, 0 if none */
+    struct hc_exchange *bx; /* the backend exchange while it runs (gateway/http/client.h) */
     int backend_status;
+    char reason[64];     /* the backend's reason phrase */
+    char units_field[32]; /* reconcile.response_header's value (head or trailer) */
+    int has_units_field;
+    int hold_reply;      /* the head waits for the whole body (one write) */
     struct evbuffer *capture; /* copy of the answer's body, when needed (owned) */
     int64_t charged_ms;  /* store clock of the admission (for reconcile) */
     int lease_moved;     /* an async job holds the leases now */
@@ -113,7 +115,6 @@ typedef struct request {
     int64_t state_now_ms;
     int64_t state_remaining[LIM_MAX_CHECKS];
     int64_t state_reset_ms[LIM_MAX_CHECKS];
-    int in_make_request; /* inside evhttp_make_request: defer failures */
     int backend_paused;  /* backend not read until the client drains */
     const char *deny_body; /* a 429 answered from the deny cache: its body */
     char **deny_keep;      /* a 429 just kept by the deny cache: its body slot */
@@ -160,7 +161,7 @@ json_t *json_pointer_get(json_t *root, const char *ptr);
 /* after.c: what an answer from the backend changes: reconcile the units
  * and spend, hand leases over to an async job, release a job that is done.
  * Called once per successful backend answer, before it is ended. */
-void after_response(request_t *r, struct evhttp_request *breq);
+void after_response(request_t *r);
 /* 1 if the body of this request's answer must be kept for after_response. */
 int after_needs_body(const request_t *r);
 

@@ -471,6 +471,11 @@ void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
     h1_add_header(c, name, buf);
 }
 
+void h1_headers_reset(h1_conn_t *c)
+{
+    c->olen = 0;
+}
+
 size_t h1_headers_mark(const h1_conn_t *c)
 {
     return c->olen;

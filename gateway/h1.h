@@ -100,6 +100,8 @@ void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value);
 /* The same with lengths (strings not NUL-terminated). */
 void h1_add_header_n(h1_conn_t *c, const char *name, size_t name_len, const char *value,
                      size_t value_len);
+/* Forget the headers added so far. */
+void h1_headers_reset(h1_conn_t *c);
 /* How much has been added so far (a mark for h1_has_header). */
 size_t h1_headers_mark(const h1_conn_t *c);
 /* Whether a header of this name was added before mark. */

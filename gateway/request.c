@@ -150,7 +150,7 @@ void request_finish(request_t *r)
     worker_t *w = r->w;
     request_settle(r);
     request_unwatch_client(r);
-    if (r->breq)
+    if (r->bx)
         proxy_abort(r);
     if (r->capture) {
         evbuffer_free(r->capture);
