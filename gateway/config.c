@@ -1020,7 +1020,7 @@ static void parse_server(ctx_t *c, json_t *o)
 {
     static const char *const keys[] = {"listen", "workers", "tls", "max_body_bytes",
         "max_header_bytes", "client_timeout_ms", "drain_timeout_ms", "usage_path",
-        "ietf_headers", "openai_headers", NULL};
+        "ietf_headers", "openai_headers", "max_connections", NULL};
     config_t *cfg = c->cfg;
     const char *W = "server";
     check_keys(c, o, keys, W);
@@ -1032,6 +1032,7 @@ static void parse_server(ctx_t *c, json_t *o)
     get_int(c, o, W, "max_header_bytes", 0, 1, INT32_MAX, &cfg->server.max_header_bytes);
     get_int(c, o, W, "client_timeout_ms", 0, 1, INT32_MAX, &cfg->server.client_timeout_ms);
     get_int(c, o, W, "drain_timeout_ms", 0, 0, INT32_MAX, &cfg->server.drain_timeout_ms);
+    get_int(c, o, W, "max_connections", 0, 0, INT32_MAX, &cfg->server.max_connections);
     char *up = NULL;
     if (get_str(c, o, W, "usage_path", 0, &up) == 1) {
         if (up[0] != '/') {

@@ -131,6 +131,7 @@ typedef struct config {
         int64_t max_header_bytes;   /* 16384 */
         int64_t client_timeout_ms;  /* 30000 */
         int64_t drain_timeout_ms;   /* 30000 */
+        int64_t max_connections;    /* client connections open at once; 0: no cap */
         char *usage_path;           /* "/v1/usage" */
         int ietf_headers, openai_headers;
     } server;

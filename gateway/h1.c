@@ -41,6 +41,7 @@
 
 #define H1_MAX_HEADERS 100
 #define HOLD_INPUT (64 * 1024)     /* most input kept while an exchange is open */
+#define OUT_HIGH (256 * 1024)      /* most answer bytes queued before the next request is read */
 #define READ_CHUNK 16384
 #define LINGER_MS 2000
 #define CHUNK_LINE_MAX 1024
@@ -58,6 +59,13 @@ struct h1_server {
     h1_conn_t *conns;
     size_t n_conns;
     int draining, freeing;
+    struct event resume;       /* accept again after running out of fds */
+    int resume_set;
+    void (*log)(const char *line);
+    int64_t last_log_ms;       /* accept errors: one line a second at most */
+    unsigned long unlogged;    /* errors since the last line */
+    char *busy_answer;         /* the 503 over max_connections (owned) */
+    size_t busy_len;
 };
 
 struct h1_hdr {
@@ -81,6 +89,7 @@ struct h1_conn {
     int state;
     hp_chunked_t chunk;      /* a chunked request body being read */
     int dead, open, busy, in_process, notified, reading_paused;
+    int out_blocked;         /* input paused until the client reads its answers */
     /* the request */
     int method, http10, keep_alive, body_refused, no_body_out;
     int64_t body_left, body_total;
@@ -108,6 +117,12 @@ static int64_t now_ms(const h1_conn_t *c)
 
 /* ---- lifetime ---------------------------------------------------------- */
 
+static void server_destroy(h1_server_t *s)
+{
+    free(s->busy_answer);
+    free(s);
+}
+
 static void server_unlink(h1_server_t *s, h1_conn_t *c)
 {
     if (c->prev)
@@ -118,7 +133,7 @@ static void server_unlink(h1_server_t *s, h1_conn_t *c)
         c->next->prev = c->prev;
     s->n_conns--;
     if (s->freeing && s->n_conns == 0)
-        free(s);
+        server_destroy(s);
 }
 
 static void maybe_free(h1_conn_t *c)
@@ -282,12 +297,22 @@ static void arm_idle(h1_conn_t *c)
     }
 }
 
+static void process(h1_conn_t *c);
+
 /* Everything written: close, tell the callee, or go on reading. */
 static void drained(h1_conn_t *c)
 {
     if (c->state == ST_CLOSING) {
         close_or_linger(c);
         return;
+    }
+    if (c->out_blocked && !c->open) {
+        /* The client read what it was sent: its next requests are read. */
+        c->out_blocked = 0;
+        pause_reading(c, 0);
+        process(c);
+        if (c->dead)
+            return;
     }
     if (!c->open && c->state == ST_HEAD && c->ilen == c->ipos) {
         if (c->srv->draining) {
@@ -988,6 +1013,13 @@ static void process(h1_conn_t *c)
                 c->ilen += moved;
             }
         }
+        if (c->state == ST_HEAD && pending(c) > OUT_HIGH) {
+            /* A client that sends requests without reading the answers is
+             * not read either until it does (no answer piles up). */
+            c->out_blocked = 1;
+            pause_reading(c, 1);
+            break;
+        }
         if (step(c))
             continue;
         /* More decrypted input than fitted: take the rest before waiting. */
@@ -1194,11 +1226,107 @@ static void tls_event(struct bufferevent *bev, short what, void *arg)
 
 /* ---- the server -------------------------------------------------------- */
 
+static int64_t mono_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A line for the operator, one a second at most (the rest are counted). */
+static void server_log(h1_server_t *s, const char *what)
+{
+    int64_t now = mono_now_ms();
+    if (s->last_log_ms && now - s->last_log_ms < 1000) {
+        s->unlogged++;
+        return;
+    }
+    if (s->log) {
+        char line[256];
+        if (s->unlogged)
+            snprintf(line, sizeof line, "%s (and %lu more in the last second)", what, s->unlogged);
+        else
+            snprintf(line, sizeof line, "%s", what);
+        s->log(line);
+    }
+    s->last_log_ms = now;
+    s->unlogged = 0;
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    h1_server_t *s = arg;
+    if (s->lst && !s->draining)
+        evconnlistener_enable(s->lst);
+}
+
+/* accept() failed. Out of descriptors (or memory), the pending connection
+ * stays in the backlog and the listener would fire again at once: it is
+ * paused for a moment instead of spinning. */
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    h1_server_t *s = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        evconnlistener_disable(l);
+        struct timeval tv = {0, 100 * 1000};
+        evtimer_add(&s->resume, &tv);
+        server_log(s, err == EMFILE || err == ENFILE
+                          ? "accept: out of file descriptors; new connections wait 100 ms "
+                            "(raise LimitNOFILE or lower server.max_connections)"
+                          : "accept: out of memory; new connections wait 100 ms");
+        return;
+    }
+    char line[160];
+    snprintf(line, sizeof line, "accept: %s", evutil_socket_error_to_string(err));
+    server_log(s, line);
+}
+
+/* Over max_connections: a short answer (rendered once per server), then
+ * the connection closes. */
+static void refuse_connection(h1_server_t *s, evutil_socket_t fd)
+{
+    if (!s->busy_answer) {
+        json_t *j = error_json("service_unavailable", "TOO_MANY_CONNECTIONS",
+                               "The gateway has too many open connections.", NULL);
+        char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        if (body) {
+            static const char head[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                       "Content-Type: application/json\r\nRetry-After: 1\r\n"
+                                       "Connection: close\r\nContent-Length: ";
+            size_t bl = strlen(body), cap = sizeof head + bl + 32;
+            if ((s->busy_answer = malloc(cap)))
+                s->busy_len = (size_t)snprintf(s->busy_answer, cap, "%s%zu\r\n\r\n%s", head, bl,
+                                               body);
+            free(body);
+        }
+    }
+    if (s->busy_answer) {
+        ssize_t w = send(fd, s->busy_answer, s->busy_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
+    /* What the client sent already is read, so that closing does not
+     * reset the connection under the answer. */
+    char sink[4096];
+    for (int i = 0; i < 4 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++)
+        ;
+    shutdown(fd, SHUT_WR);
+    evutil_closesocket(fd);
+    server_log(s, "server.max_connections reached: a new connection was refused with 503");
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
     (void)l;
     h1_server_t *s = arg;
+    if (s->lim.max_connections && s->n_conns >= s->lim.max_connections) {
+        refuse_connection(s, fd);
+        return;
+    }
     h1_conn_t *c = calloc(1, sizeof *c);
     if (!c || !(c->ibuf = malloc(READ_CHUNK)) || !(c->body = evbuffer_new()) ||
         !(c->out = evbuffer_new())) {
@@ -1281,7 +1409,15 @@ h1_server_t *h1_server_new(struct event_base *base, int fd, const h1_limits_t *l
         free(s);
         return NULL;
     }
+    evconnlistener_set_error_cb(s->lst, on_accept_error);
+    evtimer_assign(&s->resume, base, on_resume, s);
+    s->resume_set = 1;
     return s;
+}
+
+void h1_server_set_log(h1_server_t *s, void (*log)(const char *line))
+{
+    s->log = log;
 }
 
 void h1_server_set_limits(h1_server_t *s, const h1_limits_t *lim)
@@ -1296,6 +1432,8 @@ size_t h1_server_conns(const h1_server_t *s)
 
 static void stop_listening(h1_server_t *s)
 {
+    if (s->resume_set)
+        event_del(&s->resume);
     if (s->lst) {
         evconnlistener_free(s->lst);
         s->lst = NULL;
@@ -1325,7 +1463,7 @@ void h1_server_free(h1_server_t *s)
     stop_listening(s);
     s->draining = 1;
     if (s->n_conns == 0) {
-        free(s);
+        server_destroy(s);
         return;
     }
     s->freeing = 1;

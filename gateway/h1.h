@@ -55,12 +55,16 @@ typedef struct h1_limits {
     size_t max_header_bytes;
     int64_t max_body_bytes;  /* a larger body is not read (h1_body_refused) */
     int64_t timeout_ms;      /* whole head, body gaps, idle keep-alive, writes */
+    size_t max_connections;  /* open at once; more are refused with a 503 (0: no cap) */
 } h1_limits_t;
 
 /* Serve the listening socket fd (taken over) on base. */
 h1_server_t *h1_server_new(struct event_base *base, int fd, const h1_limits_t *lim,
                            h1_request_cb cb, h1_tls_cb tls, void *arg);
 void h1_server_set_limits(h1_server_t *s, const h1_limits_t *lim);
+/* Where the server's operational lines go (accept errors), one a second at
+ * most. */
+void h1_server_set_log(h1_server_t *s, void (*log)(const char *line));
 /* Stop accepting; idle connections are closed, the others after their
  * answer ("Connection: close" is added). */
 void h1_server_drain(h1_server_t *s);

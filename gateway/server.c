@@ -70,10 +70,24 @@ static int64_t body_cap(const config_t *c)
 
 static h1_limits_t http_limits(const config_t *c)
 {
+    long workers = c->server.workers;
+    if (workers <= 0)
+        workers = sysconf(_SC_NPROCESSORS_ONLN);
+    if (workers <= 0)
+        workers = 1;
+    /* The instance's cap, shared out among the workers (each accepts on a
+     * SO_REUSEPORT socket of its own). */
+    int64_t cap = c->server.max_connections;
     h1_limits_t l = {.max_header_bytes = (size_t)c->server.max_header_bytes,
                      .max_body_bytes = body_cap(c),
-                     .timeout_ms = c->server.client_timeout_ms};
+                     .timeout_ms = c->server.client_timeout_ms,
+                     .max_connections = cap ? (size_t)((cap + workers - 1) / workers) : 0};
     return l;
+}
+
+static void http_log(const char *line)
+{
+    log_msg(LOG_WARN, "%s", line);
 }
 
 /* Each TLS connection takes the context of the worker's current snapshot:
@@ -203,6 +217,7 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
         close(fd);
         return -1;
     }
+    h1_server_set_log(w->http, http_log);
     if (lim_deny_init(&w->deny, 4096) != 0)
         return -1;
     w->store = store_attach(store, w->base);
