@@ -15,6 +15,8 @@
  * The struct is freed only when dead && !open && !busy (maybe_free).
  */
 #include <errno.h>
+#include <malloc.h>
+#include <stdatomic.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -59,6 +61,7 @@ struct h1_server {
     h1_conn_t *conns;
     size_t n_conns;
     int draining, freeing;
+    int defer_body;            /* deliver heads before their bodies */
     struct event resume;       /* accept again after running out of fds */
     int resume_set;
     void (*log)(const char *line);
@@ -90,6 +93,14 @@ struct h1_conn {
     hp_chunked_t chunk;      /* a chunked request body being read */
     int dead, open, busy, in_process, notified, reading_paused;
     int out_blocked;         /* input paused until the client reads its answers */
+    /* A body read only when the callee asks for it (h1_read_body). */
+    int body_deferred;       /* the head was delivered; its body is still to come */
+    int expect100;           /* the client waits for 100 Continue */
+    int body_status;         /* H1_BODY_* */
+    h1_event_cb body_cb;
+    void *body_arg;
+    int64_t body_max, body_got, body_start_ms;
+    int64_t reserved;        /* of the process-wide body budget */
     /* the request */
     int method, http10, keep_alive, body_refused, no_body_out;
     int64_t body_left, body_total;
@@ -366,7 +377,50 @@ static const char *date_line(const h1_conn_t *c)
 
 static int answer_closes(const h1_conn_t *c)
 {
-    return !c->keep_alive || c->srv->draining || c->body_refused || c->closing_after;
+    return !c->keep_alive || c->srv->draining || c->body_refused || c->closing_after ||
+           c->body_deferred;
+}
+
+/* Bodies buffered by every connection of the process, and the most they
+ * may take together (0: no budget). */
+static _Atomic int64_t body_in_use;
+static int64_t body_budget;
+static _Atomic int64_t body_peak;
+
+void h1_set_body_budget(int64_t bytes)
+{
+    body_budget = bytes;
+}
+
+int64_t h1_body_buffered(void)
+{
+    return atomic_load(&body_in_use);
+}
+
+static int reserve_body(h1_conn_t *c, int64_t n)
+{
+    int64_t now = atomic_fetch_add(&body_in_use, n) + n;
+    if (body_budget && now > body_budget) {
+        atomic_fetch_sub(&body_in_use, n);
+        return -1;
+    }
+    c->reserved += n;
+    if (now > atomic_load(&body_peak))
+        atomic_store(&body_peak, now);
+    return 0;
+}
+
+static void release_body(h1_conn_t *c)
+{
+    if (!c->reserved)
+        return;
+    int64_t left = atomic_fetch_sub(&body_in_use, c->reserved) - c->reserved;
+    c->reserved = 0;
+    /* After a burst of large bodies, give the memory back. */
+    if (left == 0 && atomic_load(&body_peak) > 16 * 1024 * 1024) {
+        atomic_store(&body_peak, 0);
+        malloc_trim(0);
+    }
 }
 
 /* Status line and Date into a; Content-Length / chunked / Connection and
@@ -423,6 +477,15 @@ static void end_exchange(h1_conn_t *c)
     c->n_hdr = 0;
     if (c->body)
         evbuffer_drain(c->body, evbuffer_get_length(c->body));
+    release_body(c);
+    c->body_cb = NULL;
+    if (c->body_deferred) {
+        /* Answered without its body (404, 401, 403, 413...): the body is
+         * never read, the connection closes after the answer. */
+        c->body_deferred = 0;
+        c->body_refused = 1;
+        c->closing_after = 1;
+    }
     if (c->dead) {
         maybe_free(c);
         return;
@@ -644,7 +707,49 @@ const char *h1_query(const h1_conn_t *c) { return c->query; }
 int h1_is_http10(const h1_conn_t *c) { return c->http10; }
 size_t h1_header_count(const h1_conn_t *c) { return c->n_hdr; }
 struct evbuffer *h1_body(h1_conn_t *c) { return c->body; }
+static void finish_body(h1_conn_t *c, int status);
+static void process(h1_conn_t *c);
 int h1_body_refused(const h1_conn_t *c) { return c->body_refused; }
+int h1_body_status(const h1_conn_t *c) { return c->body_status; }
+int h1_body_pending(const h1_conn_t *c) { return c->body_deferred; }
+
+void h1_server_defer_body(h1_server_t *s, int on)
+{
+    s->defer_body = on;
+}
+
+void h1_read_body(h1_conn_t *c, int64_t max_bytes, h1_event_cb cb, void *arg)
+{
+    if (!c->open)
+        return;
+    if (!c->body_deferred) {
+        cb(c, arg); /* no body, or read already */
+        return;
+    }
+    c->body_cb = cb;
+    c->body_arg = arg;
+    c->body_max = max_bytes;
+    if (c->state == ST_BODY_CL) {
+        if (c->body_left > max_bytes) {
+            finish_body(c, H1_BODY_TOO_LARGE);
+            return;
+        }
+        if (reserve_body(c, c->body_left) != 0) {
+            finish_body(c, H1_BODY_NO_ROOM);
+            return;
+        }
+    }
+    if (c->expect100 && c->ilen == c->ipos && !c->dead) {
+        struct iovec v = {"HTTP/1.1 100 Continue\r\n\r\n", 25};
+        send_parts(c, &v, 1, NULL, NULL, 0);
+    }
+    c->expect100 = 0;
+    pause_reading(c, 0);
+    c->busy++;
+    process(c);
+    c->busy--;
+    maybe_free(c);
+}
 
 const char *h1_header(const h1_conn_t *c, const char *name)
 {
@@ -830,6 +935,14 @@ static int parse_head(h1_conn_t *c, size_t len)
     } else {
         c->state = ST_OPEN;
     }
+    c->body_got = 0;
+    c->body_max = c->srv->lim.max_body_bytes;
+    if (c->srv->defer_body && (c->state == ST_BODY_CL || c->state == ST_BODY_CHUNKED)) {
+        c->body_deferred = 1; /* delivered now, read on h1_read_body */
+        c->expect100 = fr->expect_continue && !c->http10;
+        c->body_status = H1_BODY_OK;
+        return 0;
+    }
     if (fr->expect_continue && !c->http10 && (fr->chunked || clen > 0) && !c->body_refused &&
         c->ilen == c->ipos) {
         struct iovec v = {"HTTP/1.1 100 Continue\r\n\r\n", 25};
@@ -838,8 +951,41 @@ static int parse_head(h1_conn_t *c, size_t len)
     return 0;
 }
 
+/* The head goes to the callee; the body waits for h1_read_body. */
+static void deliver_head(h1_conn_t *c)
+{
+    c->open = 1;
+    c->notified = 0;
+    c->closing_after = 0;
+    c->chunked_out = 0;
+    c->olen = 0;
+    c->head_start_ms = 0;
+    c->body_start_ms = now_ms(c);
+    pause_reading(c, 1);
+    c->srv->cb(c, c->srv->arg);
+}
+
+/* The deferred body is read (or refused): back to the callee. */
+static void finish_body(h1_conn_t *c, int status)
+{
+    c->body_deferred = 0;
+    c->body_status = status;
+    if (status == H1_BODY_OK)
+        c->state = ST_OPEN;
+    else
+        c->body_refused = 1;
+    h1_event_cb cb = c->body_cb;
+    c->body_cb = NULL;
+    if (cb)
+        cb(c, c->body_arg);
+}
+
 static void deliver(h1_conn_t *c)
 {
+    if (c->open) {
+        finish_body(c, H1_BODY_OK); /* a deferred body is complete */
+        return;
+    }
     c->state = ST_OPEN;
     c->open = 1;
     c->notified = 0;
@@ -859,6 +1005,7 @@ static size_t take_body(h1_conn_t *c, size_t n)
     if (n) {
         evbuffer_add(c->body, c->ibuf + c->ipos, n);
         c->ipos += n;
+        c->body_got += (int64_t)n;
     }
     return n;
 }
@@ -877,20 +1024,40 @@ static int step_chunked(h1_conn_t *c)
         return -1;
     }
     if (ev.type == HP_CH_DATA) {
-        if (c->body_total + (int64_t)ev.len > c->srv->lim.max_body_bytes) {
+        if (c->body_total + (int64_t)ev.len > c->body_max) {
             /* Answered now (413); the rest is never read. */
             c->body_refused = 1;
             evbuffer_drain(c->body, evbuffer_get_length(c->body));
-            deliver(c);
+            if (c->open)
+                finish_body(c, H1_BODY_TOO_LARGE);
+            else
+                deliver(c);
+            return 1;
+        }
+        if (c->open && reserve_body(c, (int64_t)ev.len) != 0) {
+            evbuffer_drain(c->body, evbuffer_get_length(c->body));
+            finish_body(c, H1_BODY_NO_ROOM);
             return 1;
         }
         evbuffer_add(c->body, ev.data, ev.len);
         c->body_total += (int64_t)ev.len;
+        c->body_got += (int64_t)ev.len;
     }
     c->ipos += (size_t)rc;
     if (ev.type == HP_CH_END)
         deliver(c);
     return 1;
+}
+
+/* A deferred body that does not keep up server.min_body_rate once
+ * client_timeout_ms has passed since its head. */
+static int too_slow(h1_conn_t *c)
+{
+    int64_t rate = c->srv->lim.min_body_rate;
+    if (rate <= 0)
+        return 0;
+    int64_t elapsed = now_ms(c) - c->body_start_ms;
+    return elapsed > c->srv->lim.timeout_ms && c->body_got * 1000 / elapsed < rate;
 }
 
 /* One step of reading requests. 1: progress, 0: needs input (or stops). */
@@ -965,6 +1132,10 @@ static int step(h1_conn_t *c)
             return 0;
         if (c->state == ST_OPEN)
             deliver(c);
+        else if (c->body_deferred) {
+            deliver_head(c);
+            return 0;
+        }
         return 1;
     }
     if (c->state == ST_BODY_CL) {
@@ -984,8 +1155,13 @@ static void process(h1_conn_t *c)
     if (c->in_process)
         return;
     c->in_process = 1;
-    while (!c->dead && !c->open &&
-           (c->state == ST_HEAD || c->state == ST_BODY_CL || c->state == ST_BODY_CHUNKED)) {
+    while (!c->dead && (!c->open || c->body_cb) &&
+           ((c->state == ST_HEAD && !c->open) || c->state == ST_BODY_CL ||
+            c->state == ST_BODY_CHUNKED)) {
+        if (c->open && too_slow(c)) {
+            finish_body(c, H1_BODY_TOO_SLOW);
+            break;
+        }
         size_t moved = 0;
         if (c->bev) {
             /* TLS: move decrypted input into ibuf. */
@@ -1036,6 +1212,10 @@ static void on_idle_timeout(h1_conn_t *c)
 {
     if (c->state == ST_LINGER) {
         fail(c);
+        return;
+    }
+    if (c->open && c->body_cb) {
+        finish_body(c, H1_BODY_TOO_SLOW); /* a gap in the body */
         return;
     }
     /* Still writing (the write timeout covers a client that stopped
@@ -1131,7 +1311,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     ssize_t n = read(fd, c->ibuf + c->ilen, room);
     if (n > 0) {
         c->ilen += (size_t)n;
-        if (!c->open)
+        if (!c->open || c->body_cb)
             process(c);
         else if (c->ilen - c->ipos >= HOLD_INPUT)
             pause_reading(c, 1);
@@ -1191,7 +1371,7 @@ static void tls_read(struct bufferevent *bev, void *arg)
     c->busy++;
     if (c->state == ST_CLOSING || c->state == ST_LINGER) {
         evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
-    } else if (!c->open) {
+    } else if (!c->open || c->body_cb) {
         process(c);
     } else if (evbuffer_get_length(bufferevent_get_input(bev)) >= HOLD_INPUT) {
         pause_reading(c, 1);

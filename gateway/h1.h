@@ -56,6 +56,7 @@ typedef struct h1_limits {
     int64_t max_body_bytes;  /* a larger body is not read (h1_body_refused) */
     int64_t timeout_ms;      /* whole head, body gaps, idle keep-alive, writes */
     size_t max_connections;  /* open at once; more are refused with a 503 (0: no cap) */
+    int64_t min_body_rate;   /* bytes/s a body must average after timeout_ms (0: off) */
 } h1_limits_t;
 
 /* Serve the listening socket fd (taken over) on base. */
@@ -87,6 +88,29 @@ struct evbuffer *h1_body(h1_conn_t *c);
 /* 1 when the body was larger than max_body_bytes and was not read: the
  * answer (a 413) closes the connection. */
 int h1_body_refused(const h1_conn_t *c);
+
+/*
+ * Bodies after decisions (h1_server_defer_body): the callback gets a
+ * request as soon as its head is here; h1_body_pending() says a body is
+ * still to come, and the callee reads it with h1_read_body() only for a
+ * request it will serve. An exchange answered without reading its body
+ * closes its connection after the answer (the body is never read).
+ * h1_read_body calls cb once (possibly before it returns) when the body is
+ * all here (H1_BODY_OK) or refused: larger than max_bytes
+ * (H1_BODY_TOO_LARGE, nothing more is read), no room in the process-wide
+ * budget (H1_BODY_NO_ROOM), or too slow (H1_BODY_TOO_SLOW: a gap over
+ * timeout_ms, or under min_body_rate). With no body pending, cb runs at
+ * once. A client that asked for 100 Continue gets it from h1_read_body.
+ */
+enum { H1_BODY_OK = 0, H1_BODY_TOO_LARGE, H1_BODY_NO_ROOM, H1_BODY_TOO_SLOW };
+void h1_server_defer_body(h1_server_t *s, int on);
+int h1_body_pending(const h1_conn_t *c);
+void h1_read_body(h1_conn_t *c, int64_t max_bytes, h1_event_cb cb, void *arg);
+int h1_body_status(const h1_conn_t *c);
+/* Every server of the process together buffers at most this many body
+ * bytes (0: no budget); what is buffered now. */
+void h1_set_body_budget(int64_t bytes);
+int64_t h1_body_buffered(void);
 const char *h1_peer(h1_conn_t *c); /* the client's address as text */
 
 /* Whether a comma-separated field value (a Connection header) holds
