@@ -12,6 +12,13 @@
  * evhttp_request is owned by evhttp; r->breq is cleared when it completes
  * or fails, and proxy_abort() frees the connection (and with it the
  * request, without callbacks) when the client goes away first.
+ *
+ * A job create whose client leaves is not aborted: its leases may belong
+ * to a job by now. proxy_keep_without_client() puts it on the worker's
+ * list of kept requests (`kept`, the worker thread's own): its answer is
+ * read to the end with no client (r->req is NULL), after_response() runs,
+ * and request_finish() takes it off the list. A worker that exits with
+ * kept requests still on it ends them in proxy_pools_free().
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -54,6 +61,7 @@ typedef struct proxy_pool {
 #define POOL_IDLE_MAX 256 /* idle keep-alive connections per backend per worker */
 
 static __thread struct evdns_base *dns;
+static __thread request_t *kept;
 
 static int same_file(const char *a, const char *b)
 {
@@ -190,8 +198,35 @@ static void conn_free_later(evutil_socket_t fd, short what, void *arg)
     free(c);
 }
 
+void proxy_keep_without_client(request_t *r)
+{
+    r->keep_backend = 1;
+    r->kept_next = kept;
+    r->kept_prev = &kept;
+    if (kept)
+        kept->kept_prev = &r->kept_next;
+    kept = r;
+}
+
+void proxy_forget_kept(request_t *r)
+{
+    if (!r->kept_prev)
+        return;
+    *r->kept_prev = r->kept_next;
+    if (r->kept_next)
+        r->kept_next->kept_prev = r->kept_prev;
+    r->kept_next = NULL;
+    r->kept_prev = NULL;
+}
+
 void proxy_pools_free(worker_t *w)
 {
+    /* The worker exits: answers still read for a gone client are cut. */
+    while (kept) {
+        request_t *r = kept;
+        proxy_abort(r);
+        request_finish(r); /* takes it off the list */
+    }
     proxy_pool_t *p = w->pools;
     while (p) {
         proxy_pool_t *next = p->next;
@@ -408,7 +443,7 @@ static int on_backend_headers(struct evhttp_request *breq, void *arg)
     request_t *r = arg;
     int code = evhttp_request_get_response_code(breq);
     if (r->client_gone)
-        return -1;
+        return r->keep_backend ? 0 : -1; /* kept: read on, send nothing */
     if (code == 100)
         return 0; /* evhttp reads the final answer next */
     if (code < 200)
@@ -466,6 +501,8 @@ static void on_backend_chunk(struct evhttp_request *breq, void *arg)
     request_t *r = arg;
     struct evbuffer *in = evhttp_request_get_input_buffer(breq);
     if (r->client_gone) {
+        if (r->keep_backend)
+            keep_copy(r, in);
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
@@ -524,6 +561,16 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
         return;
     }
     int code = evhttp_request_get_response_code(breq);
+    if (!r->req) {
+        /* Kept for a client that left: the answer only matters to the
+         * store. */
+        if (c)
+            conn_give_back(c);
+        keep_copy(r, evhttp_request_get_input_buffer(breq));
+        after_response(r, breq);
+        request_finish(r);
+        return;
+    }
     if (c && (cmd_of(r->req) == EVHTTP_REQ_HEAD || code == 204 || code == 304)) {
         /* A backend that sends a body anyway would leave it on the
          * connection for the next request: this one is not reused. */
