@@ -59,7 +59,8 @@ static json_t *captured_json(request_t *r)
     if (!r->capture || evbuffer_get_length(r->capture) == 0)
         return NULL;
     size_t n = evbuffer_get_length(r->capture);
-    return json_loadb((const char *)evbuffer_pullup(r->capture, -1), n, 0, NULL);
+    /* JSON_ALLOW_NUL: a job id may hold \u0000 (ids are opaque bytes). */
+    return json_loadb((const char *)evbuffer_pullup(r->capture, -1), n, JSON_ALLOW_NUL, NULL);
 }
 
 /* A non-negative whole number from a header value or a JSON value. */
