@@ -193,6 +193,9 @@ static void on_client_close(h1_conn_t *c, void *arg)
         h1_abort(r->req);
         r->req = NULL;
         proxy_keep_without_client(r);
+        log_msg(LOG_INFO, "request %s: the client left before the job's create answer; "
+                          "the answer is still read for the job id",
+                r->rid);
         return;
     }
     if (r->state == RQ_PROXY) {

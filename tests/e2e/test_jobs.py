@@ -81,10 +81,12 @@ class Setup:
     """Gateways on one store, accounts acme and evil (a key each), a
     concurrency limit per account on the create endpoint."""
 
-    def __init__(self, env, store, limit=2, max_seconds=3600, instances=1, pick="first"):
+    def __init__(self, env, store, limit=2, max_seconds=3600, instances=1, pick="first",
+                 drain_ms=5000):
         self.env = env
         self.svc = VideoService(env, pick)
         cfg = base_config(self.svc.b.port, free_port())
+        cfg["server"]["drain_timeout_ms"] = drain_ms
         cfg["backends"]["models"]["timeout_ms"] = 10000
         cfg["endpoints"] = {
             "txt2video": {"method": "POST", "path": CREATE, "backend": "models",
@@ -376,6 +378,34 @@ def client_leaves(env, store):
     eq(s.running("acme"), 0, "a refused create's lease is given back")
 
 
+def wait_log(s, text, timeout=10):
+    deadline = time.time() + timeout
+    while text not in s.log():
+        assert time.time() < deadline, "the gateway never logged %r" % text
+        time.sleep(0.05)
+
+
+def stop_while_kept(env, store):
+    """A create whose client left is still being read when the gateway is
+    told to stop, and the answer comes after the drain deadline: the
+    gateway cuts it and exits cleanly (close() checks exit 0 and no
+    sanitizer report), and the lease does not outlive the request."""
+    s = Setup(env, store, drain_ms=300)
+    sk = send_and_leave(s.gw().port, s.keys["acme"], {"id": "slow", "delay": 3.0})
+    s.svc.b.wait_busy(1)
+    sk.close()
+    wait_log(s, "the client left before the job's create answer")
+    eq(s.running("acme"), 1, "the kept create holds its lease")
+    g = s.gw()
+    t0 = time.time()
+    g.stop()
+    assert time.time() - t0 < 2.5, "stopped at the drain deadline, not after the backend"
+    if store == "redis":
+        g2, = env.start_gateways(json.loads(open(g.config_path).read()), 1)
+        s.gws = [g2]
+        eq(s.running("acme"), 0, "the cut request gave its lease back")
+
+
 def admin_done(env, store):
     """POST /admin/jobs/{id}/done[?account=ID]: the id percent-encoded in the
     path (it may hold '/'), the account optional while one account holds
@@ -410,4 +440,5 @@ def admin_done(env, store):
 
 run(for_both(variant_attack) + for_both(pct5f_attack) +
     for_both(cross_account_poll) + for_both(same_id) + for_both(odd_ids) +
-    for_both(unusable_ids) + for_both(client_leaves) + for_both(admin_done))
+    for_both(unusable_ids) + for_both(client_leaves) + for_both(stop_while_kept) +
+    for_both(admin_done))
