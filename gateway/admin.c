@@ -1,5 +1,5 @@
 /*
- * gateway/admin.c: the admin listener (SPEC §5), on its own address, served
+ * gateway/admin.c: the admin listener, on its own address, served
  * by worker 0's event loop. Health needs no token; everything under
  * /admin/ needs `Authorization: Bearer TOKEN` whose SHA-256 is configured,
  * compared in constant time.

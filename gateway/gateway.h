@@ -70,7 +70,10 @@ enum req_state {
  * Ownership: owns `cfg` (a reference), `checks`, the lease (when
  * `admitted`), the open exchange of `req` until it ends it (then `req` is
  * set to NULL; gateway/h1.h), and the backend request while `breq` is set.
- * Borrows `w`. `ep` and `key` point into `cfg`.
+ * Borrows `w`. `ep` and `key` point into `cfg`. A job create whose client
+ * left (`keep_backend`) has no connection any more (`req` NULL): only the
+ * backend's callbacks and request_finish touch it, and proxy.c's list of
+ * kept requests points at it until request_finish.
  */
 typedef struct request {
     worker_t *w;

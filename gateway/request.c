@@ -553,7 +553,7 @@ void request_start(worker_t *w, h1_conn_t *req)
     }
     r->n_checks = n;
     /* A lease outlives a gateway that died holding it by at most this
-     * (SPEC §3): the job's max_seconds, else the backend timeout + 30 s. */
+     * (the docs promise it): the job's max_seconds, else the backend timeout + 30 s. */
     int64_t ttl = r->ep->job ? r->ep->job->max_seconds * 1000
                              : cfg->backends[r->ep->backend].timeout_ms + 30000;
     for (size_t i = 0; i < n; i++)

@@ -9,8 +9,9 @@
  * entries that count nothing any more, so memory follows live counters.
  *
  * Async jobs that hold leases are kept in a job table of their own (with
- * its own mutex): the gauge counts keep the job's lease until job_done() or
- * the job's expiry, found by a sweep at most once a second.
+ * its own mutex), one entry per create, named by account and job: the
+ * gauge counts keep the job's lease until job_done() of that account and
+ * job, or the job's expiry, found by a sweep at most once a second.
  *
  * Ownership: entries and jobs belong to the store; nothing is handed out.
  * Callbacks run before the call returns, with no lock held.

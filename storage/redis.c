@@ -67,7 +67,7 @@ typedef struct rcall {
     void *arg;
     const lim_check_t *checks; /* borrowed until answered */
     size_t n;
-    char lease_id[72];
+    char lease_id[72];         /* RC_JOB_FIND: the job's name */
     void (*done_cb)(void *arg, int found); /* RC_JOB_DONE, RC_JOB_FIND */
     int answered;
     int retried;               /* NOSCRIPT: loaded and sent again once */
