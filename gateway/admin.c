@@ -1,5 +1,5 @@
 /*
- * gateway/admin.c: the admin listener (SPEC §5), on its own address, served
+ * gateway/admin.c: the admin listener, on its own address, served
  * by worker 0's event loop. Health needs no token; everything under
  * /admin/ needs `Authorization: Bearer TOKEN` whose SHA-256 is configured,
  * compared in constant time.
@@ -20,6 +20,7 @@
 #include "errjson.h"
 #include "gateway.h"
 #include "metrics.h"
+#include "query.h"
 #include "server.h"
 
 static admin_reload_fn reload_fn;
@@ -78,6 +79,10 @@ static void on_job_done(void *arg, int found)
     else if (found == 0)
         reply_error(d->req, 404, "Not Found", "not_found_error", "JOB_NOT_FOUND",
                     "No lease is held for this job.", NULL);
+    else if (found == -2)
+        reply_error(d->req, 400, "Bad Request", "invalid_request_error", "INVALID_REQUEST",
+                    "Several accounts hold a job of this id: name one with ?account=ID.",
+                    NULL);
     else
         reply_error(d->req, 503, "Service Unavailable", "service_unavailable",
                     "LIMITER_UNAVAILABLE", "The store cannot be reached.", NULL);
@@ -159,15 +164,29 @@ static void admin_handle(h1_conn_t *req, void *arg)
     size_t pl = strlen(prefix), sl = strlen(suffix), n = strlen(path);
     if (m == H1_POST && n > pl + sl && strncmp(path, prefix, pl) == 0 &&
         strcmp(path + n - sl, suffix) == 0) {
-        char id[80];
-        size_t idlen = n - pl - sl;
-        if (idlen >= sizeof id || memchr(path + pl, '/', idlen)) {
+        /* The id is percent-decoded: an id holding '/' comes as %2F. */
+        char id[256 + 1], account[256 + 1];
+        size_t idlen = query_decode(path + pl, n - pl - sl, 0, id, sizeof id - 1);
+        size_t alen = 0;
+        int na = query_param(h1_query(req), "account", account, sizeof account, &alen);
+        if (na > 1 || (na == 1 && (alen == 0 || alen >= sizeof account ||
+                                   memchr(account, '\0', alen)))) {
+            reply_error(req, 400, "Bad Request", "invalid_request_error", "INVALID_REQUEST",
+                        na > 1 ? "Give ?account=ID once." : "?account= names no account.",
+                        NULL);
+            return;
+        }
+        /* Account names are [A-Za-z0-9_.-]: another one holds nothing. */
+        int acct_ok = na == 0 || (alen <= 64 && strspn(account, "abcdefghijklmnopqrstuvwxyz"
+                                                                "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                                "0123456789_.-") == alen);
+        if (idlen == 0 || idlen > 256 || !acct_ok) {
             reply_error(req, 404, "Not Found", "not_found_error", "JOB_NOT_FOUND",
                         "No lease is held for this job.", NULL);
             return;
         }
-        memcpy(id, path + pl, idlen);
-        id[idlen] = '\0';
+        char name[65];
+        after_job_name(id, idlen, name);
         done_ctx_t *d = malloc(sizeof *d);
         if (!d) {
             reply_error(req, 503, "Service Unavailable", "api_error", "INTERNAL_ERROR",
@@ -175,7 +194,7 @@ static void admin_handle(h1_conn_t *req, void *arg)
             return;
         }
         d->req = req;
-        store_job_done(w->store, id, on_job_done, d);
+        store_job_done(w->store, na == 1 ? account : NULL, name, on_job_done, d);
         return;
     }
     reply_error(req, 404, "Not Found", "not_found_error", "NOT_FOUND", "No such admin route.",

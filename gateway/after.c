@@ -6,10 +6,18 @@
  *    body); the difference to the estimate charged at admission is added to
  *    (or given back from) every units and spend counter of the request.
  *  - job create: the answer of a `job` endpoint carries the job id; the
- *    request's leases are handed over to the job and outlive the request.
+ *    request's leases are handed over to the job of the key's account and
+ *    outlive the request. An id that cannot be used (absent, not a string
+ *    or number, empty, over JOB_ID_MAX bytes) still keeps them, until the
+ *    job's max_seconds: the backend may well be running the job.
  *  - job status: an answer of a job's `status_endpoint` whose status is one
- *    of `done_values` releases that job's leases, whichever instance or
- *    worker took them.
+ *    of `done_values` releases the leases that the polling key's account
+ *    holds for that id, whichever instance or worker took them. The id is
+ *    read from the query as backends read it (gateway/query.h), before
+ *    the request is sent (after_read_poll).
+ *
+ * Job ids are opaque bytes: the store knows one only by its SHA-256 (hex),
+ * and a log line never shows it.
  *
  * Only 2xx answers count. Nothing here owns memory beyond its own calls.
  */
@@ -18,13 +26,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sys/queue.h>
+#include <openssl/sha.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 
 #include "gateway.h"
+#include "metrics.h"
+#include "query.h"
+
+/* The longest job id taken, in bytes. */
+#define JOB_ID_MAX 256
 
 /* The job whose status endpoint is ep_index, if any. */
 static const cfg_job_t *job_of_status_endpoint(const config_t *c, int ep_index)
@@ -47,7 +59,8 @@ static json_t *captured_json(request_t *r)
     if (!r->capture || evbuffer_get_length(r->capture) == 0)
         return NULL;
     size_t n = evbuffer_get_length(r->capture);
-    return json_loadb((const char *)evbuffer_pullup(r->capture, -1), n, 0, NULL);
+    /* JSON_ALLOW_NUL: a job id may hold \u0000 (ids are opaque bytes). */
+    return json_loadb((const char *)evbuffer_pullup(r->capture, -1), n, JSON_ALLOW_NUL, NULL);
 }
 
 /* A non-negative whole number from a header value or a JSON value. */
@@ -80,28 +93,55 @@ static int json_units(json_t *v, int64_t *out)
     return -1;
 }
 
-/* Ids that may name a Redis key and a log line: [A-Za-z0-9_.:-]{1,64}. */
-static int job_id_ok(const char *s)
+void after_job_name(const char *id, size_t len, char out[65])
 {
-    size_t n = strlen(s);
-    if (n == 0 || n > 64)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-              (*s >= '0' && *s <= '9') || *s == '_' || *s == '.' || *s == ':' || *s == '-'))
-            return 0;
-    return 1;
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)id, len, d);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
-static int job_id_of(json_t *v, char *out, size_t len)
+/* A number as its id text: an integer in decimal, another number in the
+ * shortest form that reads back the same (as JavaScript and Python print
+ * it). */
+static size_t number_id(json_t *v, char *out, size_t len)
 {
-    if (json_is_string(v))
-        snprintf(out, len, "%s", json_string_value(v));
-    else if (json_is_integer(v))
-        snprintf(out, len, "%lld", (long long)json_integer_value(v));
-    else
-        return -1;
-    return job_id_ok(out) ? 0 : -1;
+    if (json_is_integer(v))
+        return (size_t)snprintf(out, len, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    double d = json_real_value(v);
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(out, len, "%.*g", prec, d);
+        if (strtod(out, NULL) == d)
+            break;
+    }
+    return strlen(out);
+}
+
+/* The job id of a create answer, as bytes (into buf, or borrowed from v);
+ * NULL with *why when it cannot be used. */
+static const char *job_id_of(json_t *v, char *buf, size_t buflen, size_t *len,
+                             const char **why)
+{
+    const char *id;
+    if (json_is_string(v)) {
+        id = json_string_value(v);
+        *len = json_string_length(v);
+    } else if (json_is_number(v)) {
+        *len = number_id(v, buf, buflen);
+        id = buf;
+    } else {
+        *why = v ? "not a string or a number" : "absent";
+        return NULL;
+    }
+    if (*len == 0) {
+        *why = "empty";
+        return NULL;
+    }
+    if (*len > JOB_ID_MAX) {
+        *why = "longer than 256 bytes";
+        return NULL;
+    }
+    return id;
 }
 
 static void reconcile(request_t *r, json_t *body)
@@ -145,37 +185,64 @@ static void reconcile(request_t *r, json_t *body)
 static void job_created(request_t *r, json_t *body)
 {
     const cfg_job_t *job = r->ep->job;
-    char id[80];
-    if (!body || job_id_of(json_pointer_get(body, job->id_pointer), id, sizeof id) != 0) {
-        log_msg(LOG_WARN, "request %s: no usable job id at %s in the answer; its lease ends "
-                          "with the request",
-                r->rid, job->id_pointer);
-        return;
+    char buf[64], name[65];
+    size_t len = 0;
+    const char *why = "absent";
+    const char *id = body ? job_id_of(json_pointer_get(body, job->id_pointer), buf,
+                                      sizeof buf, &len, &why)
+                          : NULL;
+    if (!body && r->capture)
+        why = "the answer is not JSON";
+    else if (!body)
+        why = "the answer is too large to read";
+    if (id) {
+        after_job_name(id, len, name);
+    } else {
+        /* No poll can name it: held under a name of its own until
+         * max_seconds, when the store gives the leases back. */
+        snprintf(name, sizeof name, "unusable-%s", r->rid);
+        metrics_job_id_unusable(r->ep->name);
+        log_msg(LOG_WARN,
+                "request %s: endpoint %s: the job id at %s in the answer cannot be used "
+                "(%s); the job's leases are held until max_seconds (%lld s)",
+                r->rid, r->ep->name, job->id_pointer, why, (long long)job->max_seconds);
     }
-    store_job_hold(r->w->store, r->checks, r->n_checks, r->rid, id, job->max_seconds * 1000);
+    store_job_hold(r->w->store, r->checks, r->n_checks, r->rid, r->acct->name, name,
+                   job->max_seconds * 1000);
     r->store_sent = 1;
     r->lease_moved = 1;
 }
 
+int after_read_poll(request_t *r, const char **param)
+{
+    const cfg_job_t *job = job_of_status_endpoint(r->cfg, r->ep_index);
+    r->job_poll[0] = '\0';
+    if (!job || !r->req)
+        return 0;
+    char id[JOB_ID_MAX + 1];
+    size_t len;
+    int n = query_param(h1_query(r->req), job->status_query, id, sizeof id, &len);
+    if (n > 1) {
+        *param = job->status_query;
+        return -1;
+    }
+    if (n == 1 && len > 0 && len <= JOB_ID_MAX)
+        after_job_name(id, len, r->job_poll);
+    return 0;
+}
+
 static void job_polled(request_t *r, const cfg_job_t *job, json_t *body)
 {
-    const char *q = r->req ? h1_query(r->req) : NULL;
-    struct evkeyvalq params;
-    TAILQ_INIT(&params);
-    if (!q || evhttp_parse_query_str(q, &params) != 0)
-        return;
-    const char *id = evhttp_find_header(&params, job->status_query);
     json_t *st = body ? json_pointer_get(body, job->status_pointer) : NULL;
-    if (id && job_id_ok(id) && json_is_string(st)) {
-        for (size_t i = 0; i < job->n_done; i++) {
-            if (strcmp(json_string_value(st), job->done_values[i]) == 0) {
-                store_job_done(r->w->store, id, NULL, NULL);
-                r->store_sent = 1;
-                break;
-            }
+    if (!r->job_poll[0] || !r->acct || !json_is_string(st))
+        return;
+    for (size_t i = 0; i < job->n_done; i++) {
+        if (strcmp(json_string_value(st), job->done_values[i]) == 0) {
+            store_job_done(r->w->store, r->acct->name, r->job_poll, NULL, NULL);
+            r->store_sent = 1;
+            return;
         }
     }
-    evhttp_clear_headers(&params);
 }
 
 void after_response(request_t *r)

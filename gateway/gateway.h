@@ -70,7 +70,10 @@ enum req_state {
  * `admitted`), the open exchange of `req` until it ends it (then `req` is
  * set to NULL; gateway/h1.h).
  * Borrows `w`. `ep` and `key` point into `cfg`. The backend exchange `bx`
- * is client.c's; r only points at it while it runs (gateway/proxy.c).
+ * is client.c's; r only points at it while it runs (gateway/proxy.c). A
+ * job create whose client left (`keep_backend`) has no connection any more
+ * (`req` NULL): only the backend's callbacks and request_finish touch it,
+ * and proxy.c's list of kept requests points at it until request_finish.
  */
 typedef struct request {
     worker_t *w;
@@ -104,6 +107,14 @@ typedef struct request {
     struct evbuffer *capture; /* copy of the answer's body, when needed (owned) */
     int64_t charged_ms;  /* store clock of the admission (for reconcile) */
     int lease_moved;     /* an async job holds the leases now */
+    /* A job create whose client left: the answer is still read to its end
+     * (for the job id), with no client to send it to; the request is on
+     * its worker's list of such (proxy.c) until request_finish. */
+    int keep_backend;
+    struct request *kept_next, **kept_prev;
+    /* A job status request: the store's name of the id it asks about
+     * (after.c), "" when it names none. */
+    char job_poll[65];
     int status;          /* status sent to the client (0: none) */
     int decision;        /* DEC_* */
     uint64_t bytes_out;  /* body bytes sent to the client */
@@ -164,6 +175,12 @@ json_t *json_pointer_get(json_t *root, const char *ptr);
 void after_response(request_t *r);
 /* 1 if the body of this request's answer must be kept for after_response. */
 int after_needs_body(const request_t *r);
+/* Before anything is sent: a job status request reads the id it asks
+ * about. -1 when it names it more than once (a 400 INVALID_REQUEST), with
+ * *param the parameter's name (borrowed from the config). */
+int after_read_poll(request_t *r, const char **param);
+/* The store's name of a job id (its bytes): SHA-256 in hex. */
+void after_job_name(const char *id, size_t len, char out[65]);
 
 /* respond.c: every reply that is not a proxied response. Each one ends the
  * request (calls request_finish); `details` is stolen, may be NULL. */
@@ -183,6 +200,11 @@ void respond_rate_headers(const request_t *r, h1_conn_t *c);
 void proxy_start(request_t *r);
 /* Abort the backend request of r, if any (no callback will follow). */
 void proxy_abort(request_t *r);
+/* The client of a job create left: keep reading the backend's answer
+ * without it (after_response still runs), then finish. */
+void proxy_keep_without_client(request_t *r);
+/* request_finish: off the list of requests kept without a client. */
+void proxy_forget_kept(request_t *r);
 void proxy_pools_free(worker_t *w);
 
 /* log.c */

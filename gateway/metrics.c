@@ -100,6 +100,16 @@ static void series_inc(uint64_t gen, const char *family, const void *a, const vo
 
 static const char F_REQUESTS[] = "ratewall_requests_total";
 static const char F_DECISIONS[] = "ratewall_decisions_total";
+static const char F_JOB_ID_UNUSABLE[] = "ratewall_job_id_unusable_total";
+
+void metrics_job_id_unusable(const char *endpoint)
+{
+    char labels[200];
+    snprintf(labels, sizeof labels, "endpoint=\"%s\"", endpoint);
+    series_t *s = series_get(F_JOB_ID_UNUSABLE, labels);
+    if (s)
+        atomic_fetch_add_explicit(&s->value, 1, memory_order_relaxed);
+}
 
 /* ---- histograms and gauges ------------------------------------------------ */
 
@@ -268,6 +278,9 @@ void metrics_write(struct evbuffer *out)
     write_family(out, F_REQUESTS, "Requests answered, by endpoint and status.");
     write_family(out, F_DECISIONS,
                  "Limit decisions by outcome and, for refusals, the limit that refused.");
+    write_family(out, F_JOB_ID_UNUSABLE,
+                 "Job creates answered 2xx whose job id could not be used, by endpoint: "
+                 "their leases are held until the job's max_seconds.");
     write_histo(out, "ratewall_store_latency_seconds",
                 "Time from asking the store for a decision to its answer.", &store_latency);
     write_histo(out, "ratewall_backend_latency_seconds",

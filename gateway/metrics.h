@@ -20,6 +20,8 @@ void metrics_request_done(const struct request *r);
 void metrics_store_latency(int64_t us);
 void metrics_reload(int ok);
 void metrics_lease(int delta);
+/* A job create answered 2xx with no usable job id (rare: no cache). */
+void metrics_job_id_unusable(const char *endpoint);
 /* Write every series; `extra` lines (store-specific) are appended. */
 void metrics_write(struct evbuffer *out);
 

@@ -12,6 +12,13 @@
  * (no callback follows) when the request ends first. The head of an answer
  * whose body is all here waits in the client connection's header buffer and
  * r->held until on_backend_end sends both in one write.
+ *
+ * A job create whose client leaves is not aborted: its leases may belong
+ * to a job by now. proxy_keep_without_client() puts it on the worker's
+ * list of kept requests (`kept`, the worker thread's own): its answer is
+ * read to the end with no client (r->req is NULL), after_response() runs,
+ * and request_finish() takes it off the list. A worker that exits with
+ * kept requests still on it ends them in proxy_pools_free().
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -38,6 +45,8 @@ typedef struct proxy_pool {
     SSL_CTX *ssl_ctx;        /* tls: verifying client context (owned) */
     hc_pool_t *hc;           /* the connections (gateway/http/client.c) */
 } proxy_pool_t;
+
+static __thread request_t *kept;
 
 static int same_file(const char *a, const char *b)
 {
@@ -98,8 +107,41 @@ static proxy_pool_t *pool_for(worker_t *w, const cfg_backend_t *be)
     return p;
 }
 
+void proxy_keep_without_client(request_t *r)
+{
+    r->keep_backend = 1;
+    r->kept_next = kept;
+    r->kept_prev = &kept;
+    if (kept)
+        kept->kept_prev = &r->kept_next;
+    kept = r;
+}
+
+void proxy_forget_kept(request_t *r)
+{
+    if (!r->kept_prev)
+        return;
+    *r->kept_prev = r->kept_next;
+    if (r->kept_next)
+        r->kept_next->kept_prev = r->kept_prev;
+    r->kept_next = NULL;
+    r->kept_prev = NULL;
+}
+
 void proxy_pools_free(worker_t *w)
 {
+    /* The worker exits: answers still read for a gone client are cut. */
+    while (kept) {
+        request_t *r = kept;
+        proxy_abort(r);
+        request_finish(r); /* takes it off the list */
+    }
+    /* The worker exits: answers still read for a gone client are cut. */
+    while (kept) {
+        request_t *r = kept;
+        proxy_abort(r);
+        request_finish(r); /* takes it off the list */
+    }
     proxy_pool_t *p = w->pools;
     while (p) {
         proxy_pool_t *next = p->next;

@@ -8,7 +8,9 @@
  *
  * A client that goes away is seen by on_client_close(): it marks the
  * request, aborts the backend call, and lets request_finish() run after the
- * connection's teardown has unwound.
+ * connection's teardown has unwound. A job create holding leases is the
+ * exception: its backend call goes on without the client (the job may
+ * exist by now), and its answer still hands the leases over to the job.
  */
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
@@ -150,6 +152,7 @@ void request_finish(request_t *r)
     worker_t *w = r->w;
     request_settle(r);
     request_unwatch_client(r);
+    proxy_forget_kept(r);
     if (r->bx)
         proxy_abort(r);
     if (r->capture) {
@@ -181,6 +184,20 @@ static void on_client_close(h1_conn_t *c, void *arg)
     request_t *r = arg;
     r->client_gone = 1;
     r->watching = 0;
+    /* A job create: the backend may be starting the job, and its answer
+     * names it. The exchange ends now (nobody to answer); the request
+     * ends when the answer is read. Not when the worker is exiting (its
+     * listener is already gone): then the request is cut as any other. */
+    if (r->state == RQ_PROXY && r->ep && r->ep->job && r->admitted &&
+        lim_checks_have_gauge(r->checks, r->n_checks) && r->bx && r->w->http) {
+        h1_abort(r->req);
+        r->req = NULL;
+        proxy_keep_without_client(r);
+        log_msg(LOG_INFO, "request %s: the client left before the job's create answer; "
+                          "the answer is still read for the job id",
+                r->rid);
+        return;
+    }
     if (r->state == RQ_PROXY) {
         proxy_abort(r);
         request_finish(r);
@@ -503,6 +520,14 @@ void request_start(worker_t *w, h1_conn_t *req)
         return;
     }
 
+    const char *repeated = NULL;
+    if (after_read_poll(r, &repeated) != 0) {
+        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
+                      "The query names the job id parameter more than once.",
+                      json_pack("{s:s}", "parameter", repeated));
+        return;
+    }
+
     if (r->ep->n_units) {
         char err[256];
         const char *data = (const char *)evbuffer_pullup(body, -1);
@@ -528,7 +553,7 @@ void request_start(worker_t *w, h1_conn_t *req)
     }
     r->n_checks = n;
     /* A lease outlives a gateway that died holding it by at most this
-     * (SPEC §3): the job's max_seconds, else the backend timeout + 30 s. */
+     * (the docs promise it): the job's max_seconds, else the backend timeout + 30 s. */
     int64_t ttl = r->ep->job ? r->ep->job->max_seconds * 1000
                              : cfg->backends[r->ep->backend].timeout_ms + 30000;
     for (size_t i = 0; i < n; i++)

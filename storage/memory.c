@@ -9,8 +9,9 @@
  * entries that count nothing any more, so memory follows live counters.
  *
  * Async jobs that hold leases are kept in a job table of their own (with
- * its own mutex): the gauge counts keep the job's lease until job_done() or
- * the job's expiry, found by a sweep at most once a second.
+ * its own mutex), one entry per create, named by account and job: the
+ * gauge counts keep the job's lease until job_done() of that account and
+ * job, or the job's expiry, found by a sweep at most once a second.
  *
  * Ownership: entries and jobs belong to the store; nothing is handed out.
  * Callbacks run before the call returns, with no lock held.
@@ -50,13 +51,17 @@ typedef struct shard {
     size_t cursor;  /* next chain to probe for idle entries */
 } shard_t;
 
-/* A job holding leases: the gauge keys it counts in. */
+/* One create's leases, held for a job of an account: the gauge keys it
+ * counts in. One account may hold several of one job id (a backend that
+ * returned it twice); each is its own entry. Chained by the job name's
+ * hash, so a lookup without the account is one chain. */
 typedef struct job {
     struct job *next;
     int64_t expires_ms;
     size_t n_keys;
     char **keys;
-    char id[];
+    char *account;  /* in the same allocation, after job */
+    char job[];
 } job_t;
 
 #define JOB_BUCKETS 1024
@@ -432,12 +437,12 @@ static void mem_adjust(store_worker_t *w, const lim_check_t *c, size_t n,
     unlock_shards(m, set);
 }
 
-static unsigned job_bucket(const char *id)
+static unsigned job_bucket(const char *job)
 {
-    return (unsigned)(hash_bytes(id, strlen(id)) % JOB_BUCKETS);
+    return (unsigned)(hash_bytes(job, strlen(job)) % JOB_BUCKETS);
 }
 
-/* Give back one lease of each of the job's gauges. */
+/* Give back one lease of each of the entry's gauges. */
 static void job_release(mem_store_t *m, job_t *j)
 {
     for (size_t i = 0; i < j->n_keys; i++) {
@@ -456,20 +461,6 @@ static void job_free(job_t *j)
         free(j->keys[i]);
     free(j->keys);
     free(j);
-}
-
-/* Remove job id from the table (jobs_mu held); NULL if not there. */
-static job_t *job_take(mem_store_t *m, const char *id)
-{
-    for (job_t **p = &m->jobs[job_bucket(id)]; *p; p = &(*p)->next) {
-        if (strcmp((*p)->id, id) == 0) {
-            job_t *j = *p;
-            *p = j->next;
-            m->n_jobs--;
-            return j;
-        }
-    }
-    return NULL;
 }
 
 /* Jobs past their max_seconds give their leases back; at most once a second. */
@@ -505,14 +496,15 @@ static void sweep_jobs(mem_store_t *m, int64_t now)
 }
 
 static void mem_job_hold(store_worker_t *w, const lim_check_t *c, size_t n,
-                         const char *lease_id, const char *job_id, int64_t ttl_ms)
+                         const char *lease_id, const char *account, const char *job,
+                         int64_t ttl_ms)
 {
-    (void)lease_id;
     mem_store_t *m = (mem_store_t *)w->store;
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         k += c[i].kind == LIM_CK_GAUGE;
-    job_t *j = calloc(1, sizeof *j + strlen(job_id) + 1);
+    size_t jl = strlen(job) + 1, al = strlen(account) + 1;
+    job_t *j = calloc(1, sizeof *j + jl + al);
     if (j)
         j->keys = calloc(k ? k : 1, sizeof *j->keys);
     if (!j || !j->keys) {
@@ -522,38 +514,66 @@ static void mem_job_hold(store_worker_t *w, const lim_check_t *c, size_t n,
         mem_release(w, c, n, lease_id);
         return;
     }
-    strcpy(j->id, job_id);
+    memcpy(j->job, job, jl);
+    j->account = j->job + jl;
+    memcpy(j->account, account, al);
     j->expires_ms = now_ms(m) + ttl_ms;
     for (size_t i = 0; i < n; i++)
         if (c[i].kind == LIM_CK_GAUGE && (j->keys[j->n_keys] = strdup(c[i].key)))
             j->n_keys++;
     pthread_mutex_lock(&m->jobs_mu);
-    job_t *old = job_take(m, job_id); /* a job id reused: the old lease goes */
-    unsigned b = job_bucket(job_id);
+    unsigned b = job_bucket(job);
     j->next = m->jobs[b];
     m->jobs[b] = j;
     m->n_jobs++;
     pthread_mutex_unlock(&m->jobs_mu);
-    if (old) {
-        job_release(m, old);
-        job_free(old);
-    }
 }
 
-static void mem_job_done(store_worker_t *w, const char *job_id,
+static void mem_job_done(store_worker_t *w, const char *account, const char *job,
                          void (*cb)(void *arg, int found), void *arg)
 {
     mem_store_t *m = (mem_store_t *)w->store;
-    sweep_jobs(m, now_ms(m));
+    int64_t now = now_ms(m);
+    sweep_jobs(m, now);
+    job_t *taken = NULL;
+    int found = 0;
     pthread_mutex_lock(&m->jobs_mu);
-    job_t *j = job_take(m, job_id);
+    job_t **chain = &m->jobs[job_bucket(job)];
+    const char *owner = account;
+    if (!owner) {
+        /* Without an account: the one account holding job, if only one. */
+        for (job_t *j = *chain; j; j = j->next) {
+            if (j->expires_ms <= now || strcmp(j->job, job) != 0)
+                continue;
+            if (!owner)
+                owner = j->account;
+            else if (strcmp(owner, j->account) != 0)
+                found = -2;
+        }
+    }
+    if (owner && found == 0) {
+        for (job_t **p = chain; *p;) {
+            job_t *j = *p;
+            if (strcmp(j->job, job) == 0 && strcmp(j->account, owner) == 0) {
+                *p = j->next;
+                m->n_jobs--;
+                found |= j->expires_ms > now;
+                j->next = taken;
+                taken = j;
+            } else {
+                p = &j->next;
+            }
+        }
+    }
     pthread_mutex_unlock(&m->jobs_mu);
-    if (j) {
-        job_release(m, j);
-        job_free(j);
+    while (taken) {
+        job_t *next = taken->next;
+        job_release(m, taken);
+        job_free(taken);
+        taken = next;
     }
     if (cb)
-        cb(arg, j != NULL);
+        cb(arg, found);
 }
 
 static int mem_ready(store_worker_t *w)

@@ -56,7 +56,8 @@ typedef struct redis_store {
 
 typedef struct redis_worker redis_worker_t;
 
-enum call_kind { RC_ACQUIRE, RC_USAGE, RC_RELEASE, RC_SETUP, RC_ADJUST, RC_JOB_GET };
+enum call_kind { RC_ACQUIRE, RC_USAGE, RC_RELEASE, RC_SETUP, RC_ADJUST, RC_JOB_DONE,
+                 RC_JOB_FIND };
 
 typedef struct rcall {
     struct rcall *prev, *next; /* in the worker's FIFO of calls sent */
@@ -66,8 +67,8 @@ typedef struct rcall {
     void *arg;
     const lim_check_t *checks; /* borrowed until answered */
     size_t n;
-    char lease_id[72];
-    void (*done_cb)(void *arg, int found); /* RC_JOB_GET */
+    char lease_id[72];         /* RC_JOB_FIND: the job's name */
+    void (*done_cb)(void *arg, int found); /* RC_JOB_DONE, RC_JOB_FIND */
     int answered;
     int retried;               /* NOSCRIPT: loaded and sent again once */
     int64_t deadline;          /* monotonic ms */
@@ -78,16 +79,15 @@ typedef struct rcall {
     int release_len;
 } rcall_t;
 
-/* A lease release (or any fire-and-forget script call) whose reply was lost
- * with its connection, or a job whose done could not be read: sent again
- * once Redis answers, a few times, because a call already in Redis's buffer
- * may still run after we reconnect. */
+/* A lease release (or any fire-and-forget script call, a job's done
+ * included) whose reply was lost with its connection: sent again once
+ * Redis answers, a few times, because a call already in Redis's buffer may
+ * still run after we reconnect. */
 typedef struct pending {
     struct pending *next;
-    char *cmd;           /* formatted command (owned), or NULL for a job */
+    char *cmd;           /* formatted command (owned) */
     int len;
     int sends_left;
-    char job_id[72];
 } pending_t;
 
 #define PENDING_SENDS 4  /* once a second after Redis answers again */
@@ -272,7 +272,7 @@ static void call_answer_unavailable(rcall_t *c)
     if (c->answered)
         return;
     c->answered = 1;
-    if (c->kind == RC_JOB_GET && c->done_cb)
+    if ((c->kind == RC_JOB_DONE || c->kind == RC_JOB_FIND) && c->done_cb)
         c->done_cb(c->arg, -1);
     if (c->kind == RC_ACQUIRE || c->kind == RC_USAGE)
         answer_unavailable(c->rw, c->kind, c->checks, c->n, c->lease_id, c->cb, c->arg);
@@ -421,9 +421,7 @@ static int parse_outcome(const redisReply *r, size_t n, lim_outcome_t *o)
     return 0;
 }
 
-static void job_got(rcall_t *c, const redisReply *r);
-static void redis_job_done(store_worker_t *w, const char *job_id,
-                           void (*cb)(void *arg, int found), void *arg);
+static void job_found(rcall_t *c, const redisReply *r);
 
 static void pending_arm(redis_worker_t *rw)
 {
@@ -441,10 +439,10 @@ static void keep_pending(redis_worker_t *rw, rcall_t *c)
     if (c->kind == RC_ACQUIRE && c->release_cmd) {
         cmd = &c->release_cmd;
         len = c->release_len;
-    } else if (c->kind == RC_RELEASE) {
+    } else if (c->kind == RC_RELEASE || c->kind == RC_JOB_DONE) {
         cmd = &c->cmd;
         len = c->cmdlen;
-    } else if (c->kind != RC_JOB_GET) {
+    } else {
         return;
     }
     if (rw->n_pending >= PENDING_MAX || rw->detaching)
@@ -452,13 +450,9 @@ static void keep_pending(redis_worker_t *rw, rcall_t *c)
     pending_t *p = calloc(1, sizeof *p);
     if (!p)
         return;
-    if (cmd) {
-        p->cmd = *cmd;
-        p->len = len;
-        *cmd = NULL;
-    } else {
-        snprintf(p->job_id, sizeof p->job_id, "%s", c->lease_id);
-    }
+    p->cmd = *cmd;
+    p->len = len;
+    *cmd = NULL;
     p->sends_left = PENDING_SENDS;
     p->next = rw->pending;
     rw->pending = p;
@@ -474,25 +468,20 @@ static void on_pending(evutil_socket_t fd, short what, void *arg)
     if (rw->ready) {
         for (pending_t **pp = &rw->pending; *pp;) {
             pending_t *p = *pp;
-            if (p->cmd) {
-                rcall_t *c = calloc(1, sizeof *c);
-                if (c && (c->cmd = malloc((size_t)p->len))) {
-                    memcpy(c->cmd, p->cmd, (size_t)p->len);
-                    c->cmdlen = p->len;
-                    c->rw = rw;
-                    c->kind = RC_RELEASE;
-                    c->sent = mono_ms();
-                    c->deadline = c->sent + rw->rs->o.timeout_ms;
-                    if (queue(rw, c) != 0)
-                        call_free(c);
-                } else {
-                    free(c);
-                }
-                p->sends_left--;
+            rcall_t *c = calloc(1, sizeof *c);
+            if (c && (c->cmd = malloc((size_t)p->len))) {
+                memcpy(c->cmd, p->cmd, (size_t)p->len);
+                c->cmdlen = p->len;
+                c->rw = rw;
+                c->kind = RC_RELEASE;
+                c->sent = mono_ms();
+                c->deadline = c->sent + rw->rs->o.timeout_ms;
+                if (queue(rw, c) != 0)
+                    call_free(c);
             } else {
-                p->sends_left = 0; /* a lost reply queues it again */
-                redis_job_done(&rw->base, p->job_id, NULL, NULL);
+                free(c);
             }
+            p->sends_left--;
             if (p->sends_left <= 0) {
                 *pp = p->next;
                 free(p->cmd);
@@ -569,10 +558,15 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
                 call_free(rel);
         }
     }
-    if (c->kind == RC_JOB_GET) {
-        /* Even when the caller was already told "unavailable": the job is
-         * done, its leases go. */
-        job_got(c, r);
+    if (c->kind == RC_JOB_DONE) {
+        /* The leases are gone even when the caller was already told
+         * "unavailable". */
+        if (!c->answered && c->done_cb)
+            c->done_cb(c->arg, r->type == REDIS_REPLY_INTEGER && r->integer > 0);
+        c->answered = 1;
+    } else if (c->kind == RC_JOB_FIND) {
+        if (!c->answered)
+            job_found(c, r);
         c->answered = 1;
     } else if (!c->answered && (c->kind == RC_ACQUIRE || c->kind == RC_USAGE)) {
         lim_outcome_t o;
@@ -689,11 +683,11 @@ static void schedule_reconnect(redis_worker_t *rw)
 static int format_script(const char *sha, char keys[][LIM_KEY_MAX + 64], int k,
                          const char *const *args, int nargs, char **cmd)
 {
-    const char *argv[3 + LIM_MAX_CHECKS + 4];
-    size_t len[3 + LIM_MAX_CHECKS + 4];
+    const char *argv[3 + LIM_MAX_CHECKS + 1 + 6];
+    size_t len[3 + LIM_MAX_CHECKS + 1 + 6];
     char numkeys[16];
     int a = 0;
-    if (k > LIM_MAX_CHECKS || nargs > 4)
+    if (k > LIM_MAX_CHECKS + 1 || nargs > 6)
         return -1;
     snprintf(numkeys, sizeof numkeys, "%d", k);
     argv[a++] = "EVALSHA";
@@ -879,116 +873,149 @@ static void redis_adjust(store_worker_t *w, const lim_check_t *checks, size_t n,
 }
 
 
-static void send_simple(redis_worker_t *rw, int argc, const char **argv)
+/* Jobs. An account's job is a hash, PREFIX{account}:job:JOB, mapping each
+ * lease held for that job id (one per create: job:JOB:REQUESTID) to the
+ * gauge keys it counts in; it shares the account's hash tag with those
+ * gauges, so holding and releasing are each one script on one slot. An
+ * index per job id, PREFIXjobs:JOB (account -> expiry), answers which
+ * accounts hold an id (the admin call without ?account=). */
+static void job_record_key(redis_worker_t *rw, const char *account, const char *job,
+                           char *out, size_t len)
 {
-    size_t len[8 + LIM_MAX_CHECKS];
-    for (int i = 0; i < argc; i++)
-        len[i] = strlen(argv[i]);
-    rcall_t *c = rw->ac ? call_new(rw, RC_RELEASE, argc, argv, len) : NULL;
-    if (c && queue(rw, c) != 0)
-        call_free(c);
+    snprintf(out, len, "%s{%s}:job:%s", rw->rs->o.key_prefix, account, job);
 }
 
+static void job_index_key(redis_worker_t *rw, const char *job, char *out, size_t len)
+{
+    snprintf(out, len, "%sjobs:%s", rw->rs->o.key_prefix, job);
+}
 
-/* Job records: rl:job:ID holds the gauge keys, one a line, and lives as
- * long as the job may hold its leases. Its own key (no account tag): any
- * instance can find a job by its id alone. */
+/* hold.lua's clock argument: "" (Redis TIME) but under a test clock. */
+static void job_now(redis_worker_t *rw, char out[24])
+{
+    out[0] = '\0';
+    if (rw->rs->o.clock)
+        snprintf(out, 24, "%lld", (long long)rw->rs->o.clock(rw->rs->o.clock_arg));
+}
+
 static void redis_job_hold(store_worker_t *w, const lim_check_t *checks, size_t n,
-                           const char *lease_id, const char *job_id, int64_t ttl_ms)
+                           const char *lease_id, const char *account, const char *job,
+                           int64_t ttl_ms)
 {
     redis_worker_t *rw = (redis_worker_t *)w;
     redis_store_t *rs = rw->rs;
     if (rw->fallback && lease_forget(rw, lease_id)) {
-        store_job_hold(rw->fallback, checks, n, lease_id, job_id, ttl_ms);
+        store_job_hold(rw->fallback, checks, n, lease_id, account, job, ttl_ms);
         return;
     }
-    char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
-    int k = gauge_keys(rw, checks, n, keys);
+    /* keys[0] is the record, then the gauges. */
+    char keys[LIM_MAX_CHECKS + 1][LIM_KEY_MAX + 64];
+    int k = gauge_keys(rw, checks, n, keys + 1);
     if (k == 0)
         return;
-    char newid[96], ttl[24], rec[LIM_KEY_MAX + 64];
-    snprintf(newid, sizeof newid, "job:%s", job_id);
+    job_record_key(rw, account, job, keys[0], sizeof keys[0]);
+    char member[200], ttl[24], now[24];
+    snprintf(member, sizeof member, "job:%s:%s", job, lease_id);
     snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
-    const char *args[] = {lease_id, newid, ttl};
-    send_script(rw, rs->sha_hold, keys, k, args, 3);
-
-    size_t total = 0;
-    for (int i = 0; i < k; i++)
-        total += strlen(keys[i]) + 1;
-    char *list = malloc(total + 1);
-    if (!list)
-        return; /* the leases still expire at ttl */
-    list[0] = '\0';
-    for (int i = 0; i < k; i++) {
-        strcat(list, keys[i]);
-        strcat(list, "\n");
-    }
-    snprintf(rec, sizeof rec, "%sjob:%s", rs->o.key_prefix, job_id);
-    const char *sv[] = {"SET", rec, list, "PX", ttl};
-    send_simple(rw, 5, sv);
-    free(list);
+    job_now(rw, now);
+    const char *args[] = {"hold", now, lease_id, member, ttl};
+    send_script(rw, rs->sha_hold, keys, k + 1, args, 5);
+    char index[1][LIM_KEY_MAX + 64];
+    job_index_key(rw, job, index[0], sizeof index[0]);
+    const char *iargs[] = {"index", now, account, ttl};
+    send_script(rw, rs->sha_hold, index, 1, iargs, 4);
 }
 
-static void job_got(rcall_t *c, const redisReply *r)
+/* The done of (account, job): one script on the record, the index told. */
+static void job_done_account(redis_worker_t *rw, const char *account, const char *job,
+                             void (*cb)(void *arg, int found), void *arg)
 {
-    redis_worker_t *rw = c->rw;
     redis_store_t *rs = rw->rs;
-    if (r->type != REDIS_REPLY_STRING) {
-        if (c->done_cb && !c->answered)
-            c->done_cb(c->arg, 0);
+    char rec[1][LIM_KEY_MAX + 64];
+    job_record_key(rw, account, job, rec[0], sizeof rec[0]);
+    char now[24];
+    job_now(rw, now);
+    const char *args[] = {"done", now};
+    rcall_t *c = rw->ac ? calloc(1, sizeof *c) : NULL;
+    if (c) {
+        c->rw = rw;
+        c->kind = RC_JOB_DONE;
+        c->sent = mono_ms();
+        c->deadline = c->sent + rs->o.timeout_ms;
+        c->done_cb = cb;
+        c->arg = arg;
+        c->cmdlen = format_script(rs->sha_hold, rec, 1, args, 2, &c->cmd);
+        if (c->cmdlen >= 0 && queue(rw, c) == 0) {
+            char index[1][LIM_KEY_MAX + 64];
+            job_index_key(rw, job, index[0], sizeof index[0]);
+            const char *uargs[] = {"unindex", now, account};
+            send_script(rw, rs->sha_hold, index, 1, uargs, 3);
+            return;
+        }
+        call_free(c);
+    }
+    if (cb)
+        cb(arg, -1);
+}
+
+/* The accounts that hold a job (up to two): none, one to release, or too
+ * many to choose. */
+static void job_found(rcall_t *c, const redisReply *r)
+{
+    if (!c->done_cb)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        c->done_cb(c->arg, -1);
         return;
     }
-    /* Release the job's lease from every gauge, and drop the record. */
-    char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
-    int k = 0;
-    const char *p = r->str;
-    while (*p && k < LIM_MAX_CHECKS) {
-        const char *nl = strchr(p, '\n');
-        size_t len = nl ? (size_t)(nl - p) : strlen(p);
-        if (len > 0 && len < sizeof keys[0]) {
-            memcpy(keys[k], p, len);
-            keys[k++][len] = '\0';
-        }
-        p += len + (nl ? 1 : 0);
+    if (r->elements == 0) {
+        c->done_cb(c->arg, 0);
+        return;
     }
-    char lease[96];
-    snprintf(lease, sizeof lease, "job:%s", c->lease_id);
-    const char *args[] = {lease};
-    if (k)
-        send_script(rw, rs->sha_release, keys, k, args, 1);
-    char rec[LIM_KEY_MAX + 64];
-    snprintf(rec, sizeof rec, "%sjob:%s", rs->o.key_prefix, c->lease_id);
-    const char *dv[] = {"DEL", rec};
-    send_simple(rw, 2, dv);
-    if (c->done_cb && !c->answered)
-        c->done_cb(c->arg, 1);
+    if (r->elements > 1 || r->element[0]->type != REDIS_REPLY_STRING) {
+        c->done_cb(c->arg, r->elements > 1 ? -2 : -1);
+        return;
+    }
+    char account[LIM_KEY_MAX];
+    snprintf(account, sizeof account, "%s", r->element[0]->str);
+    job_done_account(c->rw, account, c->lease_id, c->done_cb, c->arg);
 }
 
-static void redis_job_done(store_worker_t *w, const char *job_id,
+static void redis_job_done(store_worker_t *w, const char *account, const char *job,
                            void (*cb)(void *arg, int found), void *arg)
 {
     redis_worker_t *rw = (redis_worker_t *)w;
     redis_store_t *rs = rw->rs;
     if (rw->fallback) {
         /* A job admitted while Redis was away lives in local memory. */
-        int found = -2;
-        store_job_done(rw->fallback, job_id, fallback_found, &found);
-        if (found == 1) {
+        int found = 0;
+        store_job_done(rw->fallback, account, job, fallback_found, &found);
+        if (found == 1 || found == -2) {
             if (cb)
-                cb(arg, 1);
+                cb(arg, found);
             return;
         }
     }
-    char rec[LIM_KEY_MAX + 64];
-    snprintf(rec, sizeof rec, "%sjob:%s", rs->o.key_prefix, job_id);
-    const char *argv[] = {"GET", rec};
-    size_t len[] = {3, strlen(rec)};
-    rcall_t *c = rw->ac ? call_new(rw, RC_JOB_GET, 2, argv, len) : NULL;
+    if (account) {
+        job_done_account(rw, account, job, cb, arg);
+        return;
+    }
+    char index[1][LIM_KEY_MAX + 64];
+    job_index_key(rw, job, index[0], sizeof index[0]);
+    char now[24];
+    job_now(rw, now);
+    const char *args[] = {"find", now};
+    rcall_t *c = rw->ac ? calloc(1, sizeof *c) : NULL;
     if (c) {
+        c->rw = rw;
+        c->kind = RC_JOB_FIND;
+        c->sent = mono_ms();
+        c->deadline = c->sent + rs->o.timeout_ms;
         c->done_cb = cb;
         c->arg = arg;
-        snprintf(c->lease_id, sizeof c->lease_id, "%s", job_id);
-        if (queue(rw, c) == 0)
+        snprintf(c->lease_id, sizeof c->lease_id, "%s", job);
+        c->cmdlen = format_script(rs->sha_hold, index, 1, args, 2, &c->cmd);
+        if (c->cmdlen >= 0 && queue(rw, c) == 0)
             return;
         call_free(c);
     }

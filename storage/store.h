@@ -11,7 +11,7 @@
  * before the call returns (the memory store does); callers must not touch
  * state after the call that the callback may have freed.
  *
- * Semantics (SPEC §3): acquire checks every check; if all have room it
+ * Semantics: acquire checks every check; if all have room it
  * charges all of them and takes one lease per gauge check, else it charges
  * nothing. Windows use the store's clock (o->now_ms).
  */
@@ -69,14 +69,22 @@ typedef struct store_ops {
      * window or period later than the charge's. Fire and forget. */
     void (*adjust)(store_worker_t *w, const lim_check_t *checks, size_t n,
                    const int64_t *deltas, int64_t charged_ms);
-    /* An async job took over the leases of an admitted request: they are
-     * held, now under job_id, until job_done() or ttl_ms. Fire and forget. */
+    /* An async job of `account` took over the leases of an admitted
+     * request: they are held, now under (account, job), until job_done()
+     * or ttl_ms. `job` names the job id in keys: printable, no spaces, at
+     * most 64 bytes (the gateway passes the SHA-256 of the id in hex).
+     * Every call holds its own leases, even for a job already held: a
+     * backend that returns one id twice gets two jobs of that id.
+     * Fire and forget. */
     void (*job_hold)(store_worker_t *w, const lim_check_t *checks, size_t n,
-                     const char *lease_id, const char *job_id, int64_t ttl_ms);
-    /* Release the leases held by job_id, from any worker or instance.
-     * cb(arg, found): found 0 when no lease is held for it; -1 when the
-     * store cannot answer. cb may be NULL. */
-    void (*job_done)(store_worker_t *w, const char *job_id,
+                     const char *lease_id, const char *account, const char *job,
+                     int64_t ttl_ms);
+    /* Release every lease that `account` holds for `job`, from any worker
+     * or instance. account NULL: the one account that holds `job`.
+     * cb(arg, found): 1 released; 0 no lease held for it; -1 the store
+     * cannot answer; -2 (account NULL only) several accounts hold it,
+     * nothing released. cb may be NULL. */
+    void (*job_done)(store_worker_t *w, const char *account, const char *job,
                      void (*cb)(void *arg, int found), void *arg);
     /* 1 when the store can answer now (readiness). */
     int (*ready)(store_worker_t *w);
@@ -124,15 +132,15 @@ static inline void store_adjust(store_worker_t *w, const lim_check_t *c, size_t 
     w->store->ops->adjust(w, c, n, deltas, charged_ms);
 }
 static inline void store_job_hold(store_worker_t *w, const lim_check_t *c, size_t n,
-                                  const char *lease_id, const char *job_id,
-                                  int64_t ttl_ms)
+                                  const char *lease_id, const char *account,
+                                  const char *job, int64_t ttl_ms)
 {
-    w->store->ops->job_hold(w, c, n, lease_id, job_id, ttl_ms);
+    w->store->ops->job_hold(w, c, n, lease_id, account, job, ttl_ms);
 }
-static inline void store_job_done(store_worker_t *w, const char *job_id,
+static inline void store_job_done(store_worker_t *w, const char *account, const char *job,
                                   void (*cb)(void *arg, int found), void *arg)
 {
-    w->store->ops->job_done(w, job_id, cb, arg);
+    w->store->ops->job_done(w, account, job, cb, arg);
 }
 static inline void store_flush(store_worker_t *w)
 {

@@ -208,6 +208,70 @@ static void case_gauge(store_worker_t *w)
     }
 }
 
+typedef struct { int called, found; } done_t;
+static void on_done(void *arg, int found)
+{
+    done_t *d = arg;
+    d->called++;
+    d->found = found;
+}
+
+static int job_done(store_worker_t *w, const char *account, const char *job)
+{
+    done_t d = {0, 99};
+    store_job_done(w, account, job, on_done, &d);
+    wait_answer(&d.called);
+    if (d.called != 1) {
+        fprintf(stderr, "job_done: callback ran %d times\n", d.called);
+        exit(1);
+    }
+    return d.found;
+}
+
+static int64_t held(store_worker_t *w, lim_check_t *g)
+{
+    return usage(w, g, 1).o.res[0].used;
+}
+
+/* Jobs belong to an account; every create holds its own lease. */
+static void case_jobs(store_worker_t *w)
+{
+    lim_check_t a = mk("{ja}:a:c", LIM_CONCURRENT, LIM_PER_NONE, 5, 1);
+    lim_check_t b = mk("{jb}:a:c", LIM_CONCURRENT, LIM_PER_NONE, 5, 1);
+    a.lease_ttl_ms = b.lease_ttl_ms = 60000;
+    /* A gets job J twice (a backend repeating an id), B gets J once. */
+    CHECK(acquire_lease(w, &a, 1, "R1").o.admitted, "A's first create");
+    store_job_hold(w, &a, 1, "R1", "ja", "J", 60000);
+    CHECK(acquire_lease(w, &a, 1, "R2").o.admitted, "A's second create");
+    store_job_hold(w, &a, 1, "R2", "ja", "J", 60000);
+    CHECK(acquire_lease(w, &b, 1, "R3").o.admitted, "B's create");
+    store_job_hold(w, &b, 1, "R3", "jb", "J", 60000);
+    CHECK(held(w, &a) == 2, "both of A's leases held, not one overwritten: %lld",
+          (long long)held(w, &a));
+    CHECK(held(w, &b) == 1, "B's lease held");
+    CHECK(job_done(w, NULL, "J") == -2, "two accounts hold J: no account is a guess");
+    CHECK(held(w, &a) == 2 && held(w, &b) == 1, "an ambiguous done frees nothing");
+    CHECK(job_done(w, "jb", "J") == 1, "B's done");
+    CHECK(held(w, &b) == 0 && held(w, &a) == 2, "B's done frees B's lease only");
+    CHECK(job_done(w, "jc", "J") == 0, "an account without J finds nothing");
+    CHECK(job_done(w, NULL, "J") == 1, "now A alone holds J");
+    CHECK(held(w, &a) == 0, "one done frees both of A's leases of J");
+    CHECK(job_done(w, "ja", "J") == 0 && job_done(w, NULL, "J") == 0, "J is gone");
+    /* An id another account never held. */
+    CHECK(acquire_lease(w, &a, 1, "R4").o.admitted, "A's create of K");
+    store_job_hold(w, &a, 1, "R4", "ja", "K", 60000);
+    CHECK(job_done(w, "jb", "K") == 0 && held(w, &a) == 1, "B cannot end A's job");
+    CHECK(job_done(w, "ja", "K") == 1 && held(w, &a) == 0, "A ends it");
+    /* A job past its ttl gives its lease back. */
+    CHECK(acquire_lease(w, &a, 1, "R5").o.admitted, "A's create of E");
+    store_job_hold(w, &a, 1, "R5", "ja", "E", 1000);
+    CHECK(held(w, &a) == 1, "E held");
+    fake_now += 2500;
+    CHECK(held(w, &a) == 0, "its lease is free after the ttl");
+    CHECK(job_done(w, "ja", "E") == 0 && job_done(w, NULL, "E") == 0,
+          "an expired job is not found");
+}
+
 /* Random traffic: every admitted event checked against the exact rolling
  * window (never over), every refusal against the window plus one bucket
  * (refuses early by at most W/60). */
@@ -332,6 +396,7 @@ int main(int argc, char **argv)
     case_minute_burst_edges(w);
     case_calendar(w);
     case_gauge(w);
+    case_jobs(w);
     case_property(w, LIM_PER_SECOND);
     case_property(w, LIM_PER_MINUTE);
     case_property(w, LIM_PER_HOUR);
