@@ -20,6 +20,9 @@ void metrics_request_done(const struct request *r);
 void metrics_store_latency(int64_t us);
 void metrics_reload(int ok);
 void metrics_lease(int delta);
+/* A reconcile whose real use could not be known (the estimate stayed):
+ * reason is client_gone, cut, no_usage, too_large or invalid (static). */
+void metrics_reconcile_missed(const struct request *r, const char *reason);
 /* Write every series; `extra` lines (store-specific) are appended. */
 void metrics_write(struct evbuffer *out);
 

@@ -413,16 +413,21 @@ static int on_backend_headers(struct evhttp_request *breq, void *arg)
         return 0; /* evhttp reads the final answer next */
     if (code < 200)
         return -1; /* other interim answers: not relayed, the backend is cut */
+    struct evkeyvalq *bh = evhttp_request_get_input_headers(breq);
+    reconcile_begin(r, code, evhttp_find_header(bh, "Content-Type"));
     /* A body that is already all here is sent with the head, in one write
-     * (on_backend_done); otherwise the head goes now. */
-    const char *cl = evhttp_find_header(evhttp_request_get_input_headers(breq),
-                                        "Content-Length");
+     * (on_backend_done); so is a JSON answer to reconcile, within its
+     * bound, whose head then shows the reconciled counts. Otherwise the
+     * head goes now. */
+    const char *cl = evhttp_find_header(bh, "Content-Length");
     if (cl && r->bconn && cmd_of(r->req) != EVHTTP_REQ_HEAD &&
-        !evhttp_find_header(evhttp_request_get_input_headers(breq), "Transfer-Encoding")) {
+        !evhttp_find_header(bh, "Transfer-Encoding")) {
         struct bufferevent *bev = evhttp_connection_get_bufferevent(r->bconn->evcon);
         char *e;
         long long n = strtoll(cl, &e, 10);
-        if (!*e && n >= 0 && evbuffer_get_length(bufferevent_get_input(bev)) >= (size_t)n)
+        if (!*e && n >= 0 &&
+            (evbuffer_get_length(bufferevent_get_input(bev)) >= (size_t)n ||
+             reconcile_holds_head(r, n)))
             return 0;
     }
     start_reply(r, breq);
@@ -435,6 +440,27 @@ static int on_backend_headers(struct evhttp_request *breq, void *arg)
 
 static void keep_copy(request_t *r, struct evbuffer *in)
 {
+    if (r->rec) {
+        /* Read in place, extent by extent: nothing is copied or held. */
+        struct evbuffer_iovec v[16];
+        struct evbuffer_ptr pos;
+        evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET);
+        size_t left = evbuffer_get_length(in);
+        while (left > 0) {
+            int k = evbuffer_peek(in, (ev_ssize_t)left, &pos, v, 16);
+            if (k <= 0)
+                break;
+            size_t got = 0;
+            for (int i = 0; i < k && i < 16; i++) {
+                size_t len = v[i].iov_len < left - got ? v[i].iov_len : left - got;
+                reconcile_feed(r, v[i].iov_base, len);
+                got += len;
+            }
+            left -= got;
+            if (left == 0 || evbuffer_ptr_set(in, &pos, got, EVBUFFER_PTR_ADD) != 0)
+                break;
+        }
+    }
     if (!r->capture)
         return;
     size_t have = evbuffer_get_length(r->capture), n = evbuffer_get_length(in);
@@ -491,6 +517,18 @@ static void on_backend_chunk(struct evhttp_request *breq, void *arg)
     }
 }
 
+/* The last field of this name: evhttp adds a chunked answer's trailer
+ * fields to the head's, so a trailer's value comes after the head's. */
+static const char *last_header(struct evhttp_request *breq, const char *name)
+{
+    const char *v = NULL;
+    struct evkeyvalq *hs = evhttp_request_get_input_headers(breq);
+    for (struct evkeyval *h = hs->tqh_first; h; h = h->next.tqe_next)
+        if (strcasecmp(h->key, name) == 0)
+            v = h->value;
+    return v;
+}
+
 static void on_backend_error(enum evhttp_request_error err, void *arg)
 {
     request_t *r = arg;
@@ -535,14 +573,14 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
     struct evbuffer *rest = evhttp_request_get_input_buffer(breq);
     int whole = !r->reply_started && cmd_of(r->req) != EVHTTP_REQ_HEAD && code != 204 &&
                 code != 304;
-    if (!r->reply_started) {
-        if (whole)
-            reply_headers(r, breq);
-        else
-            start_reply(r, breq);
-    }
+    if (!r->reply_started && !whole)
+        start_reply(r, breq);
     keep_copy(r, rest);
-    after_response(r, breq);
+    const cfg_reconcile_t *rc = r->ep->reconcile;
+    reconcile_end(r, rc && rc->response_header ? last_header(breq, rc->response_header) : NULL);
+    after_response(r, code);
+    if (whole)
+        reply_headers(r, breq); /* after the reconcile: its counts show */
     r->bytes_out += evbuffer_get_length(rest);
     h1_conn_t *client = r->req;
     request_unwatch_client(r);
