@@ -116,6 +116,8 @@ typedef struct request {
     int in_make_request; /* inside evhttp_make_request: defer failures */
     int backend_paused;  /* backend not read until the client drains */
     struct reconcile *rec; /* reading the answer for used units (owned; after.c) */
+    struct trailer_scan *trailer; /* reading a chunked answer's trailer (owned; proxy.c) */
+    struct evbuffer_cb_entry *trailer_cb; /* on the backend connection's input */
     const char *deny_body; /* a 429 answered from the deny cache: its body */
     char **deny_keep;      /* a 429 just kept by the deny cache: its body slot */
     struct timespec t_start;

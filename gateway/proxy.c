@@ -30,6 +30,7 @@
 #include "gateway.h"
 #include "metrics.h"
 #include "tls.h"
+#include "trailer.h"
 
 typedef struct proxy_conn {
     struct evhttp_connection *evcon;
@@ -212,10 +213,68 @@ void proxy_pools_free(worker_t *w)
     }
 }
 
+/* Reconcile by a header: libevent's client drops a chunked answer's
+ * trailer, so the bytes that arrive on the backend connection are also
+ * given to a trailer scanner (gateway/trailer.h) while the request is out.
+ * Bytes are only added to the connection's input by reads, at its end. */
+static void on_backend_bytes(struct evbuffer *buf, const struct evbuffer_cb_info *info,
+                             void *arg)
+{
+    request_t *r = arg;
+    if (!info->n_added || !r->trailer)
+        return;
+    size_t len = evbuffer_get_length(buf);
+    if (info->n_added > len)
+        return;
+    struct evbuffer_ptr pos;
+    if (evbuffer_ptr_set(buf, &pos, len - info->n_added, EVBUFFER_PTR_SET) != 0)
+        return;
+    size_t left = info->n_added;
+    while (left > 0) {
+        struct evbuffer_iovec v[8];
+        int k = evbuffer_peek(buf, (ev_ssize_t)left, &pos, v, 8);
+        if (k <= 0)
+            return;
+        size_t got = 0;
+        for (int i = 0; i < k && i < 8 && got < left; i++) {
+            size_t n = v[i].iov_len < left - got ? v[i].iov_len : left - got;
+            trailer_scan_feed(r->trailer, v[i].iov_base, n);
+            got += n;
+        }
+        left -= got;
+        if (left == 0 || evbuffer_ptr_set(buf, &pos, got, EVBUFFER_PTR_ADD) != 0)
+            return;
+    }
+}
+
+static void trailer_watch_start(request_t *r, proxy_conn_t *c)
+{
+    const cfg_reconcile_t *rc = r->ep->reconcile;
+    if (!rc || !rc->response_header || !r->admitted || r->n_checks == 0)
+        return;
+    r->trailer = malloc(sizeof *r->trailer);
+    if (!r->trailer)
+        return;
+    trailer_scan_init(r->trailer, rc->response_header);
+    struct evbuffer *in = bufferevent_get_input(evhttp_connection_get_bufferevent(c->evcon));
+    r->trailer_cb = evbuffer_add_cb(in, on_backend_bytes, r);
+}
+
+/* Before the connection goes back to its pool or is freed. */
+static void trailer_watch_stop(request_t *r, proxy_conn_t *c)
+{
+    if (!r->trailer_cb || !c)
+        return;
+    struct evbuffer *in = bufferevent_get_input(evhttp_connection_get_bufferevent(c->evcon));
+    evbuffer_remove_cb_entry(in, r->trailer_cb);
+    r->trailer_cb = NULL;
+}
+
 void proxy_abort(request_t *r)
 {
     if (!r->bconn)
         return;
+    trailer_watch_stop(r, r->bconn);
     /* Freeing the connection frees its pending request; no callback runs. */
     evhttp_connection_free(r->bconn->evcon);
     free(r->bconn);
@@ -552,6 +611,7 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
     r->breq = NULL;
     proxy_conn_t *c = r->bconn;
     r->bconn = NULL;
+    trailer_watch_stop(r, c);
     if (!breq || r->backend_error || evhttp_request_get_response_code(breq) == 0) {
         /* evhttp resets the connection; it reconnects on its next use. */
         if (c)
@@ -577,7 +637,13 @@ static void on_backend_done(struct evhttp_request *breq, void *arg)
         start_reply(r, breq);
     keep_copy(r, rest);
     const cfg_reconcile_t *rc = r->ep->reconcile;
-    reconcile_end(r, rc && rc->response_header ? last_header(breq, rc->response_header) : NULL);
+    const char *units_field = NULL;
+    if (rc && rc->response_header) {
+        /* The trailer's value, when it has one, came last. */
+        units_field = r->trailer && r->trailer->value ? r->trailer->value
+                                                      : last_header(breq, rc->response_header);
+    }
+    reconcile_end(r, units_field);
     after_response(r, code);
     if (whole)
         reply_headers(r, breq); /* after the reconcile: its counts show */
@@ -658,6 +724,7 @@ void proxy_start(request_t *r)
     r->bconn = c;
     r->breq = breq;
     request_watch_client(r);
+    trailer_watch_start(r, c);
     clock_gettime(CLOCK_MONOTONIC, &r->t_backend);
     r->in_make_request = 1;
     int rc = evhttp_make_request(c->evcon, breq, cmd_of(r->req), target);
@@ -668,6 +735,7 @@ void proxy_start(request_t *r)
         /* evhttp has freed breq; the connection is reset and reusable. */
         r->breq = NULL;
         r->bconn = NULL;
+        trailer_watch_stop(r, c);
         conn_give_back(c);
         if (!r->backend_error)
             r->backend_error = EVREQ_HTTP_EOF + 1;

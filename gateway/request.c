@@ -21,6 +21,7 @@
 
 #include "gateway.h"
 #include "metrics.h"
+#include "trailer.h"
 
 #include <stddef.h>
 
@@ -153,6 +154,11 @@ void request_finish(request_t *r)
     if (r->breq)
         proxy_abort(r);
     reconcile_abandon(r);
+    if (r->trailer) {
+        trailer_scan_free(r->trailer);
+        free(r->trailer);
+        r->trailer = NULL;
+    }
     if (r->capture) {
         evbuffer_free(r->capture);
         r->capture = NULL;
