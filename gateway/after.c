@@ -308,16 +308,23 @@ static const char *const reason_name[] = {"client_gone", "cut", "no_usage", "too
                                           "invalid"};
 enum { MISS_CLIENT_GONE = 0, MISS_CUT, MISS_NO_USAGE, MISS_TOO_LARGE, MISS_INVALID };
 
-static void missed(request_t *r, int why, const char *detail)
+/* Count and log a reconcile whose real use is not known. level: -1 for the
+ * reason's own (debug for what clients and configs do every day, info for
+ * what a backend got wrong). */
+static void missed_at(request_t *r, int why, const char *detail, int level)
 {
     metrics_reconcile_missed(r, reason_name[why]);
-    int level = why == MISS_CLIENT_GONE || why == MISS_NO_USAGE ? LOG_DEBUG : LOG_INFO;
-    if (why == MISS_INVALID && detail && strstr(detail, "cap"))
-        level = LOG_WARN;
+    if (level < 0)
+        level = why == MISS_CLIENT_GONE || why == MISS_NO_USAGE ? LOG_DEBUG : LOG_INFO;
     log_msg(level, "request %s: endpoint %s: used units not known (%s%s%s): the estimate of "
                    "%lld stays",
             r->rid, r->ep->name, reason_name[why], detail ? ": " : "", detail ? detail : "",
             (long long)r->units);
+}
+
+static void missed(request_t *r, int why, const char *detail)
+{
+    missed_at(r, why, detail, -1);
 }
 
 /* After a reconcile: the remaining amounts the answer's head shows, from
@@ -427,7 +434,8 @@ void reconcile_end(request_t *r, const char *header_value)
         }
     }
     if (actual > LIM_UNITS_MAX) {
-        missed(r, MISS_INVALID, "over the cap of 2^40 units, not plausible");
+        /* A backend bug must not lock a tenant out for a month. */
+        missed_at(r, MISS_INVALID, "over the cap of 2^40 units, not plausible", LOG_WARN);
         return;
     }
     apply(r, actual);
