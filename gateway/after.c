@@ -14,7 +14,8 @@
  *    of `done_values` releases that job's leases, whichever instance or
  *    worker took them.
  *
- * Only 2xx answers count. Nothing here owns memory beyond its own calls.
+ * Only 2xx answers count. The job parts own nothing beyond their own
+ * calls; a reconcile's reading state is owned by its request (r->rec).
  */
 #include <errno.h>
 #include <stdio.h>

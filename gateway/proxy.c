@@ -576,8 +576,8 @@ static void on_backend_chunk(struct evhttp_request *breq, void *arg)
     }
 }
 
-/* The last field of this name: evhttp adds a chunked answer's trailer
- * fields to the head's, so a trailer's value comes after the head's. */
+/* The last field of this name in the answer's head (libevent 2.1 reads a
+ * trailer but keeps none of its fields: see on_backend_bytes). */
 static const char *last_header(struct evhttp_request *breq, const char *name)
 {
     const char *v = NULL;

@@ -51,6 +51,9 @@ int main(void)
     /* LF, CRLF and CR line ends; a CRLF split between pieces is one end. */
     same_at_every_step("data: a\n\ndata: b\r\n\r\ndata: c\r\rdata: d\n\n", 64,
                        "[a][b][c][d]", 0);
+    /* A CRLF split between two pieces is one line end, not two (two would
+     * end the event after its first line). */
+    same_at_every_step("data: a\r\ndata: b\r\n\r\n", 64, "[a\nb]", 0);
     /* Several data lines joined with \n; one space after the colon is dropped. */
     same_at_every_step("data: one\ndata:two\ndata:  three\n\n", 64, "[one\ntwo\n three]", 0);
     /* Comments and other fields are ignored; an event with no data is none. */
