@@ -2,9 +2,12 @@
  * gateway/after.c: what the backend's answer changes in the store.
  *
  *  - reconcile: the endpoint's `reconcile` names where the backend reports
- *    the units it really used (a response header, or a JSON pointer into the
- *    body); the difference to the estimate charged at admission is added to
- *    (or given back from) every units and spend counter of the request.
+ *    the units it really used (a response header or trailer, or JSON
+ *    pointers into a JSON answer or into the `data:` events of a
+ *    text/event-stream answer, read as they stream by); the difference to
+ *    the estimate charged at admission is added to (or given back from)
+ *    every units and spend counter of the request. Where the real use
+ *    cannot be known, the estimate stays and the miss is counted.
  *  - job create: the answer of a `job` endpoint carries the job id; the
  *    request's leases are handed over to the job of the key's account and
  *    outlive the request. An id that cannot be used (absent, not a string
@@ -19,12 +22,14 @@
  * Job ids are opaque bytes: the store knows one only by its SHA-256 (hex),
  * and a log line never shows it.
  *
- * Only 2xx answers count. Nothing here owns memory beyond its own calls.
+ * Only 2xx answers count. The job parts own nothing beyond their own
+ * calls; a reconcile's reading state is owned by its request (r->rec).
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/sha.h>
 
@@ -37,6 +42,7 @@
 
 /* The longest job id taken, in bytes. */
 #define JOB_ID_MAX 256
+#include "sse.h"
 
 /* The job whose status endpoint is ep_index, if any. */
 static const cfg_job_t *job_of_status_endpoint(const config_t *c, int ep_index)
@@ -50,8 +56,7 @@ static const cfg_job_t *job_of_status_endpoint(const config_t *c, int ep_index)
 int after_needs_body(const request_t *r)
 {
     const cfg_endpoint_t *ep = r->ep;
-    return (ep->reconcile && ep->reconcile->response_pointer && r->n_checks) ||
-           (ep->job && r->n_checks) || job_of_status_endpoint(r->cfg, r->ep_index);
+    return (ep->job && r->n_checks) || job_of_status_endpoint(r->cfg, r->ep_index);
 }
 
 static json_t *captured_json(request_t *r)
@@ -61,36 +66,6 @@ static json_t *captured_json(request_t *r)
     size_t n = evbuffer_get_length(r->capture);
     /* JSON_ALLOW_NUL: a job id may hold \u0000 (ids are opaque bytes). */
     return json_loadb((const char *)evbuffer_pullup(r->capture, -1), n, JSON_ALLOW_NUL, NULL);
-}
-
-/* A non-negative whole number from a header value or a JSON value. */
-static int parse_units(const char *s, int64_t *out)
-{
-    if (!s)
-        return -1;
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    while (*end == ' ')
-        end++;
-    if (errno || end == s || *end || v < 0)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int json_units(json_t *v, int64_t *out)
-{
-    if (json_is_integer(v) && json_integer_value(v) >= 0) {
-        *out = json_integer_value(v);
-        return 0;
-    }
-    if (json_is_real(v) && json_real_value(v) >= 0 && json_real_value(v) < 1e15) {
-        double d = json_real_value(v);
-        *out = (int64_t)d + ((double)(int64_t)d < d);
-        return 0;
-    }
-    return -1;
 }
 
 void after_job_name(const char *id, size_t len, char out[65])
@@ -142,44 +117,6 @@ static const char *job_id_of(json_t *v, char *buf, size_t buflen, size_t *len,
         return NULL;
     }
     return id;
-}
-
-static void reconcile(request_t *r, json_t *body)
-{
-    const cfg_reconcile_t *rc = r->ep->reconcile;
-    int64_t actual;
-    int got;
-    if (rc->response_header)
-        got = parse_units(r->has_units_field ? r->units_field : NULL, &actual);
-    else
-        got = body ? json_units(json_pointer_get(body, rc->response_pointer), &actual) : -1;
-    if (got != 0) {
-        log_msg(LOG_DEBUG, "request %s: no used units in the answer; the estimate stays",
-                r->rid);
-        return;
-    }
-    /* Far above any limit. */
-    const int64_t units_max = LIM_UNITS_MAX;
-    if (actual > units_max)
-        actual = units_max;
-    int64_t d_units = actual - r->units;
-    if (d_units == 0)
-        return;
-    /* The spend delta is the price of the used units minus what was
-     * charged, both with the cap the admission used. */
-    int64_t actual_price = price_of(r->ep, actual);
-    int64_t d_spend = actual_price - r->price_micros;
-    int64_t deltas[LIM_MAX_CHECKS];
-    int any = 0;
-    for (size_t i = 0; i < r->n_checks; i++) {
-        lim_metric_t m = r->checks[i].rule->metric;
-        deltas[i] = m == LIM_UNITS ? d_units : m == LIM_SPEND ? d_spend : 0;
-        any |= deltas[i] != 0;
-    }
-    if (any) {
-        store_adjust(r->w->store, r->checks, r->n_checks, deltas, r->charged_ms);
-        r->store_sent = 1;
-    }
 }
 
 static void job_created(request_t *r, json_t *body)
@@ -245,22 +182,346 @@ static void job_polled(request_t *r, const cfg_job_t *job, json_t *body)
     }
 }
 
-void after_response(request_t *r)
+void after_response(request_t *r, int code)
 {
-    int code = r->backend_status;
     if (code < 200 || code > 299)
         return;
     const cfg_endpoint_t *ep = r->ep;
     const cfg_job_t *status_of = job_of_status_endpoint(r->cfg, r->ep_index);
     int admitted = r->admitted && r->n_checks > 0;
-    if (!(admitted && (ep->reconcile || (ep->job && lim_checks_have_gauge(r->checks, r->n_checks)))) && !status_of)
+    int job = admitted && ep->job && lim_checks_have_gauge(r->checks, r->n_checks);
+    if (!job && !status_of)
         return;
     json_t *body = captured_json(r);
-    if (admitted && ep->reconcile)
-        reconcile(r, body);
-    if (admitted && ep->job && lim_checks_have_gauge(r->checks, r->n_checks))
+    if (job)
         job_created(r, body);
     if (status_of)
         job_polled(r, status_of, body);
     json_decref(body);
+}
+
+/* ---- reconcile ------------------------------------------------------------
+ *
+ * Begun at the head of a 2xx answer of an admitted request on a reconcile
+ * endpoint, fed the body's bytes as they pass to the client, ended when the
+ * answer is complete. What is kept is bounded: the pointers' last values,
+ * one SSE event (RECONCILE_READ_MAX), or a JSON answer up to
+ * RECONCILE_READ_MAX; nothing is delayed on its way to the client.
+ */
+
+enum { REC_HEADER = 0, REC_JSON, REC_SSE };
+
+/*
+ * Ownership: owned by its request (r->rec), freed by reconcile_abandon()
+ * from request_finish(). Holds no reference to anything but its own
+ * buffers; the pointers it reads are the endpoint's, in r->cfg.
+ */
+struct reconcile {
+    int mode;            /* REC_* */
+    int done;            /* ended: adjusted or counted as missed */
+    int too_large;       /* the answer or one of its events was over the bound */
+    int invalid;         /* an unreadable JSON object, or an out of range value */
+    sse_framer_t sse;    /* REC_SSE */
+    struct evbuffer *json; /* REC_JSON: the answer so far (NULL once too large) */
+    struct {
+        int seen;        /* a non-null value was found */
+        int bad;         /* the last value seen was not a usable number */
+        int64_t v;       /* the last value seen, in units (capped + 1) */
+    } val[RECONCILE_POINTERS_MAX];
+};
+
+/* Above the cap: a report no backend can mean. */
+#define UNITS_IMPLAUSIBLE (LIM_UNITS_MAX + 1)
+
+/* A non-negative whole number from a header or trailer value. */
+static int parse_units(const char *s, int64_t *out)
+{
+    if (!s)
+        return -1;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    if (*s < '0' || *s > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    while (*end == ' ' || *end == '\t')
+        end++;
+    if (*end)
+        return -1;
+    *out = errno == ERANGE || v > LIM_UNITS_MAX ? UNITS_IMPLAUSIBLE : v;
+    return 0;
+}
+
+/* A non-negative number from a JSON value, rounded up to whole units. */
+static int json_units(json_t *v, int64_t *out)
+{
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        json_int_t x = json_integer_value(v);
+        *out = x > LIM_UNITS_MAX ? UNITS_IMPLAUSIBLE : (int64_t)x;
+        return 0;
+    }
+    if (json_is_real(v) && json_real_value(v) >= 0) {
+        double d = json_real_value(v);
+        if (d > (double)LIM_UNITS_MAX) {
+            *out = UNITS_IMPLAUSIBLE;
+        } else {
+            *out = (int64_t)d;
+            if ((double)*out < d)
+                (*out)++;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+/* Take the pointers' values from one JSON document (an answer or an event).
+ * A pointer whose value is absent or null keeps what it had: "no value in
+ * this document", as streams mean it. */
+static void take_values(request_t *r, json_t *doc)
+{
+    const cfg_reconcile_t *rc = r->ep->reconcile;
+    for (size_t i = 0; i < rc->n_pointers; i++) {
+        json_t *v = json_pointer_get(doc, rc->pointers[i]);
+        if (!v || json_is_null(v))
+            continue;
+        r->rec->val[i].seen = 1;
+        r->rec->val[i].bad = json_units(v, &r->rec->val[i].v) != 0;
+    }
+}
+
+static void on_sse_event(void *arg, const char *data, size_t len)
+{
+    request_t *r = arg;
+    size_t i = 0;
+    while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n'))
+        i++;
+    if (i == len || data[i] != '{')
+        return; /* not a JSON object ("[DONE]", text): nothing to read */
+    json_t *doc = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+    if (!doc) {
+        r->rec->invalid = 1;
+        return;
+    }
+    take_values(r, doc);
+    json_decref(doc);
+}
+
+/* Whether a Content-Type names text/event-stream (parameters aside). */
+static int is_event_stream(const char *ct)
+{
+    static const char mt[] = "text/event-stream";
+    if (!ct)
+        return 0;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    size_t n = sizeof mt - 1;
+    return strncasecmp(ct, mt, n) == 0 &&
+           (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t');
+}
+
+void reconcile_begin(request_t *r, int status, const char *content_type)
+{
+    const cfg_reconcile_t *rc = r->ep ? r->ep->reconcile : NULL;
+    if (!rc || r->rec || !r->admitted || r->n_checks == 0 || status < 200 || status > 299)
+        return;
+    struct reconcile *x = calloc(1, sizeof *x);
+    if (!x) {
+        log_msg(LOG_WARN, "request %s: out of memory: its estimate stays", r->rid);
+        return;
+    }
+    r->rec = x;
+    if (rc->response_header) {
+        x->mode = REC_HEADER;
+    } else if (is_event_stream(content_type)) {
+        x->mode = REC_SSE;
+        sse_init(&x->sse, RECONCILE_READ_MAX, on_sse_event, r);
+    } else {
+        x->mode = REC_JSON;
+        x->json = evbuffer_new();
+        if (!x->json)
+            x->too_large = 1;
+    }
+}
+
+int reconcile_holds_head(const request_t *r, int64_t content_length)
+{
+    return r->rec && r->rec->mode == REC_JSON && content_length >= 0 &&
+           content_length <= RECONCILE_READ_MAX;
+}
+
+void reconcile_feed(request_t *r, const char *p, size_t n)
+{
+    struct reconcile *x = r->rec;
+    if (!x || x->done || n == 0)
+        return;
+    if (x->mode == REC_SSE) {
+        if (!x->sse.failed && sse_feed(&x->sse, p, n) != 0)
+            x->too_large = 1; /* out of memory for one event: unreadable */
+    } else if (x->mode == REC_JSON && x->json) {
+        if (evbuffer_get_length(x->json) + n > RECONCILE_READ_MAX) {
+            evbuffer_free(x->json);
+            x->json = NULL;
+            x->too_large = 1;
+        } else if (evbuffer_add(x->json, p, n) != 0) {
+            evbuffer_free(x->json);
+            x->json = NULL;
+            x->too_large = 1;
+        }
+    }
+}
+
+static const char *const reason_name[] = {"client_gone", "cut", "no_usage", "too_large",
+                                          "invalid"};
+enum { MISS_CLIENT_GONE = 0, MISS_CUT, MISS_NO_USAGE, MISS_TOO_LARGE, MISS_INVALID };
+
+/* Count and log a reconcile whose real use is not known. level: -1 for the
+ * reason's own (debug for what clients and configs do every day, info for
+ * what a backend got wrong). */
+static void missed_at(request_t *r, int why, const char *detail, int level)
+{
+    metrics_reconcile_missed(r, reason_name[why]);
+    if (level < 0)
+        level = why == MISS_CLIENT_GONE || why == MISS_NO_USAGE ? LOG_DEBUG : LOG_INFO;
+    log_msg(level, "request %s: endpoint %s: used units not known (%s%s%s): the estimate of "
+                   "%lld stays",
+            r->rid, r->ep->name, reason_name[why], detail ? ": " : "", detail ? detail : "",
+            (long long)r->units);
+}
+
+static void missed(request_t *r, int why, const char *detail)
+{
+    missed_at(r, why, detail, -1);
+}
+
+/* After a reconcile: the remaining amounts the answer's head shows, from
+ * the counters as this request left them. */
+static void update_remaining(request_t *r, const int64_t *deltas)
+{
+    if (r->n_state != r->n_checks)
+        return;
+    lim_outcome_t o;
+    memset(&o, 0, sizeof o);
+    o.admitted = 1;
+    o.now_ms = r->state_now_ms;
+    for (size_t i = 0; i < r->n_checks; i++) {
+        const lim_check_t *c = &r->checks[i];
+        int64_t rem = r->state_remaining[i] - deltas[i];
+        if (rem < 0)
+            rem = 0;
+        if (rem > c->limit)
+            rem = c->limit;
+        r->state_remaining[i] = rem;
+        o.res[i].ok = 1;
+        o.res[i].used = c->limit - rem - c->amount;
+        o.res[i].reset_ms = r->state_reset_ms[i];
+    }
+    lim_report(r->checks, r->n_checks, &o, &r->rep);
+}
+
+static void apply(request_t *r, int64_t actual)
+{
+    int64_t d_units = actual - r->units;
+    if (d_units == 0)
+        return;
+    /* The spend delta is the price of the used units minus what was
+     * charged, both with the cap the admission used. */
+    int64_t d_spend = price_of(r->ep, actual) - r->price_micros;
+    int64_t deltas[LIM_MAX_CHECKS];
+    int any = 0;
+    for (size_t i = 0; i < r->n_checks; i++) {
+        lim_metric_t m = r->checks[i].rule->metric;
+        deltas[i] = m == LIM_UNITS ? d_units : m == LIM_SPEND ? d_spend : 0;
+        any |= deltas[i] != 0;
+    }
+    if (!any)
+        return;
+    store_adjust(r->w->store, r->checks, r->n_checks, deltas, r->charged_ms);
+    r->store_sent = 1;
+    update_remaining(r, deltas);
+    log_msg(LOG_DEBUG, "request %s: reconciled %lld units (estimate %lld)", r->rid,
+            (long long)actual, (long long)r->units);
+}
+
+void reconcile_end(request_t *r, const char *header_value)
+{
+    struct reconcile *x = r->rec;
+    if (!x || x->done)
+        return;
+    x->done = 1;
+    const cfg_reconcile_t *rc = r->ep->reconcile;
+    int64_t actual = 0;
+    if (x->mode == REC_HEADER) {
+        if (!header_value) {
+            missed(r, MISS_NO_USAGE, rc->response_header);
+            return;
+        }
+        if (parse_units(header_value, &actual) != 0) {
+            missed(r, MISS_INVALID, "not a whole number");
+            return;
+        }
+    } else {
+        if (x->mode == REC_SSE && x->sse.oversized)
+            x->too_large = 1;
+        if (x->too_large) {
+            missed(r, MISS_TOO_LARGE, NULL);
+            return;
+        }
+        if (x->mode == REC_JSON) {
+            size_t n = evbuffer_get_length(x->json);
+            if (n == 0) {
+                missed(r, MISS_NO_USAGE, "empty answer");
+                return;
+            }
+            json_t *doc = json_loadb((const char *)evbuffer_pullup(x->json, -1), n,
+                                     JSON_REJECT_DUPLICATES, NULL);
+            evbuffer_free(x->json);
+            x->json = NULL;
+            if (!doc) {
+                missed(r, MISS_INVALID, "the answer is not JSON");
+                return;
+            }
+            take_values(r, doc);
+            json_decref(doc);
+        }
+        if (x->invalid) {
+            missed(r, MISS_INVALID, "an event is not readable JSON");
+            return;
+        }
+        for (size_t i = 0; i < rc->n_pointers; i++) {
+            if (!x->val[i].seen) {
+                missed(r, MISS_NO_USAGE, rc->pointers[i]);
+                return;
+            }
+            if (x->val[i].bad) {
+                missed(r, MISS_INVALID, "not a number of 0 or more");
+                return;
+            }
+            actual += x->val[i].v;
+        }
+    }
+    if (actual > LIM_UNITS_MAX) {
+        /* A backend bug must not lock a tenant out for a month. */
+        missed_at(r, MISS_INVALID, "over the cap of 2^40 units, not plausible", LOG_WARN);
+        return;
+    }
+    apply(r, actual);
+}
+
+void reconcile_abandon(request_t *r)
+{
+    struct reconcile *x = r->rec;
+    if (!x)
+        return;
+    if (!x->done) {
+        x->done = 1;
+        missed(r, r->backend_failed ? MISS_CUT : r->client_gone ? MISS_CLIENT_GONE : MISS_CUT,
+               NULL);
+    }
+    if (x->mode == REC_SSE)
+        sse_free(&x->sse);
+    if (x->json)
+        evbuffer_free(x->json);
+    free(x);
+    r->rec = NULL;
 }

@@ -1331,7 +1331,8 @@ static void parse_job(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *epW)
 
 static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *epW)
 {
-    static const char *const keys[] = {"response_pointer", "response_header", NULL};
+    static const char *const keys[] = {"response_pointer", "response_header",
+        "stream_include_usage", NULL};
     char W[300];
     snprintf(W, sizeof W, "%s reconcile", epW);
     cfg_reconcile_t *r = calloc(1, sizeof *r);
@@ -1341,16 +1342,67 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
     }
     e->reconcile = r;
     check_keys(c, o, keys, W);
-    int a = json_object_get(o, "response_pointer") != NULL;
+    get_bool(c, o, W, "stream_include_usage", &r->stream_include_usage);
+    json_t *ptr = json_object_get(o, "response_pointer");
+    int a = ptr != NULL;
     int b = json_object_get(o, "response_header") != NULL;
     if (a == b) {
         err(c, W, NULL, "give exactly one of \"response_pointer\" and \"response_header\"");
         return;
     }
-    get_pointer(c, o, W, "response_pointer", 0, &r->response_pointer);
+    if (json_is_array(ptr)) {
+        size_t n = json_array_size(ptr);
+        size_t m = pk(c, "response_pointer");
+        if (n == 0 || n > RECONCILE_POINTERS_MAX) {
+            err(c, W, "response_pointer", "a list of 1 to %d pointers, got %zu",
+                RECONCILE_POINTERS_MAX, n);
+        } else if (!(r->pointers = calloc(n, sizeof *r->pointers))) {
+            nomem(c);
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                size_t mi = pi(c, i);
+                char *s = NULL;
+                const char *why;
+                if (str_value(c, json_array_get(ptr, i), W, "response_pointer", &s) != 1) {
+                    /* reported */
+                } else if ((why = pointer_problem(s))) {
+                    err(c, W, "response_pointer", "invalid JSON pointer %s: %s", Q(c, s), why);
+                    free(s);
+                } else {
+                    for (size_t k = 0; k < r->n_pointers && s; k++) {
+                        if (strcmp(r->pointers[k], s) == 0) {
+                            err(c, W, "response_pointer", "%s is listed twice", Q(c, s));
+                            free(s);
+                            s = NULL;
+                        }
+                    }
+                    if (s)
+                        r->pointers[r->n_pointers++] = s;
+                }
+                pp(c, mi);
+            }
+        }
+        pp(c, m);
+    } else if (ptr) {
+        char *s = NULL;
+        if (!json_is_string(ptr)) {
+            type_err(c, W, "response_pointer", ptr, "a JSON pointer or a list of them");
+        } else if (get_pointer(c, o, W, "response_pointer", 0, &s) == 1) {
+            if (!(r->pointers = calloc(1, sizeof *r->pointers))) {
+                free(s);
+                nomem(c);
+            } else {
+                r->pointers[0] = s;
+                r->n_pointers = 1;
+            }
+        }
+    }
     if (get_str(c, o, W, "response_header", 0, &r->response_header) == 1 &&
         !valid_header_name(r->response_header))
         ferr(c, W, "response_header", "invalid header name %s", Q(c, r->response_header));
+    if (b && r->stream_include_usage)
+        ferr(c, W, "stream_include_usage",
+             "the usage chunk is read through \"response_pointer\", not a header");
 }
 
 static void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
@@ -2124,7 +2176,9 @@ static void config_free(config_t *cfg)
             free(e->job);
         }
         if (e->reconcile) {
-            free(e->reconcile->response_pointer);
+            for (size_t k = 0; k < e->reconcile->n_pointers; k++)
+                free(e->reconcile->pointers[k]);
+            free(e->reconcile->pointers);
             free(e->reconcile->response_header);
             free(e->reconcile);
         }

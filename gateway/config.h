@@ -68,9 +68,16 @@ typedef struct cfg_job {
     int64_t max_seconds;   /* default 3600 */
 } cfg_job_t;
 
+/* Reconcile pointers summed per answer, at most. */
+#define RECONCILE_POINTERS_MAX 8
+
+/* Where the backend reports the units it used: exactly one of pointers
+ * (their values are added) and response_header is set. */
 typedef struct cfg_reconcile {
-    char *response_pointer; /* exactly one of the two is set */
-    char *response_header;
+    char **pointers;        /* RFC 6901, validated; NULL when by header */
+    size_t n_pointers;
+    char *response_header;  /* a head or trailer field; NULL when by pointer */
+    int stream_include_usage; /* "stream": true bodies ask for the usage chunk */
 } cfg_reconcile_t;
 
 typedef struct cfg_endpoint {

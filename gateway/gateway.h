@@ -104,6 +104,7 @@ typedef struct request {
     char units_field[32]; /* reconcile.response_header's value (head or trailer) */
     int has_units_field;
     int hold_reply;      /* the head waits for the whole body (one write) */
+    int backend_failed;  /* the exchange ended in an error (cut, timeout) */
     struct evbuffer *capture; /* copy of the answer's body, when needed (owned) */
     int64_t charged_ms;  /* store clock of the admission (for reconcile) */
     int lease_moved;     /* an async job holds the leases now */
@@ -127,6 +128,7 @@ typedef struct request {
     int64_t state_remaining[LIM_MAX_CHECKS];
     int64_t state_reset_ms[LIM_MAX_CHECKS];
     int backend_paused;  /* backend not read until the client drains */
+    struct reconcile *rec; /* reading the answer for used units (owned; after.c) */
     const char *deny_body; /* a 429 answered from the deny cache: its body */
     char **deny_keep;      /* a 429 just kept by the deny cache: its body slot */
     struct timespec t_start;
@@ -138,6 +140,9 @@ typedef struct request {
     /* Body that came before its head was sent (owned; kept, empty, with
      * the recycled context; freed with it). */
     struct evbuffer *held;
+    /* The backend's fields of an answer whose head waits (owned; proxy.c;
+     * kept like `held`). */
+    struct evbuffer *held_head;
 } request_t;
 
 /* request.c */
@@ -169,10 +174,10 @@ int64_t price_of(const cfg_endpoint_t *ep, int64_t units);
 /* The value at an RFC 6901 pointer in root (borrowed), or NULL. */
 json_t *json_pointer_get(json_t *root, const char *ptr);
 
-/* after.c: what an answer from the backend changes: reconcile the units
- * and spend, hand leases over to an async job, release a job that is done.
- * Called once per successful backend answer, before it is ended. */
-void after_response(request_t *r);
+/* after.c: what an answer from the backend changes: hand leases over to an
+ * async job, release a job that is done. Called once per complete backend
+ * answer (status code), before it is ended. */
+void after_response(request_t *r, int code);
 /* 1 if the body of this request's answer must be kept for after_response. */
 int after_needs_body(const request_t *r);
 /* Before anything is sent: a job status request reads the id it asks
@@ -181,6 +186,26 @@ int after_needs_body(const request_t *r);
 int after_read_poll(request_t *r, const char **param);
 /* The store's name of a job id (its bytes): SHA-256 in hex. */
 void after_job_name(const char *id, size_t len, char out[65]);
+
+/* after.c, reconcile: the units a backend reports it used replace the
+ * estimate. The proxy hands over values, never its HTTP objects. */
+/* An answer's JSON document or SSE event is read up to this many bytes. */
+#define RECONCILE_READ_MAX (1024 * 1024)
+/* At the head of an answer: starts reading it when it is to be reconciled
+ * (r->rec set). content_type: the answer's, or NULL. */
+void reconcile_begin(request_t *r, int status, const char *content_type);
+/* 1 when the head should wait for the whole body (a JSON answer of known
+ * length within the bound), so that it shows the reconciled counts. */
+int reconcile_holds_head(const request_t *r, int64_t content_length);
+/* Body bytes, as they pass to the client. */
+void reconcile_feed(request_t *r, const char *p, size_t n);
+/* The answer is complete; header_value: the last value of the endpoint's
+ * response_header among the head's and the trailer's fields, or NULL.
+ * Adjusts the counters, or counts why it cannot. */
+void reconcile_end(request_t *r, const char *header_value);
+/* From request_finish: an answer that never ended (client gone, stream
+ * cut) is counted as missed; frees r->rec. */
+void reconcile_abandon(request_t *r);
 
 /* respond.c: every reply that is not a proxied response. Each one ends the
  * request (calls request_finish); `details` is stolen, may be NULL. */

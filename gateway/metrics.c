@@ -84,6 +84,8 @@ static void series_inc(uint64_t gen, const char *family, const void *a, const vo
         char labels[200];
         if (fmt[0] == 'E')
             snprintf(labels, sizeof labels, "endpoint=\"%s\",status=\"%d\"", s1, n);
+        else if (fmt[0] == 'R')
+            snprintf(labels, sizeof labels, "endpoint=\"%s\",reason=\"%s\"", s1, s2);
         else
             snprintf(labels, sizeof labels, "outcome=\"%s\",limit=\"%s\"", s1, s2);
         s = series_get(family, labels);
@@ -109,6 +111,14 @@ void metrics_job_id_unusable(const char *endpoint)
     series_t *s = series_get(F_JOB_ID_UNUSABLE, labels);
     if (s)
         atomic_fetch_add_explicit(&s->value, 1, memory_order_relaxed);
+}
+
+static const char F_RECONCILE_MISSED[] = "ratewall_reconcile_missed_total";
+
+void metrics_reconcile_missed(const request_t *r, const char *reason)
+{
+    const char *ep = r->ep ? r->ep->name : "_none";
+    series_inc(r->cfg->generation, F_RECONCILE_MISSED, ep, reason, 0, "R", ep, reason);
 }
 
 /* ---- histograms and gauges ------------------------------------------------ */
@@ -281,6 +291,9 @@ void metrics_write(struct evbuffer *out)
     write_family(out, F_JOB_ID_UNUSABLE,
                  "Job creates answered 2xx whose job id could not be used, by endpoint: "
                  "their leases are held until the job's max_seconds.");
+    write_family(out, F_RECONCILE_MISSED,
+                 "Reconciles whose real use could not be known (the estimate stayed "
+                 "charged), by endpoint and reason.");
     write_histo(out, "ratewall_store_latency_seconds",
                 "Time from asking the store for a decision to its answer.", &store_latency);
     write_histo(out, "ratewall_backend_latency_seconds",

@@ -22,6 +22,9 @@ void metrics_reload(int ok);
 void metrics_lease(int delta);
 /* A job create answered 2xx with no usable job id (rare: no cache). */
 void metrics_job_id_unusable(const char *endpoint);
+/* A reconcile whose real use could not be known (the estimate stayed):
+ * reason is client_gone, cut, no_usage, too_large or invalid (static). */
+void metrics_reconcile_missed(const struct request *r, const char *reason);
 /* Write every series; `extra` lines (store-specific) are appended. */
 void metrics_write(struct evbuffer *out);
 

@@ -377,6 +377,48 @@ static void note_units_field(request_t *r, const hp_field_t *f)
     r->has_units_field = f->value_len < sizeof r->units_field;
 }
 
+/* The backend's fields of an answer whose head waits (on_backend_head):
+ * kept as lines until on_backend_end, when the rate headers, computed after
+ * the reconcile, go first. The parser let no CR or LF into a value. */
+static void hold_fields(request_t *r, const hp_response_t *res)
+{
+    if (!r->held_head)
+        r->held_head = evbuffer_new();
+    if (!r->held_head)
+        return;
+    for (size_t i = 0; i < res->n_fields; i++) {
+        const hp_field_t *f = &res->fields[i];
+        evbuffer_add(r->held_head, f->name, f->name_len);
+        evbuffer_add(r->held_head, ":", 1);
+        evbuffer_add(r->held_head, f->value, f->value_len);
+        evbuffer_add(r->held_head, "\n", 1);
+    }
+}
+
+/* reply_headers for an answer whose fields were held. */
+static void reply_held_headers(request_t *r)
+{
+    hp_field_t f[128];
+    hp_response_t res;
+    memset(&res, 0, sizeof res);
+    res.fields = f;
+    size_t len = r->held_head ? evbuffer_get_length(r->held_head) : 0;
+    const char *p = len ? (const char *)evbuffer_pullup(r->held_head, -1) : NULL, *end = p + len;
+    while (p && p < end && res.n_fields < 128) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *colon = memchr(p, ':', (size_t)(nl - p));
+        f[res.n_fields].name = p;
+        f[res.n_fields].name_len = (size_t)(colon - p);
+        f[res.n_fields].value = colon + 1;
+        f[res.n_fields].value_len = (size_t)(nl - colon - 1);
+        res.n_fields++;
+        p = nl + 1;
+    }
+    reply_headers(r, &res);
+    if (r->held_head)
+        evbuffer_drain(r->held_head, len);
+}
+
 static int on_backend_head(void *arg, const hp_response_t *res)
 {
     request_t *r = arg;
@@ -386,14 +428,24 @@ static int on_backend_head(void *arg, const hp_response_t *res)
     r->reason[n] = '\0';
     for (size_t i = 0; i < res->n_fields; i++)
         note_units_field(r, &res->fields[i]);
+    const hp_field_t *ct = hp_find(res->fields, res->n_fields, "Content-Type");
+    char ctype[128] = "";
+    if (ct && ct->value_len < sizeof ctype) {
+        memcpy(ctype, ct->value, ct->value_len);
+        ctype[ct->value_len] = '\0';
+    }
+    reconcile_begin(r, res->status, ct ? ctype : NULL);
     if (r->client_gone)
         return 0; /* read to its end all the same (a job create) */
     enum hp_body body = hp_response_body(h1_method(r->req) == H1_HEAD, res);
     /* A body that is already all here goes out with the head, in one
-     * write (on_backend_end); otherwise the head goes now. */
-    if (body == HP_BODY_LENGTH && hc_head_rest(r->bx) >= (size_t)res->framing.content_length) {
-        reply_headers(r, res);
-        r->reply_started = 0; /* not yet on the wire */
+     * write (on_backend_end); so does a JSON answer to reconcile, within
+     * its bound, whose head then shows the reconciled counts. Otherwise
+     * the head goes now. */
+    if (body == HP_BODY_LENGTH &&
+        (hc_head_rest(r->bx) >= (size_t)res->framing.content_length ||
+         reconcile_holds_head(r, res->framing.content_length))) {
+        hold_fields(r, res);
         r->hold_reply = 1;
         return 0;
     }
@@ -418,6 +470,8 @@ static void on_client_drained(h1_conn_t *c, void *arg)
 static void on_backend_data(void *arg, const char *data, size_t n)
 {
     request_t *r = arg;
+    if (r->rec)
+        reconcile_feed(r, data, n); /* read in place: nothing held or delayed */
     keep_copy(r, data, n);
     if (r->client_gone)
         return;
@@ -458,16 +512,19 @@ static void on_backend_end(void *arg)
     request_t *r = arg;
     r->bx = NULL;
     backend_time(r);
-    after_response(r);
+    /* The units field of the trailer, when it has one, came last. */
+    reconcile_end(r, r->has_units_field ? r->units_field : NULL);
+    after_response(r, r->backend_status);
     h1_conn_t *client = r->req;
     if (r->client_gone || !client) {
         request_finish(r);
         return;
     }
+    if (r->hold_reply)
+        reply_held_headers(r); /* after the reconcile: its counts show */
     request_unwatch_client(r);
     r->req = NULL;
     if (r->hold_reply) {
-        r->reply_started = 1;
         request_settle(r);
         /* The whole answer at once: head and body in one write. */
         h1_reply_buffer(client, r->status, r->reason, r->held);
@@ -483,12 +540,9 @@ static void on_backend_error(void *arg, enum hc_error err, int got_head)
     request_t *r = arg;
     (void)got_head;
     r->bx = NULL;
+    r->backend_failed = 1;
     backend_time(r);
-    if (r->hold_reply) {
-        r->hold_reply = 0;
-        r->reply_started = 0;
-        h1_headers_reset(r->req);
-    }
+    r->hold_reply = 0;
     if (r->client_gone) {
         request_finish(r);
         return;

@@ -42,6 +42,7 @@ static request_t *request_alloc(void)
         if (!r)
             return NULL;
         r->held = NULL;
+        r->held_head = NULL;
     }
     /* Everything before the checks array is state; the checks are written
      * by lim_build_checks before they are read. */
@@ -53,6 +54,8 @@ static void request_destroy(request_t *r)
 {
     if (r->held)
         evbuffer_free(r->held);
+    if (r->held_head)
+        evbuffer_free(r->held_head);
     free(r);
 }
 
@@ -155,6 +158,9 @@ void request_finish(request_t *r)
     proxy_forget_kept(r);
     if (r->bx)
         proxy_abort(r);
+    reconcile_abandon(r);
+    if (r->held_head)
+        evbuffer_drain(r->held_head, evbuffer_get_length(r->held_head));
     if (r->capture) {
         evbuffer_free(r->capture);
         r->capture = NULL;
@@ -268,7 +274,8 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     lim_report(r->checks, r->n_checks, o, &r->rep);
     r->admitted = o->admitted;
     r->decision = o->admitted ? DEC_ADMITTED : DEC_REFUSED;
-    if (r->cfg->server.ietf_headers || r->cfg->server.openai_headers) {
+    /* Reconcile recomputes the headers from this state. */
+    if (r->cfg->server.ietf_headers || r->cfg->server.openai_headers || r->ep->reconcile) {
         r->n_state = r->n_checks;
         r->state_now_ms = o->now_ms;
         for (size_t i = 0; i < r->n_checks; i++) {
@@ -451,6 +458,48 @@ static const char *client_key(h1_conn_t *h, size_t *len)
 }
 
 
+/* stream_include_usage: a JSON body whose "stream" is true gets
+ * "stream_options": {"include_usage": true} (merged into an existing
+ * stream_options object), so that an OpenAI-compatible backend ends its
+ * stream with the usage chunk. The body is rewritten (compact JSON) only
+ * when that changes it. Returns -1 with a message for a body that is not
+ * JSON or repeats a member name: the gateway and the backend must never
+ * read two different values. */
+static int ask_for_usage(struct evbuffer *body, char *err, size_t errlen)
+{
+    size_t len = evbuffer_get_length(body);
+    json_error_t jerr;
+    json_t *root = json_loadb(len ? (const char *)evbuffer_pullup(body, -1) : "", len,
+                              JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        snprintf(err, errlen, "The request body is not valid JSON: %s (line %d, column %d).",
+                 jerr.text, jerr.line, jerr.column);
+        return -1;
+    }
+    int rc = 0;
+    if (json_is_object(root) && json_is_true(json_object_get(root, "stream"))) {
+        json_t *so = json_object_get(root, "stream_options");
+        if (!json_is_object(so) || !json_is_true(json_object_get(so, "include_usage"))) {
+            if (!json_is_object(so)) {
+                so = json_object();
+                json_object_set_new(root, "stream_options", so);
+            }
+            json_object_set_new(so, "include_usage", json_true());
+            char *text = json_dumps(root, JSON_COMPACT);
+            if (!text) {
+                snprintf(err, errlen, "The request body could not be rewritten.");
+                rc = -1;
+            } else {
+                evbuffer_drain(body, len);
+                evbuffer_add(body, text, strlen(text));
+                free(text);
+            }
+        }
+    }
+    json_decref(root);
+    return rc;
+}
+
 void request_start(worker_t *w, h1_conn_t *req)
 {
     request_t *r = request_new(w, req);
@@ -537,6 +586,13 @@ void request_start(worker_t *w, h1_conn_t *req)
         }
     } else {
         r->units = 1;
+    }
+    if (r->ep->reconcile && r->ep->reconcile->stream_include_usage) {
+        char err[256];
+        if (ask_for_usage(body, err, sizeof err) != 0) {
+            respond_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
+            return;
+        }
     }
     r->price_micros = price_of(r->ep, r->units);
 

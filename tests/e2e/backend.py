@@ -57,7 +57,8 @@ class Req:
 class Reply:
     """status, headers [(name, value)], and one of: body (bytes or a JSON
     value), chunks (an iterable of bytes, each sent as one chunk as it is
-    produced; a float in it sleeps that long), with trailers
+    produced; a float in it sleeps that long; a callable in it is called,
+    e.g. to wait until the test lets the answer go on), with trailers
     [(name, value)] after the last chunk. close_delimited: no length, no
     chunking, the end of the body is the connection's close. cut: the
     connection is closed after the chunks, without the final chunk. raw:
@@ -205,6 +206,9 @@ class Backend:
                         if isinstance(c, float):
                             time.sleep(c)
                             continue
+                        if callable(c):
+                            c()
+                            continue
                         self.wfile.write(c)
                         self.wfile.flush()
                     return
@@ -215,6 +219,9 @@ class Backend:
                 for c in rep.chunks:
                     if isinstance(c, float):
                         time.sleep(c)
+                        continue
+                    if callable(c):
+                        c()
                         continue
                     if c:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(c), c))

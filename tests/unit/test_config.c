@@ -339,7 +339,7 @@ static void test_full(void)
             CHECK_INT(e->job->max_seconds, 3600);
         }
         e = &c->endpoints[e_chat];
-        CHECK(e->reconcile && !e->reconcile->response_pointer &&
+        CHECK(e->reconcile && !e->reconcile->pointers && e->reconcile->n_pointers == 0 &&
                   e->reconcile->response_header &&
                   strcmp(e->reconcile->response_header, "X-Units-Used") == 0,
               "reconcile by header");
