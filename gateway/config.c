@@ -18,6 +18,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -1263,7 +1264,8 @@ static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *ep
         else if (mv && json_number_value(mv) < 0)
             ferr(c, W, "min", "must not be negative, got %g", json_number_value(mv));
         else if (mv && json_number_value(mv) > (double)LIM_UNITS_MAX)
-            ferr(c, W, "min", "must be at most %" PRId64, (int64_t)LIM_UNITS_MAX);
+            ferr(c, W, "min", "must be at most %" PRId64 ", got %g", (int64_t)LIM_UNITS_MAX,
+                 json_number_value(mv));
         else if (mv)
             fa->min = json_number_value(mv);
         json_t *map = get_obj(c, f, W, "map", 0);
@@ -1362,6 +1364,31 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
         ferr(c, W, "response_header", "invalid header name %s", Q(c, r->response_header));
 }
 
+/* Whether an endpoint's path is in the form a request path is normalized
+ * to (gateway/request.c): else no request could ever match it. */
+static int path_is_normal(const char *p)
+{
+    if (strstr(p, "//") || strchr(p, '\\'))
+        return 0;
+    for (const char *s = p; *s; s++) {
+        if (*s == '/' && s[1] == '.' &&
+            (s[2] == '/' || s[2] == '\0' || (s[2] == '.' && (s[3] == '/' || s[3] == '\0'))))
+            return 0;
+        if (*s == '%') {
+            if (!isxdigit((unsigned char)s[1]) || !isxdigit((unsigned char)s[2]) ||
+                islower((unsigned char)s[1]) || islower((unsigned char)s[2]))
+                return 0;
+            char hex[3] = {s[1], s[2], 0};
+            int v = (int)strtol(hex, NULL, 16);
+            if (isalnum(v) || v == '-' || v == '.' || v == '_' || v == '~' || v == '/' ||
+                v == '\\' || v == 0)
+                return 0;
+            s += 2;
+        }
+    }
+    return 1;
+}
+
 static void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
 {
     static const char *const keys[] = {"method", "path", "path_prefix", "backend",
@@ -1386,6 +1413,13 @@ static void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W
                 ferr(c, W, f, "must start with \"/\", got %s", Q(c, e->path));
             else if (strpbrk(e->path, "?# \t\r\n"))
                 ferr(c, W, f, "must be a plain path (no query, fragment or spaces), got %s",
+                     Q(c, e->path));
+            else if (!path_is_normal(e->path))
+                ferr(c, W, f,
+                     "must be a normalized path (no \"//\", \".\" or \"..\" segment, "
+                     "backslash, or \"%%\" but in an upper-case encoding of a reserved "
+                     "character), "
+                     "got %s: requests are normalized before routing and could never match",
                      Q(c, e->path));
         }
     }
@@ -1489,8 +1523,12 @@ static void check_routes(ctx_t *c)
             char W[120];
             snprintf(W, sizeof W, "endpoint %s", Q(c, b->name));
             ferr(c, W, b->is_prefix ? "path_prefix" : "path",
-                 "%s %s%s is already routed to endpoint %s", method_names[mi], b->path,
-                 b->is_prefix ? "*" : "", Q(c, a->name));
+                 "%s %s%s is already routed to endpoint %s%s", method_names[mi], b->path,
+                 b->is_prefix ? "*" : "", Q(c, a->name),
+                 strcmp(a->path, b->path) == 0
+                     ? ""
+                     : " (paths are routed regardless of case, \";params\" and a "
+                       "trailing \"/\")");
             pp(c, m);
             break;
         }
