@@ -172,15 +172,24 @@ def test_units_saturate(env):
 
 # ---------------------------------------------------------------- Retry-After
 
+def cached_refusals(cfg):
+    port = int(cfg["admin"]["listen"].rsplit(":", 1)[1])
+    text = request(port, "GET", "/metrics").body.decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith("ratewall_decisions_total{") and 'outcome="refused_cached"' in l)
+
+
 def retry_after_never(env, store):
-    setup(env, [
+    cfg, be = setup(env, [
         {"metric": "units", "per": "minute", "limit": 3, "endpoints": ["txt2img"]},
         {"metric": "requests", "per": "minute", "limit": 2, "endpoints": ["img2img"]},
-        {"metric": "requests", "per": "minute", "limit": 0, "endpoints": ["echo"]}], store)
+        {"metric": "requests", "per": "minute", "limit": 0, "endpoints": ["echo"]}], store,
+        admin=True)
     key = env.keys["k"]
     # Larger than the limit alone (5 units > 3; 1 request > 0): no moment
-    # to retry at exists. The echo refusal is kept by the deny cache: its
-    # second and third answers come from there and must say the same.
+    # to retry at exists. The echo refusal is kept by the deny cache (one
+    # per worker: of 3 requests over 2 workers, one at least is answered
+    # from it), and what it answers must say the same.
     cases = [("/v3/txt2img", {"image_num": 5}, "5 units over a limit of 3")] + \
         [("/v1/echo", {}, "a request over a limit of 0 (#%d)" % i) for i in range(3)]
     for path, body, what in cases:
@@ -190,6 +199,7 @@ def retry_after_never(env, store):
            "%s: no Retry-After, no retry-after-ms" % what)
         eq(r.h("x-should-retry"), "false", "%s: x-should-retry" % what)
         assert "can never be admitted" in r.json()["error"]["message"], r.json()
+    assert cached_refusals(cfg) >= 1, "the deny cache answered one of the echo refusals"
     # A refusal that can pass later still names its moment, from the store
     # and from the deny cache alike.
     for _ in range(2):
