@@ -719,7 +719,7 @@ static int parse_head(h1_conn_t *c, size_t len)
     c->no_body_out = c->method == H1_HEAD;
     char *target = sp1 + 1;
     *sp2 = '\0';
-    for (char *p = target; *p; p++)
+    for (char *p = target; p < sp2; p++) /* to sp2: a NUL in it is refused too */
         if ((unsigned char)*p <= ' ' || *p == 0x7f) {
             refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The request target is not valid.");
             return -1;

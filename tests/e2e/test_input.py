@@ -261,6 +261,18 @@ def test_path_spellings(env):
         r = env.req("POST", p, key=key, body={"image_num": 1})
         eq(r.status, 400, "%s refused: %r" % (p, r))
         eq(r.json()["error"]["code"], "INVALID_REQUEST", "%s: code" % p)
+    # A raw NUL (or any control byte) in the target: refused by the HTTP layer.
+    for target in (b"/v3/txt2img\x00", b"/v3/\x00/txt2img", b"/v3/txt2img\x01"):
+        with socket.create_connection(("127.0.0.1", env.port), timeout=10) as s:
+            s.sendall(b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                      key.encode() + b"\r\nContent-Length: 2\r\n\r\n{}")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 400 "), "%r refused: %r" % (target, data[:200])
     eq(len(be.requests), 3, "no refused path reached the backend")
 
 
