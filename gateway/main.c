@@ -1,5 +1,5 @@
 /*
- * gateway/main.c: the command line (SPEC §1), signals, reload and the
+ * gateway/main.c: the command line, signals, reload and the
  * process's start and end. The main thread runs only signal events; the
  * workers serve.
  */

@@ -1,6 +1,6 @@
 /*
  * gateway/units.c: the units of a request, a product of factors read from
- * its JSON body by RFC 6901 pointers (SPEC §2). The body is parsed only for
+ * its JSON body by RFC 6901 pointers. The body is parsed only for
  * endpoints that read units.
  */
 #include <errno.h>
