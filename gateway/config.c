@@ -18,6 +18,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -194,7 +195,7 @@ typedef struct keyidx {
 
 /* Routes: exact paths in a hash of path groups; prefixes longest first. */
 typedef struct rentry {
-    const char *path;
+    char *path;      /* route key (see route_key), owned by the routes */
     size_t len;
     uint32_t ep;
     unsigned methods;
@@ -1242,13 +1243,14 @@ static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *ep
     }
     e->n_units = n;
     for (size_t i = 0; i < n; i++) {
-        static const char *const keys[] = {"pointer", "default", "map", NULL};
+        static const char *const keys[] = {"pointer", "default", "min", "map", NULL};
         char W[300];
         snprintf(W, sizeof W, "%s units[%zu]", epW, i);
         json_t *f = json_array_get(arr, i);
         size_t m = pi(c, i);
         cfg_factor_t *fa = &e->units[i];
         fa->dflt = 1;
+        fa->min = 1;
         if (!json_is_object(f)) {
             err(c, epW, NULL, "units[%zu]: expected an object, got %s", i, json_kind(f));
             pp(c, m);
@@ -1257,6 +1259,16 @@ static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *ep
         check_keys(c, f, keys, W);
         get_pointer(c, f, W, "pointer", 1, &fa->pointer);
         get_int(c, f, W, "default", 0, 0, INT64_MAX, &fa->dflt);
+        json_t *mv = json_object_get(f, "min");
+        if (mv && !json_is_number(mv))
+            type_err(c, W, "min", mv, "a number");
+        else if (mv && json_number_value(mv) < 0)
+            ferr(c, W, "min", "must not be negative, got %g", json_number_value(mv));
+        else if (mv && json_number_value(mv) > (double)LIM_UNITS_MAX)
+            ferr(c, W, "min", "must be at most %" PRId64 ", got %g", (int64_t)LIM_UNITS_MAX,
+                 json_number_value(mv));
+        else if (mv)
+            fa->min = json_number_value(mv);
         json_t *map = get_obj(c, f, W, "map", 0);
         if (map) {
             size_t mm = pk(c, "map");
@@ -1405,6 +1417,31 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
              "the usage chunk is read through \"response_pointer\", not a header");
 }
 
+/* Whether an endpoint's path is in the form a request path is normalized
+ * to (gateway/request.c): else no request could ever match it. */
+static int path_is_normal(const char *p)
+{
+    if (strstr(p, "//") || strchr(p, '\\'))
+        return 0;
+    for (const char *s = p; *s; s++) {
+        if (*s == '/' && s[1] == '.' &&
+            (s[2] == '/' || s[2] == '\0' || (s[2] == '.' && (s[3] == '/' || s[3] == '\0'))))
+            return 0;
+        if (*s == '%') {
+            if (!isxdigit((unsigned char)s[1]) || !isxdigit((unsigned char)s[2]) ||
+                islower((unsigned char)s[1]) || islower((unsigned char)s[2]))
+                return 0;
+            char hex[3] = {s[1], s[2], 0};
+            int v = (int)strtol(hex, NULL, 16);
+            if (isalnum(v) || v == '-' || v == '.' || v == '_' || v == '~' || v == '/' ||
+                v == '\\' || v == 0)
+                return 0;
+            s += 2;
+        }
+    }
+    return 1;
+}
+
 static void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
 {
     static const char *const keys[] = {"method", "path", "path_prefix", "backend",
@@ -1429,6 +1466,13 @@ static void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W
                 ferr(c, W, f, "must start with \"/\", got %s", Q(c, e->path));
             else if (strpbrk(e->path, "?# \t\r\n"))
                 ferr(c, W, f, "must be a plain path (no query, fragment or spaces), got %s",
+                     Q(c, e->path));
+            else if (!path_is_normal(e->path))
+                ferr(c, W, f,
+                     "must be a normalized path (no \"//\", \".\" or \"..\" segment, "
+                     "backslash, or \"%%\" but in an upper-case encoding of a reserved "
+                     "character), "
+                     "got %s: requests are normalized before routing and could never match",
                      Q(c, e->path));
         }
     }
@@ -1465,6 +1509,48 @@ static void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W
     }
 }
 
+/*
+ * The key a path is routed by: ASCII letters lower-cased, ";params" cut
+ * from every segment, and for an exact path one trailing "/" dropped. Any
+ * spelling that a lenient backend (case-insensitive matching, ignored
+ * path parameters or trailing slash) takes for an endpoint's path routes
+ * to that endpoint here too, so it is counted where the backend runs it.
+ * The request's path itself is forwarded as it came (normalized).
+ * Writes at most len bytes; -1 if the key does not fit.
+ */
+static int route_key(const char *path, int exact, char *out, size_t len)
+{
+    size_t o = 0;
+    int in_params = 0;
+    for (const char *p = path; *p; p++) {
+        char ch = *p;
+        if (ch == '/')
+            in_params = 0;
+        else if (ch == ';')
+            in_params = 1;
+        if (in_params)
+            continue;
+        if (o + 1 >= len)
+            return -1;
+        out[o++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+    }
+    if (exact && o > 1 && out[o - 1] == '/')
+        o--;
+    out[o] = '\0';
+    return 0;
+}
+
+static char *route_key_dup(const char *path, int exact)
+{
+    size_t n = strlen(path) + 1;
+    char *k = malloc(n);
+    if (k && route_key(path, exact, k, n) != 0) {
+        free(k);
+        k = NULL;
+    }
+    return k;
+}
+
 /* Two endpoints may not answer the same method on the same path. */
 static void check_routes(ctx_t *c)
 {
@@ -1475,8 +1561,14 @@ static void check_routes(ctx_t *c)
             continue;
         for (size_t i = 0; i < j; i++) {
             cfg_endpoint_t *a = &cfg->endpoints[i];
-            if (!a->path || a->is_prefix != b->is_prefix || !(a->methods & b->methods) ||
-                strcmp(a->path, b->path) != 0)
+            if (!a->path || a->is_prefix != b->is_prefix || !(a->methods & b->methods))
+                continue;
+            char *ka = route_key_dup(a->path, !a->is_prefix);
+            char *kb = route_key_dup(b->path, !b->is_prefix);
+            int same = ka && kb && strcmp(ka, kb) == 0;
+            free(ka);
+            free(kb);
+            if (!same)
                 continue;
             size_t m = pk(c, "endpoints");
             pk(c, b->name);
@@ -1484,8 +1576,12 @@ static void check_routes(ctx_t *c)
             char W[120];
             snprintf(W, sizeof W, "endpoint %s", Q(c, b->name));
             ferr(c, W, b->is_prefix ? "path_prefix" : "path",
-                 "%s %s%s is already routed to endpoint %s", method_names[mi], b->path,
-                 b->is_prefix ? "*" : "", Q(c, a->name));
+                 "%s %s%s is already routed to endpoint %s%s", method_names[mi], b->path,
+                 b->is_prefix ? "*" : "", Q(c, a->name),
+                 strcmp(a->path, b->path) == 0
+                     ? ""
+                     : " (paths are routed regardless of case, \";params\" and a "
+                       "trailing \"/\")");
             pp(c, m);
             break;
         }
@@ -2002,6 +2098,10 @@ static void routes_free(routes_t *r)
 {
     if (!r)
         return;
+    for (size_t i = 0; r->exact && i < r->n_exact; i++)
+        free(r->exact[i].path);
+    for (size_t i = 0; r->prefix && i < r->n_prefix; i++)
+        free(r->prefix[i].path);
     free(r->exact);
     free(r->slots);
     free(r->prefix);
@@ -2026,7 +2126,12 @@ static routes_t *build_routes(const config_t *cfg)
     }
     for (size_t i = 0; i < cfg->n_endpoints; i++) {
         const cfg_endpoint_t *e = &cfg->endpoints[i];
-        rentry_t en = {e->path, strlen(e->path), (uint32_t)i, e->methods};
+        char *key = route_key_dup(e->path, !e->is_prefix);
+        if (!key) {
+            routes_free(r);
+            return NULL;
+        }
+        rentry_t en = {key, strlen(key), (uint32_t)i, e->methods};
         if (e->is_prefix)
             r->prefix[r->n_prefix++] = en;
         else
@@ -2538,22 +2643,30 @@ const cfg_account_t *config_find_account(const config_t *c, const char *name)
 static int route(const config_t *c, unsigned method, const char *path)
 {
     const routes_t *r = c->route_index;
-    if (!r || !path)
+    char key[2048]; /* as long as a request's normalized path */
+    if (!r || !path || route_key(path, 0, key, sizeof key) != 0)
         return -1;
-    size_t mask = r->cap - 1, s = (size_t)fnv1a(path) & mask;
+    /* Exact paths first, looked up without a trailing "/". */
+    size_t klen = strlen(key);
+    int cut = klen > 1 && key[klen - 1] == '/';
+    if (cut)
+        key[klen - 1] = '\0';
+    size_t mask = r->cap - 1, s = (size_t)fnv1a(key) & mask;
     while (r->slots[s]) {
         size_t i = r->slots[s] - 1;
-        if (strcmp(r->exact[i].path, path) == 0) {
-            for (; i < r->n_exact && strcmp(r->exact[i].path, path) == 0; i++)
+        if (strcmp(r->exact[i].path, key) == 0) {
+            for (; i < r->n_exact && strcmp(r->exact[i].path, key) == 0; i++)
                 if (r->exact[i].methods & method)
                     return (int)r->exact[i].ep;
             break;
         }
         s = (s + 1) & mask;
     }
+    if (cut)
+        key[klen - 1] = '/';
     for (size_t i = 0; i < r->n_prefix; i++)
         if ((r->prefix[i].methods & method) &&
-            strncmp(path, r->prefix[i].path, r->prefix[i].len) == 0)
+            strncmp(key, r->prefix[i].path, r->prefix[i].len) == 0)
             return (int)r->prefix[i].ep;
     return -1;
 }
@@ -2566,4 +2679,100 @@ int config_route(const config_t *c, unsigned method, const char *path)
 int config_route_any(const config_t *c, const char *path)
 {
     return route(c, ~0u, path);
+}
+
+/* ------------------------------------------------------------------------
+ * Counters that a new snapshot starts afresh.
+ * ------------------------------------------------------------------------ */
+
+static const lim_rule_t *rule_by_ident(const lim_rule_t *rules, size_t n, const char *ident)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!rules[i].removed && strcmp(rules[i].ident, ident) == 0)
+            return &rules[i];
+    return NULL;
+}
+
+/* One level's limits: a rule of next whose counter identity is new while
+ * old had a rule of the same metric, per and scope (now gone) is a limit
+ * whose endpoints changed. */
+static size_t rules_changes(const char *where, const lim_rule_t *old, size_t n_old,
+                            const lim_rule_t *next, size_t n_next, size_t said,
+                            cfg_note_fn note, void *arg)
+{
+    size_t found = 0;
+    for (size_t i = 0; i < n_next; i++) {
+        const lim_rule_t *r = &next[i];
+        if (r->removed || rule_by_ident(old, n_old, r->ident))
+            continue;
+        const lim_rule_t *was = NULL;
+        for (size_t j = 0; j < n_old && !was; j++) {
+            const lim_rule_t *o = &old[j];
+            if (!o->removed && o->metric == r->metric && o->per == r->per &&
+                o->scope == r->scope && !rule_by_ident(next, n_next, o->ident))
+                was = o;
+        }
+        if (!was)
+            continue;
+        found++;
+        if (said + found > CFG_NOTES_MAX)
+            continue;
+        const char *now_eps = r->ep_names ? r->ep_names : "";
+        const char *was_eps = was->ep_names ? was->ep_names : "";
+        char *line;
+        if (asprintf(&line,
+                     "warning: %s: the %s%s%s limit (%s scope) now counts %s%s%s (was %s%s%s): "
+                     "its counter starts afresh",
+                     where, lim_metric_name(r->metric), r->per ? " per " : "",
+                     lim_per_name(r->per), lim_scope_name(r->scope),
+                     *now_eps ? "endpoints [" : "all endpoints", now_eps, *now_eps ? "]" : "",
+                     *was_eps ? "endpoints [" : "all endpoints", was_eps,
+                     *was_eps ? "]" : "") >= 0) {
+            note(arg, line);
+            free(line);
+        }
+    }
+    return found;
+}
+
+size_t config_counter_changes(const config_t *old, const config_t *next, cfg_note_fn note,
+                              void *arg)
+{
+    size_t n = 0;
+    char where[160];
+    for (size_t i = 0; i < next->n_tiers; i++) {
+        const cfg_tier_t *t = &next->tiers[i];
+        for (size_t j = 0; j < old->n_tiers; j++) {
+            if (strcmp(old->tiers[j].name, t->name) != 0)
+                continue;
+            snprintf(where, sizeof where, "tier \"%s\"", t->name);
+            n += rules_changes(where, old->tiers[j].rules, old->tiers[j].n_rules, t->rules,
+                               t->n_rules, n, note, arg);
+            break;
+        }
+    }
+    for (size_t i = 0; i < next->n_accounts; i++) {
+        const cfg_account_t *a = &next->accounts[i];
+        const cfg_account_t *o = config_find_account(old, a->name);
+        if (!o)
+            continue;
+        snprintf(where, sizeof where, "account \"%s\"", a->name);
+        n += rules_changes(where, o->rules, o->n_rules, a->rules, a->n_rules, n, note, arg);
+    }
+    for (size_t i = 0; i < next->n_keys; i++) {
+        const cfg_key_t *k = &next->keys[i];
+        const cfg_key_t *o = config_find_key_id(old, k->id);
+        if (!o)
+            continue;
+        snprintf(where, sizeof where, "key \"%s\"", k->id);
+        n += rules_changes(where, o->rules, o->n_rules, k->rules, k->n_rules, n, note, arg);
+    }
+    if (n > CFG_NOTES_MAX) {
+        char line[160];
+        snprintf(line, sizeof line,
+                 "warning: %zu more limits whose endpoints changed start their counters afresh",
+                 n - CFG_NOTES_MAX);
+        note(arg, line);
+    }
+    return n;
 }

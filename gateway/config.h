@@ -54,6 +54,7 @@ typedef struct cfg_map_entry {
 typedef struct cfg_factor {
     char *pointer;      /* RFC 6901, validated */
     int64_t dflt;       /* when absent (default 1) */
+    double min;         /* a smaller value counts as this (default 1, >= 0) */
     cfg_map_entry_t *map; /* string value -> number; NULL if none */
     size_t n_map;
 } cfg_factor_t;
@@ -209,6 +210,16 @@ const cfg_account_t *config_find_account(const config_t *c, const char *name);
 /* Route: method (CFG_M_*) and the URI path (no query). Exact paths first,
  * then the longest matching prefix. Returns the endpoint index or -1. */
 int config_route(const config_t *c, unsigned method, const char *path);
+
+/* Limits whose endpoints (and so whose counter identity) differ between
+ * two snapshots, at the same level (tier, account or key) with the same
+ * metric, per and scope: their counters start afresh under next. note()
+ * gets one line for each ("warning: ..."), at most CFG_NOTES_MAX and then
+ * one line for the rest. Returns how many there are. */
+#define CFG_NOTES_MAX 20
+typedef void (*cfg_note_fn)(void *arg, const char *line);
+size_t config_counter_changes(const config_t *old, const config_t *next, cfg_note_fn note,
+                              void *arg);
 
 /* The endpoint that `path` would match with any method (for 404 vs.
  * method mismatch); -1 if none. */

@@ -217,6 +217,9 @@ void respond_429(request_t *r);
 void respond_unavailable(request_t *r);
 /* details.endpoints of a limit: its endpoint names, ["*"] for all. */
 json_t *respond_endpoints_json(const lim_rule_t *rule);
+/* An amount of rule's metric for a body: money (millionths) as a decimal
+ * string such as "5.00", anything else as an integer. */
+json_t *respond_amount_json(const lim_rule_t *rule, int64_t v);
 /* Add X-RateLimit-* (when a decision was made) and X-Request-Id to the
  * answer of c. */
 void respond_rate_headers(const request_t *r, h1_conn_t *c);

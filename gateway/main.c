@@ -1,5 +1,5 @@
 /*
- * gateway/main.c: the command line (SPEC §1), signals, reload and the
+ * gateway/main.c: the command line, signals, reload and the
  * process's start and end. The main thread runs only signal events; the
  * workers serve.
  */
@@ -33,8 +33,11 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: gateway -c FILE              run with the configuration FILE\n"
-            "       gateway --check-config FILE  validate FILE: prints ok, or one\n"
-            "                                    FILE:LINE:COL: message per error\n"
+            "       gateway --check-config FILE [--against RUNNING]\n"
+            "                                    validate FILE: prints ok, or one\n"
+            "                                    FILE:LINE:COL: message per error;\n"
+            "                                    with RUNNING, warns of counters that\n"
+            "                                    a reload from RUNNING would start afresh\n"
             "       gateway --new-key [--prefix P]  print a new API key and its SHA-256\n"
             "       gateway --hash-key           read a key on stdin, print its SHA-256\n"
             "       gateway --version | --help\n"
@@ -106,7 +109,20 @@ static void print_messages(const cfg_messages_t *m)
         fprintf(stderr, "%s\n", m->errors[i]);
 }
 
-static int cmd_check(const char *path)
+static void note_stderr(void *arg, const char *line)
+{
+    fprintf(stderr, "%s: %s\n", (const char *)arg, line);
+}
+
+static void note_log(void *arg, const char *line)
+{
+    log_msg(LOG_WARN, "%s: %s", (const char *)arg, line);
+}
+
+/* --check-config FILE [--against RUNNING]: with RUNNING (the configuration
+ * a gateway runs now), also name the limits whose counters a reload to
+ * FILE would start afresh (warnings: the exit status stays that of FILE). */
+static int cmd_check(const char *path, const char *against)
 {
     cfg_messages_t m = {0};
     config_t *c = config_load(path, &m);
@@ -114,6 +130,18 @@ static int cmd_check(const char *path)
     cfg_messages_free(&m);
     if (!c)
         return 1;
+    if (against) {
+        cfg_messages_t om = {0};
+        config_t *old = config_load(against, &om);
+        cfg_messages_free(&om);
+        if (old) {
+            config_counter_changes(old, c, note_stderr, (void *)path);
+            config_unref(old);
+        } else {
+            fprintf(stderr, "%s: warning: not a valid configuration; nothing compared with it\n",
+                    against);
+        }
+    }
     config_unref(c);
     printf("ok\n");
     return 0;
@@ -211,6 +239,7 @@ static int reload_into(app_t *a, cfg_messages_t *m_out)
         !same_storage(next, a->cfg))
         log_msg(LOG_WARN, "server.listen, server.workers and storage take effect "
                           "on restart only");
+    config_counter_changes(a->cfg, next, note_log, a->path);
     for (int i = 0; i < a->n_workers; i++)
         server_worker_swap(&a->workers[i], next);
     config_unref(a->cfg);
@@ -311,6 +340,35 @@ static int run(const char *path)
         return 1;
     }
 
+    char perr[256];
+    int in_use = server_address_in_use(c->server.listen_host, c->server.listen_port, perr,
+                                       sizeof perr);
+    if (in_use < 0) {
+        log_msg(LOG_ERROR, "%s", perr);
+        store_destroy(a.store);
+        config_unref(a.cfg);
+        return 1;
+    }
+    if (in_use && c->storage.driver != CFG_STORE_REDIS) {
+        /* Two instances on one port would split its connections and
+         * each count alone against the same limits. */
+        log_msg(LOG_ERROR,
+                "another process already listens on %s:%u; refusing to start: with the "
+                "memory store each instance would count alone (stop the other one, "
+                "choose another server.listen, or share the counters through the Redis "
+                "store)",
+                c->server.listen_host, c->server.listen_port);
+        store_destroy(a.store);
+        config_unref(a.cfg);
+        return 1;
+    }
+    if (in_use)
+        log_msg(LOG_WARN,
+                "another process already listens on %s:%u; sharing the port with it "
+                "(SO_REUSEPORT): connections are split between the processes, counters "
+                "are shared through Redis",
+                c->server.listen_host, c->server.listen_port);
+
     int n = c->server.workers;
     if (n <= 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -380,11 +438,12 @@ out_workers:
 
 int main(int argc, char **argv)
 {
-    enum { OPT_CHECK = 256, OPT_NEW_KEY, OPT_PREFIX, OPT_HASH_KEY, OPT_VERSION, OPT_LOG,
+    enum { OPT_CHECK = 256, OPT_AGAINST, OPT_NEW_KEY, OPT_PREFIX, OPT_HASH_KEY, OPT_VERSION, OPT_LOG,
            OPT_ACCESS_LOG };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", required_argument, NULL, OPT_CHECK},
+        {"against", required_argument, NULL, OPT_AGAINST},
         {"new-key", no_argument, NULL, OPT_NEW_KEY},
         {"prefix", required_argument, NULL, OPT_PREFIX},
         {"hash-key", no_argument, NULL, OPT_HASH_KEY},
@@ -394,13 +453,15 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config = NULL, *check = NULL, *prefix = NULL, *access_log = NULL;
+    const char *config = NULL, *check = NULL, *prefix = NULL, *access_log = NULL,
+               *against = NULL;
     int new_key = 0, hash_key = 0;
     int o;
     while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (o) {
         case 'c': config = optarg; break;
         case OPT_CHECK: check = optarg; break;
+        case OPT_AGAINST: against = optarg; break;
         case OPT_NEW_KEY: new_key = 1; break;
         case OPT_PREFIX: prefix = optarg; break;
         case OPT_ACCESS_LOG: access_log = optarg; break;
@@ -429,6 +490,10 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (against && !check) {
+        fprintf(stderr, "gateway: --against goes with --check-config\n");
+        return 2;
+    }
     if (prefix && !new_key) {
         fprintf(stderr, "gateway: --prefix goes with --new-key\n");
         return 2;
@@ -438,7 +503,7 @@ int main(int argc, char **argv)
     if (hash_key)
         return cmd_hash_key();
     if (check)
-        return cmd_check(check);
+        return cmd_check(check, against);
     if (!config) {
         usage(stderr);
         return 2;

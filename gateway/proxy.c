@@ -173,6 +173,39 @@ static const char *method_name(h1_conn_t *req)
     return "GET";
 }
 
+/* Header names compared as CGI-style backends see them: case-insensitive,
+ * with `_` read as `-` (X_Gateway_Key_Id and X-Gateway-Key-Id are one
+ * name to a backend that maps both to HTTP_X_GATEWAY_KEY_ID). */
+static int same_header_name(const char *a, const char *b)
+{
+    for (;; a++, b++) {
+        unsigned char x = (unsigned char)(*a == '_' ? '-' : *a);
+        unsigned char y = (unsigned char)(*b == '_' ? '-' : *b);
+        if (x >= 'A' && x <= 'Z')
+            x = (unsigned char)(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z')
+            y = (unsigned char)(y - 'A' + 'a');
+        if (x != y)
+            return 0;
+        if (!x)
+            return 1;
+    }
+}
+
+/* Whether name starts with prefix, compared as same_header_name does. */
+static int header_name_has_prefix(const char *name, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (strlen(name) < n)
+        return 0;
+    char head[64];
+    if (n >= sizeof head)
+        return 0;
+    memcpy(head, name, n);
+    head[n] = '\0';
+    return same_header_name(head, prefix);
+}
+
 /* Hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself. */
 static int skip_request_header(const char *name)
 {
@@ -183,9 +216,10 @@ static int skip_request_header(const char *name)
         "X-Request-Id", "X-Gateway-Key-Id", "X-Gateway-Account", "X-Forwarded-For",
     };
     for (size_t i = 0; i < sizeof skip / sizeof *skip; i++)
-        if (strcasecmp(name, skip[i]) == 0)
+        if (same_header_name(name, skip[i]))
             return 1;
-    return 0;
+    /* The gateway's own namespace: nothing a client sends there is true. */
+    return header_name_has_prefix(name, "X-Gateway-");
 }
 
 static int skip_response_header(const char *name)
@@ -196,9 +230,33 @@ static int skip_response_header(const char *name)
         "X-Request-Id", "Date",
     };
     for (size_t i = 0; i < sizeof skip / sizeof *skip; i++)
-        if (strcasecmp(name, skip[i]) == 0)
+        if (same_header_name(name, skip[i]))
             return 1;
-    return 0;
+    if (!strchr(name, '_'))
+        return 0;
+    /* A backend header spelt with `_` that a client reading `_` as `-`
+     * would take for one of the gateway's own answers' headers. */
+    static const char *const ours[] = {
+        "Content-Length", "Request-Id", "Retry-After", "Retry-After-Ms", "X-Should-Retry",
+        "RateLimit", "RateLimit-Policy",
+    };
+    for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
+        if (same_header_name(name, ours[i]))
+            return 1;
+    return header_name_has_prefix(name, "X-RateLimit-") ||
+           header_name_has_prefix(name, "Anthropic-RateLimit-");
+}
+
+/* name with `_` read as `-`, for looking it up among the headers the
+ * gateway has set (those never contain `_`). */
+static const char *dashed(const char *name, char *buf, size_t len)
+{
+    size_t n = strlen(name);
+    if (!strchr(name, '_') || n >= len)
+        return name;
+    for (size_t i = 0; i <= n; i++)
+        buf[i] = name[i] == '_' ? '-' : name[i];
+    return buf;
 }
 
 /* Headers named by a Connection header are hop-by-hop too: whether any
@@ -263,7 +321,7 @@ static void request_head(request_t *r, struct evbuffer *out, const char *target)
             continue;
         int configured = 0;
         for (size_t i = 0; i < be->n_headers && !configured; i++)
-            configured = strcasecmp(be->headers[i].name, key) == 0;
+            configured = same_header_name(be->headers[i].name, key);
         if (!configured)
             add_field(out, key, value);
     }
@@ -338,8 +396,9 @@ static void reply_headers(request_t *r, const hp_response_t *res)
         name[f->name_len] = '\0';
         if (strcasecmp(name, "Content-Length") == 0)
             continue;
+        char dbuf[256];
         if (!skip_response_header(name) && !named_by_any_connection(res, f->name, f->name_len) &&
-            !h1_has_header_n(out, f->name, f->name_len, ours))
+            !h1_has_header(out, dashed(name, dbuf, sizeof dbuf), ours))
             h1_add_header_n(out, f->name, f->name_len, f->value, f->value_len);
     }
     r->status = r->backend_status;

@@ -73,26 +73,100 @@ void request_freelist_clear(void)
         request_destroy(freelist[--n_free]);
 }
 
-/* Remove "." and ".." segments (RFC 3986 §5.2.4) so that routing and the
- * backend see the same path. Encoded dots and slashes are refused: they
- * would mean one path here and another behind a decoding backend. */
-static int normalize_path(const char *in, char *out, size_t len)
+static int hex_digit(char ch)
 {
-    if (*in != '/')
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+static int unreserved(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '-' || ch == '_' || ch == '~';
+}
+
+/*
+ * The one form of a request path that is routed and forwarded, so that the
+ * gateway and a backend that decodes paths see the same one:
+ *   - percent-encoded unreserved characters decoded (%74 is t), every other
+ *     encoding kept with upper-case hex (%2a -> %2A);
+ *   - an encoded "/", "\", "." or NUL, a raw "\", or a "%" not followed by
+ *     two hex digits refused: each would mean one path here and another
+ *     behind a backend; so is a "." or ".." segment with ";params";
+ *   - repeated slashes merged, "." and ".." segments removed (RFC 3986
+ *     §5.2.4; ".." never climbs above "/").
+ * Case, ";params" and a trailing slash are kept here: routing looks past
+ * them (config_route), the backend gets them as sent.
+ * 0, or -1 with the reason in *why.
+ */
+static int normalize_path(const char *in, char *out, size_t len, const char **why)
+{
+    char dec[sizeof ((request_t *)0)->path];
+    size_t d = 0;
+    *why = "The path is too long.";
+    if (*in != '/') {
+        *why = "The path must start with \"/\".";
         return -1;
-    for (const char *p = in; *p; p++)
-        if (p[0] == '%' && p[1] &&
-            ((p[1] == '2' && (p[2] == 'e' || p[2] == 'E' || p[2] == 'f' || p[2] == 'F')) ||
-             (p[1] == '5' && (p[2] == 'c' || p[2] == 'C'))))
+    }
+    for (const char *p = in; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '\\') {
+            *why = "The path must not hold a backslash.";
             return -1;
+        }
+        if (ch != '%') {
+            if (d + 1 >= sizeof dec)
+                return -1;
+            dec[d++] = (char)ch;
+            continue;
+        }
+        int hi = hex_digit(p[1]), lo = hi < 0 ? -1 : hex_digit(p[2]);
+        if (hi < 0 || lo < 0) {
+            *why = "The path holds a \"%\" that is not followed by two hex digits.";
+            return -1;
+        }
+        unsigned char v = (unsigned char)(hi * 16 + lo);
+        if (v == '/' || v == '\\' || v == '.' || v == 0) {
+            *why = "The path must not hold an encoded slash, backslash, dot or NUL.";
+            return -1;
+        }
+        if (unreserved(v)) {
+            if (d + 1 >= sizeof dec)
+                return -1;
+            dec[d++] = (char)v;
+        } else {
+            if (d + 3 >= sizeof dec)
+                return -1;
+            dec[d++] = '%';
+            dec[d++] = "0123456789ABCDEF"[hi];
+            dec[d++] = "0123456789ABCDEF"[lo];
+        }
+        p += 2;
+    }
+    dec[d] = '\0';
+
     size_t o = 0;
-    const char *p = in;
+    const char *p = dec;
     while (*p) {
         /* p points at a '/' */
         const char *seg = p + 1;
         const char *end = strchr(seg, '/');
         size_t n = end ? (size_t)(end - seg) : strlen(seg);
-        if (n == 1 && seg[0] == '.') {
+        size_t bare = strcspn(seg, ";/");
+        if (bare < n && ((bare == 1 && seg[0] == '.') ||
+                         (bare == 2 && seg[0] == '.' && seg[1] == '.'))) {
+            /* "..;x" is ".." to a backend that drops path parameters */
+            *why = "The path must not hold a dot segment with parameters.";
+            return -1;
+        }
+        if (n == 0 && end) {
+            /* an empty segment: "//" is "/" */
+        } else if (n == 1 && seg[0] == '.') {
             if (!end && o + 1 < len)
                 out[o++] = '/';
         } else if (n == 2 && seg[0] == '.' && seg[1] == '.') {
@@ -249,9 +323,11 @@ static int answer_from_deny_cache(request_t *r)
     r->checks[0] = e->check;
     r->n_checks = 1;
     r->rep = e->rep;
-    int64_t left = e->until_ms - mono_us() / 1000;
-    r->rep.retry_after_ms = left > 1 ? left : 1;
-    r->rep.retry_after_s = (r->rep.retry_after_ms + 999) / 1000;
+    if (!r->rep.never) {
+        int64_t left = e->until_ms - mono_us() / 1000;
+        r->rep.retry_after_ms = left > 1 ? left : 1;
+        r->rep.retry_after_s = (r->rep.retry_after_ms + 999) / 1000;
+    }
     r->state = RQ_STORE;
     r->decision = DEC_CACHED;
     r->deny_body = e->body;
@@ -327,14 +403,15 @@ static void on_usage(void *arg, store_status_t st, const lim_outcome_t *o)
         int64_t reset = c->kind == LIM_CK_GAUGE ? 0 : (res->reset_ms + 999) / 1000;
         json_array_append_new(
             r->usage,
-            json_pack("{s:s, s:o, s:s, s:o, s:I, s:I, s:I, s:o}", "metric",
+            json_pack("{s:s, s:o, s:s, s:o, s:o, s:o, s:o, s:o}", "metric",
                       lim_metric_name(rule->metric), "per",
                       rule->per == LIM_PER_NONE ? json_null()
                                                 : json_string(lim_per_name(rule->per)),
                       "scope", lim_scope_name(rule->scope), "endpoints",
-                      respond_endpoints_json(rule), "limit", (json_int_t)c->limit, "used",
-                      (json_int_t)res->used, "remaining", (json_int_t)(rem > 0 ? rem : 0),
-                      "reset", reset ? json_integer(reset) : json_null()));
+                      respond_endpoints_json(rule), "limit", respond_amount_json(rule, c->limit),
+                      "used", respond_amount_json(rule, res->used), "remaining",
+                      respond_amount_json(rule, rem > 0 ? rem : 0), "reset",
+                      reset ? json_integer(reset) : json_null()));
     }
     r->usage_next += r->n_checks;
     usage_next(r);
@@ -508,10 +585,9 @@ void request_start(worker_t *w, h1_conn_t *req)
     const config_t *cfg = r->cfg;
 
     const char *raw = h1_path(req);
-    if (normalize_path(raw, r->path, sizeof r->path) != 0) {
-        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
-                      "The path is not acceptable (encoded dot or slash, or too long).",
-                      NULL);
+    const char *why;
+    if (normalize_path(raw, r->path, sizeof r->path, &why) != 0) {
+        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST", why, NULL);
         return;
     }
     const char *path = r->path;

@@ -252,7 +252,7 @@ json_t *respond_endpoints_json(const lim_rule_t *rule)
 }
 
 /* A limit value for a body: money as a decimal string, else an integer. */
-static json_t *amount_json(const lim_rule_t *rule, int64_t v)
+json_t *respond_amount_json(const lim_rule_t *rule, int64_t v)
 {
     if (rule->metric == LIM_SPEND) {
         char buf[32];
@@ -271,8 +271,10 @@ void respond_429(request_t *r)
 
     if (r->req && !r->client_gone) {
         h1_conn_t *h = r->req;
-        h1_add_header_int(h, "Retry-After", rep->retry_after_s);
-        h1_add_header_int(h, "retry-after-ms", rep->retry_after_ms);
+        if (!rep->never) {
+            h1_add_header_int(h, "Retry-After", rep->retry_after_s);
+            h1_add_header_int(h, "retry-after-ms", rep->retry_after_ms);
+        }
         h1_add_header(h, "X-RateLimit-Type", rep->type_header);
         if (!rep->should_retry)
             h1_add_header(h, "x-should-retry", "false");
@@ -287,7 +289,7 @@ void respond_429(request_t *r)
         remaining = 0;
 
     json_t *details = json_object();
-    json_object_set_new(details, "limit", amount_json(rule, rep->ref_limit));
+    json_object_set_new(details, "limit", respond_amount_json(rule, rep->ref_limit));
     if (rule->metric == LIM_CONCURRENT) {
         json_object_set_new(details, "active", json_integer(rep->ref_used));
         snprintf(msg, sizeof msg,
@@ -295,7 +297,7 @@ void respond_429(request_t *r)
                  " predictions running.",
                  rep->ref_used, rep->ref_limit);
     } else {
-        json_object_set_new(details, "remaining", amount_json(rule, remaining));
+        json_object_set_new(details, "remaining", respond_amount_json(rule, remaining));
         const char *what = rule->metric == LIM_REQUESTS ? "requests"
                            : rule->metric == LIM_UNITS  ? "units"
                                                         : "spend";
@@ -304,7 +306,7 @@ void respond_429(request_t *r)
             format_money(rep->ref_limit, lim, sizeof lim);
             snprintf(msg, sizeof msg, "Spend limit exceeded: %s per %s (%s scope).", lim,
                      lim_per_name(c->per), lim_scope_name(rule->scope));
-        } else if (!rep->should_retry && c->amount > c->limit) {
+        } else if (rep->never) {
             snprintf(msg, sizeof msg,
                      "This request needs %" PRId64 " %s, more than the limit of %" PRId64
                      " per %s (%s scope); it can never be admitted.",

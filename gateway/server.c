@@ -57,6 +57,44 @@ int server_listen_socket(const char *host, uint16_t port, int reuseport, char *e
     return fd;
 }
 
+int server_address_in_use(const char *host, uint16_t port, char *err, size_t errlen)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char pbuf[8];
+    snprintf(pbuf, sizeof pbuf, "%u", port);
+    int rc = getaddrinfo(host, pbuf, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        freeaddrinfo(res);
+        return -1;
+    }
+    /* SO_REUSEADDR, as the workers' own sockets: connections of an earlier
+     * run in TIME_WAIT do not count; without SO_REUSEPORT, any socket that
+     * listens on the address does. */
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int in_use = 0;
+    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0) {
+        if (errno == EADDRINUSE) {
+            in_use = 1;
+        } else {
+            snprintf(err, errlen, "cannot bind %s:%u: %s", host, port, strerror(errno));
+            in_use = -1;
+        }
+    }
+    close(fd);
+    freeaddrinfo(res);
+    return in_use;
+}
+
 /* Bodies above the largest an endpoint takes are not read at all: the
  * request is answered 413 and its connection closed. */
 static int64_t body_cap(const config_t *c)

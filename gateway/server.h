@@ -9,6 +9,10 @@
  * or -1 with a message in err. */
 int server_listen_socket(const char *host, uint16_t port, int reuseport, char *err,
                          size_t errlen);
+/* Whether another socket already listens on host:port: 1 yes, 0 no, -1
+ * with a message in err. The workers' sockets share their port through
+ * SO_REUSEPORT, which would let a second process share it silently. */
+int server_address_in_use(const char *host, uint16_t port, char *err, size_t errlen);
 /* Set up worker w on listening socket fd (owned by the worker from now). */
 int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, int fd);
 int server_worker_start(worker_t *w);

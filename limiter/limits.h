@@ -155,8 +155,10 @@ typedef struct lim_report {
     const char *code;         /* RATE_LIMIT_EXCEEDED, DAILY_LIMIT_EXCEEDED, ... */
     const char *type_header;  /* X-RateLimit-Type: second|minute|hour|daily|monthly|concurrent */
     int should_retry;         /* 0: x-should-retry: false */
-    int64_t retry_after_s;    /* >= 1 */
-    int64_t retry_after_ms;   /* >= 1 */
+    int never;                /* 1: larger than the limit alone, can never pass:
+                                 no Retry-After, retry_after_* are 0 */
+    int64_t retry_after_s;    /* >= 1 unless never */
+    int64_t retry_after_ms;   /* >= 1 unless never */
     int64_t ref_limit, ref_used; /* of the refusing check, now */
     int64_t ref_reset_s;      /* Unix seconds */
     /* Headers on every answer: the per-minute (else shortest rolling)

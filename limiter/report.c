@@ -82,17 +82,21 @@ void lim_report(const lim_check_t *checks, size_t n, const lim_outcome_t *o,
         refusal_facts(c, rep);
         int64_t at = r->retry_ms;
         if (at == LIM_NEVER) {
-            /* This request alone is larger than the limit. */
+            /* This request alone is larger than the limit: no moment to
+             * name, and a retry could only loop. */
             rep->should_retry = 0;
+            rep->never = 1;
             at = r->reset_ms > o->now_ms ? r->reset_ms : o->now_ms + 1000;
-        }
-        if (c->kind == LIM_CK_GAUGE)
+        } else if (c->kind == LIM_CK_GAUGE) {
             at = o->now_ms + 1000; /* a slot frees when a job ends: unknown */
-        int64_t wait = at - o->now_ms;
-        rep->retry_after_ms = wait >= 1 ? wait : 1;
-        rep->retry_after_s = ceil_div(rep->retry_after_ms, 1000);
-        if (rep->retry_after_s < 1)
-            rep->retry_after_s = 1;
+        }
+        if (!rep->never) {
+            int64_t wait = at - o->now_ms;
+            rep->retry_after_ms = wait >= 1 ? wait : 1;
+            rep->retry_after_s = ceil_div(rep->retry_after_ms, 1000);
+            if (rep->retry_after_s < 1)
+                rep->retry_after_s = 1;
+        }
         rep->ref_limit = c->limit;
         rep->ref_used = r->used;
         int64_t reset = c->kind == LIM_CK_GAUGE ? at : r->reset_ms;

@@ -110,7 +110,7 @@ def token_reconcile(env, store):
     time.sleep(0.3)  # reconcile is fire and forget
     u = {(l["metric"], l["per"]): l for l in env.req("GET", "/v1/usage", key=key).json()["limits"]}
     eq(u[("units", "minute")]["used"], 70, "units charged as used")
-    eq(u[("spend", "day")]["used"], 70 * 1000, "spend reconciled too (millionths)")
+    eq(u[("spend", "day")]["used"], "0.07", "spend reconciled too (a decimal string)")
     # A reported usage above the estimate is charged in full.
     r = env.req("POST", "/v1/chat/completions", key=key, body={"max_tokens": 5},
                 headers={"x-mock-tokens": "9"})

@@ -351,7 +351,12 @@ static void test_full(void)
     CHECK_INT(config_route(c, CFG_M_POST, "/v3/txt2img"), e_img);
     CHECK_INT(config_route(c, CFG_M_GET, "/v3/txt2img"), -1);
     CHECK_INT(config_route_any(c, "/v3/txt2img"), e_img);
-    CHECK_INT(config_route(c, CFG_M_POST, "/v3/txt2img/"), -1);
+    /* spellings a lenient backend takes for the same path route alike */
+    CHECK_INT(config_route(c, CFG_M_POST, "/v3/txt2img/"), e_img);
+    CHECK_INT(config_route(c, CFG_M_POST, "/V3/TXT2IMG"), e_img);
+    CHECK_INT(config_route(c, CFG_M_POST, "/v3;a=1/txt2img;b=2/"), e_img);
+    CHECK_INT(config_route(c, CFG_M_POST, "/v3/txt2img/x"), -1);
+    CHECK_INT(config_route(c, CFG_M_POST, "/V3/Prompt/ABC"), e_pr);
     CHECK_INT(config_route(c, CFG_M_POST, "/v3/txt2im"), -1);
     CHECK_INT(config_route(c, CFG_M_POST, "/v1/chat"), e_chat);
     CHECK_INT(config_route(c, CFG_M_GET, "/v1/chat"), e_chatg);

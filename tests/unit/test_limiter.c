@@ -241,7 +241,8 @@ static void test_report(void)
     /* A request larger than the limit: never, no retry. */
     o.res[0].retry_ms = LIM_NEVER;
     lim_report(c, 4, &o, &rep);
-    CHECK(!rep.should_retry && rep.retry_after_s >= 1, "never fits");
+    CHECK(!rep.should_retry && rep.never && rep.retry_after_s == 0 && rep.retry_after_ms == 0,
+          "never fits: no retry, no moment named");
 
     /* Spend and concurrency codes. */
     o.res[0].ok = 1;
