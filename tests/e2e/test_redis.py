@@ -69,10 +69,12 @@ def evalsha_calls(rport):
 
 def wait_gateways_connected(rport, n):
     """Until n gateway connections (one per worker) have loaded their scripts
-    (a gateway listens before its workers' Redis connections are up)."""
+    and read Redis's clock, the last command a connection sends before its
+    first decision (a gateway listens before its workers' Redis connections
+    are up)."""
     def ready():
         lines = redis_cli(rport, "CLIENT", "LIST").splitlines()
-        return sum(1 for ln in lines if " cmd=script|load " in ln + " " or
+        return sum(1 for ln in lines if " cmd=time " in ln + " " or
                    " cmd=evalsha " in ln + " ") >= n
     poll(ready, 10, what="%d gateway connections to Redis" % n)
     time.sleep(0.2)
