@@ -14,6 +14,11 @@
 --           Run later (a stalled Redis waking up), the script writes
 --           nothing and returns {-1, now}: the caller was already told
 --           "unavailable", so nothing may be charged.
+--           Mode "a": a lease id, or "" for none. With one, the adjust is
+--           a refund of that lease's decision: applied only if the lease is
+--           held in one of the gauge checks (proof that the decision was
+--           charged), which then give it back; else nothing is written and
+--           {0, now} is returned. Sent again, it is a no-op.
 -- then 4 values per check i, from ARGV[5 + 4 * (i - 1)]:
 --   kind    "r" rolling window | "c" calendar period | "g" gauge (leases)
 --   param   r: window ms | c: "d" or "m" | g: lease ttl ms
@@ -139,6 +144,18 @@ local n = #KEYS
 
 if mode == 'a' then
   local charged = ARGV[2] ~= '' and tonumber(ARGV[2]) or now
+  if ARGV[4] ~= '' then
+    local held = false
+    for i = 1, n do
+      if ARGV[FIRST + 4 * (i - 1)] == 'g' and redis.call('ZSCORE', KEYS[i], ARGV[4]) then
+        held = true
+      end
+    end
+    if not held then return { 0, now } end
+    for i = 1, n do
+      if ARGV[FIRST + 4 * (i - 1)] == 'g' then redis.call('ZREM', KEYS[i], ARGV[4]) end
+    end
+  end
   for i = 1, n do
     local a = FIRST + 4 * (i - 1)
     local kind, param, d, key = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3]), KEYS[i]

@@ -124,6 +124,7 @@ typedef struct rcall {
     int release_len;
     char *refund_cmd;          /* acquire answered unavailable: its charges given back */
     int refund_len;
+    int refund_conditional;    /* refund_cmd applies only if the lease is held */
     int sent_to_redis;         /* queued on the connection (not held) */
     struct rcall *held_next;   /* in the worker's held list */
 } rcall_t;
@@ -439,7 +440,8 @@ static size_t tag_of(const char *key, const char **tag)
 
 static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
                               const lim_check_t *checks, size_t n, const char *lease_id,
-                              const int64_t *deltas, int64_t local_deadline);
+                              const int64_t *deltas, int64_t local_deadline,
+                              const char *refund_of);
 static int queue(redis_worker_t *rw, rcall_t *c);
 static void call_free(rcall_t *c);
 
@@ -510,7 +512,7 @@ static void debt_replay(redis_worker_t *rw)
             deltas[nc] = all[i]->amount;
             nc++;
         }
-        rcall_t *c = decision_call(rw, RC_ADJUST, checks, nc, "", deltas, 0);
+        rcall_t *c = decision_call(rw, RC_ADJUST, checks, nc, "", deltas, 0, NULL);
         if (c && queue(rw, c) != 0)
             call_free(c);
         sent += nc;
@@ -570,7 +572,10 @@ static void answer_unavailable(redis_worker_t *rw, enum call_kind kind,
 }
 
 /* The adjust that gives back what an acquire would charge, as a formatted
- * command (into c->refund_cmd): sent if Redis admits it after all. */
+ * command (into c->refund_cmd): sent if Redis admits it after all, or if
+ * its reply is lost with the connection. With leases it is conditional on
+ * the lease being held (and gives it back too), so it refunds only what
+ * was charged, and may be sent again. */
 static void prepare_refund(rcall_t *c)
 {
     int64_t deltas[LIM_MAX_CHECKS];
@@ -579,14 +584,17 @@ static void prepare_refund(rcall_t *c)
         deltas[i] = c->checks[i].kind == LIM_CK_GAUGE ? 0 : -c->checks[i].amount;
         any |= deltas[i] != 0;
     }
-    if (!any)
+    int leases = lim_checks_have_gauge(c->checks, c->n);
+    if (!any && !leases)
         return;
     /* charged "": the script's now, next to the late charge's. */
-    rcall_t *r = decision_call(c->rw, RC_ADJUST, c->checks, c->n, "", deltas, 0);
+    rcall_t *r = decision_call(c->rw, RC_ADJUST, c->checks, c->n, "", deltas, 0,
+                               leases ? c->lease_id : NULL);
     if (!r)
         return;
     c->refund_cmd = r->cmd;
     c->refund_len = r->cmdlen;
+    c->refund_conditional = leases;
     r->cmd = NULL;
     call_free(r);
 }
@@ -634,7 +642,7 @@ static void held_send_all(redis_worker_t *rw)
     while (c) {
         rcall_t *next = c->held_next;
         rcall_t *nc = decision_call(rw, c->kind, c->checks, c->n, c->lease_id, NULL,
-                                    c->deadline);
+                                    c->deadline, NULL);
         if (nc) {
             nc->cb = c->cb;
             nc->arg = c->arg;
@@ -784,6 +792,21 @@ static void load_scripts(redis_worker_t *rw)
 
 /* ---- replies ------------------------------------------------------------ */
 
+/* Redis's clock read `redis_ms` at the latest now: redis_ms - mono_ms() is
+ * a lower bound of the offset between the clocks (the reply's way back and
+ * a busy loop only make it smaller, which only makes deadlines earlier).
+ * The best bound seen is kept; one much lower (Redis's clock stepped back)
+ * replaces it. */
+static void offset_learn(redis_worker_t *rw, int64_t redis_ms)
+{
+    if (rw->rs->o.clock)
+        return; /* a test clock: no deadlines */
+    int64_t est = redis_ms - mono_ms();
+    if (!rw->offset_known || est > rw->offset_ms || est < rw->offset_ms - 1000)
+        rw->offset_ms = est;
+    rw->offset_known = 1;
+}
+
 static int parse_outcome(const redisReply *r, size_t n, lim_outcome_t *o)
 {
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 + 4 * n)
@@ -820,7 +843,12 @@ static void keep_pending(redis_worker_t *rw, rcall_t *c)
 {
     char **cmd = NULL;
     int len = 0;
-    if (c->kind == RC_ACQUIRE && c->release_cmd) {
+    if (c->kind == RC_ACQUIRE && c->refund_cmd && c->refund_conditional) {
+        /* Lost with its connection after the caller was told 503: charged
+         * or not, the conditional refund gives back only what was. */
+        cmd = &c->refund_cmd;
+        len = c->refund_len;
+    } else if (c->kind == RC_ACQUIRE && c->release_cmd) {
         cmd = &c->release_cmd;
         len = c->release_len;
     } else if (c->kind == RC_RELEASE) {
@@ -929,7 +957,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
          * stopped Redis). */
         rw->ready = 1;
         rw->backoff_ms = BACKOFF_MIN_MS;
-        pending_arm(rw);
+        if (rw->pending) {
+            /* The first re-send of lost releases goes now, not in 1 s. */
+            struct timeval now_tv = {0, 0};
+            evtimer_add(rw->pending_ev, &now_tv);
+        }
     }
     if (rw->was_down && rw->ready) {
         rlog(rw->rs, "redis %s:%u: answering again", rw->rs->o.host, rw->rs->o.port);
@@ -943,10 +975,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
             r->element[0]->type == REDIS_REPLY_STRING &&
             r->element[1]->type == REDIS_REPLY_STRING) {
-            int64_t t = strtoll(r->element[0]->str, NULL, 10) * 1000 +
-                        strtoll(r->element[1]->str, NULL, 10) / 1000;
-            rw->offset_ms = t - mono_ms();
-            rw->offset_known = 1;
+            offset_learn(rw, strtoll(r->element[0]->str, NULL, 10) * 1000 +
+                                 strtoll(r->element[1]->str, NULL, 10) / 1000);
             held_send_all(rw);
         }
         call_free(c);
@@ -967,8 +997,9 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         /* Admitted after the request was told 503 (its deadline had not
          * passed on Redis's clock, but the reply came too late): give the
          * leases and the charges back. */
-        char **cmds[] = {&c->release_cmd, &c->refund_cmd};
-        int lens[] = {c->release_len, c->refund_len};
+        /* The refund first: with leases it is conditional on them. */
+        char **cmds[] = {&c->refund_cmd, &c->release_cmd};
+        int lens[] = {c->refund_len, c->release_len};
         for (int i = 0; i < 2; i++) {
             if (!*cmds[i])
                 continue;
@@ -995,20 +1026,17 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         lim_outcome_t o;
         memset(&o, 0, sizeof o);
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-            r->element[0]->type == REDIS_REPLY_INTEGER && r->element[0]->integer == -1) {
+            r->element[0]->type == REDIS_REPLY_INTEGER && r->element[0]->integer == -1 &&
+            r->element[1]->type == REDIS_REPLY_INTEGER) {
             /* Ran past its deadline on Redis's clock: nothing charged. */
+            offset_learn(rw, r->element[1]->integer);
             call_answer_unavailable(c);
         } else if (parse_outcome(r, c->n, &o) != 0) {
             rlog(rw->rs, "redis: unexpected reply to a decision");
             call_answer_unavailable(c);
         } else {
             c->answered = 1;
-            if (!rw->rs->o.clock) {
-                /* Redis ran it at o.now_ms, at the latest now: a lower
-                 * bound of the offset, which only makes deadlines earlier. */
-                rw->offset_ms = o.now_ms - mono_ms();
-                rw->offset_known = 1;
-            }
+            offset_learn(rw, o.now_ms);
             atomic_fetch_add(&rw->rs->stats.decisions, 1);
             if (c->kind == RC_ACQUIRE && o.admitted)
                 renew_add(rw, c->lease_id, c->checks, c->n);
@@ -1193,7 +1221,8 @@ static int64_t deadline_margin(const redis_worker_t *rw)
  * known. Amounts and limits are clamped to what the script accepts. */
 static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
                               const lim_check_t *checks, size_t n, const char *lease_id,
-                              const int64_t *deltas, int64_t local_deadline)
+                              const int64_t *deltas, int64_t local_deadline,
+                              const char *refund_of)
 {
     redis_store_t *rs = rw->rs;
     enum { FIXED = 7, PER = 5 };
@@ -1225,7 +1254,7 @@ static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
     if (kind == RC_ACQUIRE && !rs->o.clock && rw->offset_known)
         snprintf(deadline, sizeof deadline, "%lld",
                  (long long)(local_deadline + rw->offset_ms - deadline_margin(rw)));
-    argv[a++] = deadline;
+    argv[a++] = kind == RC_ADJUST && refund_of ? refund_of : deadline;
     for (size_t i = 0; i < n; i++) {
         const lim_check_t *c = &checks[i];
         switch (c->kind) {
@@ -1294,7 +1323,7 @@ static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *ch
             return;
         }
     }
-    rcall_t *c = rw->ac ? decision_call(rw, kind, checks, n, lease_id, NULL, 0) : NULL;
+    rcall_t *c = rw->ac ? decision_call(rw, kind, checks, n, lease_id, NULL, 0, NULL) : NULL;
     if (c) {
         c->cb = cb;
         c->arg = arg;
@@ -1365,7 +1394,7 @@ static void redis_adjust(store_worker_t *w, const lim_check_t *checks, size_t n,
     }
     char charged[24];
     snprintf(charged, sizeof charged, "%lld", (long long)charged_ms);
-    rcall_t *c = rw->ac ? decision_call(rw, RC_ADJUST, checks, n, charged, deltas, 0) : NULL;
+    rcall_t *c = rw->ac ? decision_call(rw, RC_ADJUST, checks, n, charged, deltas, 0, NULL) : NULL;
     if (c && queue(rw, c) != 0)
         call_free(c);
     /* Redis away (deny): the estimate stays charged (never an undercount). */
