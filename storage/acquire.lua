@@ -48,7 +48,9 @@ local MAX = 1125899906842624     -- 2^50 = LIM_PRICE_MAX (>= LIM_UNITS_MAX)
 local CAP = 4 * MAX               -- 2^52: the most a counter ever holds
 local FIRST = 5                   -- ARGV index of the first check's values
 
+-- An integer written in decimal digits (no exponent, hex, nan or inf).
 local function int_arg(v, lo, hi)
+  if type(v) ~= 'string' or not string.match(v, '^%-?%d+$') or #v > 17 then return nil end
   local x = tonumber(v)
   if x == nil or x ~= x or x < lo or x > hi or math.floor(x) ~= x then return nil end
   return x
