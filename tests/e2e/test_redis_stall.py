@@ -147,8 +147,7 @@ DENY_LIMITS = [
     {"metric": "requests", "per": "minute", "limit": 100000},
     {"metric": "requests", "per": "day", "limit": 100000, "scope": "account"},
     {"metric": "spend", "per": "day", "limit": "1000.00", "scope": "account"},
-    {"metric": "concurrent", "limit": 50, "scope": "account"},
-]
+]  # no lease: nothing but the deadline can keep a late script from charging
 
 
 def test_stall_deny_charges_nothing(env):
@@ -192,7 +191,6 @@ def test_stall_deny_charges_nothing(env):
     eq(counter(r.port, ":requests:minute:"), 1, "minute counter after the stall")
     eq(counter(r.port, ":requests:day:"), 1, "day counter after the stall")
     eq(counter(r.port, ":spend:day:"), 10000, "spend after the stall")
-    eq(lease_members(r.port), [], "leases left by the stall")
     eq(len(b.requests), 1, "requests that reached the backend")
     used = usage_used(env, g, key)
     eq(used[("requests", "day")], 1, "/v1/usage requests/day")
