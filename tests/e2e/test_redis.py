@@ -11,7 +11,9 @@ processes, the mock-backend.
   storage.timeout_ms, not after the hang), and recovery after each;
 - every key in Redis expires (rolling, calendar, lease);
 - concurrency leases shared across instances, and a lease of a gateway
-  killed with SIGKILL is bounded by the backend timeout + 30 s.
+  killed with SIGKILL is bounded by the backend timeout + 30 s;
+- acquire.lua refuses a bad argument before writing anything, refuses a
+  decision past its deadline, and applies a lease's refund only once.
 """
 import calendar
 import datetime

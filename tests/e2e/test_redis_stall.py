@@ -541,7 +541,9 @@ def test_hammer_allow(env):
     statuses = sorted({resp.status for _, resp in got})
     eq(statuses, [200], "statuses under allow")
     worst = max(dt for dt, _ in got)
-    assert worst <= 0.050 + SLACK_S + 0.1, "an answer took %.0f ms" % (worst * 1000)
+    # The backend runs in this process, among 6 busy client threads: more
+    # slack than for the decision alone, still far below an unbounded wait.
+    assert worst <= 1.0, "an answer took %.0f ms (storage.timeout_ms 50)" % (worst * 1000)
     n = len(got)
     poll(lambda: counter(r.port, ":requests:minute:") == n, 10,
          what="%d admitted requests in Redis's minute counter (has %d)" % (
