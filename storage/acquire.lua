@@ -1,4 +1,4 @@
--- ratewall: one decision in one script (SPEC §3). Every check of a request
+-- ratewall: one decision in one script. Every check of a request
 -- is evaluated; only if all have room are all charged. A refusal, and a
 -- peek (usage), write nothing.
 --

@@ -661,7 +661,7 @@ static void held_send_all(redis_worker_t *rw)
 
 static void schedule_reconnect(redis_worker_t *rw);
 
-/* One line per outage, saying what decisions do meanwhile (SPEC §2). */
+/* One line per outage, saying what decisions do meanwhile. */
 static void note_down(redis_worker_t *rw, const char *why)
 {
     if (!rw->was_down)

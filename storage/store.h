@@ -11,7 +11,7 @@
  * before the call returns (the memory store does); callers must not touch
  * state after the call that the callback may have freed.
  *
- * Semantics (SPEC §3): acquire checks every check; if all have room it
+ * Semantics: acquire checks every check; if all have room it
  * charges all of them and takes one lease per gauge check, else it charges
  * nothing. Windows use the store's clock (o->now_ms).
  */
