@@ -1,14 +1,25 @@
--- ratewall: one decision in one script (SPEC §3). Every check of a request
+-- ratewall: one decision in one script. Every check of a request
 -- is evaluated; only if all have room are all charged. A refusal, and a
 -- peek (usage), write nothing.
 --
 -- KEYS[i]   the counter of check i; all share the account's hash tag
 -- ARGV[1]   now in ms, or "" for Redis TIME (the one clock of a fleet)
 -- ARGV[2]   lease id (gauge checks); in mode "a", the charge's time (ms)
+--           ("" in mode "a": now)
 -- ARGV[3]   "1": charge if all fit; "0": peek only; "a": adjust (reconcile):
 --           add each amount (negative gives back, only from the bucket or
 --           period of the charge) whatever the limits; returns {1, now}
--- then 4 values per check i, from ARGV[4 + 4 * (i - 1)]:
+-- ARGV[4]   mode "1" only: the latest time (ms, this script's clock) at
+--           which the caller still waits for the answer, or "" for none.
+--           Run later (a stalled Redis waking up), the script writes
+--           nothing and returns {-1, now}: the caller was already told
+--           "unavailable", so nothing may be charged.
+--           Mode "a": a lease id, or "" for none. With one, the adjust is
+--           a refund of that lease's decision: applied only if the lease is
+--           held in one of the gauge checks (proof that the decision was
+--           charged), which then give it back; else nothing is written and
+--           {0, now} is returned. Sent again, it is a no-op.
+-- then 4 values per check i, from ARGV[5 + 4 * (i - 1)]:
 --   kind    "r" rolling window | "c" calendar period | "g" gauge (leases)
 --   param   r: window ms | c: "d" or "m" | g: lease ttl ms
 --   limit   metric units
@@ -16,6 +27,13 @@
 --
 -- Returns { admitted, now, then per check: ok, used, reset_ms, retry_ms }
 -- with retry_ms -1 for "never" (the amount alone is over the limit).
+--
+-- Every argument is checked before the first write: a bad one is an error
+-- reply and nothing is written (no script stops halfway). Amounts and
+-- limits are integers within MAX (LIM_PRICE_MAX of limiter/limits.h, the
+-- larger of the two caps), and every counter value written saturates at
+-- CAP, so all arithmetic here stays on integers exactly representable in
+-- a Lua number (below 2^53): MAX + MAX < CAP, CAP + MAX < 2^53.
 --
 -- Counters:
 --   r: hash { h = newest bucket index, s = running sum, "0".."60" = bucket
@@ -26,6 +44,50 @@
 --   g: sorted set of lease ids scored by their expiry; expired leases are
 --      not counted and are removed on the next charge.
 
+local MAX = 1125899906842624     -- 2^50 = LIM_PRICE_MAX (>= LIM_UNITS_MAX)
+local CAP = 4 * MAX               -- 2^52: the most a counter ever holds
+local FIRST = 5                   -- ARGV index of the first check's values
+
+-- An integer written in decimal digits (no exponent, hex, nan or inf).
+local function int_arg(v, lo, hi)
+  if type(v) ~= 'string' or not string.match(v, '^%-?%d+$') or #v > 17 then return nil end
+  local x = tonumber(v)
+  if x == nil or x ~= x or x < lo or x > hi or math.floor(x) ~= x then return nil end
+  return x
+end
+local function bad(what)
+  return redis.error_reply('ERR ratewall acquire: bad argument: ' .. what)
+end
+
+-- ---- validation: nothing below this block may fail -----------------------
+local mode = ARGV[3]
+if mode ~= '1' and mode ~= '0' and mode ~= 'a' then return bad('mode') end
+if #ARGV ~= FIRST - 1 + 4 * #KEYS then return bad('count') end
+if ARGV[1] ~= '' and int_arg(ARGV[1], 0, 2 ^ 50) == nil then return bad('now') end
+if mode == 'a' and ARGV[2] ~= '' and int_arg(ARGV[2], 0, 2 ^ 50) == nil then
+  return bad('charged')
+end
+if mode == '1' and ARGV[4] ~= '' and int_arg(ARGV[4], 0, 2 ^ 50) == nil then
+  return bad('deadline')
+end
+for i = 1, #KEYS do
+  local a = FIRST + 4 * (i - 1)
+  local kind, param = ARGV[a], ARGV[a + 1]
+  if kind == 'r' then
+    if int_arg(param, 1, 2 ^ 40) == nil then return bad('window of check ' .. i) end
+  elseif kind == 'c' then
+    if param ~= 'd' and param ~= 'm' then return bad('period of check ' .. i) end
+  elseif kind == 'g' then
+    if int_arg(param, 1, 2 ^ 40) == nil then return bad('lease ttl of check ' .. i) end
+  else
+    return bad('kind of check ' .. i)
+  end
+  if int_arg(ARGV[a + 2], 0, MAX) == nil then return bad('limit of check ' .. i) end
+  local lo = (mode == 'a') and -MAX or 0
+  if int_arg(ARGV[a + 3], lo, MAX) == nil then return bad('amount of check ' .. i) end
+end
+-- ---------------------------------------------------------------------------
+
 local now
 if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
@@ -34,7 +96,10 @@ else
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local lease = ARGV[2]
-local charge = ARGV[3] == '1'
+local charge = mode == '1'
+if charge and ARGV[4] ~= '' and now > tonumber(ARGV[4]) then
+  return { -1, now } -- too late: the caller has moved on; nothing written
+end
 local B, S = 60, 61
 
 local function bucket_of(t, w) return math.floor(t * B / w) end
@@ -79,10 +144,22 @@ end
 
 local n = #KEYS
 
-if ARGV[3] == 'a' then
-  local charged = tonumber(ARGV[2])
+if mode == 'a' then
+  local charged = ARGV[2] ~= '' and tonumber(ARGV[2]) or now
+  if ARGV[4] ~= '' then
+    local held = false
+    for i = 1, n do
+      if ARGV[FIRST + 4 * (i - 1)] == 'g' and redis.call('ZSCORE', KEYS[i], ARGV[4]) then
+        held = true
+      end
+    end
+    if not held then return { 0, now } end
+    for i = 1, n do
+      if ARGV[FIRST + 4 * (i - 1)] == 'g' then redis.call('ZREM', KEYS[i], ARGV[4]) end
+    end
+  end
   for i = 1, n do
-    local a = 4 + 4 * (i - 1)
+    local a = FIRST + 4 * (i - 1)
     local kind, param, d, key = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3]), KEYS[i]
     if kind == 'r' and d ~= 0 then
       local w = tonumber(param)
@@ -101,6 +178,9 @@ if ARGV[3] == 'a' then
           redis.call('HDEL', key, unpack(gone))
         end
         if head == nil or cur > head then head = cur end
+        -- Debt is added whatever the limits, but never past CAP.
+        d = math.min(d, CAP - sum)
+        if d < 0 then d = 0 end
         redis.call('HINCRBY', key, tostring(cur % S), d)
         redis.call('HSET', key, 'h', head, 's', sum + d)
         redis.call('PEXPIRE', key, w + math.ceil(w / B) + 1000)
@@ -122,7 +202,7 @@ if ARGV[3] == 'a' then
       local pv = redis.call('HMGET', key, 'p', 'v')
       local v = (tonumber(pv[1]) == pid) and (tonumber(pv[2]) or 0) or nil
       if d > 0 then
-        redis.call('HSET', key, 'p', pid, 'v', (v or 0) + d)
+        redis.call('HSET', key, 'p', pid, 'v', math.min((v or 0) + d, CAP))
         redis.call('PEXPIRE', key, pend - now + 60000)
       elseif v ~= nil and period(param, charged) == pid then
         redis.call('HSET', key, 'v', math.max(0, v + d))
@@ -135,7 +215,7 @@ end
 local st = {}
 local admitted = 1
 for i = 1, n do
-  local a = 4 + 4 * (i - 1)
+  local a = FIRST + 4 * (i - 1)
   local c = { kind = ARGV[a], param = ARGV[a + 1], limit = tonumber(ARGV[a + 2]),
               amount = tonumber(ARGV[a + 3]), key = KEYS[i] }
   if c.kind == 'r' then

@@ -635,6 +635,28 @@ size_t store_memory_count(store_t *s)
     return n;
 }
 
+void store_memory_drop_counters(store_t *s)
+{
+    mem_store_t *m = (mem_store_t *)s;
+    for (int i = 0; i < NSHARDS; i++) {
+        shard_t *sh = &m->shard[i];
+        pthread_mutex_lock(&sh->mu);
+        for (size_t j = 0; j < sh->nb; j++) {
+            for (entry_t **pp = &sh->b[j]; *pp;) {
+                entry_t *e = *pp;
+                if (e->kind != LIM_CK_GAUGE) {
+                    *pp = e->next;
+                    free(e);
+                    sh->count--;
+                } else {
+                    pp = &e->next;
+                }
+            }
+        }
+        pthread_mutex_unlock(&sh->mu);
+    }
+}
+
 static const store_ops_t mem_ops = {
     .name = "memory",
     .answers_inline = 1,

@@ -166,6 +166,9 @@ typedef int64_t (*store_clock_fn)(void *arg);
 store_t *store_memory_new(store_clock_fn clock, void *clock_arg);
 /* Live counters (for tests and metrics). */
 size_t store_memory_count(store_t *s);
+/* Forget every rolling and calendar counter; leases (gauges) and jobs stay.
+ * The Redis store's fallback starts each outage from zero with it. */
+void store_memory_drop_counters(store_t *s);
 
 /* The Redis store (storage/redis.c). Strings are copied. */
 typedef struct store_redis_opts {

@@ -386,6 +386,40 @@ static void case_threads(store_t *s)
     store_detach(w);
 }
 
+/* Amounts at the cap stay exact in every counter (Redis keeps them as Lua
+ * numbers: below 2^53), and an adjust adds "debt" whatever the limits. */
+static void case_large_amounts(store_worker_t *w)
+{
+    fake_now = 30000 * MIN;
+    const int64_t M = LIM_PRICE_MAX;
+    lim_check_t c[2] = {mk("{big}:a:units:m", LIM_UNITS, LIM_PER_MINUTE, M, M),
+                        mk("{big}:a:spend:d", LIM_SPEND, LIM_PER_DAY, M, M)};
+    CHECK(acquire(w, c, 2).o.admitted, "an amount at the cap fits a limit at the cap");
+    int64_t d[2] = {M, M};
+    store_adjust(w, c, 2, d, fake_now);
+    store_adjust(w, c, 2, d, fake_now);
+    answer_t a = usage(w, c, 2);
+    CHECK(a.o.res[0].used == 3 * M && a.o.res[1].used == 3 * M,
+          "3 x cap exact: units %lld, spend %lld", (long long)a.o.res[0].used,
+          (long long)a.o.res[1].used);
+    int64_t back[2] = {-M, -M};
+    store_adjust(w, c, 2, back, fake_now);
+    a = usage(w, c, 2);
+    CHECK(a.o.res[0].used == 2 * M && a.o.res[1].used == 2 * M,
+          "after a give-back: units %lld, spend %lld", (long long)a.o.res[0].used,
+          (long long)a.o.res[1].used);
+    if (is_redis) {
+        /* Past the cap: clamped by the store to the cap on both counters,
+         * never applied to one and not the other. */
+        int64_t huge[2] = {100000000000000000LL, 100000000000000000LL};
+        store_adjust(w, c, 2, huge, fake_now);
+        a = usage(w, c, 2);
+        CHECK(a.o.res[0].used == 3 * M && a.o.res[1].used == 3 * M,
+              "a delta of 1e17: units %lld, spend %lld", (long long)a.o.res[0].used,
+              (long long)a.o.res[1].used);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *name = argc > 1 ? argv[1] : "memory";
@@ -400,6 +434,7 @@ int main(int argc, char **argv)
     case_property(w, LIM_PER_SECOND);
     case_property(w, LIM_PER_MINUTE);
     case_property(w, LIM_PER_HOUR);
+    case_large_amounts(w);
     if (!is_redis)
         case_eviction(s, w); /* Redis: keys carry their own expiry */
     store_detach(w);
