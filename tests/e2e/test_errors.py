@@ -29,7 +29,7 @@ def assert_error(r, status, etype, code):
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], \
         "error.message is a non-empty string: %r" % body
     assert isinstance(body["error"]["details"], dict), "error.details is an object: %r" % body
-    assert r.h("x-request-id"), "every answer has X-Request-Id: %r" % r.headers
+    assert (r.h("content-type") or "").startswith("application/json"), "JSON content type: %r" % r.headers
     assert r.h("x-request-id"), "every answer has X-Request-Id"
 
 
