@@ -5,6 +5,7 @@ import socket
 import threading
 import time
 
+import backend
 from harness import base_config, eq, free_port, poll, run
 
 
@@ -221,6 +222,70 @@ def test_drain_on_sigterm(env):
     eq(env.gw.p.returncode, 0, "exit status")
 
 
-run([test_forwarding, test_status_and_body_passthrough, test_backend_down_and_slow,
+# ---- against a backend that behaves like real ones (tests/e2e/backend.py) --
+
+def real_backend(env, idle_timeout=None):
+    """A gateway in front of backend.py, whose handler answers what it
+    received, as a Python service parses it."""
+    env.start_mock()  # not proxied to: the harness checks it stops cleanly
+    def handler(req):
+        return backend.Reply(200, {"path": req.path, "raw_path": req.raw_path,
+                                   "raw_query": req.raw_query, "query": req.query,
+                                   "header_names": req.header_names(),
+                                   "headers": dict((k.lower(), v) for k, v in req.headers),
+                                   "body": req.body.decode(errors="replace")})
+    b = env.start_backend(handler, idle_timeout=idle_timeout)
+    key = setup(env, backend_port=b.port)
+    return b, key
+
+
+def test_forwarding_real_backend(env):
+    b, key = real_backend(env)
+    r = env.req("POST", "/v1/echo?seed=7&Seed=8&x=a%20b&x=second&t%5Fid=9", key=key,
+                body='{"hello":"world"}', headers={"Content-Type": "application/json",
+                                                   "X-Custom": "kept"})
+    eq(r.status, 200, "forwarded to a real backend: %r" % r)
+    got = r.json()
+    eq(got["raw_query"], "seed=7&Seed=8&x=a%20b&x=second&t%5Fid=9",
+       "the query reaches the backend byte for byte")
+    # As the backend parses it: case-sensitive names, every repeat kept in
+    # order, names and values percent-decoded.
+    eq(got["query"], {"seed": ["7"], "Seed": ["8"], "x": ["a b", "second"], "t_id": ["9"]},
+       "the query as a Python backend reads it")
+    eq(got["path"], "/v1/echo", "path")
+    eq(got["body"], '{"hello":"world"}', "body")
+    names = [n.lower() for n in got["header_names"]]
+    assert "authorization" not in names and "x-api-key" not in names, \
+        "no client key header reached the backend: %r" % got["header_names"]
+    assert key not in r.body.decode(), "the client's key reached the backend"
+    eq(got["headers"].get("x-custom"), "kept", "end-to-end header")
+    eq(got["headers"].get("x-gateway-key-id"), "k_acme", "key id")
+    eq(names.count("content-length"), 1, "one Content-Length: %r" % got["header_names"])
+    eq(len(b.requests), 1, "requests at the backend")
+
+
+def test_backend_closes_idle_connections(env):
+    """A backend closes keep-alive connections left idle (here after 1 s,
+    as servers do after their keep-alive timeout). The gateway must not send
+    the next request on a pooled connection the backend closed long ago and
+    answer 502: it opens a new one."""
+    b, key = real_backend(env, idle_timeout=1.0)
+    # Within the backend's idle timeout, the pooled connection is reused.
+    for i in range(2):
+        eq(env.req("POST", "/v1/echo", key=key, body="{}").status, 200, "warm-up %d" % i)
+    eq(b.connections, 1, "two requests in a row share one backend connection")
+    b.wait_closed(1)
+    for i in range(3):
+        r = env.req("POST", "/v1/echo?round=%d" % i, key=key, body="{}")
+        eq(r.status, 200, "round %d after the backend closed the idle connection: %r" % (i, r))
+        eq(r.json()["query"], {"round": [str(i)]}, "round %d's own answer" % i)
+        # The backend closed the connection the gateway used (the gateway's
+        # own keep-alive to it is longer than 1 s).
+        b.wait_closed(i + 2)
+    eq(len(b.requests), 5, "every request reached the backend once")
+    eq(b.connections, 4, "a new backend connection for each round")
+
+
+run([test_forwarding, test_forwarding_real_backend, test_backend_closes_idle_connections, test_status_and_body_passthrough, test_backend_down_and_slow,
      test_backend_timeout, test_streaming_arrives_early, test_client_gone_releases_lease,
      test_pipelined_requests, test_drain_on_sigterm])
