@@ -5,7 +5,7 @@ import random
 import re
 import time
 
-from harness import base_config, eq, free_port, request, run
+from harness import base_config, day_bound, eq, free_port, request, run
 
 
 class SdkLikeClient:
@@ -69,6 +69,7 @@ def gateway(env, limits, **server):
     return env.keys["k1"]
 
 
+@day_bound
 def test_sdk_retries_rate_not_daily(env):
     key = gateway(env, [
         {"metric": "requests", "per": "second", "limit": 1, "endpoints": ["img2img"]},

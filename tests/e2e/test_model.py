@@ -7,7 +7,7 @@ import threading
 import time
 
 import backend
-from harness import Proc, base_config, eq, free_port, poll, request, run, wait_gateway
+from harness import Proc, base_config, day_bound, eq, free_port, poll, request, run, wait_gateway
 
 
 ADMIN_TOKEN = "admin-secret-token"
@@ -73,6 +73,8 @@ def for_both(fn):
         fn(env, "redis")
     memory.__name__ = fn.__name__ + "[memory]"
     redis.__name__ = fn.__name__ + "[redis]"
+    if getattr(fn, "day_bound", False):
+        memory, redis = day_bound(memory), day_bound(redis)
     return [memory, redis]
 
 
@@ -96,6 +98,7 @@ def units_map(env, store):
     eq((r.status, r.json()["error"]["code"]), (400, "INVALID_BODY"), "unknown resolution")
 
 
+@day_bound
 def token_reconcile(env, store):
     """Reserve max_tokens, charge usage.total_tokens: more requests pass than
     the reserved estimate would let through."""
@@ -241,6 +244,7 @@ def job_across_instances(env, store):
         gw_b.stop()
 
 
+@day_bound
 def admin_usage(env, store):
     cfg = config(env, store, {"t": {"limits": [
         {"metric": "requests", "per": "minute", "limit": 10},

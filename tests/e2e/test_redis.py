@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 
-from harness import base_config, eq, free_port, redis_cli, request, run
+from harness import base_config, day_bound, eq, free_port, redis_cli, request, run
 
 PATH = "/v3/img2img"
 
@@ -632,6 +632,7 @@ def test_redis_hang(env):
 
 # ---- 7: every key expires ----------------------------------------------------
 
+@day_bound
 def test_keys_expire(env):
     r, gws, _ = redis_env(env, {"all": {"limits": [
         {"metric": "requests", "per": "second", "limit": 50},
