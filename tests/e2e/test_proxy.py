@@ -9,9 +9,10 @@ import backend
 from harness import base_config, eq, free_port, poll, run
 
 
-def setup(env, backend_port=None, limits=None, timeout_ms=2000):
+def setup(env, backend_port=None, limits=None, timeout_ms=2000, workers=2):
     mock = env.start_mock() if backend_port is None else backend_port
     cfg = base_config(mock, free_port())
+    cfg["server"]["workers"] = workers
     cfg["backends"]["models"]["timeout_ms"] = timeout_ms
     cfg["tiers"]["t"] = {"limits": limits or [
         {"metric": "requests", "per": "minute", "limit": 1000}]}
@@ -224,7 +225,7 @@ def test_drain_on_sigterm(env):
 
 # ---- against a backend that behaves like real ones (tests/e2e/backend.py) --
 
-def real_backend(env, idle_timeout=None):
+def real_backend(env, idle_timeout=None, workers=2):
     """A gateway in front of backend.py, whose handler answers what it
     received, as a Python service parses it."""
     env.start_mock()  # not proxied to: the harness checks it stops cleanly
@@ -235,7 +236,7 @@ def real_backend(env, idle_timeout=None):
                                    "headers": dict((k.lower(), v) for k, v in req.headers),
                                    "body": req.body.decode(errors="replace")})
     b = env.start_backend(handler, idle_timeout=idle_timeout)
-    key = setup(env, backend_port=b.port)
+    key = setup(env, backend_port=b.port, workers=workers)
     return b, key
 
 
@@ -269,7 +270,8 @@ def test_backend_closes_idle_connections(env):
     as servers do after their keep-alive timeout). The gateway must not send
     the next request on a pooled connection the backend closed long ago and
     answer 502: it opens a new one."""
-    b, key = real_backend(env, idle_timeout=1.0)
+    # One worker: one pool of backend connections to watch.
+    b, key = real_backend(env, idle_timeout=1.0, workers=1)
     # Within the backend's idle timeout, the pooled connection is reused.
     for i in range(2):
         eq(env.req("POST", "/v1/echo", key=key, body="{}").status, 200, "warm-up %d" % i)
