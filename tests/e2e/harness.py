@@ -484,21 +484,28 @@ class Env:
         poll(lambda: self.mock_stats()["in_flight"] >= n, timeout,
              "the mock backend holding %d requests" % n)
 
-    def until_all_workers(self, cond, what, timeout=10, times=8):
-        """Polls cond() (one request on a new connection) until it holds
-        `times` times in a row: SO_REUSEPORT spreads new connections over
-        the gateway's workers, so a change every worker must see (a reload)
-        is seen by all of them, not by the first one asked. Fails when the
-        deadline passes first."""
+    def until_all_workers(self, cond, what, timeout=10, times=20, settle=3.0):
+        """Polls cond() (one request on a new connection) until it holds,
+        then until it holds `times` times in a row, SO_REUSEPORT spreading
+        new connections over the gateway's workers: a change every worker
+        must see (a reload) is seen by all of them, not by the first one
+        asked. A miss later than `settle` seconds after the first hit means
+        a worker that never took the change: that fails, as does the
+        deadline passing."""
         deadline = time.time() + timeout
-        run = 0
+        poll(cond, timeout, what)
+        first = time.time()
+        run = 1
         while run < times:
-            run = run + 1 if cond() else 0
-            if run < times and time.time() > deadline:
-                raise AssertionError("%s not seen %d times in a row within %.0f s"
-                                     % (what, times, timeout))
-            if run == 0:
-                time.sleep(0.02)
+            if cond():
+                run += 1
+                continue
+            run = 0
+            now = time.time()
+            if now - first > settle or now > deadline:
+                raise AssertionError("%s: seen, then missed again %.1f s later (a worker "
+                                     "still answers as before)" % (what, now - first))
+            time.sleep(0.02)
 
     def mock_stats(self):
         return request(self.mock_port, "GET", "/mock/stats").json()
