@@ -581,7 +581,7 @@ def test_redis_killed_allow(env):
     ks = [k for k in keys_of(r.port, "rl:*") if ":post:" in k]
     eq(len(ks), 1, "post counters %r" % ks)
     eq(hash_field(r.port, ks[0], "s"), 5, "post counted in Redis")
-    # SPEC 2: under on_error allow the instance says so in its log.
+    # Under on_error allow the instance says so in its log.
     assert "memory" in g.output(), \
         "the log does not say that decisions were counted in local memory:\n" + g.output()
 
