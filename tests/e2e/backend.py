@@ -145,8 +145,8 @@ class Backend:
         self.requests = []
         self.lock = threading.Lock()
         self.in_flight = 0
-        self.connections = 0
-        self.closed = 0
+        self.connections = 0   # accepted so far
+        self.closed = 0        # closed so far (by either side, or idle_timeout)
         backend = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -160,13 +160,6 @@ class Backend:
                 super().setup()
                 with backend.lock:
                     backend.connections += 1
-
-            def finish(self):
-                try:
-                    super().finish()
-                finally:
-                    with backend.lock:
-                        backend.closed += 1
 
             def _serve(self):
                 n = int(self.headers.get("Content-Length") or 0)
@@ -237,7 +230,13 @@ class Backend:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 
-        self.server = _Server(("127.0.0.1", port), H)
+        class S(_Server):
+            def shutdown_request(self, request):
+                super().shutdown_request(request)  # the socket is closed now
+                with backend.lock:
+                    backend.closed += 1
+
+        self.server = S(("127.0.0.1", port), H)
         self.thread = threading.Thread(target=self.server.serve_forever,
                                        kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
@@ -246,15 +245,15 @@ class Backend:
         self.server.shutdown()
         self.server.server_close()
 
-    def wait_closed(self, n, timeout=10):
-        """Until n connections have been closed (by either side)."""
+    def wait_closed(self, n=1, timeout=10):
+        """Until n connections have ended; fails if they never do."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             with self.lock:
                 if self.closed >= n:
                     return
             time.sleep(0.01)
-        raise AssertionError("only %d connections closed, wanted %d" % (self.closed, n))
+        raise AssertionError("backend saw %d connections end, not %d" % (self.closed, n))
 
     def wait_busy(self, n=1, timeout=10):
         """Until n requests are being answered; fails if they never are."""

@@ -1,12 +1,11 @@
-"""The command line (SPEC §1) and live reload on SIGHUP."""
+"""The command line and live reload on SIGHUP."""
 import hashlib
 import json
 import os
 import signal
 import subprocess
-import time
 
-from harness import base_config, eq, free_port, new_key, run, sha256
+from harness import base_config, eq, free_port, new_key, poll, run, sha256
 
 
 def gw(env, *args, stdin=None):
@@ -19,22 +18,22 @@ def test_keys_and_version(env):
     rc, out, err = gw(env, "--new-key")
     eq(rc, 0, "--new-key status")
     key, digest = out.strip().split("\n")
-    assert key.startswith("sk_") and len(key) >= 3 + 43, key
+    assert key.startswith("sk_") and len(key) >= 3 + 43, "a new key: %r" % key
     eq(hashlib.sha256(key.encode()).hexdigest(), digest, "printed digest")
     rc, out, _ = gw(env, "--new-key", "--prefix", "sk_live_")
-    assert out.startswith("sk_live_"), out
+    assert out.startswith("sk_live_"), "a key with the prefix: %r" % out
     keys = {gw(env, "--new-key")[1].split("\n")[0] for _ in range(5)}
     eq(len(keys), 5, "keys are random")
     rc, out, _ = gw(env, "--hash-key", stdin="sk_abc\n")
     eq((rc, out.strip()), (0, hashlib.sha256(b"sk_abc").hexdigest()), "--hash-key")
     rc, out, _ = gw(env, "--version")
-    assert rc == 0 and "ratewall" in out, out
+    assert rc == 0 and "ratewall" in out, "--version: %r" % out
     rc, out, _ = gw(env, "--help")
-    assert rc == 0 and "--check-config" in out, out
+    assert rc == 0 and "--check-config" in out, "--help: %r" % out
     rc, _, err = gw(env, "--bogus")
-    assert rc != 0 and "Usage" in err, err
+    assert rc != 0 and "Usage" in err, "an unknown option: %r" % err
     rc, _, err = gw(env, "-c", "/nonexistent/ratewall.json")
-    assert rc == 1 and "/nonexistent/ratewall.json:1:1:" in err, err
+    assert rc == 1 and "/nonexistent/ratewall.json:1:1:" in err, "a missing config: %r" % err
 
 
 def test_check_config(env):
@@ -51,8 +50,10 @@ def test_check_config(env):
     eq(rc, 1, "status")
     lines = [l for l in err.splitlines() if ": warning: " not in l]
     eq(len(lines), 2, "one line per error: %r" % lines)
-    assert lines[0].startswith(bad + ":2:") and "wrokers" in lines[0], lines
-    assert lines[1].startswith(bad + ":3:") and "week" in lines[1], lines
+    assert lines[0].startswith(bad + ":2:") and "wrokers" in lines[0], \
+        "the unknown field on line 2: %r" % lines
+    assert lines[1].startswith(bad + ":3:") and "week" in lines[1], \
+        "the bad period on line 3: %r" % lines
 
 
 def test_example_config(env):
@@ -76,10 +77,23 @@ def test_example_config(env):
     eq(env.req("POST", "/v3/txt2img", key=free, body={}).status, 200, "3rd")
     r = env.req("POST", "/v3/txt2img", key=free, body={})
     eq((r.status, r.h("x-ratelimit-type")), (429, "minute"), "4th of the minute")
-    # The LLM demo key: tokens reserved, then reconciled.
-    r = env.req("POST", "/v1/chat/completions", key=keys["demo_llm"],
+    # The LLM demo key: 500 tokens reserved, then reconciled to the usage
+    # the backend reported.
+    llm = keys["demo_llm"]
+    r = env.req("POST", "/v1/chat/completions", key=llm,
                 body={"max_tokens": 500, "messages": []})
     eq(r.status, 200, "chat")
+    used = r.json()["usage"]["total_tokens"]
+    assert 0 < used < 500, "the mock reports fewer tokens than reserved: %r" % used
+
+    def units_used():
+        for l in env.req("GET", "/v1/usage", key=llm).json()["limits"]:
+            if (l["metric"], l["per"]) == ("units", "minute"):
+                return l["used"]
+        raise AssertionError("no units limit in the demo_llm usage")
+    # Reconcile follows the answer: poll the usage (which is not counted).
+    poll(lambda: units_used() != 500, 10, "the reservation of 500 reconciled")
+    eq(units_used(), used, "units charged: the backend's usage.total_tokens, not max_tokens")
 
 
 def start(env, minute_limit):
@@ -96,30 +110,39 @@ def start(env, minute_limit):
     return cfg
 
 
-def reload(env, cfg):
+def reload(env, cfg, seen, what):
+    """Writes cfg, sends SIGHUP, waits for the gateway to log the reload and
+    then until every worker serves the new config: seen() (one request on a
+    new connection, not counted) holds on each (Env.until_all_workers).
+    Fails when either does not happen in time."""
     env.write_config(cfg)
     mark = env.gw.output().count("reload")
     env.gw.signal(signal.SIGHUP)
-    deadline = time.time() + 5
-    while env.gw.output().count("reload") == mark and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.1)  # the workers pick the snapshot up on their next turn
+    poll(lambda: env.gw.output().count("reload") > mark, 10, "the reload in the log")
+    out = env.gw.output()
+    assert "reload refused" not in out, "the reload was refused:\n" + out[-2000:]
+    env.until_all_workers(seen, what)
+
+
+def usage_limit(env, key):
+    """The first limit of key as /v1/usage shows it (usage is not counted)."""
+    return env.req("GET", "/v1/usage", key=key).json()["limits"][0]["limit"]
 
 
 def test_reload_keeps_counts(env):
     cfg = start(env, 5)
     key = env.keys["k1"]
-    for _ in range(3):
-        eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    for i in range(3):
+        eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200, "request %d" % i)
     # Tighten to 3: the 3 already counted stay counted.
     cfg["tiers"]["t"]["limits"][0]["limit"] = 3
-    reload(env, cfg)
+    reload(env, cfg, lambda: usage_limit(env, key) == 3, "the limit of 3 in the usage")
     r = env.req("POST", "/v3/img2img", key=key, body={})
     eq(r.status, 429, "tightened limit applies to the kept count")
-    eq(r.h("x-ratelimit-limit"), "3")
+    eq(r.h("x-ratelimit-limit"), "3", "X-RateLimit-Limit after the reload")
     # Loosen to 10: 7 more.
     cfg["tiers"]["t"]["limits"][0]["limit"] = 10
-    reload(env, cfg)
+    reload(env, cfg, lambda: usage_limit(env, key) == 10, "the limit of 10 in the usage")
     r = env.req("POST", "/v3/img2img", key=key, body={})
     eq((r.status, r.h("x-ratelimit-remaining")), (200, "6"), "count kept across reloads")
 
@@ -127,15 +150,13 @@ def test_reload_keeps_counts(env):
 def test_invalid_reload_changes_nothing(env):
     cfg = start(env, 5)
     key = env.keys["k1"]
-    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200, "the first request")
     with open(env.config_path, "w") as f:
         f.write('{ "server": { "listen": 12 } ')
     env.gw.signal(signal.SIGHUP)
-    deadline = time.time() + 5
-    while "reload refused" not in env.gw.output() and time.time() < deadline:
-        time.sleep(0.02)
+    poll(lambda: "reload refused" in env.gw.output(), 10, "the refused reload in the log")
     out = env.gw.output()
-    assert "reload refused" in out and env.config_path + ":1:" in out, out
+    assert env.config_path + ":1:" in out, "the error as FILE:LINE:COL in the log:\n" + out
     r = env.req("POST", "/v3/img2img", key=key, body={})
     eq((r.status, r.h("x-ratelimit-remaining")), (200, "3"), "old config still in force")
 
@@ -146,13 +167,15 @@ def test_reload_keys_file(env):
     with open(os.path.join(env.dir, "keys.json"), "w") as f:
         json.dump([{"id": "k2", "sha256": sha256(new), "account": "acme"}], f)
     eq(env.req("POST", "/v3/img2img", key=new, body={}).status, 401, "not yet known")
-    reload(env, cfg)
+    reload(env, cfg, lambda: env.req("GET", "/v1/usage", key=new).status == 200,
+           "the added key known")
     eq(env.req("POST", "/v3/img2img", key=new, body={}).status, 200, "added key works")
     # Disable k1 and drop k2: refused at once.
     cfg["keys"][0]["disabled"] = True
     with open(os.path.join(env.dir, "keys.json"), "w") as f:
         json.dump([], f)
-    reload(env, cfg)
+    reload(env, cfg, lambda: env.req("GET", "/v1/usage", key=new).status == 401,
+           "the dropped key unknown")
     eq(env.req("POST", "/v3/img2img", key=env.keys["k1"], body={}).status, 403, "disabled")
     eq(env.req("POST", "/v3/img2img", key=new, body={}).status, 401, "removed")
 

@@ -5,7 +5,7 @@ import random
 import re
 import time
 
-from harness import base_config, eq, free_port, request, run
+from harness import base_config, day_bound, eq, free_port, request, run
 
 
 class SdkLikeClient:
@@ -69,6 +69,7 @@ def gateway(env, limits, **server):
     return env.keys["k1"]
 
 
+@day_bound
 def test_sdk_retries_rate_not_daily(env):
     key = gateway(env, [
         {"metric": "requests", "per": "second", "limit": 1, "endpoints": ["img2img"]},
@@ -102,29 +103,32 @@ def test_openai_and_ietf_headers(env):
         {"metric": "units", "per": "minute", "limit": 100, "endpoints": ["txt2img"]}],
         ietf_headers=True, openai_headers=True)
     r = env.req("POST", "/v3/txt2img", key=key, body={"image_num": 4})
-    eq(r.status, 200)
+    eq(r.status, 200, "the first txt2img")
     eq(r.h("x-ratelimit-limit-requests"), "60", "requests limit")
     eq(r.h("x-ratelimit-remaining-requests"), "59", "requests remaining")
     eq(r.h("x-ratelimit-limit-tokens"), "100", "units as tokens")
     eq(r.h("x-ratelimit-remaining-tokens"), "96", "tokens remaining")
     for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-        assert re.fullmatch(r"(\d+ms|(\d+h)?(\d+m)?\d+(\.\d+)?s)", r.h(h)), (h, r.h(h))
+        assert re.fullmatch(r"(\d+ms|(\d+h)?(\d+m)?\d+(\.\d+)?s)", r.h(h)), "%s as a duration: %r" % (h, r.h(h))
     pol = r.h("ratelimit-policy")
     cur = r.h("ratelimit")
     # Structured-field lists: "name";q=N;w=N[;qu="..."] and "name";r=N;t=N.
     items = [i.strip() for i in pol.split(",")]
     eq(len(items), 3, "one policy item per applying limit: %r" % pol)
-    assert '"requests:minute:key:*";q=60;w=60' in items, pol
-    assert '"requests:hour:key:*";q=1000;w=3600' in items, pol
-    assert any(i.startswith('"units:minute:key:txt2img";q=100;qu="units";w=60') for i in items), pol
+    assert '"requests:minute:key:*";q=60;w=60' in items, "the minute's policy in %r" % pol
+    assert '"requests:hour:key:*";q=1000;w=3600' in items, "the hour's policy in %r" % pol
+    assert any(i.startswith('"units:minute:key:txt2img";q=100;qu="units";w=60')
+               for i in items), "the units policy in %r" % pol
     m = re.search(r'"requests:minute:key:\*";r=(\d+);t=(\d+)', cur)
-    assert m and m.group(1) == "59" and 0 < int(m.group(2)) <= 61, cur
+    assert m and m.group(1) == "59" and 0 < int(m.group(2)) <= 61, \
+        "RateLimit of the minute: r=59, t in (0, 61]: %r" % cur
     # Also on a 429.
     for _ in range(30):
         r = env.req("POST", "/v3/txt2img", key=key, body={"image_num": 4})
-    eq(r.status, 429)
+    eq(r.status, 429, "the units of the minute used up")
     eq(r.h("x-ratelimit-remaining-tokens"), "0", "on the 429")
-    assert r.h("ratelimit") and r.h("retry-after-ms"), r.headers
+    assert r.h("ratelimit") and r.h("retry-after-ms"), \
+        "RateLimit and retry-after-ms on the 429: %r" % r.headers
 
 
 run([test_sdk_retries_rate_not_daily, test_openai_and_ietf_headers])

@@ -1,6 +1,8 @@
-"""SPEC §4 error rows: 404 before the key, 401, 403, 413, 400, and requests
+"""The error answers: 404 before the key, 401, 403, 413, 400, and requests
 the HTTP layer refuses. None of them may reach the backend."""
+import json
 import socket
+import time
 
 from harness import base_config, eq, free_port, run
 
@@ -24,9 +26,10 @@ def assert_error(r, status, etype, code):
     body = r.json()
     eq(body["error"]["type"], etype, "type")
     eq(body["error"]["code"], code, "code")
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert isinstance(body["error"]["details"], dict)
-    assert r.h("content-type").startswith("application/json"), r.headers
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], \
+        "error.message is a non-empty string: %r" % body
+    assert isinstance(body["error"]["details"], dict), "error.details is an object: %r" % body
+    assert (r.h("content-type") or "").startswith("application/json"), "JSON content type: %r" % r.headers
     assert r.h("x-request-id"), "every answer has X-Request-Id"
 
 
@@ -57,9 +60,10 @@ def test_auth(env):
                  "permission_error", "KEY_DISABLED")
     eq(env.mock_stats()["requests"], 0, "nothing reached the backend")
     # Both header styles work for a good key.
-    eq(env.req("POST", "/v3/img2img", key=env.keys["k_acme"], body={}).status, 200)
+    eq(env.req("POST", "/v3/img2img", key=env.keys["k_acme"], body={}).status, 200,
+       "a good key as Authorization: Bearer")
     eq(env.req("POST", "/v3/img2img", key=env.keys["k_acme"], body={},
-               header_style="x-api-key").status, 200)
+               header_style="x-api-key").status, 200, "a good key as X-API-Key")
     # The key never appears in the gateway's log.
     out = env.gw.output()
     for k in env.keys.values():
@@ -72,7 +76,8 @@ def test_body_limits(env):
     r = env.req("POST", "/v3/small", key=key, body="x" * 2000)
     assert_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE")
     eq(r.json()["error"]["details"]["limit"], 1024, "details.limit")
-    eq(env.req("POST", "/v3/small", key=key, body="x" * 1000).status, 200)
+    eq(env.req("POST", "/v3/small", key=key, body="x" * 1000).status, 200,
+       "a body under the endpoint's limit")
     # Server-wide limit (10 MiB default) on another endpoint.
     r = env.req("POST", "/v3/img2img", key=key, body="y" * (10 * 1024 * 1024 + 10))
     assert_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE")
@@ -88,21 +93,29 @@ def test_invalid_body(env):
         assert_error(r, 400, "invalid_request_error", "INVALID_BODY")
     # A refused body charges nothing: 100/min still all there.
     r = env.req("POST", "/v3/txt2img", key=key, body={"image_num": 2})
-    eq(r.status, 200)
+    eq(r.status, 200, "a valid body after the refused ones")
     eq(r.h("x-ratelimit-remaining"), "99", "only the admitted request counted")
     eq(env.mock_stats()["requests"], 1, "only the valid request reached the backend")
 
 
-def raw(port, data, timeout=5):
+def raw(port, data, timeout=10):
+    """Sends data on a new connection and reads until the gateway closes it.
+    A gateway that neither answers nor closes within timeout fails the
+    test: every case here expects an answer and then the close."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    deadline = time.time() + timeout
     try:
         s.sendall(data)
         out = b""
         while True:
+            s.settimeout(max(0.01, deadline - time.time()))
             try:
                 chunk = s.recv(65536)
             except socket.timeout:
-                break
+                raise AssertionError("no close within %.0f s after %r; have %r" % (
+                    timeout, data[:60], out[:300]))
+            except ConnectionResetError:
+                break  # a close all the same; what came before is checked
             if not chunk:
                 break
             out += chunk
@@ -111,18 +124,37 @@ def raw(port, data, timeout=5):
         s.close()
 
 
+def parse(out, what):
+    """(status, headers, body) of one whole answer in out."""
+    assert out.startswith(b"HTTP/1.1 "), "%s: no HTTP answer before the close: %r" % (
+        what, out[:200])
+    head, sep, body = out.partition(b"\r\n\r\n")
+    assert sep, "%s: an answer head without its end: %r" % (what, out[:200])
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    n = int(headers.get("content-length", "-1"))
+    eq(len(body), n, "%s: body length against Content-Length" % what)
+    return status, headers, body
+
+
 def test_http_layer(env):
     setup(env)
     key = env.keys["k_acme"]
-    # A head over max_header_bytes (16 KiB default).
+    # A head over max_header_bytes (16 KiB default): 431, then the close.
     big = b"POST /v3/img2img HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() + \
           b"\r\nX-Big: " + b"a" * 20000 + b"\r\nContent-Length: 0\r\n\r\n"
-    out = raw(env.port, big)
-    status = int(out.split(b" ", 2)[1]) if out.startswith(b"HTTP/1.") else 0
-    assert status in (400, 413, 431) or out == b"", out[:200]
-    # Garbage instead of HTTP.
-    out = raw(env.port, b"HELLO THERE\r\n\r\n")
-    assert out == b"" or out.split(b" ", 2)[1] in (b"400", b"405", b"501"), out[:200]
+    status, h, body = parse(raw(env.port, big), "a head over max_header_bytes")
+    eq(status, 431, "a head over max_header_bytes")
+    eq(json.loads(body)["error"]["code"], "HEADERS_TOO_LARGE", "code of the 431")
+    eq(h.get("connection", "").lower(), "close", "Connection: close on the 431")
+    # Garbage instead of HTTP: 400, then the close.
+    status, h, body = parse(raw(env.port, b"HELLO THERE\r\n\r\n"), "garbage")
+    eq(status, 400, "a line that is not HTTP")
+    eq(json.loads(body)["error"]["code"], "INVALID_REQUEST", "code of the 400")
     eq(env.mock_stats()["requests"], 0, "nothing reached the backend")
 
 

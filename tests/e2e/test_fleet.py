@@ -5,9 +5,9 @@ import json
 import os
 import re
 import signal
+import select
 import subprocess
 import threading
-import time
 
 from harness import eq, new_key, request, run, sha256
 
@@ -36,7 +36,12 @@ def test_fleet_account_limit(env):
          "--dir", os.path.join(env.dir, "fleet")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        # The fleet prints its ports once every gateway is up behind HAProxy.
+        ready, _, _ = select.select([fleet.stdout], [], [], 90)
+        assert ready, "deploy/fleet printed nothing within 90 s"
         line = fleet.stdout.readline()
+        assert line.startswith("{"), "deploy/fleet did not come up:\n" + line + \
+            fleet.stdout.read() if fleet.poll() is not None else line
         ports = json.loads(line)
         lb = ports["lb"]
         statuses = []
@@ -68,8 +73,8 @@ def test_fleet_account_limit(env):
     finally:
         fleet.send_signal(signal.SIGTERM)
         fleet.wait(30)
-    # The fleet stopped everything it started.
-    time.sleep(0.2)
+    eq(fleet.returncode, 0, "deploy/fleet exit status after SIGTERM")
+    # The fleet stopped (and waited for) everything it started.
     for name, pid in pids.items():
         try:
             os.kill(pid, 0)

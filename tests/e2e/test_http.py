@@ -101,7 +101,7 @@ class Client:
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         lines = head.split(b"\r\n")
         version, status, _ = (lines[0].decode("latin-1").split(" ", 2) + [""])[:3]
-        assert version in ("HTTP/1.1", "HTTP/1.0"), lines[0]
+        assert version in ("HTTP/1.1", "HTTP/1.0"), "status line: %r" % lines[0]
         status = int(status)
         fields = []
         for ln in lines[1:]:
@@ -155,6 +155,13 @@ class Client:
                 return time.time() - t0
             raise AssertionError("unexpected bytes: %r" % d[:300])
 
+    def silent(self, seconds, what):
+        """Nothing more arrives for seconds, and the connection stays open:
+        reads the socket for that long (bytes already read count too)."""
+        eq(self.buf, b"", what + ": bytes already received")
+        took = self.wait_closed(seconds)
+        assert took is None, "%s: the connection was closed after %.2f s" % (what, took)
+
 
 def post(path, key, body, extra=b"", version=b"HTTP/1.1"):
     if isinstance(body, (dict, list)):
@@ -168,12 +175,13 @@ def post(path, key, body, extra=b"", version=b"HTTP/1.1"):
 
 def assert_json_error(r, status, code, etype="invalid_request_error"):
     eq(r.status, status, "status of %r" % r)
-    assert (r.h("content-type") or "").startswith("application/json"), r.headers
+    assert (r.h("content-type") or "").startswith("application/json"), \
+        "JSON content type: %r" % r.headers
     err = r.json()["error"]
     eq(err["code"], code, "code")
     eq(err["type"], etype, "type")
-    assert isinstance(err["message"], str) and err["message"], err
-    assert isinstance(err["details"], dict), err
+    assert isinstance(err["message"], str) and err["message"], "error.message: %r" % err
+    assert isinstance(err["details"], dict), "error.details: %r" % err
     return err
 
 
@@ -211,7 +219,7 @@ def test_chunked_request_body(env):
         eq(echo["body_bytes"], len(body), "body_bytes")
         h = {k.lower(): v for k, v in echo["headers"].items()}
         eq(h.get("content-length"), str(len(body)), "the backend got a Content-Length")
-        assert "transfer-encoding" not in h, h
+        assert "transfer-encoding" not in h, "no Transfer-Encoding to the backend: %r" % h
         assert "x-trailer-field" not in h, "a trailer is not a header: %r" % h
         # Units were read from the de-chunked JSON: 7 of 1000 per minute.
         eq(r.h("x-ratelimit-remaining"), "993", "units read from the chunked body")
@@ -286,7 +294,7 @@ def test_oversized_bodies(env):
         try:
             ready, _, _ = select.select([c.s], [], [], 2)
             assert ready, "no 413 before the body"
-            assert time.time() - t0 < 1, "answered without waiting for the body"
+            assert time.time() - t0 < 3, "answered without waiting for the body"
             time.sleep(0.3)  # the client goes on sending meanwhile
             r = c.response()
             err = assert_json_error(r, 413, "PAYLOAD_TOO_LARGE")
@@ -361,8 +369,7 @@ def test_expect_continue(env):
         r = c.response(timeout=3)
         eq(r.status, 100, "interim answer first: %r" % r)
         eq(r.version, "HTTP/1.1", "version of the 100")
-        time.sleep(0.1)
-        eq(c.buf, b"", "nothing more before the body is sent")
+        c.silent(0.3, "nothing more before the body is sent")
         eq(backend_requests(env), 0, "the backend waits for the body too")
         c.send(body)
         r = c.response()
@@ -388,16 +395,21 @@ def test_expect_continue(env):
 
 TIMEOUT_S = 1.0
 GAP_S = 0.3
+# How late a deadline may fire on a loaded machine (2 cores, sanitizer
+# builds, other tests at once); never early.
+SLACK_S = 3.0
 
 
 def trickle(c, data, gap, limit):
     """Send data a byte per gap until the gateway answers or closes; the
-    seconds from the first byte to that moment (or None after limit)."""
+    seconds from the first byte to that moment (or None after limit). A
+    send that fails means the gateway closed: cut_off_answer() then checks
+    that it was a close (EOF), not a hang."""
     t0 = time.time()
     for i in range(len(data)):
         try:
             c.send(data[i:i + 1])
-        except OSError:
+        except (BrokenPipeError, ConnectionResetError):
             return time.time() - t0
         ready, _, _ = select.select([c.s], [], [], gap)
         if ready:
@@ -407,15 +419,18 @@ def trickle(c, data, gap, limit):
     return None
 
 
-def cut_off_answer(c):
-    """A 408 JSON, or the connection closed without an answer."""
+def cut_off_answer(c, timeout=SLACK_S + 2):
+    """A 408 JSON and then the close, or the connection closed (EOF read)
+    without an answer; a gateway that neither answers nor closes within
+    timeout fails."""
     try:
-        r = c.response(timeout=2)
-    except AssertionError:
-        assert c.eof and c.buf == b"", "neither a 408 nor a close: %r" % c.buf[:300]
+        r = c.response(timeout=timeout)
+    except AssertionError as e:
+        assert c.eof, "neither a 408 nor a close: %s" % e
+        eq(c.buf, b"", "closed without an answer: nothing but a whole 408 may come first")
         return
     assert_json_error(r, 408, "REQUEST_TIMEOUT")
-    assert c.wait_closed(3) is not None, "closed after the 408"
+    assert c.wait_closed(timeout) is not None, "closed after the 408"
 
 
 def timeout_setup(env):
@@ -429,9 +444,10 @@ def test_head_deadline_trickle(env):
     # out: about timeout + one gap after its first byte, not later.
     c = Client(env.port)
     try:
-        took = trickle(c, head, GAP_S, 4.0)
+        took = trickle(c, head, GAP_S, TIMEOUT_S + SLACK_S + 1)
         assert took is not None, "a trickled head was never cut off"
-        assert TIMEOUT_S - 0.1 <= took <= TIMEOUT_S + GAP_S + 0.4, "cut off after %.2f s" % took
+        assert TIMEOUT_S - 0.1 <= took <= TIMEOUT_S + GAP_S + SLACK_S, \
+            "cut off after %.2f s" % took
         cut_off_answer(c)
     finally:
         c.close()
@@ -443,6 +459,7 @@ def test_head_deadline_whole(env):
     # A head whose every gap is under the timeout but whose whole takes
     # longer: all but one byte at once, then one more byte after 0.7 s,
     # then the end of the head after another 0.7 s. It must not be served.
+    # (The gaps are the point of the case, not a wait for some state.)
     c = Client(env.port)
     try:
         try:
@@ -451,14 +468,9 @@ def test_head_deadline_whole(env):
             c.send(head[-5:-4])
             time.sleep(0.7)
             c.send(head[-4:])
-        except OSError:
-            pass  # already cut off
-        try:
-            r = c.response(timeout=3)
-        except AssertionError:
-            r = None  # closed without an answer: refused too
-        if r is not None:
-            assert_json_error(r, 408, "REQUEST_TIMEOUT")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # already cut off: cut_off_answer() checks it was a close
+        cut_off_answer(c)
     finally:
         c.close()
     eq(backend_requests(env), 0, "a head over the deadline never reached the backend")
@@ -471,10 +483,10 @@ def test_body_gap(env):
     try:
         t0 = time.time()
         c.send(head[:-1])  # one byte of a 2-byte body
-        ready, _, _ = select.select([c.s], [], [], TIMEOUT_S + 1.5)
+        ready, _, _ = select.select([c.s], [], [], TIMEOUT_S + SLACK_S + 1)
         took = time.time() - t0
         assert ready, "a stalled body was never cut off"
-        assert TIMEOUT_S - 0.1 <= took <= TIMEOUT_S + 0.6, "cut off after %.2f s" % took
+        assert TIMEOUT_S - 0.1 <= took <= TIMEOUT_S + SLACK_S, "cut off after %.2f s" % took
         cut_off_answer(c)
     finally:
         c.close()
@@ -486,9 +498,9 @@ def test_idle_connections(env):
     # An idle connection (nothing sent) is closed after the timeout.
     c = Client(env.port)
     try:
-        took = c.wait_closed(TIMEOUT_S + 1.5)
+        took = c.wait_closed(TIMEOUT_S + SLACK_S + 1)
         assert took is not None, "an idle connection was never closed"
-        assert TIMEOUT_S - 0.1 <= took <= TIMEOUT_S + 0.6, "closed after %.2f s" % took
+        assert TIMEOUT_S - 0.1 <= took <= TIMEOUT_S + SLACK_S, "closed after %.2f s" % took
     finally:
         c.close()
 
@@ -501,9 +513,9 @@ def test_idle_connections(env):
             c.send(post("/v1/echo", key, "{}", extra=b"x-mock-delay-ms: %d\r\n" % delay_ms))
             r = c.response()
             eq(r.status, 200, "answer after %d ms" % delay_ms)
-            took = c.wait_closed(TIMEOUT_S + 1.5)
+            took = c.wait_closed(TIMEOUT_S + SLACK_S + 1)
             assert took is not None, "an idle keep-alive connection was never closed"
-            assert TIMEOUT_S - 0.2 <= took <= TIMEOUT_S + 0.6, (
+            assert TIMEOUT_S - 0.2 <= took <= TIMEOUT_S + SLACK_S, (
                 "idle keep-alive connection closed %.2f s after an answer that took %d ms"
                 % (took, delay_ms))
         finally:
@@ -517,9 +529,10 @@ def test_empty_lines_only(env):
     # ever either: it is idle, or its head has begun.
     c = Client(env.port)
     try:
-        took = trickle(c, b"\r\n" * 20, GAP_S, 2.5)
+        took = trickle(c, b"\r\n" * 40, GAP_S, TIMEOUT_S + SLACK_S + 1)
         assert took is not None, "a connection sending only CRLFs was never closed"
-        assert took <= TIMEOUT_S + GAP_S + 0.4, "closed after %.2f s" % took
+        assert TIMEOUT_S - 0.1 <= took <= TIMEOUT_S + GAP_S + SLACK_S, \
+            "closed after %.2f s" % took
         cut_off_answer(c)
     finally:
         c.close()
@@ -536,7 +549,8 @@ def test_http10(env):
         r = c.response()
         eq(r.status, 200, "HTTP/1.0 request")
         eq(r.json()["body"], '{"v":10}', "body")
-        assert (r.h("connection") or "close").lower() == "close", r.headers
+        assert (r.h("connection") or "close").lower() == "close", \
+            "no keep-alive for HTTP/1.0 by default: %r" % r.headers
         took = c.wait_closed(2)
         assert took is not None, "an HTTP/1.0 answer ends with the connection"
     finally:
@@ -551,7 +565,7 @@ def test_http10(env):
             eq(r.status, 200, "keep-alive request %d" % i)
             eq(r.json()["query"], "i=%d" % i, "answer %d" % i)
             eq((r.h("connection") or "").lower(), "keep-alive", "Connection: keep-alive")
-            assert r.h("content-length"), "a kept-alive 1.0 answer is delimited"
+            assert r.h("content-length"), "a kept-alive 1.0 answer is delimited: %r" % r.headers
         assert c.wait_closed(0.3) is None, "the connection is kept"
         # A streamed answer (unknown length) cannot be chunked for 1.0: it
         # goes until close, even though keep-alive was asked for.
@@ -560,9 +574,9 @@ def test_http10(env):
                           b"x-mock-stream-interval-ms: 10\r\n"))
         r = c.response()
         eq(r.status, 200, "streamed answer")
-        assert "transfer-encoding" not in r.headers, r.headers
-        assert "content-length" not in r.headers, r.headers
-        assert b"[DONE]" in r.body, r.body[-200:]
+        assert "transfer-encoding" not in r.headers, "no chunking for 1.0: %r" % r.headers
+        assert "content-length" not in r.headers, "no length for a stream: %r" % r.headers
+        assert b"[DONE]" in r.body, "the whole stream: %r" % r.body[-200:]
         assert c.eof, "the streamed 1.0 answer ended with the connection"
     finally:
         c.close()
@@ -574,24 +588,23 @@ def test_connection_close_frees(env):
     after a proxied exchange: the connection is gone from the gateway too,
     so SIGTERM with nothing in flight exits at once, not after
     drain_timeout_ms."""
-    key = setup(env, drain_timeout_ms=4000)
+    key = setup(env, drain_timeout_ms=10000)
     for version, extra in ((b"HTTP/1.1", b"Connection: close\r\n"), (b"HTTP/1.0", b"")):
         c = Client(env.port)
         try:
             c.send(post("/v1/echo", key, "{}", version=version, extra=extra))
             r = c.response()
-            eq(r.status, 200, version.decode())
+            eq(r.status, 200, "answer over %s" % version.decode())
             eq((r.h("connection") or "").lower(), "close", "Connection: close")
             assert c.wait_closed(2) is not None, "closed after the answer"
         finally:
             c.close()
     eq(backend_requests(env), 2, "both reached the backend")
-    time.sleep(0.2)
     t0 = time.time()
     env.gw.stop()
     took = time.time() - t0
-    assert took < 2.0, "SIGTERM with no request in flight took %.1f s (drain_timeout_ms " \
-        "is 4 s): closed connections are still counted" % took
+    assert took < 5.0, "SIGTERM with no request in flight took %.1f s (drain_timeout_ms " \
+        "is 10 s): closed connections are still counted" % took
 
 
 # ---- 6. heads the HTTP layer refuses --------------------------------------
@@ -664,12 +677,11 @@ def test_head(env):
         c.send(b"HEAD /v1/info?h=1 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
         r = c.response(method="HEAD")
         eq(r.status, 200, "HEAD proxied: %r" % r)
-        assert r.h("x-request-id"), r.headers
-        assert r.h("x-ratelimit-limit"), r.headers
+        assert r.h("x-request-id"), "X-Request-Id on HEAD: %r" % r.headers
+        assert r.h("x-ratelimit-limit"), "rate headers on HEAD: %r" % r.headers
         if r.h("content-length") is not None:
-            assert r.h("content-length").isdigit(), r.headers
-        time.sleep(0.3)
-        eq(c.buf, b"", "no body after the answer to HEAD")
+            assert r.h("content-length").isdigit(), "Content-Length: %r" % r.headers
+        c.silent(0.3, "no body after the answer to HEAD")
         # The same connection serves a GET next.
         c.send(b"GET /v1/info?g=1 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
         r = c.response()
@@ -681,7 +693,8 @@ def test_head(env):
         c.send(b"HEAD /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
         r = c.response(method="HEAD")
         eq(r.status, 404, "HEAD of no endpoint")
-        assert int(r.h("content-length") or 0) > 0, r.headers
+        assert int(r.h("content-length") or 0) > 0, \
+            "the length of the JSON it would send: %r" % r.headers
         c.send(b"GET /v1/info?g=2 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
         r = c.response()
         eq(r.status, 200, "GET after the 404 to HEAD")
@@ -711,12 +724,11 @@ def test_pipelining_with_429(env):
         eq(r1.json()["query"], "n=1", "first answer is the first request's")
         err = assert_json_error(r2, 429, "RATE_LIMIT_EXCEEDED", "rate_limit_error")
         eq(err["details"]["limit"], 1, "the tiny limit")
-        assert r2.h("retry-after"), r2.headers
+        assert r2.h("retry-after"), "Retry-After on the 429: %r" % r2.headers
         eq(r3.status, 200, "third")
         eq(r3.json()["query"], "n=3", "third answer is the third request's")
         eq(r3.json()["body"], "{}", "third body")
-        eq(c.buf, b"", "nothing more")
-        assert c.wait_closed(0.2) is None, "the connection is kept"
+        c.silent(0.3, "nothing more after the third answer")
     finally:
         c.close()
     eq(backend_requests(env), 3, "the 429 never reached the backend")

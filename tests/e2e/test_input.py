@@ -198,7 +198,8 @@ def retry_after_never(env, store):
         eq((r.h("retry-after"), r.h("retry-after-ms")), (None, None),
            "%s: no Retry-After, no retry-after-ms" % what)
         eq(r.h("x-should-retry"), "false", "%s: x-should-retry" % what)
-        assert "can never be admitted" in r.json()["error"]["message"], r.json()
+        assert "can never be admitted" in r.json()["error"]["message"], \
+            "the 429 says it can never pass: %r" % r.json()
     assert cached_refusals(cfg) >= 1, "the deny cache answered one of the echo refusals"
     # A refusal that can pass later still names its moment, from the store
     # and from the deny cache alike.
@@ -208,7 +209,7 @@ def retry_after_never(env, store):
         r = env.req("POST", "/v3/img2img", key=key, body={})
         eq(r.status, 429, "third request in the minute (#%d)" % i)
         assert 1 <= int(r.h("retry-after")) <= 61, "Retry-After %r" % r.h("retry-after")
-        assert 1 <= int(r.h("retry-after-ms")) <= 61000, r.headers
+        assert 1 <= int(r.h("retry-after-ms")) <= 61000, "retry-after-ms within the window: %r" % r.headers
         eq(r.h("x-should-retry"), None, "a minute limit invites the retry")
 
 
@@ -350,7 +351,7 @@ def test_underscore_headers(env):
     eq([v for _, v in by.get("x-backend-token", [])], ["backend-secret"],
        "the configured backend header only")
     eq(len(by.get("x-request-id", [])), 1, "one X-Request-Id")
-    assert by["x-request-id"][0][1] != "spoofed", got
+    assert by["x-request-id"][0][1] != "spoofed", "the client's X_Request_Id dropped: %r" % got
     for name in ("x-gateway-extra", "x-gateway-anything", "x-api-key", "proxy-authorization",
                  "keep-alive"):
         eq(by.get(name), None, "%s (any spelling) dropped" % name)
@@ -370,7 +371,7 @@ def test_underscore_headers(env):
        "X-RateLimit-Remaining is the gateway's alone (%r)" % names)
     eq([v for _, v in low.get("x-ratelimit-limit", [])], ["50"], "X-RateLimit-Limit")
     eq(len(low.get("x-request-id", [])), 1, "one X-Request-Id (%r)" % names)
-    assert low["x-request-id"][0][1] != "fake-id", rh
+    assert low["x-request-id"][0][1] != "fake-id", "the backend's X_Request_Id dropped: %r" % rh
     for name in ("retry-after", "x-should-retry"):
         eq(low.get(name), None, "%s from the backend dropped (%r)" % (name, names))
     eq(low.get("x-custom-back"), [("X_Custom_Back", "fine")], "other backend headers kept")
@@ -409,7 +410,7 @@ def test_one_port_redis_shared(env):
         eq(second.p.poll(), None, "the Redis-backed second gateway runs: %r" %
            second.output()[-2000:])
         assert "already listens on 127.0.0.1:%d" % env.port in second.output(), \
-            second.output()[-2000:]
+            "the second gateway logs that it shares the port: %s" % second.output()[-2000:]
         codes = []
         for _ in range(10):  # new connections, spread over both by the kernel
             codes.append(env.req("POST", "/v1/echo", key=key, body={}).status)
@@ -479,7 +480,8 @@ def test_reload_counter_identity(env):
     env.write_config(cfg)
     env.gw.signal(signal.SIGHUP)
     wait_for(lambda: env.gw.output().count("configuration reloaded") >= 1, "the first reload")
-    assert "starts afresh" not in env.gw.output(), env.gw.output()[-2000:]
+    assert "starts afresh" not in env.gw.output(), \
+        "no warning for an unchanged identity: %s" % env.gw.output()[-2000:]
     # The endpoints change: a new counter.
     cfg["tiers"]["t"]["limits"][0]["endpoints"] = ["txt2img", "img2img"]
     new_path = env.write_config(cfg)
@@ -488,14 +490,16 @@ def test_reload_counter_identity(env):
     lines = [l for l in env.gw.output().splitlines() if "starts afresh" in l]
     eq(len(lines), 1, "one warning: %r" % lines)
     assert 'tier "t"' in lines[0] and "requests per minute" in lines[0] and \
-        "[txt2img,img2img]" in lines[0] and "[txt2img])" in lines[0], lines[0]
+        "[txt2img,img2img]" in lines[0] and "[txt2img])" in lines[0], \
+        "the warning names the tier, the limit and both endpoint sets: %s" % lines[0]
     # --check-config --against: the same warning, exit 0, ok.
     p = subprocess.run([env.args.gateway, "--check-config", new_path, "--against", old_path],
                        capture_output=True, text=True, timeout=60)
     eq((p.returncode, p.stdout), (0, "ok\n"), "check-config of a valid file: %r" % p.stderr)
     warn = [l for l in p.stderr.splitlines() if "starts afresh" in l]
     eq(len(warn), 1, "check-config names the counter: %r" % p.stderr)
-    assert warn[0].startswith(new_path + ": warning: ") and 'tier "t"' in warn[0], warn[0]
+    assert warn[0].startswith(new_path + ": warning: ") and 'tier "t"' in warn[0], \
+        "the warning names the file and the tier: %s" % warn[0]
     p = subprocess.run([env.args.gateway, "--check-config", new_path, "--against", new_path],
                        capture_output=True, text=True, timeout=60)
     eq((p.returncode, p.stdout, p.stderr), (0, "ok\n", ""), "nothing changed, nothing said")

@@ -4,7 +4,7 @@ headers on 200 and 429, nothing charged on a refusal, usage."""
 import threading
 import time
 
-from harness import base_config, eq, free_port, run
+from harness import base_config, day_bound, eq, free_port, run
 
 
 def gateway(env, tiers, accounts, keys, **server):
@@ -33,18 +33,20 @@ def assert_429(r, code, type_header, should_retry=True, never=False):
     else:
         ra = int(r.h("retry-after"))
         ms = int(r.h("retry-after-ms"))
-        assert ra >= 1 and ms >= 1 and (ms + 999) // 1000 <= ra, (ra, ms)
+        assert ra >= 1 and ms >= 1 and (ms + 999) // 1000 <= ra, \
+            "Retry-After %r s and retry-after-ms %r agree" % (ra, ms)
     if should_retry:
-        assert r.h("x-should-retry") is None, r.headers
+        assert r.h("x-should-retry") is None, "no x-should-retry: %r" % r.headers
     else:
         eq(r.h("x-should-retry"), "false", "x-should-retry")
     d = err["details"]
     for f in ("limit", "metric", "per", "scope", "endpoints", "reset"):
         assert f in d, "details.%s missing in %r" % (f, d)
-    assert d["reset"] >= int(time.time()), d
+    assert d["reset"] >= int(time.time()), "details.reset not in the past: %r" % d
     return err
 
 
+@day_bound
 def test_minute_then_refused(env):
     gateway(env, {"free": {"limits": [
         {"metric": "requests", "per": "minute", "limit": 3, "endpoints": ["txt2img"]},
@@ -54,12 +56,13 @@ def test_minute_then_refused(env):
     for i in range(3):
         r = env.req("POST", "/v3/txt2img", key=key, body={"prompt": "cat"})
         eq(r.status, 200, "request %d" % i)
-        eq(r.h("x-ratelimit-limit"), "3")
+        eq(r.h("x-ratelimit-limit"), "3", "X-RateLimit-Limit")
         eq(r.h("x-ratelimit-remaining"), str(2 - i), "remaining after charge")
-        assert int(r.h("x-ratelimit-reset")) >= int(time.time()), r.headers
-        eq(r.h("x-ratelimit-daily-limit"), "100")
-        eq(r.h("x-ratelimit-daily-remaining"), str(99 - i))
-        assert r.h("x-request-id")
+        assert int(r.h("x-ratelimit-reset")) >= int(time.time()), \
+            "X-RateLimit-Reset not in the past: %r" % r.headers
+        eq(r.h("x-ratelimit-daily-limit"), "100", "X-RateLimit-Daily-Limit")
+        eq(r.h("x-ratelimit-daily-remaining"), str(99 - i), "X-RateLimit-Daily-Remaining")
+        assert r.h("x-request-id"), "X-Request-Id: %r" % r.headers
     r = env.req("POST", "/v3/txt2img", key=key, body={"prompt": "cat"})
     err = assert_429(r, "RATE_LIMIT_EXCEEDED", "minute")
     eq(err["details"]["limit"], 3, "limit")
@@ -67,22 +70,24 @@ def test_minute_then_refused(env):
     eq(err["details"]["per"], "minute", "per")
     eq(err["details"]["scope"], "key", "scope")
     eq(err["details"]["endpoints"], ["txt2img"], "endpoints")
-    eq(r.h("x-ratelimit-remaining"), "0")
+    eq(r.h("x-ratelimit-remaining"), "0", "X-RateLimit-Remaining on the 429")
     eq(r.h("x-ratelimit-daily-remaining"), "97", "the refusal charged no day")
     assert 40 <= int(r.h("retry-after")) <= 61, r.h("retry-after")
     # Another endpoint is not guarded by these limits.
-    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200,
+       "another endpoint, not limited")
     eq(env.mock_stats()["by_path"].get("/v3/txt2img"), 3, "429 never reached the backend")
 
 
+@day_bound
 def test_daily(env):
     gateway(env, {"free": {"limits": [
         {"metric": "requests", "per": "minute", "limit": 50},
         {"metric": "requests", "per": "day", "limit": 2}]}},
         {"acme": {"tier": "free"}}, [("k1", "acme")])
     key = env.keys["k1"]
-    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
-    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200, "the first of the day")
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200, "the second of the day")
     r = env.req("POST", "/v3/img2img", key=key, body={})
     err = assert_429(r, "DAILY_LIMIT_EXCEEDED", "daily", should_retry=False)
     now = time.time()
@@ -90,7 +95,7 @@ def test_daily(env):
     eq(err["details"]["reset"], midnight, "reset at 00:00 UTC")
     assert abs(int(r.h("retry-after")) - (midnight - now)) <= 2, r.h("retry-after")
     # The minute was not charged by the refusal.
-    eq(r.h("x-ratelimit-remaining"), "48")
+    eq(r.h("x-ratelimit-remaining"), "48", "X-RateLimit-Remaining: the minute not charged")
 
 
 def test_account_shared_by_two_keys(env):
@@ -101,15 +106,19 @@ def test_account_shared_by_two_keys(env):
         [("a1", "acme"), ("a2", "acme"), ("o1", "other")])
     # a1 uses 3, a2 can use only 2 more: the account's 5 are shared.
     for _ in range(3):
-        eq(env.req("POST", "/v3/img2img", key=env.keys["a1"], body={}).status, 200)
-    eq(env.req("POST", "/v3/img2img", key=env.keys["a2"], body={}).status, 200)
-    eq(env.req("POST", "/v3/img2img", key=env.keys["a2"], body={}).status, 200)
+        eq(env.req("POST", "/v3/img2img", key=env.keys["a1"], body={}).status, 200,
+           "a1 within the account's 5")
+    eq(env.req("POST", "/v3/img2img", key=env.keys["a2"], body={}).status, 200,
+       "a2's first: the account's 4th")
+    eq(env.req("POST", "/v3/img2img", key=env.keys["a2"], body={}).status, 200,
+       "a2's second: the account's 5th")
     r = env.req("POST", "/v3/img2img", key=env.keys["a2"], body={})
     err = assert_429(r, "RATE_LIMIT_EXCEEDED", "minute")
     eq(err["details"]["scope"], "account", "the account limit refused")
     eq(err["details"]["endpoints"], ["*"], "all endpoints")
     # Another account is untouched.
-    eq(env.req("POST", "/v3/img2img", key=env.keys["o1"], body={}).status, 200)
+    eq(env.req("POST", "/v3/img2img", key=env.keys["o1"], body={}).status, 200,
+       "another account untouched")
 
 
 def test_concurrent_account_limit_exact(env):
@@ -154,6 +163,7 @@ def test_units_per_minute(env):
     assert_429(r, "RATE_LIMIT_EXCEEDED", "minute", should_retry=False, never=True)
 
 
+@day_bound
 def test_overrides(env):
     gateway(env, {"free": {"limits": [
         {"metric": "requests", "per": "minute", "limit": 1},
@@ -164,12 +174,14 @@ def test_overrides(env):
          ("nodaily", "big", [{"metric": "requests", "per": "day", "limit": None}]),
          ("strict", "big", [{"metric": "requests", "per": "minute", "limit": 0}])])
     # Account raised the minute to 3 but the tier's day of 1 still holds.
-    eq(env.req("POST", "/v3/img2img", key=env.keys["plain"], body={}).status, 200)
+    eq(env.req("POST", "/v3/img2img", key=env.keys["plain"], body={}).status, 200,
+       "the tier's one a day")
     assert_429(env.req("POST", "/v3/img2img", key=env.keys["plain"], body={}),
                "DAILY_LIMIT_EXCEEDED", "daily", should_retry=False)
     # Key removed the day: the account's 3/min applies.
     for _ in range(3):
-        eq(env.req("POST", "/v3/img2img", key=env.keys["nodaily"], body={}).status, 200)
+        eq(env.req("POST", "/v3/img2img", key=env.keys["nodaily"], body={}).status, 200,
+           "nodaily within the account's 3 a minute")
     assert_429(env.req("POST", "/v3/img2img", key=env.keys["nodaily"], body={}),
                "RATE_LIMIT_EXCEEDED", "minute")
     # Key set its minute to 0: nothing passes, never retry.
@@ -202,18 +214,20 @@ def test_concurrency_leases(env):
         t.join()
     eq(slow, [200, 200], "slow calls")
     # Leases released when the responses were sent.
-    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200,
+       "a lease free once the slow calls answered")
     # Backend failure and timeout release the lease too.
     eq(env.req("POST", "/v3/img2img", key=key, body={},
-               headers={"x-mock-status": "500"}).status, 500)
+               headers={"x-mock-status": "500"}).status, 500, "a backend 500 passes through")
     eq(env.req("POST", "/v3/img2img", key=key, body={},
-               headers={"x-mock-close": "1"}).status, 502)
+               headers={"x-mock-close": "1"}).status, 502, "a backend that closes: 502")
     eq(env.req("POST", "/v3/img2img", key=key, body={},
-               headers={"x-mock-delay-ms": "3000"}).status, 504)
+               headers={"x-mock-delay-ms": "3000"}).status, 504, "a backend too slow: 504")
     usage = env.req("GET", "/v1/usage", key=key).json()
     eq(usage["limits"][0]["used"], 0, "no lease left held")
 
 
+@day_bound
 def test_spend_cap(env):
     env.start_mock()
     cfg = base_config(env.mock_port, free_port())
@@ -225,23 +239,26 @@ def test_spend_cap(env):
     env.add_key(cfg, "a2", "acme")
     env.start_gateway(cfg)
     # 0.01 + 10 * 0.0015 = 0.025 each: two fit in 0.05 exactly, across keys.
-    eq(env.req("POST", "/v3/txt2img", key=env.keys["a1"], body={"image_num": 10}).status, 200)
-    eq(env.req("POST", "/v3/txt2img", key=env.keys["a2"], body={"image_num": 10}).status, 200)
+    eq(env.req("POST", "/v3/txt2img", key=env.keys["a1"], body={"image_num": 10}).status, 200,
+       "a1's 0.025")
+    eq(env.req("POST", "/v3/txt2img", key=env.keys["a2"], body={"image_num": 10}).status, 200,
+       "a2's 0.025: 0.05 in all")
     r = env.req("POST", "/v3/txt2img", key=env.keys["a1"], body={"image_num": 1})
     err = assert_429(r, "SPEND_LIMIT_EXCEEDED", "daily", should_retry=False)
     eq(err["details"]["limit"], "0.05", "money as a decimal string")
 
 
+@day_bound
 def test_usage_not_counted(env):
     gateway(env, {"free": {"limits": [
         {"metric": "requests", "per": "minute", "limit": 3, "endpoints": ["txt2img"]},
         {"metric": "requests", "per": "day", "limit": 100}]}},
         {"acme": {"tier": "free"}}, [("k1", "acme")])
     key = env.keys["k1"]
-    eq(env.req("POST", "/v3/txt2img", key=key, body={}).status, 200)
+    eq(env.req("POST", "/v3/txt2img", key=key, body={}).status, 200, "the one txt2img")
     for _ in range(5):
         u = env.req("GET", "/v1/usage", key=key)
-        eq(u.status, 200)
+        eq(u.status, 200, "usage answer")
     body = u.json()
     eq(body["key"], "k1", "key id")
     eq(body["account"], "acme", "account")
@@ -251,9 +268,10 @@ def test_usage_not_counted(env):
     eq(by[("requests", "minute")]["remaining"], 2, "minute remaining")
     eq(by[("requests", "minute")]["endpoints"], ["txt2img"], "endpoints")
     eq(by[("requests", "day")]["used"], 1, "usage calls not counted")
-    assert by[("requests", "day")]["reset"] % 86400 == 0, by
+    assert by[("requests", "day")]["reset"] % 86400 == 0, "the day resets at 00:00 UTC: %r" % by
 
 
+@day_bound
 def test_usage_many_limits(env):
     """More limits than one store call carries: usage answers them all."""
     sets = [["txt2img"], ["img2img"], ["chat"], ["echo"], ["small"], ["models_api"],
@@ -267,9 +285,9 @@ def test_usage_many_limits(env):
             limits.append(l)
     gateway(env, {"many": {"limits": limits}}, {"acme": {"tier": "many"}}, [("k1", "acme")])
     key = env.keys["k1"]
-    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200, "one img2img")
     u = env.req("GET", "/v1/usage", key=key)
-    eq(u.status, 200)
+    eq(u.status, 200, "usage answer")
     got = u.json()["limits"]
     eq(len(got), 40, "every limit reported")
     eq(sum(l["used"] for l in got), 15, "img2img counted by its 15 limits")
@@ -280,8 +298,9 @@ def test_enterprise_unlimited(env):
             [("e1", "big")])
     for _ in range(50):
         r = env.req("POST", "/v3/img2img", key=env.keys["e1"], body={})
-        eq(r.status, 200)
-    assert r.h("x-ratelimit-limit") is None and r.h("x-request-id"), r.headers
+        eq(r.status, 200, "unlimited")
+    assert r.h("x-ratelimit-limit") is None and r.h("x-request-id"), \
+        "no rate headers with no limit, X-Request-Id all the same: %r" % r.headers
 
 
 run([test_minute_then_refused, test_daily, test_account_shared_by_two_keys,

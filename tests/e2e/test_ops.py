@@ -6,16 +6,17 @@ import os
 import re
 import time
 
-from harness import Proc, base_config, eq, free_port, request, run, wait_port
+from harness import Proc, base_config, eq, free_port, poll, request, run, wait_gateway, wait_port
 
 TOKEN = "ops-admin-token"
 
 
-def start(env, limit=2, access_log=None):
+def start(env, limit=2, access_log=None, drain_timeout_ms=5000):
     env.start_mock()
     cfg = base_config(env.mock_port, free_port())
     cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": limit}]}
     cfg["accounts"] = {"acme": {"tier": "t"}}
+    cfg["server"]["drain_timeout_ms"] = drain_timeout_ms
     cfg["admin"] = {"listen": "127.0.0.1:%d" % free_port(),
                     "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}
     env.add_key(cfg, "k1", "acme")
@@ -26,7 +27,7 @@ def start(env, limit=2, access_log=None):
     if access_log:
         argv += ["--access-log", access_log]
     env.gw = Proc(argv, "gateway", env.dir)
-    wait_port(env.port, env.gw.p)
+    wait_gateway(env.gw, env.port)
     env.admin_port = int(cfg["admin"]["listen"].rsplit(":", 1)[1])
     wait_port(env.admin_port, env.gw.p)
     return cfg
@@ -48,12 +49,18 @@ def test_metrics_move(env):
     start(env)
     key = env.keys["k1"]
     before = request(env.admin_port, "GET", "/metrics").body.decode()
-    for _ in range(3):
-        env.req("POST", "/v3/img2img", key=key, body={})
-    r = request(env.admin_port, "GET", "/metrics")
-    eq(r.status, 200)
-    text = r.body.decode()
-    assert r.h("content-type").startswith("text/plain"), r.headers
+    statuses = [env.req("POST", "/v3/img2img", key=key, body={}).status for _ in range(3)]
+    eq(statuses, [200, 200, 429], "statuses")
+    # The answer may leave before its metrics are counted: poll for them.
+    def counted():
+        r = request(env.admin_port, "GET", "/metrics")
+        text = r.body.decode()
+        done = metric(text, "ratewall_requests_total", endpoint="img2img", status="429") >= 1
+        return (r, text) if done else None
+    r, text = poll(counted, 10, "the 429 counted in /metrics")
+    eq(r.status, 200, "/metrics status")
+    assert (r.h("content-type") or "").startswith("text/plain"), \
+        "/metrics is text: %r" % r.headers
     eq(metric(text, "ratewall_requests_total", endpoint="img2img", status="200"), 2.0,
        "admitted counted")
     eq(metric(text, "ratewall_requests_total", endpoint="img2img", status="429"), 1.0,
@@ -62,11 +69,14 @@ def test_metrics_move(env):
                      limit="requests:minute:key:*")
     eq(refused - metric(before, "ratewall_decisions_total", outcome="refused",
                         limit="requests:minute:key:*"), 1.0, "refusal by its limit")
-    assert metric(text, "ratewall_store_latency_seconds_count") >= 3, text
-    assert "# TYPE ratewall_backend_latency_seconds histogram" in text, text
+    assert metric(text, "ratewall_store_latency_seconds_count") >= 3, \
+        "three decisions in the store latency histogram:\n" + text
+    assert "# TYPE ratewall_backend_latency_seconds histogram" in text, \
+        "the backend latency histogram:\n" + text
     # Every line is valid exposition text: name{labels} value, or a comment.
     for line in text.splitlines():
-        assert line.startswith("#") or re.match(r'^[a-z_]+(\{[^}]*\})? [0-9.e+-]+$', line), line
+        assert line.startswith("#") or re.match(r'^[a-z_]+(\{[^}]*\})? [0-9.e+-]+$', line), \
+            "not exposition text: %r" % line
 
 
 def test_access_log(env):
@@ -86,7 +96,7 @@ def test_access_log(env):
     eq(lines[2]["limit"], "requests:minute:key:*", "the limit that refused")
     for l in lines:
         for f in ("time", "request_id", "endpoint", "status", "bytes", "total_ms"):
-            assert f in l, (f, l)
+            assert f in l, "field %s in the access log line %r" % (f, l)
     text = open(log).read()
     assert key not in text and "sk_wrong" not in text, "a key was logged"
 
@@ -94,13 +104,17 @@ def test_access_log(env):
 def test_admin_reload(env):
     cfg = start(env, limit=5)
     key = env.keys["k1"]
-    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200)
+    eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 200, "the first request")
     h = {"Authorization": "Bearer " + TOKEN}
     cfg["tiers"]["t"]["limits"][0]["limit"] = 1
     env.write_config(cfg)
     r = request(env.admin_port, "POST", "/admin/reload", headers=h)
     eq((r.status, r.json()), (200, {"reloaded": True}), "reload")
-    time.sleep(0.1)
+    # Every worker takes the new config on its next turn: poll the usage
+    # (not counted) until all show the new limit.
+    env.until_all_workers(
+        lambda: env.req("GET", "/v1/usage", key=key).json()["limits"][0]["limit"] == 1,
+        "the reloaded limit 1 in /v1/usage")
     eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 429, "tightened, count kept")
     with open(env.config_path, "w") as f:
         f.write('{"server": {"listen": 5}}')
@@ -109,7 +123,7 @@ def test_admin_reload(env):
     err = r.json()["error"]
     eq(err["code"], "INVALID_CONFIG", "code")
     assert err["details"]["errors"] and err["details"]["errors"][0].startswith(
-        env.config_path + ":1:"), err
+        env.config_path + ":1:"), "FILE:LINE:COL errors: %r" % err
     eq(env.req("POST", "/v3/img2img", key=key, body={}).status, 429, "old config stays")
     text = request(env.admin_port, "GET", "/metrics").body.decode()
     eq(metric(text, "ratewall_reloads_total", result="ok"), 1.0, "reload ok counted")
@@ -118,7 +132,7 @@ def test_admin_reload(env):
 
 
 def test_second_signal_stops_at_once(env):
-    start(env, limit=100)
+    start(env, limit=100, drain_timeout_ms=20000)
     key = env.keys["k1"]
     import threading
     out = {}
@@ -134,13 +148,16 @@ def test_second_signal_stops_at_once(env):
     t.start()
     env.wait_backend_busy(1)
     env.gw.signal(15)
-    time.sleep(0.3)
+    poll(lambda: "draining" in env.gw.output(), 10, "the gateway saying it drains")
     assert env.gw.p.poll() is None, "the first signal drains (a request is in flight)"
     t0 = time.time()
     env.gw.signal(15)
-    env.gw.p.wait(5)
-    assert time.time() - t0 < 2, "the second signal stops at once"
-    t.join()
+    env.gw.p.wait(15)
+    took = time.time() - t0
+    # The drain would have lasted until the backend answered (8 s) or the
+    # drain timeout (20 s).
+    assert took < 5, "the second signal stops at once, not after %.1f s" % took
+    t.join(30)
     assert "r" not in out or out["r"].status != 200, "the slow request was cut"
 
 

@@ -444,7 +444,7 @@ def missed_reasons(env):
     ]):
         env.scenarios[scenario] = reply
         r = chat(env, {"stream": True, "max_tokens": estimate}, scenario)
-        eq(r.status, 200, scenario)
+        eq(r.status, 200, "status of scenario %s" % scenario)
         wait_missed(env, "chat", "invalid", n + 1)
         if scenario == "huge":
             wait_log(env, r.h("x-request-id"), "invalid", "cap")

@@ -675,8 +675,10 @@ static void stream_tick(struct pending *p)
 	}
 }
 
-/* Starts an SSE answer of n events; p must exist. */
-static void stream_start(struct pending *p, long long n, long long units)
+/* Starts an SSE answer of n events; p must exist. The usage of a chat
+ * stream goes in its last event, as real LLM services send it: never in a
+ * header at the start, which a service cannot know yet. */
+static void stream_start(struct pending *p, long long n)
 {
 	struct evkeyvalq *oh = evhttp_request_get_output_headers(p->req);
 
@@ -685,11 +687,6 @@ static void stream_start(struct pending *p, long long n, long long units)
 	p->i = 0;
 	evhttp_add_header(oh, "Content-Type", "text/event-stream");
 	evhttp_add_header(oh, "Cache-Control", "no-cache");
-	if (units >= 0) {
-		char u[24];
-		snprintf(u, sizeof(u), "%lld", units);
-		evhttp_add_header(oh, "X-Units-Used", u);
-	}
 	log_line("%s %s 200 stream start n=%lld", p->method, p->uri, n);
 	evhttp_send_reply_start(p->req, 200, NULL);
 	if (p->ctl.hang) {
@@ -849,7 +846,7 @@ static void ep_chat(struct evhttp_request *req, struct pending *p, const struct 
 		p->model = strdup(model ? model : "mock");
 		p->chat_seq = stats.seq;
 		json_decref(in);
-		stream_start(p, c->stream >= 1 ? c->stream : DEFAULT_CHAT_CHUNKS, total);
+		stream_start(p, c->stream >= 1 ? c->stream : DEFAULT_CHAT_CHUNKS);
 		return;
 	}
 	{
@@ -989,7 +986,7 @@ static void act(struct evhttp_request *req, struct pending *p, const struct ctl 
 			reply_json(req, NULL, 500, error_body(500, "out of memory"), -1);
 			return;
 		}
-		stream_start(p, c->stream, -1);
+		stream_start(p, c->stream);
 		return;
 	}
 	if (m == EVHTTP_REQ_POST &&
