@@ -56,7 +56,8 @@ typedef struct worker {
 enum { DEC_NONE = 0, DEC_ADMITTED, DEC_REFUSED, DEC_CACHED, DEC_UNAVAILABLE, DEC_UNLIMITED };
 
 enum req_state {
-    RQ_NEW = 0,     /* routing, auth, body */
+    RQ_NEW = 0,     /* routing, auth */
+    RQ_BODY,        /* reading the body of a request that can be served */
     RQ_STORE,       /* waiting for the store's answer */
     RQ_PROXY,       /* backend request outstanding */
     RQ_DONE

@@ -384,7 +384,7 @@ static int answer_closes(const h1_conn_t *c)
 /* Bodies buffered by every connection of the process, and the most they
  * may take together (0: no budget). */
 static _Atomic int64_t body_in_use;
-static int64_t body_budget;
+static _Atomic int64_t body_budget;
 static _Atomic int64_t body_peak;
 
 void h1_set_body_budget(int64_t bytes)
@@ -1132,10 +1132,8 @@ static int step(h1_conn_t *c)
             return 0;
         if (c->state == ST_OPEN)
             deliver(c);
-        else if (c->body_deferred) {
-            deliver_head(c);
-            return 0;
-        }
+        else if (c->body_deferred)
+            deliver_head(c); /* the loop goes on if the callee asks for the body */
         return 1;
     }
     if (c->state == ST_BODY_CL) {

@@ -278,7 +278,7 @@ static void on_client_close(h1_conn_t *c, void *arg)
                 r->rid);
         return;
     }
-    if (r->state == RQ_PROXY) {
+    if (r->state == RQ_PROXY || r->state == RQ_BODY) {
         proxy_abort(r);
         request_finish(r);
     }
@@ -577,6 +577,8 @@ static int ask_for_usage(struct evbuffer *body, char *err, size_t errlen)
     return rc;
 }
 
+static void on_body(h1_conn_t *req, void *arg);
+
 void request_start(worker_t *w, h1_conn_t *req)
 {
     request_t *r = request_new(w, req);
@@ -629,10 +631,39 @@ void request_start(worker_t *w, h1_conn_t *req)
         return;
     }
 
+    /* Only a request that can be served has its body read (h1.h). */
+    int64_t max_body = r->ep ? r->ep->max_body_bytes : cfg->server.max_body_bytes;
+    r->state = RQ_BODY;
+    if (h1_body_pending(req))
+        request_watch_client(r);
+    h1_read_body(req, max_body, on_body, r);
+}
+
+/* The body is here (or refused): on to the decision. */
+static void on_body(h1_conn_t *req, void *arg)
+{
+    request_t *r = arg;
+    worker_t *w = r->w;
+    const config_t *cfg = r->cfg;
+    request_unwatch_client(r);
+    r->state = RQ_NEW;
     struct evbuffer *body = h1_body(req);
     size_t blen = evbuffer_get_length(body);
     int64_t max_body = r->ep ? r->ep->max_body_bytes : cfg->server.max_body_bytes;
-    if (h1_body_refused(req) || (int64_t)blen > max_body) {
+    int st = h1_body_status(req);
+    if (st == H1_BODY_NO_ROOM) {
+        respond_error(r, 503, "service_unavailable", "SERVER_BUSY",
+                      "The gateway is holding too many request bodies; retry shortly.", NULL);
+        return;
+    }
+    if (st == H1_BODY_TOO_SLOW) {
+        respond_error(r, 408, "invalid_request_error", "REQUEST_TIMEOUT",
+                      "The request body did not arrive in time (client_timeout_ms, "
+                      "min_body_rate).",
+                      NULL);
+        return;
+    }
+    if (st == H1_BODY_TOO_LARGE || h1_body_refused(req) || (int64_t)blen > max_body) {
         /* Larger than any endpoint takes: not read at all (the connection
          * closes after this answer). */
         respond_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE",

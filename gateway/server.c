@@ -119,7 +119,9 @@ static h1_limits_t http_limits(const config_t *c)
     h1_limits_t l = {.max_header_bytes = (size_t)c->server.max_header_bytes,
                      .max_body_bytes = body_cap(c),
                      .timeout_ms = c->server.client_timeout_ms,
-                     .max_connections = cap ? (size_t)((cap + workers - 1) / workers) : 0};
+                     .max_connections = cap ? (size_t)((cap + workers - 1) / workers) : 0,
+                     .min_body_rate = c->server.min_body_rate};
+    h1_set_body_budget(c->server.body_buffer_bytes);
     return l;
 }
 
@@ -256,6 +258,7 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
         return -1;
     }
     h1_server_set_log(w->http, http_log);
+    h1_server_defer_body(w->http, 1); /* 404, 401, 403 before any body is read */
     if (lim_deny_init(&w->deny, 4096) != 0)
         return -1;
     w->store = store_attach(store, w->base);

@@ -161,4 +161,137 @@ def test_max_connections(env):
         time.sleep(0.05)
 
 
-run([test_pipelining_without_reading, test_out_of_file_descriptors, test_max_connections])
+def read_answer(s, timeout=10):
+    """Bytes until the gateway closes; fails on a timeout."""
+    s.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            d = s.recv(65536)
+        except ConnectionResetError:
+            d = b""
+        except socket.timeout:
+            raise AssertionError("no close within %d s; got %r" % (timeout, data[:200]))
+        if not d:
+            return data
+        data += d
+
+
+def keyed_cfg(env, **server):
+    cfg = gateway_cfg(env, workers=1, **server)
+    cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": 1000}]}
+    cfg["accounts"] = {"acme": {"tier": "t"}}
+    env.add_key(cfg, "k", "acme")
+    return cfg
+
+
+def test_refused_before_the_body(env):
+    """404, 401 and 403 are answered from the head: a client that announces
+    a large body and never sends it is answered at once, 100 Continue is
+    never promised to it, and nothing of the body is read."""
+    cfg = keyed_cfg(env)
+    env.start_gateway(cfg)
+    heads = {
+        401: b"POST /v3/txt2img HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+             b"Expect: 100-continue\r\n\r\n",
+        404: b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n",
+    }
+    for status, head in heads.items():
+        s = socket.create_connection(("127.0.0.1", env.port))
+        t0 = time.time()
+        s.sendall(head)
+        data = read_answer(s)
+        s.close()
+        assert data.startswith(b"HTTP/1.1 %d" % status), "answered %d from the head: %r" % (
+            status, data[:200])
+        assert b"100 Continue" not in data, "no 100 Continue for a request that cannot pass"
+        assert time.time() - t0 < 3, "answered at once, without waiting for the body"
+    # Sixty connections without a key, each sending 1 MiB: the gateway
+    # holds none of it.
+    before = rss_kb(env.gw.pid)
+    socks = []
+    for _ in range(60):
+        s = socket.create_connection(("127.0.0.1", env.port))
+        s.sendall(b"POST /v3/txt2img HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+        s.setblocking(False)
+        try:
+            s.send(b"x" * (1 << 20))
+        except OSError:
+            pass  # refused and closed already
+        socks.append(s)
+    grown = rss_kb(env.gw.pid) - before
+    for s in socks:
+        s.close()
+    assert grown < 32 * 1024, "RSS grew by %d KB for bodies of requests without a key" % grown
+    probe_ms(env.port)
+
+
+def test_body_trickle_cut_off(env):
+    """A body sent a byte at a time is cut off with 408 once
+    client_timeout_ms has passed and it is under min_body_rate."""
+    cfg = keyed_cfg(env, client_timeout_ms=1000, min_body_rate=100)
+    env.start_gateway(cfg)
+    key = env.keys["k"]
+    s = socket.create_connection(("127.0.0.1", env.port))
+    s.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() +
+              b"\r\nContent-Length: 1000\r\n\r\n")
+    t0 = time.time()
+    s.setblocking(False)
+    data = b""
+    while time.time() - t0 < 15:
+        try:
+            s.send(b"x")
+        except OSError:
+            break
+        try:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        except BlockingIOError:
+            pass
+        time.sleep(0.2)  # the trickle's pace: one byte every 200 ms
+    took = time.time() - t0
+    if not data:
+        data = read_answer(s)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408"), "a trickled body gets 408: %r" % data[:200]
+    assert 1.0 <= took < 6, "cut off after client_timeout_ms, took %.1f s" % took
+    eq(env.mock_stats()["requests"], 0, "nothing reached the backend")
+
+
+def test_body_budget(env):
+    """Bodies held at once are bounded: over server.body_buffer_bytes a
+    request gets 503 SERVER_BUSY instead of growing the process."""
+    cfg = keyed_cfg(env, body_buffer_bytes=300000)
+    env.start_gateway(cfg)
+    key = env.keys["k"].encode()
+    held = []
+    for _ in range(3):  # 3 x 200 kB announced, sent only in part
+        s = socket.create_connection(("127.0.0.1", env.port))
+        s.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key +
+                  b"\r\nContent-Length: 200000\r\n\r\n" + b"x" * 1000)
+        held.append(s)
+    answers = []
+    for s in held:
+        s.setblocking(False)
+    deadline = time.time() + 10
+    while time.time() < deadline and not answers:
+        for s in held:
+            try:
+                d = s.recv(65536)
+                if d:
+                    answers.append(d)
+            except BlockingIOError:
+                pass
+        time.sleep(0.02)
+    for s in held:
+        s.close()
+    assert answers, "one of the three is answered before its body is all here"
+    assert answers[0].startswith(b"HTTP/1.1 503") and b"SERVER_BUSY" in answers[0], \
+        "over the body budget: 503 SERVER_BUSY, got %r" % answers[0][:200]
+    probe_ms(env.port)
+
+
+run([test_pipelining_without_reading, test_out_of_file_descriptors, test_max_connections,
+     test_refused_before_the_body, test_body_trickle_cut_off, test_body_budget])
