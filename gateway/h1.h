@@ -2,7 +2,7 @@
  * gateway/h1.h: the HTTP/1.1 server side of the gateway (the public
  * listener and the admin listener).
  *
- * Why not evhttp here: the profile of issue 6 put three quarters of the
+ * Why not evhttp here: the profile in docs/benchmarks.md put three quarters of the
  * gateway's time in evhttp's server path (a malloc per header, printf per
  * header line, an epoll_ctl pair and a FIONREAD per answer, an evbuffer
  * chain allocated and freed per read and per write). This layer keeps what
