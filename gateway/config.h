@@ -1,5 +1,5 @@
 /*
- * gateway/config.h: the configuration snapshot (docs/configuration.md).
+ * gateway/config.h: the configuration snapshot (README "Configuration").
  *
  * A snapshot is immutable once config_load() returns it and is shared by
  * every worker. Lifetime: reference counted. The loader returns it with one

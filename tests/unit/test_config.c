@@ -142,7 +142,7 @@ static void test_defaults(void)
     cfg_messages_free(&m);
 }
 
-/* The full example of docs/configuration.md, with env variables and a keys file. */
+/* A full example, with env variables and a keys file. */
 static const char *full_config =
     "{\n"
     "  \"server\":  { \"listen\": \"[::1]:18080\", \"workers\": 4,\n"
