@@ -1020,6 +1020,12 @@ static int step_chunked(h1_conn_t *c)
     if (rc == HP_NEED)
         return 0;
     if (rc < 0) {
+        if (c->open) {
+            /* A deferred body: its exchange is the callee's to answer. */
+            evbuffer_drain(c->body, evbuffer_get_length(c->body));
+            finish_body(c, H1_BODY_INVALID);
+            return -1;
+        }
         refuse(c, 400, "Bad Request", "INVALID_REQUEST", "The chunked body is not valid.");
         return -1;
     }

@@ -99,10 +99,11 @@ int h1_body_refused(const h1_conn_t *c);
  * all here (H1_BODY_OK) or refused: larger than max_bytes
  * (H1_BODY_TOO_LARGE, nothing more is read), no room in the process-wide
  * budget (H1_BODY_NO_ROOM), or too slow (H1_BODY_TOO_SLOW: a gap over
- * timeout_ms, or under min_body_rate). With no body pending, cb runs at
+ * timeout_ms, or under min_body_rate), or not valid chunked framing
+ * (H1_BODY_INVALID). With no body pending, cb runs at
  * once. A client that asked for 100 Continue gets it from h1_read_body.
  */
-enum { H1_BODY_OK = 0, H1_BODY_TOO_LARGE, H1_BODY_NO_ROOM, H1_BODY_TOO_SLOW };
+enum { H1_BODY_OK = 0, H1_BODY_TOO_LARGE, H1_BODY_NO_ROOM, H1_BODY_TOO_SLOW, H1_BODY_INVALID };
 void h1_server_defer_body(h1_server_t *s, int on);
 int h1_body_pending(const h1_conn_t *c);
 void h1_read_body(h1_conn_t *c, int64_t max_bytes, h1_event_cb cb, void *arg);

@@ -663,6 +663,11 @@ static void on_body(h1_conn_t *req, void *arg)
                       NULL);
         return;
     }
+    if (st == H1_BODY_INVALID) {
+        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
+                      "The chunked body is not valid.", NULL);
+        return;
+    }
     if (st == H1_BODY_TOO_LARGE || h1_body_refused(req) || (int64_t)blen > max_body) {
         /* Larger than any endpoint takes: not read at all (the connection
          * closes after this answer). */
