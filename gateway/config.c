@@ -1021,7 +1021,7 @@ static void parse_server(ctx_t *c, json_t *o)
 {
     static const char *const keys[] = {"listen", "workers", "tls", "max_body_bytes",
         "max_header_bytes", "client_timeout_ms", "drain_timeout_ms", "usage_path",
-        "ietf_headers", "openai_headers", "max_connections", "min_body_rate",
+        "ietf_headers", "openai_headers", "max_connections", "max_connections_per_client", "min_body_rate",
         "body_buffer_bytes", NULL};
     config_t *cfg = c->cfg;
     const char *W = "server";
@@ -1035,6 +1035,8 @@ static void parse_server(ctx_t *c, json_t *o)
     get_int(c, o, W, "client_timeout_ms", 0, 1, INT32_MAX, &cfg->server.client_timeout_ms);
     get_int(c, o, W, "drain_timeout_ms", 0, 0, INT32_MAX, &cfg->server.drain_timeout_ms);
     get_int(c, o, W, "max_connections", 0, 0, INT32_MAX, &cfg->server.max_connections);
+    get_int(c, o, W, "max_connections_per_client", 0, 0, INT32_MAX,
+            &cfg->server.max_connections_per_client);
     get_int(c, o, W, "min_body_rate", 0, 0, INT32_MAX, &cfg->server.min_body_rate);
     get_int(c, o, W, "body_buffer_bytes", 0, 0, INT64_MAX, &cfg->server.body_buffer_bytes);
     char *up = NULL;

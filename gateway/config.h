@@ -140,6 +140,7 @@ typedef struct config {
         int64_t client_timeout_ms;  /* 30000 */
         int64_t drain_timeout_ms;   /* 30000 */
         int64_t max_connections;    /* client connections open at once; 0: no cap */
+        int64_t max_connections_per_client; /* from one client address; 0: no cap */
         int64_t min_body_rate;      /* bytes/s once client_timeout_ms has passed; 1024; 0: off */
         int64_t body_buffer_bytes;  /* request bodies buffered at once, all workers; 512 MiB */
         char *usage_path;           /* "/v1/usage" */

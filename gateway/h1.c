@@ -40,6 +40,7 @@
 #include "errjson.h"
 #include "h1.h"
 #include "http/parse.h"
+#include "http/peers.h"
 
 #define H1_MAX_HEADERS 100
 #define HOLD_INPUT (64 * 1024)     /* most input kept while an exchange is open */
@@ -67,8 +68,9 @@ struct h1_server {
     void (*log)(const char *line);
     int64_t last_log_ms;       /* accept errors: one line a second at most */
     unsigned long unlogged;    /* errors since the last line */
-    char *busy_answer;         /* the 503 over max_connections (owned) */
-    size_t busy_len;
+    char *busy_answer[2];      /* the 503s over max_connections, per server and
+                                  per client address (owned) */
+    size_t busy_len[2];
 };
 
 struct h1_hdr {
@@ -83,6 +85,7 @@ struct h1_conn {
     struct event rev, wev;   /* plain only */
     struct event later;      /* close notice, resuming pipelined input */
     struct sockaddr_storage peer;
+    int peer_counted;          /* counted in http/peers.c until the socket closes */
     char peer_text[INET6_ADDRSTRLEN];
     /* input: unconsumed bytes are ibuf[ipos, ilen) */
     char *ibuf;
@@ -130,7 +133,8 @@ static int64_t now_ms(const h1_conn_t *c)
 
 static void server_destroy(h1_server_t *s)
 {
-    free(s->busy_answer);
+    free(s->busy_answer[0]);
+    free(s->busy_answer[1]);
     free(s);
 }
 
@@ -170,6 +174,10 @@ static void fail(h1_conn_t *c)
     if (c->dead)
         return;
     c->dead = 1;
+    if (c->peer_counted) {
+        peers_give((const struct sockaddr *)&c->peer);
+        c->peer_counted = 0;
+    }
     if (c->bev) {
         bufferevent_free(c->bev);
         c->bev = NULL;
@@ -1468,13 +1476,15 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     server_log(s, line);
 }
 
-/* Over max_connections: a short answer (rendered once per server), then
- * the connection closes. */
-static void refuse_connection(h1_server_t *s, evutil_socket_t fd)
+/* Over max_connections (per_client 0) or max_connections_per_client (1):
+ * a short answer (rendered once per server), then the connection closes. */
+static void refuse_connection(h1_server_t *s, evutil_socket_t fd, int per_client)
 {
-    if (!s->busy_answer) {
+    if (!s->busy_answer[per_client]) {
         json_t *j = error_json("service_unavailable", "TOO_MANY_CONNECTIONS",
-                               "The gateway has too many open connections.", NULL);
+                               per_client ? "Too many connections are open from this address."
+                                          : "The gateway has too many open connections.",
+                               NULL);
         char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
         if (body) {
@@ -1482,14 +1492,15 @@ static void refuse_connection(h1_server_t *s, evutil_socket_t fd)
                                        "Content-Type: application/json\r\nRetry-After: 1\r\n"
                                        "Connection: close\r\nContent-Length: ";
             size_t bl = strlen(body), cap = sizeof head + bl + 32;
-            if ((s->busy_answer = malloc(cap)))
-                s->busy_len = (size_t)snprintf(s->busy_answer, cap, "%s%zu\r\n\r\n%s", head, bl,
-                                               body);
+            if ((s->busy_answer[per_client] = malloc(cap)))
+                s->busy_len[per_client] = (size_t)snprintf(s->busy_answer[per_client], cap,
+                                                           "%s%zu\r\n\r\n%s", head, bl, body);
             free(body);
         }
     }
-    if (s->busy_answer) {
-        ssize_t w = send(fd, s->busy_answer, s->busy_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (s->busy_answer[per_client]) {
+        ssize_t w = send(fd, s->busy_answer[per_client], s->busy_len[per_client],
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)w;
     }
     /* What the client sent already is read, so that closing does not
@@ -1499,7 +1510,10 @@ static void refuse_connection(h1_server_t *s, evutil_socket_t fd)
         ;
     shutdown(fd, SHUT_WR);
     evutil_closesocket(fd);
-    server_log(s, "server.max_connections reached: a new connection was refused with 503");
+    server_log(s, per_client ? "server.max_connections_per_client reached: a new connection "
+                               "was refused with 503"
+                             : "server.max_connections reached: a new connection was refused "
+                               "with 503");
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -1508,7 +1522,12 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)l;
     h1_server_t *s = arg;
     if (s->lim.max_connections && s->n_conns >= s->lim.max_connections) {
-        refuse_connection(s, fd);
+        refuse_connection(s, fd, 0);
+        return;
+    }
+    int counted = peers_take(sa, s->lim.max_per_client);
+    if (counted < 0) {
+        refuse_connection(s, fd, 1);
         return;
     }
     h1_conn_t *c = calloc(1, sizeof *c);
@@ -1520,6 +1539,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
                 evbuffer_free(c->body);
             free(c);
         }
+        if (counted)
+            peers_give(sa);
         evutil_closesocket(fd);
         return;
     }
@@ -1528,6 +1549,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     c->icap = READ_CHUNK;
     if ((size_t)salen <= sizeof c->peer)
         memcpy(&c->peer, sa, (size_t)salen);
+    c->peer_counted = counted > 0;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     event_assign(&c->later, s->base, -1, 0, on_later, c);
@@ -1545,6 +1567,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
             evbuffer_free(c->out);
             free(c->ibuf);
             free(c);
+            if (counted)
+                peers_give(sa);
             evutil_closesocket(fd);
             return;
         }

@@ -56,6 +56,8 @@ typedef struct h1_limits {
     int64_t max_body_bytes;  /* a larger body is not read (h1_body_refused) */
     int64_t timeout_ms;      /* whole head, body gaps, idle keep-alive, writes */
     size_t max_connections;  /* open at once; more are refused with a 503 (0: no cap) */
+    size_t max_per_client;   /* open at once from one client address, counted over
+                                every server of the process with this cap (0: no cap) */
     int64_t min_body_rate;   /* bytes/s a body must average after timeout_ms (0: off) */
 } h1_limits_t;
 

@@ -120,6 +120,7 @@ static h1_limits_t http_limits(const config_t *c)
                      .max_body_bytes = body_cap(c),
                      .timeout_ms = c->server.client_timeout_ms,
                      .max_connections = cap ? (size_t)((cap + workers - 1) / workers) : 0,
+                     .max_per_client = (size_t)c->server.max_connections_per_client,
                      .min_body_rate = c->server.min_body_rate};
     h1_set_body_budget(c->server.body_buffer_bytes);
     return l;

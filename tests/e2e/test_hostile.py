@@ -1,7 +1,7 @@
 """Clients that try to hurt other tenants without a key: a connection that
 pipelines requests and never reads the answers, more connections than
 the process has file descriptors for, more connections than
-server.max_connections. The gateway's memory and CPU stay bounded, and a
+server.max_connections or server.max_connections_per_client. The gateway's memory and CPU stay bounded, and a
 well-behaved client on another connection is still served meanwhile."""
 import os
 import select
@@ -177,6 +177,68 @@ def read_answer(s, timeout=10):
         data += d
 
 
+def take(port, src):
+    """A connection from address src: ("held", sock) when a request on it
+    is served, ("refused", bytes) when the gateway answers it unasked and
+    closes it."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(src, 0))
+    ready, _, _ = select.select([s], [], [], 0.2)
+    if not ready:
+        s.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = s.recv(65536)
+        if data.startswith(b"HTTP/1.1 404"):
+            return "held", s
+    else:
+        data = b""
+    data += read_answer(s)
+    s.close()
+    return "refused", data
+
+
+def test_max_connections_per_client(env):
+    """One address holds at most max_connections_per_client connections,
+    over all workers together; another address is still served, and a
+    connection that closes makes room again."""
+    cfg = gateway_cfg(env, workers=2, max_connections_per_client=3)
+    env.start_gateway(cfg)
+    held = []
+    try:
+        refused = None
+        while len(held) < 10:
+            what, x = take(env.port, "127.0.0.1")
+            if what == "refused":
+                refused = x
+                break
+            held.append(x)
+        assert refused is not None, "a 4th connection from one address is refused"
+        eq(len(held), 3, "connections served from one address")
+        assert refused.startswith(b"HTTP/1.1 503"), "refused with 503: %r" % refused[:200]
+        assert b"TOO_MANY_CONNECTIONS" in refused and b"from this address" in refused, \
+            "with its code and why: %r" % refused
+        # Another client address is not held back by the first one's cap.
+        others = []
+        for _ in range(3):
+            what, x = take(env.port, "127.0.0.2")
+            eq(what, "held", "a connection from 127.0.0.2 while 127.0.0.1 is at its cap")
+            others.append(x)
+        held += others
+        # One of the first address's connections closes: room for one more.
+        held.pop(0).close()
+        deadline = time.time() + 5
+        while True:
+            what, x = take(env.port, "127.0.0.1")
+            if what == "held":
+                held.append(x)
+                break
+            assert time.time() < deadline, "room again after a connection closed"
+            time.sleep(0.05)
+    finally:
+        for s in held:
+            s.close()
+    log = env.gw.output()
+    assert "max_connections_per_client reached" in log, "the refusal is logged"
+
+
 def keyed_cfg(env, **server):
     cfg = gateway_cfg(env, workers=1, **server)
     cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": 1000}]}
@@ -294,4 +356,4 @@ def test_body_budget(env):
 
 
 run([test_pipelining_without_reading, test_out_of_file_descriptors, test_max_connections,
-     test_refused_before_the_body, test_body_trickle_cut_off, test_body_budget])
+     test_max_connections_per_client, test_refused_before_the_body, test_body_trickle_cut_off, test_body_budget])
