@@ -83,6 +83,21 @@ def test_refused_heads(env):
          b"Content-Length: 2\r\n\r\n{}"),
         ("a NUL in the target", 400,
          b"POST /v1/echo\x00/x HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 2\r\n\r\n{}"),
+        ("obs-fold (a folded header line)", 400,
+         b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n Transfer-Encoding: chunked\r\n" +
+         auth + b"Content-Length: 2\r\n\r\n{}"),
+        ("a tab-folded line", 400,
+         b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tb\r\n" + auth +
+         b"Content-Length: 2\r\n\r\n{}"),
+        ("Content-Length with Transfer-Encoding", 400,
+         b"POST /v1/echo HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 40\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
+        ("two different Content-Lengths", 400,
+         b"POST /v1/echo HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 2\r\n"
+         b"Content-Length: 40\r\n\r\n{}"),
+        ("a space before the colon", 400,
+         b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n" + auth +
+         b"Content-Length: 2\r\n\r\n{}"),
         ("HTTP/2.0 on the wire", 505,
          b"POST /v1/echo HTTP/2.0\r\nHost: x\r\n" + auth + b"Content-Length: 2\r\n\r\n{}"),
         ("a chunk size that overflows", 400,
