@@ -18,12 +18,12 @@
 #include "../limiter/limits.h"
 #include "../storage/store.h"
 #include "config.h"
-#include "h1.h"
+#include "http/server.h"
 
 struct proxy_pool;
 
 /*
- * One worker thread. Owns its event_base, its HTTP server (h1.c) on a
+ * One worker thread. Owns its event_base, its HTTP server (gateway/http/) on a
  * SO_REUSEPORT listener, its backend connection pools and its store
  * connection. Only `pending_cfg` and `stop_ev`/`reload_ev` are touched by
  * other threads.
@@ -32,7 +32,7 @@ typedef struct worker {
     int index;
     pthread_t thread;
     struct event_base *base;
-    h1_server_t *http;             /* the public listener (gateway/h1.c) */
+    h1_server_t *http;             /* the public listener (gateway/http/server.h) */
     h1_server_t *admin;            /* worker 0 only, when configured */
     store_worker_t *store;
     config_t *cfg;                 /* this worker's reference */
@@ -69,7 +69,7 @@ enum req_state {
  *
  * Ownership: owns `cfg` (a reference), `checks`, the lease (when
  * `admitted`), the open exchange of `req` until it ends it (then `req` is
- * set to NULL; gateway/h1.h).
+ * set to NULL; gateway/http/server.h).
  * Borrows `w`. `ep` and `key` point into `cfg`. The backend exchange `bx`
  * is client.c's; r only points at it while it runs (gateway/proxy.c). A
  * job create whose client left (`keep_backend`) has no connection any more

@@ -631,7 +631,7 @@ void request_start(worker_t *w, h1_conn_t *req)
         return;
     }
 
-    /* Only a request that can be served has its body read (h1.h). */
+    /* Only a request that can be served has its body read (gateway/http/server.h). */
     int64_t max_body = r->ep ? r->ep->max_body_bytes : cfg->server.max_body_bytes;
     r->state = RQ_BODY;
     if (h1_body_pending(req))

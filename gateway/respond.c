@@ -1,7 +1,7 @@
 /*
  * gateway/respond.c: every answer the gateway writes itself (errors, 429,
  * 503, usage). Bodies are built with jansson. Each function ends the
- * request: it writes the answer (gateway/h1.c) and calls request_finish().
+ * request: it writes the answer (gateway/http/server.h) and calls request_finish().
  */
 #include <inttypes.h>
 #include <stdio.h>

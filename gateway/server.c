@@ -1,6 +1,6 @@
 /*
  * gateway/server.c: worker threads. Each worker owns an event_base, an
- * HTTP server (gateway/h1.c) on its own SO_REUSEPORT socket, its backend pools and
+ * HTTP server (gateway/http/server.h) on its own SO_REUSEPORT socket, its backend pools and
  * its store connection. Workers share only the config snapshot (reference
  * counted, swapped through pending_cfg) and the store.
  */

@@ -7,7 +7,7 @@
  * from the request's evbuffer chains (kept until the answer's first byte,
  * for a retry), a TLS one through its bufferevent.
  *
- * Memory safety follows gateway/h1.c: `busy` counts the callbacks of this
+ * Memory safety follows the server side (gateway/http/conn.h): `busy` counts the callbacks of this
  * file on the stack for a connection; a connection is freed only when it
  * is dead and not busy. An exchange is freed when it ends (finish, fail,
  * cancel), never while one of its callbacks runs: each callback is

@@ -5,7 +5,7 @@
  * parsed from a caller's buffer: no allocation, no I/O, no clock, nothing
  * of the gateway. Every call answers with how many bytes it took, that it
  * needs more, or an error code; the caller decides what to send. This is
- * what lets the server side (gateway/h1.c) and a backend client share one
+ * what lets the server side (gateway/http/server.c, input.c, output.c) and a backend client share one
  * strict reading of the protocol, and what the fuzz targets in tests/fuzz
  * drive directly.
  *

@@ -1,4 +1,4 @@
-"""The gateway's own HTTP/1.1 server side (gateway/h1.c), over raw sockets:
+"""The gateway's own HTTP/1.1 server side (gateway/http/), over raw sockets:
 chunked request bodies, oversized bodies (413 and a lingering close),
 Expect: 100-continue, the whole-head and idle deadlines of
 client_timeout_ms, HTTP/1.0, heads the HTTP layer refuses, HEAD, and

@@ -1,5 +1,5 @@
 """The wire format the HTTP layer accepts (gateway/http/parse.c through
-gateway/h1.c), over raw sockets, against a backend that records every
+gateway/http/input.c), over raw sockets, against a backend that records every
 request it receives: what is not valid HTTP/1.1 is refused with a JSON
 error and the connection closed, and nothing of it, nor anything hidden
 behind it, reaches the backend."""

@@ -1,5 +1,5 @@
 /*
- * gateway/h1.h: the HTTP/1.1 server side of the gateway (the public
+ * gateway/http/server.h: the HTTP/1.1 server side of the gateway (the public
  * listener and the admin listener).
  *
  * Why not evhttp here: the profile in docs/benchmarks.md put three quarters of the
@@ -11,7 +11,9 @@
  * writes an answer with one writev straight from its own buffer; only what
  * the socket does not take is queued (then EV_WRITE is asked for). TLS
  * connections go through bufferevent_openssl. The request head is read by
- * gateway/http/parse.c.
+ * gateway/http/parse.c. The implementation is in server.c (listener,
+ * accepting, lifetime), input.c (reading requests) and output.c (writing
+ * answers), which share gateway/http/conn.h.
  *
  * One exchange (request + answer) at a time per connection; pipelined
  * requests wait in the input buffer until the answer before them is ended.
@@ -23,8 +25,8 @@
  * client went away (the close callback says so). Strings returned by the
  * accessors live until the exchange is ended.
  */
-#ifndef RW_GATEWAY_H1_H
-#define RW_GATEWAY_H1_H
+#ifndef RW_GATEWAY_HTTP_SERVER_H
+#define RW_GATEWAY_HTTP_SERVER_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -81,7 +83,6 @@ void h1_server_free(h1_server_t *s);
 enum h1_method h1_method(const h1_conn_t *c);
 const char *h1_path(const h1_conn_t *c);  /* raw, as sent; never empty */
 const char *h1_query(const h1_conn_t *c); /* after '?', or NULL */
-int h1_is_http10(const h1_conn_t *c);
 /* The first header of this name (case-insensitive), or NULL. */
 const char *h1_header(const h1_conn_t *c, const char *name);
 size_t h1_header_count(const h1_conn_t *c);

@@ -1,0 +1,528 @@
+/*
+ * gateway/http/output.c: writing answers: the head composed in the
+ * connection's own buffer and sent with the body in one sendmsg, what the
+ * socket does not take queued (then EV_WRITE is asked for), chunked
+ * streaming, the end of an exchange (conn.h, server.h).
+ */
+#include <errno.h>
+#include <malloc.h>
+#include <stdatomic.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/listener.h>
+#include <jansson.h>
+
+#include "../errjson.h"
+#include "conn.h"
+#include "peers.h"
+
+/* ---- output ------------------------------------------------------------ */
+
+size_t conn_pending(const h1_conn_t *c)
+{
+    if (c->dead)
+        return 0;
+    if (c->bev)
+        return evbuffer_get_length(bufferevent_get_output(c->bev));
+    return evbuffer_get_length(c->out);
+}
+
+/*
+ * Write pre[], then data (conn_drained), then post[] — straight to the socket
+ * when nothing is queued before them (one sendmsg), the rest queued.
+ */
+void conn_send_parts(h1_conn_t *c, const struct iovec *pre, int npre, struct evbuffer *data,
+                       const struct iovec *post, int npost)
+{
+    if (c->dead) {
+        if (data)
+            evbuffer_drain(data, evbuffer_get_length(data));
+        return;
+    }
+    if (c->bev) {
+        struct evbuffer *o = bufferevent_get_output(c->bev);
+        for (int i = 0; i < npre; i++)
+            if (pre[i].iov_len)
+                evbuffer_add(o, pre[i].iov_base, pre[i].iov_len);
+        if (data)
+            evbuffer_add_buffer(o, data);
+        for (int i = 0; i < npost; i++)
+            if (post[i].iov_len)
+                evbuffer_add(o, post[i].iov_base, post[i].iov_len);
+        return;
+    }
+    struct iovec iov[24];
+    int n = 0;
+    for (int i = 0; i < npre; i++)
+        iov[n++] = pre[i];
+    int ndata = 0;
+    if (data && evbuffer_get_length(data)) {
+        ndata = evbuffer_peek(data, -1, NULL, iov + n, 16);
+        if (ndata > 16)
+            ndata = -1; /* too fragmented: queue it all */
+    }
+    size_t written = 0;
+    if (evbuffer_get_length(c->out) == 0 && ndata >= 0) {
+        int total = n + ndata;
+        for (int i = 0; i < npost; i++)
+            iov[total++] = post[i];
+        struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)total};
+        ssize_t w;
+        do
+            w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+        while (w < 0 && errno == EINTR);
+        if (w < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                if (data)
+                    evbuffer_drain(data, evbuffer_get_length(data));
+                conn_fail(c);
+                return;
+            }
+            w = 0;
+        }
+        written = (size_t)w;
+    }
+    /* Queue what the socket did not take, in order. */
+    for (int i = 0; i < npre; i++) {
+        size_t l = pre[i].iov_len, skip = written < l ? written : l;
+        written -= skip;
+        if (l > skip)
+            evbuffer_add(c->out, (const char *)pre[i].iov_base + skip, l - skip);
+    }
+    if (data) {
+        size_t l = evbuffer_get_length(data), skip = written < l ? written : l;
+        written -= skip;
+        evbuffer_drain(data, skip);
+        evbuffer_add_buffer(c->out, data);
+    }
+    for (int i = 0; i < npost; i++) {
+        size_t l = post[i].iov_len, skip = written < l ? written : l;
+        written -= skip;
+        if (l > skip)
+            evbuffer_add(c->out, (const char *)post[i].iov_base + skip, l - skip);
+    }
+    if (evbuffer_get_length(c->out) && !c->writing) {
+        c->writing = 1;
+        event_add(&c->wev, c->srv->ctv);
+    }
+}
+
+
+/* The idle keep-alive timeout runs from the moment an answer is all
+ * written (the read timer restarted). */
+static void arm_idle(h1_conn_t *c)
+{
+    if (c->dead || c->reading_paused)
+        return;
+    if (c->bev) {
+        struct timeval tv = {c->srv->lim.timeout_ms / 1000,
+                             (c->srv->lim.timeout_ms % 1000) * 1000};
+        bufferevent_set_timeouts(c->bev, &tv, &tv);
+    } else {
+        event_add(&c->rev, c->srv->ctv);
+    }
+}
+
+
+/* Everything written: close, tell the callee, or go on reading. */
+void conn_drained(h1_conn_t *c)
+{
+    if (c->state == ST_CLOSING) {
+        conn_close_or_linger(c);
+        return;
+    }
+    if (c->out_blocked && !c->open) {
+        /* The client read what it was sent: its next requests are read. */
+        c->out_blocked = 0;
+        conn_pause_reading(c, 0);
+        conn_process(c);
+        if (c->dead)
+            return;
+    }
+    if (!c->open && c->state == ST_HEAD && c->ilen == c->ipos) {
+        if (c->srv->draining) {
+            conn_fail(c); /* its last answer is out */
+            return;
+        }
+        arm_idle(c);
+    }
+    if (c->drained_cb) {
+        h1_event_cb cb = c->drained_cb;
+        c->drained_cb = NULL;
+        cb(c, c->drained_arg);
+    }
+}
+
+static size_t put_uint(char *p, uint64_t v)
+{
+    char t[24];
+    size_t n = 0;
+    do
+        t[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    for (size_t i = 0; i < n; i++)
+        p[i] = t[n - 1 - i];
+    return n;
+}
+
+static size_t put_str(char *p, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(p, s, n);
+    return n;
+}
+
+/* "Date: ...\r\n", formatted once a second per thread. */
+static const char *date_line(const h1_conn_t *c)
+{
+    static __thread time_t last;
+    static __thread char line[64];
+    struct timeval tv;
+    event_base_gettimeofday_cached(c->srv->base, &tv);
+    if (tv.tv_sec != last || !line[0]) {
+        struct tm tm;
+        time_t t = tv.tv_sec;
+        gmtime_r(&t, &tm);
+        strftime(line, sizeof line, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        last = tv.tv_sec;
+    }
+    return line;
+}
+
+static int answer_closes(const h1_conn_t *c)
+{
+    return !c->keep_alive || c->srv->draining || c->body_refused || c->closing_after ||
+           c->body_deferred;
+}
+
+/* Bodies buffered by every connection of the conn_process, and the most they
+ * may take together (0: no budget). */
+static _Atomic int64_t body_in_use;
+static _Atomic int64_t body_budget;
+static _Atomic int64_t body_peak;
+
+void h1_set_body_budget(int64_t bytes)
+{
+    body_budget = bytes;
+}
+
+int64_t h1_body_buffered(void)
+{
+    return atomic_load(&body_in_use);
+}
+
+int conn_reserve_body(h1_conn_t *c, int64_t n)
+{
+    int64_t now = atomic_fetch_add(&body_in_use, n) + n;
+    if (body_budget && now > body_budget) {
+        atomic_fetch_sub(&body_in_use, n);
+        return -1;
+    }
+    c->reserved += n;
+    if (now > atomic_load(&body_peak))
+        atomic_store(&body_peak, now);
+    return 0;
+}
+
+static void release_body(h1_conn_t *c)
+{
+    if (!c->reserved)
+        return;
+    int64_t left = atomic_fetch_sub(&body_in_use, c->reserved) - c->reserved;
+    c->reserved = 0;
+    /* After a burst of large bodies, give the memory back. */
+    if (left == 0 && atomic_load(&body_peak) > 16 * 1024 * 1024) {
+        atomic_store(&body_peak, 0);
+        malloc_trim(0);
+    }
+}
+
+/* Status line and Date into a; Content-Length / chunked / Connection and
+ * the empty line into b. */
+static void compose(h1_conn_t *c, int status, const char *reason, int64_t clen, char *a,
+                    size_t *alen, char *b, size_t *blen)
+{
+    size_t n = put_str(a, "HTTP/1.1 ");
+    n += put_uint(a + n, (uint64_t)(status > 0 && status < 1000 ? status : 500));
+    a[n++] = ' ';
+    size_t rl = strlen(reason);
+    if (rl > 64)
+        rl = 64;
+    memcpy(a + n, reason, rl);
+    n += rl;
+    n += put_str(a + n, "\r\n");
+    n += put_str(a + n, date_line(c));
+    *alen = n;
+    int bodiless = status < 200 || status == 204 || status == 304;
+    size_t m = 0;
+    if (clen >= 0 && !bodiless) {
+        m += put_str(b, "Content-Length: ");
+        m += put_uint(b + m, (uint64_t)clen);
+        m += put_str(b + m, "\r\n");
+    } else if (clen < 0 && !bodiless && !c->no_body_out) {
+        if (c->http10)
+            c->closing_after = 1; /* the body ends with the connection */
+        else {
+            m += put_str(b + m, "Transfer-Encoding: chunked\r\n");
+            c->chunked_out = 1;
+        }
+    }
+    if (answer_closes(c)) {
+        c->closing_after = 1;
+        m += put_str(b + m, "Connection: close\r\n");
+    } else if (c->http10) {
+        m += put_str(b + m, "Connection: keep-alive\r\n");
+    }
+    m += put_str(b + m, "\r\n");
+    *blen = m;
+}
+
+
+static void end_exchange(h1_conn_t *c)
+{
+    if (!c->open)
+        return;
+    c->open = 0;
+    c->close_cb = NULL;
+    c->drained_cb = NULL;
+    c->olen = 0;
+    c->chunked_out = 0;
+    c->n_hdr = 0;
+    if (c->body)
+        evbuffer_drain(c->body, evbuffer_get_length(c->body));
+    release_body(c);
+    c->body_cb = NULL;
+    if (c->body_deferred) {
+        /* Answered without its body (404, 401, 403, 413...): the body is
+         * never read, the connection closes after the answer. */
+        c->body_deferred = 0;
+        c->body_refused = 1;
+        c->closing_after = 1;
+    }
+    if (c->dead) {
+        conn_maybe_free(c);
+        return;
+    }
+    if (c->closing_after || c->srv->draining) {
+        c->state = ST_CLOSING;
+        if (conn_pending(c) == 0) {
+            conn_close_or_linger(c);
+            conn_maybe_free(c);
+        }
+        return;
+    }
+    c->state = ST_HEAD;
+    c->head_start_ms = 0;
+    c->scan = 0;
+    conn_pause_reading(c, 0);
+    if (conn_pending(c) == 0)
+        arm_idle(c);
+    /* A pipelined request may be waiting: taken from the loop, not from
+     * inside the callee's call. */
+    size_t waiting = c->ilen - c->ipos;
+    if (c->bev)
+        waiting += evbuffer_get_length(bufferevent_get_input(c->bev));
+    if (!c->in_process && waiting)
+        event_active(&c->later, EV_TIMEOUT, 1);
+}
+
+/* ---- the public answer API -------------------------------------------- */
+
+void h1_add_header(h1_conn_t *c, const char *name, const char *value)
+{
+    h1_add_header_n(c, name, strlen(name), value, strlen(value));
+}
+
+void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl)
+{
+    size_t need = c->olen + nl + vl + 4;
+    if (need > c->ocap) {
+        size_t cap = c->ocap ? c->ocap : 1024;
+        while (cap < need)
+            cap *= 2;
+        char *p = realloc(c->obuf, cap);
+        if (!p)
+            return;
+        c->obuf = p;
+        c->ocap = cap;
+    }
+    char *p = c->obuf + c->olen;
+    memcpy(p, name, nl);
+    p[nl] = ':';
+    p[nl + 1] = ' ';
+    /* A value never breaks the head: CR and LF become spaces. */
+    for (size_t i = 0; i < vl; i++)
+        p[nl + 2 + i] = value[i] == '\r' || value[i] == '\n' ? ' ' : value[i];
+    p[nl + 2 + vl] = '\r';
+    p[nl + 3 + vl] = '\n';
+    c->olen = need;
+}
+
+void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
+{
+    char buf[24];
+    size_t n = 0;
+    if (value < 0) {
+        buf[n++] = '-';
+        n += put_uint(buf + n, (uint64_t)0 - (uint64_t)value);
+    } else {
+        n += put_uint(buf, (uint64_t)value);
+    }
+    buf[n] = '\0';
+    h1_add_header(c, name, buf);
+}
+
+void h1_headers_reset(h1_conn_t *c)
+{
+    c->olen = 0;
+}
+
+size_t h1_headers_mark(const h1_conn_t *c)
+{
+    return c->olen;
+}
+
+int h1_has_header(const h1_conn_t *c, const char *name, size_t mark)
+{
+    return h1_has_header_n(c, name, strlen(name), mark);
+}
+
+int h1_has_header_n(const h1_conn_t *c, const char *name, size_t nl, size_t mark)
+{
+    const char *p = c->obuf, *end = c->obuf + (mark < c->olen ? mark : c->olen);
+    while (p && p < end) {
+        if ((size_t)(end - p) > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0)
+            return 1;
+        const char *e = memchr(p, '\n', (size_t)(end - p));
+        p = e ? e + 1 : end;
+    }
+    return 0;
+}
+
+void h1_reply(h1_conn_t *c, int status, const char *reason, const void *body, size_t len)
+{
+    if (!c->open)
+        return;
+    char a[128], b[128];
+    size_t al, bl;
+    compose(c, status, reason, (int64_t)len, a, &al, b, &bl);
+    int with_body = len && !c->no_body_out && status >= 200 && status != 204 && status != 304;
+    struct iovec v[4] = {{a, al}, {c->obuf, c->olen}, {b, bl}, {(void *)body, len}};
+    conn_send_parts(c, v, with_body ? 4 : 3, NULL, NULL, 0);
+    end_exchange(c);
+}
+
+void h1_reply_buffer(h1_conn_t *c, int status, const char *reason, struct evbuffer *body)
+{
+    if (!c->open)
+        return;
+    char a[128], b[128];
+    size_t al, bl;
+    size_t len = body ? evbuffer_get_length(body) : 0;
+    compose(c, status, reason, (int64_t)len, a, &al, b, &bl);
+    struct iovec v[3] = {{a, al}, {c->obuf, c->olen}, {b, bl}};
+    int with_body = len && !c->no_body_out && status >= 200 && status != 204 && status != 304;
+    if (body && !with_body)
+        evbuffer_drain(body, len);
+    conn_send_parts(c, v, 3, with_body ? body : NULL, NULL, 0);
+    end_exchange(c);
+}
+
+void h1_reply_start(h1_conn_t *c, int status, const char *reason, int64_t content_length)
+{
+    if (!c->open)
+        return;
+    char a[128], b[128];
+    size_t al, bl;
+    compose(c, status, reason, content_length, a, &al, b, &bl);
+    struct iovec v[3] = {{a, al}, {c->obuf, c->olen}, {b, bl}};
+    if (status < 200 || status == 204 || status == 304)
+        c->no_body_out = 1;
+    conn_send_parts(c, v, 3, NULL, NULL, 0);
+}
+
+void h1_reply_chunk(h1_conn_t *c, struct evbuffer *data)
+{
+    size_t n = evbuffer_get_length(data);
+    if (!c->open || c->dead || c->no_body_out || n == 0) {
+        evbuffer_drain(data, n);
+        return;
+    }
+    if (!c->chunked_out) {
+        conn_send_parts(c, NULL, 0, data, NULL, 0);
+        return;
+    }
+    char pre[24];
+    int pl = snprintf(pre, sizeof pre, "%zx\r\n", n);
+    struct iovec a = {pre, (size_t)pl}, b = {"\r\n", 2};
+    conn_send_parts(c, &a, 1, data, &b, 1);
+}
+
+void h1_reply_bytes(h1_conn_t *c, const void *data, size_t n)
+{
+    if (!c->open || c->dead || c->no_body_out || n == 0)
+        return;
+    struct iovec d = {(void *)data, n};
+    if (!c->chunked_out) {
+        conn_send_parts(c, &d, 1, NULL, NULL, 0);
+        return;
+    }
+    char pre[24];
+    int pl = snprintf(pre, sizeof pre, "%zx\r\n", n);
+    struct iovec v[3] = {{pre, (size_t)pl}, d, {"\r\n", 2}};
+    conn_send_parts(c, v, 3, NULL, NULL, 0);
+}
+
+size_t h1_pending(const h1_conn_t *c)
+{
+    return conn_pending(c);
+}
+
+void h1_set_drained_cb(h1_conn_t *c, h1_event_cb cb, void *arg)
+{
+    c->drained_cb = cb;
+    c->drained_arg = arg;
+}
+
+void h1_set_close_cb(h1_conn_t *c, h1_event_cb cb, void *arg)
+{
+    c->close_cb = cb;
+    c->close_arg = arg;
+    if (cb && c->dead && c->open && !c->notified)
+        event_active(&c->later, EV_TIMEOUT, 1);
+}
+
+void h1_reply_end(h1_conn_t *c)
+{
+    if (!c->open)
+        return;
+    if (c->chunked_out && !c->no_body_out) {
+        struct iovec v = {"0\r\n\r\n", 5};
+        conn_send_parts(c, &v, 1, NULL, NULL, 0);
+    }
+    end_exchange(c);
+}
+
+void h1_abort(h1_conn_t *c)
+{
+    if (!c->open)
+        return;
+    c->close_cb = NULL;
+    conn_fail(c);
+    end_exchange(c);
+}
