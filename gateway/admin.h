@@ -9,8 +9,8 @@
 typedef int (*admin_reload_fn)(cfg_messages_t *msgs);
 void admin_set_reload(admin_reload_fn fn);
 
-/* Bind the admin listener on worker w's loop; NULL (logged by the caller)
- * when the address cannot be bound. */
-h1_server_t *admin_start(worker_t *w, const config_t *c);
+/* Serve the admin listener on listening socket fd (owned from now on,
+ * closed on failure) from worker w's loop; NULL when it cannot be set up. */
+h1_server_t *admin_start(worker_t *w, int fd);
 
 #endif

@@ -12,15 +12,13 @@
  * exception: its backend call goes on without the client (the job may
  * exist by now), and its answer still hands the leases over to the job.
  */
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <event2/buffer.h>
 
+#include "auth.h"
 #include "gateway.h"
 #include "metrics.h"
 
@@ -512,29 +510,6 @@ void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
     usage_start(r);
 }
 
-/* The client's API key: Authorization: Bearer KEY, else X-API-Key. */
-static const char *client_key(h1_conn_t *h, size_t *len)
-{
-    const char *a = h1_header(h, "Authorization");
-    if (a && strncasecmp(a, "Bearer ", 7) == 0) {
-        a += 7;
-        while (*a == ' ')
-            a++;
-        *len = strlen(a);
-        while (*len && a[*len - 1] == ' ')
-            (*len)--;
-        if (*len)
-            return a;
-    }
-    a = h1_header(h, "X-API-Key");
-    if (a && *a) {
-        *len = strlen(a);
-        return a;
-    }
-    return NULL;
-}
-
-
 /* stream_include_usage: a JSON body whose "stream" is true gets
  * "stream_options": {"include_usage": true} (merged into an existing
  * stream_options object), so that an OpenAI-compatible backend ends its
@@ -607,16 +582,16 @@ void request_start(worker_t *w, h1_conn_t *req)
     }
 
     size_t klen = 0;
-    const char *key = client_key(req, &klen);
+    const char *key = auth_client_key(req, &klen);
     if (!key) {
         respond_error(r, 401, "authentication_error", "MISSING_API_KEY",
                       "No API key: send Authorization: Bearer KEY or X-API-Key: KEY.", NULL);
         return;
     }
-    unsigned char digest[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)key, klen, digest);
+    unsigned char digest[AUTH_DIGEST_LEN];
+    auth_digest(key, klen, digest);
     r->key = config_find_key(cfg, digest);
-    OPENSSL_cleanse(digest, sizeof digest);
+    auth_wipe(digest, sizeof digest);
     if (!r->key) {
         respond_error(r, 401, "authentication_error", "INVALID_API_KEY",
                       "The API key is not valid.", NULL);

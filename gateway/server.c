@@ -265,7 +265,12 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     if (!w->store)
         return -1;
     if (index == 0 && cfg->admin.enabled) {
-        w->admin = admin_start(w, cfg);
+        char err[256];
+        int afd = server_listen_socket(cfg->admin.listen_host, cfg->admin.listen_port, 0, err,
+                                       sizeof err);
+        if (afd < 0)
+            log_msg(LOG_ERROR, "admin: %s", err);
+        w->admin = afd < 0 ? NULL : admin_start(w, afd);
         if (!w->admin) {
             log_msg(LOG_ERROR, "admin: cannot listen on %s:%u", cfg->admin.listen_host,
                     cfg->admin.listen_port);
