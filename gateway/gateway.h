@@ -19,8 +19,8 @@
 #include "../storage/store.h"
 #include "config.h"
 #include "h1.h"
-
-struct proxy_pool;
+#include "log.h"
+#include "proxy.h"
 
 /*
  * One worker thread. Owns its event_base, its HTTP server (h1.c) on a
@@ -41,7 +41,7 @@ typedef struct worker {
     struct event *stop_ev;
     struct event *exit_notify;     /* the main thread's: activated on exit */
     atomic_int exited;             /* set before exit_notify is activated */
-    struct proxy_pool *pools;      /* backend keep-alive pools, by address */
+    proxy_worker_t proxy;          /* backend pools, kept exchanges (proxy.h) */
     lim_deny_t deny;               /* local deny cache (limiter/deny.h) */
     int draining;
     struct timespec drain_deadline;
@@ -51,9 +51,6 @@ typedef struct worker {
     char rid_prefix[17];
     uint64_t rid_next;
 } worker_t;
-
-/* What the limiter decided, for metrics and the access log. */
-enum { DEC_NONE = 0, DEC_ADMITTED, DEC_REFUSED, DEC_CACHED, DEC_UNAVAILABLE, DEC_UNLIMITED };
 
 enum req_state {
     RQ_NEW = 0,     /* routing, auth */
@@ -69,12 +66,12 @@ enum req_state {
  *
  * Ownership: owns `cfg` (a reference), `checks`, the lease (when
  * `admitted`), the open exchange of `req` until it ends it (then `req` is
- * set to NULL; gateway/h1.h).
- * Borrows `w`. `ep` and `key` point into `cfg`. The backend exchange `bx`
- * is client.c's; r only points at it while it runs (gateway/proxy.c). A
- * job create whose client left (`keep_backend`) has no connection any more
- * (`req` NULL): only the backend's callbacks and request_finish touch it,
- * and proxy.c's list of kept requests points at it until request_finish.
+ * set to NULL; gateway/h1.h), `usage`, `capture` and `rec`.
+ * Borrows `w`. `ep`, `key` and `acct` point into `cfg`. `px` is the
+ * backend exchange (proxy.h), which reports back through request.c's
+ * hooks. A job create whose client left has no connection any more (`req`
+ * NULL): only the proxy's hooks and request_finish touch it, and the
+ * worker's list of kept exchanges points at `px` until request_finish.
  */
 typedef struct request {
     worker_t *w;
@@ -89,7 +86,6 @@ typedef struct request {
     int settled;        /* counted, logged, leases released (request_settle) */
     int store_sent;     /* fire-and-forget store calls made since the decision */
     int client_gone;
-    int reply_started;  /* status line sent to the client */
     int is_usage;
     json_t *usage;      /* usage answer being built (owned) */
     size_t usage_next;  /* next policy rule to ask the store about */
@@ -98,37 +94,22 @@ typedef struct request {
     size_t n_checks;
     lim_report_t rep;
     char rid[40];
-    /* proxy */
-    struct hc_exchange *bx; /* the backend exchange while it runs (gateway/http/client.h) */
-    int backend_status;
-    char reason[64];     /* the backend's reason phrase */
-    char units_field[32]; /* reconcile.response_header's value (head or trailer) */
-    int has_units_field;
-    int hold_reply;      /* the head waits for the whole body (one write) */
     int backend_failed;  /* the exchange ended in an error (cut, timeout) */
     struct evbuffer *capture; /* copy of the answer's body, when needed (owned) */
     int64_t charged_ms;  /* store clock of the admission (for reconcile) */
     int lease_moved;     /* an async job holds the leases now */
-    /* A job create whose client left: the answer is still read to its end
-     * (for the job id), with no client to send it to; the request is on
-     * its worker's list of such (proxy.c) until request_finish. */
-    int keep_backend;
-    struct request *kept_next, **kept_prev;
     /* A job status request: the store's name of the id it asks about
      * (after.c), "" when it names none. */
     char job_poll[65];
     int status;          /* status sent to the client (0: none) */
     int decision;        /* DEC_* */
-    uint64_t bytes_out;  /* body bytes sent to the client */
-    struct timespec t_backend; /* when the backend request was sent (0: never) */
-    int64_t upstream_us; /* backend: send to end of answer */
+    uint64_t bytes_out;  /* body bytes of the gateway's own answer sent */
     /* Per-check state after the decision, kept only when the config asks
      * for the IETF or OpenAI headers (n_state == n_checks then). */
     size_t n_state;
     int64_t state_now_ms;
     int64_t state_remaining[LIM_MAX_CHECKS];
     int64_t state_reset_ms[LIM_MAX_CHECKS];
-    int backend_paused;  /* backend not read until the client drains */
     struct reconcile *rec; /* reading the answer for used units (owned; after.c) */
     const char *deny_body; /* a 429 answered from the deny cache: its body */
     char **deny_keep;      /* a 429 just kept by the deny cache: its body slot */
@@ -138,12 +119,9 @@ typedef struct request {
      * recycled context is cleared only up to here. */
     lim_check_t checks[LIM_MAX_CHECKS];
     char path[2048];     /* the normalized path (routed and forwarded) */
-    /* Body that came before its head was sent (owned; kept, empty, with
-     * the recycled context; freed with it). */
-    struct evbuffer *held;
-    /* The backend's fields of an answer whose head waits (owned; proxy.c;
-     * kept like `held`). */
-    struct evbuffer *held_head;
+    /* The backend exchange (proxy.c's fields; kept, with its buffers, by
+     * the recycled context and reset for each request). */
+    proxy_exchange_t px;
 } request_t;
 
 /* request.c */
@@ -207,55 +185,5 @@ void reconcile_end(request_t *r, const char *header_value);
 /* From request_finish: an answer that never ended (client gone, stream
  * cut) is counted as missed; frees r->rec. */
 void reconcile_abandon(request_t *r);
-
-/* respond.c: every reply that is not a proxied response. Each one ends the
- * request (calls request_finish); `details` is stolen, may be NULL. */
-
-void respond_error(request_t *r, int status, const char *type,
-                   const char *code, const char *message, json_t *details);
-void respond_json(request_t *r, int status, json_t *body);
-void respond_429(request_t *r);
-void respond_unavailable(request_t *r);
-/* details.endpoints of a limit: its endpoint names, ["*"] for all. */
-json_t *respond_endpoints_json(const lim_rule_t *rule);
-/* An amount of rule's metric for a body: money (millionths) as a decimal
- * string such as "5.00", anything else as an integer. */
-json_t *respond_amount_json(const lim_rule_t *rule, int64_t v);
-/* Add X-RateLimit-* (when a decision was made) and X-Request-Id to the
- * answer of c. */
-void respond_rate_headers(const request_t *r, h1_conn_t *c);
-
-/* proxy.c */
-void proxy_start(request_t *r);
-/* Abort the backend request of r, if any (no callback will follow). */
-void proxy_abort(request_t *r);
-/* The client of a job create left: keep reading the backend's answer
- * without it (after_response still runs), then finish. */
-void proxy_keep_without_client(request_t *r);
-/* request_finish: off the list of requests kept without a client. */
-void proxy_forget_kept(request_t *r);
-void proxy_pools_free(worker_t *w);
-
-/* log.c */
-#define LINELOG_QUEUE 8192
-/* Lines written by a thread of its own; put() never waits on I/O. */
-typedef struct linelog {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pthread_t thread;
-    char *q[LINELOG_QUEUE]; /* owned lines */
-    size_t head, n;
-    FILE *out;              /* borrowed */
-    int stop, open;
-} linelog_t;
-int linelog_open(linelog_t *l, FILE *out);
-/* Takes line (malloc'd); -1 when the queue is full and the line dropped. */
-int linelog_put(linelog_t *l, char *line);
-void linelog_close(linelog_t *l);
-void log_start(void);
-void log_stop(void);
-enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG };
-extern int log_level;
-void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -220,7 +220,7 @@ static void *worker_main(void *arg)
         w->admin = NULL;
     }
     event_base_loop(w->base, EVLOOP_NONBLOCK);
-    proxy_pools_free(w);
+    proxy_worker_free(&w->proxy);
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     request_freelist_clear();
     atomic_store(&w->exited, 1);
@@ -250,6 +250,7 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     event_config_free(ec);
     if (!w->base)
         return -1;
+    proxy_worker_init(&w->proxy, w->base);
     h1_limits_t lim = http_limits(cfg);
     w->http = h1_server_new(w->base, fd, &lim, server_handle, cfg->tls_ctx ? tls_ctx_of : NULL,
                             w);

@@ -147,6 +147,12 @@ static inline void store_flush(store_worker_t *w)
     if (w->store->ops->flush)
         w->store->ops->flush(w);
 }
+/* 1 when every callback of this store runs before its call returns: a
+ * caller has no wait during which to watch for anything. */
+static inline int store_answers_inline(const store_worker_t *w)
+{
+    return w->store->ops->answers_inline;
+}
 static inline int store_ready(store_worker_t *w)
 {
     return w->store->ops->ready(w);
