@@ -16,7 +16,9 @@
 #include "admin.h"
 #include "auth.h"
 #include "errjson.h"
-#include "gateway.h"
+#include "after.h"
+#include "log.h"
+#include "request.h"
 #include "metrics.h"
 #include "query.h"
 

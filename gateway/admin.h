@@ -2,7 +2,9 @@
 #ifndef RW_GATEWAY_ADMIN_H
 #define RW_GATEWAY_ADMIN_H
 
-#include "gateway.h"
+#include "config.h"
+#include "h1.h"
+#include "worker.h"
 
 /* Reload the configuration file: 0 and swapped in, or -1 with the errors in
  * msgs (filled either way; the caller frees it). Thread-safe. */

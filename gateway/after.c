@@ -36,7 +36,9 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 
-#include "gateway.h"
+#include "after.h"
+#include "log.h"
+#include "units.h"
 #include "metrics.h"
 #include "query.h"
 

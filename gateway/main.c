@@ -18,7 +18,8 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
-#include "gateway.h"
+#include "log.h"
+#include "request.h"
 #include "admin.h"
 #include "auth.h"
 #include "tls.h"

@@ -20,11 +20,26 @@
 
 #include "auth.h"
 #include "errjson.h"
-#include "gateway.h"
+#include "after.h"
+#include "log.h"
+#include "request.h"
+#include "units.h"
 #include "metrics.h"
 #include "respond.h"
 
 #include <stddef.h>
+
+/* The one place a request ends: settles it (below) if that was not done,
+ * frees everything. */
+static void request_finish(request_t *r);
+/* Count and log the request and release its leases, right before its last
+ * write: a client that has its answer finds its slot free and its line in
+ * the access log. Idempotent; request_finish still follows. */
+static void request_settle(request_t *r);
+/* Hear of a client that goes away while its request is served. */
+static void request_watch_client(request_t *r);
+/* Before the last write of an answer: stop watching. */
+static void request_unwatch_client(request_t *r);
 
 /* Request contexts are recycled per worker: no allocation per request once
  * warm. The free list belongs to the worker's thread. */
@@ -230,7 +245,7 @@ static void count_and_log(const request_t *r)
     metrics_request_done(&m);
 }
 
-void request_settle(request_t *r)
+static void request_settle(request_t *r)
 {
     if (r->settled)
         return;
@@ -249,7 +264,7 @@ void request_settle(request_t *r)
         store_flush(r->w->store);
 }
 
-void request_finish(request_t *r)
+static void request_finish(request_t *r)
 {
     worker_t *w = r->w;
     request_settle(r);
@@ -304,7 +319,7 @@ static void on_client_close(h1_conn_t *c, void *arg)
     /* RQ_STORE: the store's callback sees client_gone and finishes. */
 }
 
-void request_watch_client(request_t *r)
+static void request_watch_client(request_t *r)
 {
     if (r->watching || !r->req || r->client_gone)
         return;
@@ -312,7 +327,7 @@ void request_watch_client(request_t *r)
     h1_set_close_cb(r->req, on_client_close, r);
 }
 
-void request_unwatch_client(request_t *r)
+static void request_unwatch_client(request_t *r)
 {
     if (!r->watching)
         return;

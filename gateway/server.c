@@ -19,7 +19,8 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 
-#include "gateway.h"
+#include "log.h"
+#include "request.h"
 #include "admin.h"
 #include "server.h"
 
