@@ -1,7 +1,7 @@
 /*
  * storage/store.h: the one seam between the gateway and wherever counters
  * live. Two implementations fill the same table: memory.c (embedded, one
- * process) and, later, redis.c (a fleet sharing one Redis).
+ * process) and redis.c (a fleet sharing one Redis).
  *
  * Model: a store_t is created once per process; each worker thread attaches
  * with its own event_base and gets a store_worker_t that it alone uses.
