@@ -4,11 +4,8 @@
  * /admin/ needs `Authorization: Bearer TOKEN` whose SHA-256 is configured,
  * compared in constant time.
  */
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -17,11 +14,13 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "auth.h"
 #include "errjson.h"
-#include "gateway.h"
+#include "after.h"
+#include "log.h"
+#include "request.h"
 #include "metrics.h"
 #include "query.h"
-#include "server.h"
 
 static admin_reload_fn reload_fn;
 
@@ -50,16 +49,17 @@ static void reply_error(h1_conn_t *req, int status, const char *reason,
 static int authorized(worker_t *w, h1_conn_t *req)
 {
     const config_t *c = w->cfg;
-    const char *a = h1_header(req, "Authorization");
-    if (!a || strncasecmp(a, "Bearer ", 7) != 0 || !a[7]) {
+    size_t len = 0;
+    const char *token = auth_bearer(req, &len);
+    if (!token) {
         reply_error(req, 401, "Unauthorized", "authentication_error", "MISSING_ADMIN_TOKEN",
                     "Send Authorization: Bearer ADMIN_TOKEN.", NULL);
         return 0;
     }
-    unsigned char d[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)a + 7, strlen(a + 7), d);
-    int ok = c->admin.has_token && CRYPTO_memcmp(d, c->admin.token_sha256, sizeof d) == 0;
-    OPENSSL_cleanse(d, sizeof d);
+    unsigned char d[AUTH_DIGEST_LEN];
+    auth_digest(token, len, d);
+    int ok = c->admin.has_token && auth_digest_equal(d, c->admin.token_sha256);
+    auth_wipe(d, sizeof d);
     if (!ok)
         reply_error(req, 403, "Forbidden", "permission_error", "INVALID_ADMIN_TOKEN",
                     "The admin token is not valid.", NULL);
@@ -238,15 +238,8 @@ static void metrics(worker_t *w, h1_conn_t *req)
     evbuffer_free(b);
 }
 
-h1_server_t *admin_start(worker_t *w, const config_t *c)
+h1_server_t *admin_start(worker_t *w, int fd)
 {
-    char err[256];
-    int fd = server_listen_socket(c->admin.listen_host, c->admin.listen_port, 0, err,
-                                  sizeof err);
-    if (fd < 0) {
-        log_msg(LOG_ERROR, "admin: %s", err);
-        return NULL;
-    }
     h1_limits_t lim = {.max_header_bytes = 16384, .max_body_bytes = 64 * 1024,
                        .timeout_ms = 30000};
     h1_server_t *h = h1_server_new(w->base, fd, &lim, admin_handle, NULL, w);

@@ -36,7 +36,9 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 
-#include "gateway.h"
+#include "after.h"
+#include "log.h"
+#include "units.h"
 #include "metrics.h"
 #include "query.h"
 
@@ -380,7 +382,7 @@ enum { MISS_CLIENT_GONE = 0, MISS_CUT, MISS_NO_USAGE, MISS_TOO_LARGE, MISS_INVAL
  * what a backend got wrong). */
 static void missed_at(request_t *r, int why, const char *detail, int level)
 {
-    metrics_reconcile_missed(r, reason_name[why]);
+    metrics_reconcile_missed(r->cfg->generation, r->ep ? r->ep->name : "_none", reason_name[why]);
     if (level < 0)
         level = why == MISS_CLIENT_GONE || why == MISS_NO_USAGE ? LOG_DEBUG : LOG_INFO;
     log_msg(level, "request %s: endpoint %s: used units not known (%s%s%s): the estimate of "

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "gateway.h"
+#include "log.h"
 
 int log_level = LOG_INFO;
 

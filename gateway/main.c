@@ -8,7 +8,6 @@
 #include <pthread.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,8 +18,10 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
-#include "gateway.h"
+#include "log.h"
+#include "request.h"
 #include "admin.h"
+#include "auth.h"
 #include "tls.h"
 #include "metrics.h"
 #include "server.h"
@@ -69,8 +70,8 @@ static int cmd_new_key(const char *prefix)
     b64[n] = '\0';
     char key[128];
     snprintf(key, sizeof key, "%s%s", prefix ? prefix : "sk_", (char *)b64);
-    unsigned char d[SHA256_DIGEST_LENGTH];
-    SHA256((unsigned char *)key, strlen(key), d);
+    unsigned char d[AUTH_DIGEST_LEN];
+    auth_digest(key, strlen(key), d);
     char h[65];
     hex(d, sizeof d, h);
     printf("%s\n%s\n", key, h);
@@ -92,8 +93,8 @@ static int cmd_hash_key(void)
         fprintf(stderr, "gateway: empty key\n");
         return 1;
     }
-    unsigned char d[SHA256_DIGEST_LENGTH];
-    SHA256((unsigned char *)line, n, d);
+    unsigned char d[AUTH_DIGEST_LEN];
+    auth_digest(line, n, d);
     char h[65];
     hex(d, sizeof d, h);
     printf("%s\n", h);

@@ -11,7 +11,9 @@
 
 #include <event2/buffer.h>
 
-#include "gateway.h"
+#include <jansson.h>
+
+#include "log.h"
 #include "metrics.h"
 
 /* ---- labelled counters --------------------------------------------------- */
@@ -115,10 +117,9 @@ void metrics_job_id_unusable(const char *endpoint)
 
 static const char F_RECONCILE_MISSED[] = "ratewall_reconcile_missed_total";
 
-void metrics_reconcile_missed(const request_t *r, const char *reason)
+void metrics_reconcile_missed(uint64_t generation, const char *endpoint, const char *reason)
 {
-    const char *ep = r->ep ? r->ep->name : "_none";
-    series_inc(r->cfg->generation, F_RECONCILE_MISSED, ep, reason, 0, "R", ep, reason);
+    series_inc(generation, F_RECONCILE_MISSED, endpoint, reason, 0, "R", endpoint, reason);
 }
 
 /* ---- histograms and gauges ------------------------------------------------ */
@@ -213,26 +214,15 @@ static const char *decision_name(int d)
     }
 }
 
-static int64_t us_since(const struct timespec *t0)
+void metrics_request_done(const metrics_request_t *m)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)(now.tv_sec - t0->tv_sec) * 1000000 + (now.tv_nsec - t0->tv_nsec) / 1000;
-}
-
-void metrics_request_done(const request_t *r)
-{
-    const char *ep = r->ep ? r->ep->name : r->is_usage ? "_usage" : "_none";
-    series_inc(r->cfg->generation, F_REQUESTS, ep, NULL, r->status, "E", ep, NULL);
-    const char *limit = NULL;
-    if (r->decision != DEC_NONE) {
-        if ((r->decision == DEC_REFUSED || r->decision == DEC_CACHED) && r->rep.refused >= 0)
-            limit = r->checks[r->rep.refused].rule->ident;
-        series_inc(r->cfg->generation, F_DECISIONS, decision_name(r->decision), limit, 0, "D",
-                   decision_name(r->decision), limit ? limit : "");
-    }
-    if (r->t_backend.tv_sec)
-        histo_add(&backend_latency, r->upstream_us);
+    const char *ep = m->endpoint, *limit = m->limit;
+    series_inc(m->generation, F_REQUESTS, ep, NULL, m->status, "E", ep, NULL);
+    if (m->decision != DEC_NONE)
+        series_inc(m->generation, F_DECISIONS, decision_name(m->decision), limit, 0, "D",
+                   decision_name(m->decision), limit ? limit : "");
+    if (m->upstream_us >= 0)
+        histo_add(&backend_latency, m->upstream_us);
     if (!alog.open)
         return;
     struct timespec wall;
@@ -244,12 +234,12 @@ void metrics_request_done(const request_t *r)
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
              wall.tv_nsec / 1000000);
     json_t *o = json_pack("{s:s, s:s, s:s?, s:s?, s:s, s:i, s:s, s:s?, s:I, s:f, s:f}", "time", ts,
-                          "request_id", r->rid, "key_id", r->key ? r->key->id : NULL,
-                          "account", r->acct ? r->acct->name : NULL, "endpoint", ep,
-                          "status", r->status, "decision", decision_name(r->decision),
-                          "limit", limit, "bytes", (json_int_t)r->bytes_out, "upstream_ms",
-                          r->t_backend.tv_sec ? (double)r->upstream_us / 1000.0 : 0.0,
-                          "total_ms", (double)us_since(&r->t_start) / 1000.0);
+                          "request_id", m->request_id, "key_id", m->key_id, "account",
+                          m->account, "endpoint", ep, "status", m->status, "decision",
+                          decision_name(m->decision), "limit", limit, "bytes",
+                          (json_int_t)m->bytes_out, "upstream_ms",
+                          m->upstream_us >= 0 ? (double)m->upstream_us / 1000.0 : 0.0,
+                          "total_ms", (double)m->total_us / 1000.0);
     char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (line)

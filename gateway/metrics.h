@@ -10,11 +10,28 @@
 #include <stdint.h>
 
 struct evbuffer;
-struct request;
 
-/* Everything about a finished request, counted and logged once, from
- * request_finish(). */
-void metrics_request_done(const struct request *r);
+/* What the limiter decided, for metrics and the access log. */
+enum { DEC_NONE = 0, DEC_ADMITTED, DEC_REFUSED, DEC_CACHED, DEC_UNAVAILABLE, DEC_UNLIMITED };
+
+/* Everything about a finished request that is counted and logged; the
+ * strings are borrowed for the call. The endpoint and limit names belong
+ * to the config snapshot of `generation` (labels are cached by pointer). */
+typedef struct metrics_request {
+    uint64_t generation;
+    const char *endpoint;       /* its name, "_usage" or "_none" */
+    int status;                 /* sent to the client (0: none) */
+    int decision;               /* DEC_* */
+    const char *limit;          /* the refusing limit's identity, or NULL */
+    const char *request_id;
+    const char *key_id, *account; /* NULL when unknown */
+    uint64_t bytes_out;         /* body bytes sent to the client */
+    int64_t upstream_us;        /* backend: send to end of answer; -1: never sent */
+    int64_t total_us;           /* since the request arrived */
+} metrics_request_t;
+
+/* A finished request, counted and logged once. */
+void metrics_request_done(const metrics_request_t *m);
 /* A decision from the store (or the deny cache): latency in microseconds,
  * -1 when the store was not asked. */
 void metrics_store_latency(int64_t us);
@@ -23,9 +40,10 @@ void metrics_lease(int delta);
 /* A job create answered 2xx with no usable job id (rare: no cache). */
 void metrics_job_id_unusable(const char *endpoint);
 /* A reconcile whose real use could not be known (the estimate stayed):
- * reason is client_gone, cut, no_usage, too_large or invalid (static). */
-void metrics_reconcile_missed(const struct request *r, const char *reason);
-/* Write every series; `extra` lines (store-specific) are appended. */
+ * reason is client_gone, cut, no_usage, too_large or invalid (static);
+ * endpoint is a name of the config snapshot of generation. */
+void metrics_reconcile_missed(uint64_t generation, const char *endpoint, const char *reason);
+/* Write every series. */
 void metrics_write(struct evbuffer *out);
 
 /* Access log: one JSON line per request to FILE ("-" for stdout), written

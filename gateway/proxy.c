@@ -7,18 +7,21 @@
  * as one buffer (head formatted here, the client's body moved in after
  * it); the answer comes back through the callbacks below as it is parsed.
  *
- * Ownership: the exchange (r->bx) belongs to client.c from hc_request()
- * until its on_end or on_error, which clear r->bx; proxy_abort() cancels it
- * (no callback follows) when the request ends first. The head of an answer
- * whose body is all here waits in the client connection's header buffer and
- * r->held until on_backend_end sends both in one write.
+ * Ownership: the exchange (x->bx) belongs to client.c from hc_request()
+ * until its on_end or on_error, which clear x->bx; proxy_release() cancels
+ * it (no callback follows) when the request ends first. The head of an
+ * answer whose body is all here waits in x->held_head and x->held until
+ * on_backend_end sends both in one write.
+ *
+ * The proxy reports to its user (the request) only through the hooks it
+ * was given; it never ends the request itself.
  *
  * A job create whose client leaves is not aborted: its leases may belong
- * to a job by now. proxy_keep_without_client() puts it on the worker's
- * list of kept requests (`kept`, the worker thread's own): its answer is
- * read to the end with no client (r->req is NULL), after_response() runs,
- * and request_finish() takes it off the list. A worker that exits with
- * kept requests still on it ends them in proxy_pools_free().
+ * to a job by now. proxy_keep_without_client() puts the exchange on the
+ * worker's list of kept ones (proxy_worker_t.kept, the worker thread's
+ * own): its answer is read to the end with no client (x->client NULL), and
+ * proxy_release() takes it off the list. A worker that exits with kept
+ * exchanges still on it cuts them in proxy_worker_free().
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -30,9 +33,9 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 
-#include "gateway.h"
 #include "http/client.h"
-#include "metrics.h"
+#include "log.h"
+#include "proxy.h"
 #include "tls.h"
 
 typedef struct proxy_pool {
@@ -45,8 +48,6 @@ typedef struct proxy_pool {
     SSL_CTX *ssl_ctx;        /* tls: verifying client context (owned) */
     hc_pool_t *hc;           /* the connections (gateway/http/client.c) */
 } proxy_pool_t;
-
-static __thread request_t *kept;
 
 static int same_file(const char *a, const char *b)
 {
@@ -70,7 +71,7 @@ static SSL *pool_new_ssl(void *arg)
     return tls_client_ssl(p->ssl_ctx, p->host);
 }
 
-static proxy_pool_t *pool_for(worker_t *w, const cfg_backend_t *be)
+static proxy_pool_t *pool_for(proxy_worker_t *w, const cfg_backend_t *be)
 {
     for (proxy_pool_t *p = w->pools; p; p = p->next)
         if (p->port == be->port && p->timeout_ms == be->timeout_ms && p->tls == be->tls &&
@@ -107,56 +108,108 @@ static proxy_pool_t *pool_for(worker_t *w, const cfg_backend_t *be)
     return p;
 }
 
-void proxy_keep_without_client(request_t *r)
+void proxy_worker_init(proxy_worker_t *pw, struct event_base *base)
 {
-    r->keep_backend = 1;
-    r->kept_next = kept;
-    r->kept_prev = &kept;
-    if (kept)
-        kept->kept_prev = &r->kept_next;
-    kept = r;
+    pw->base = base;
+    pw->pools = NULL;
+    pw->kept = NULL;
 }
 
-void proxy_forget_kept(request_t *r)
+static void forget_kept(proxy_exchange_t *x)
 {
-    if (!r->kept_prev)
+    if (!x->kept_prev)
         return;
-    *r->kept_prev = r->kept_next;
-    if (r->kept_next)
-        r->kept_next->kept_prev = r->kept_prev;
-    r->kept_next = NULL;
-    r->kept_prev = NULL;
+    *x->kept_prev = x->kept_next;
+    if (x->kept_next)
+        x->kept_next->kept_prev = x->kept_prev;
+    x->kept_next = NULL;
+    x->kept_prev = NULL;
 }
 
-void proxy_pools_free(worker_t *w)
+void proxy_keep_without_client(proxy_exchange_t *x)
+{
+    proxy_worker_t *pw = x->pw;
+    x->client = NULL;
+    x->kept = 1;
+    x->kept_next = pw->kept;
+    x->kept_prev = &pw->kept;
+    if (pw->kept)
+        pw->kept->kept_prev = &x->kept_next;
+    pw->kept = x;
+}
+
+static void cancel(proxy_exchange_t *x)
+{
+    if (!x->bx)
+        return;
+    hc_cancel(x->bx); /* no callback follows */
+    x->bx = NULL;
+}
+
+void proxy_worker_free(proxy_worker_t *pw)
 {
     /* The worker exits: answers still read for a gone client are cut. */
-    while (kept) {
-        request_t *r = kept;
-        proxy_abort(r);
-        request_finish(r); /* takes it off the list */
+    while (pw->kept) {
+        proxy_exchange_t *x = pw->kept;
+        cancel(x);
+        forget_kept(x);
+        x->hooks->ended(x->arg, PROXY_FAILED);
     }
-    /* The worker exits: answers still read for a gone client are cut. */
-    while (kept) {
-        request_t *r = kept;
-        proxy_abort(r);
-        request_finish(r); /* takes it off the list */
-    }
-    proxy_pool_t *p = w->pools;
+    proxy_pool_t *p = pw->pools;
     while (p) {
         proxy_pool_t *next = p->next;
         pool_free(p);
         p = next;
     }
-    w->pools = NULL;
+    pw->pools = NULL;
 }
 
-void proxy_abort(request_t *r)
+void proxy_exchange_init(proxy_exchange_t *x)
 {
-    if (!r->bx)
-        return;
-    hc_cancel(r->bx); /* no callback follows */
-    r->bx = NULL;
+    memset(x, 0, sizeof *x);
+}
+
+void proxy_exchange_reset(proxy_exchange_t *x)
+{
+    struct evbuffer *held = x->held, *held_head = x->held_head;
+    memset(x, 0, sizeof *x);
+    x->held = held;
+    x->held_head = held_head;
+}
+
+void proxy_exchange_destroy(proxy_exchange_t *x)
+{
+    if (x->held)
+        evbuffer_free(x->held);
+    if (x->held_head)
+        evbuffer_free(x->held_head);
+    x->held = x->held_head = NULL;
+}
+
+void proxy_release(proxy_exchange_t *x)
+{
+    forget_kept(x);
+    cancel(x);
+    x->client = NULL;
+    if (x->held_head)
+        evbuffer_drain(x->held_head, evbuffer_get_length(x->held_head));
+    if (x->held)
+        evbuffer_drain(x->held, evbuffer_get_length(x->held));
+}
+
+int proxy_running(const proxy_exchange_t *x)
+{
+    return x->bx != NULL;
+}
+
+uint64_t proxy_bytes_out(const proxy_exchange_t *x)
+{
+    return x->bytes_out;
+}
+
+int64_t proxy_upstream_us(const proxy_exchange_t *x)
+{
+    return x->t_backend.tv_sec ? x->upstream_us : -1;
 }
 
 static const char *method_name(h1_conn_t *req)
@@ -305,10 +358,10 @@ static void add_field(struct evbuffer *b, const char *name, const char *value)
 }
 
 /* The request line and the fields for the backend. */
-static void request_head(request_t *r, struct evbuffer *out, const char *target)
+static void request_head(const proxy_request_t *q, struct evbuffer *out, const char *target)
 {
-    h1_conn_t *in = r->req;
-    const cfg_backend_t *be = &r->cfg->backends[r->ep->backend];
+    h1_conn_t *in = q->client;
+    const cfg_backend_t *be = q->backend;
     add_str(out, method_name(in));
     evbuffer_add(out, " ", 1);
     add_str(out, target);
@@ -352,40 +405,26 @@ static void request_head(request_t *r, struct evbuffer *out, const char *target)
     }
     add_str(out, h1_peer(in));
     evbuffer_add(out, "\r\n", 2);
-    add_field(out, "X-Request-Id", r->rid);
-    add_field(out, "X-Gateway-Key-Id", r->key->id);
-    add_field(out, "X-Gateway-Account", r->acct->name);
+    add_field(out, "X-Request-Id", q->request_id);
+    add_field(out, "X-Gateway-Key-Id", q->key_id);
+    add_field(out, "X-Gateway-Account", q->account);
 }
 
-static void backend_failed(request_t *r, enum hc_error err)
+static void backend_failed(proxy_exchange_t *x, enum hc_error err)
 {
-    if (r->reply_started) {
-        /* Mid-stream: the client must not take a cut body for a whole one,
-         * so its connection is closed without the final chunk. */
-        h1_conn_t *c = r->req;
-        if (c) {
-            request_unwatch_client(r);
-            r->client_gone = 1;
-            r->req = NULL;
-            h1_abort(c);
-        }
-        request_finish(r);
-        return;
-    }
-    if (err == HC_E_TIMEOUT)
-        respond_error(r, 504, "upstream_error", "BACKEND_TIMEOUT",
-                      "The backend did not answer in time.", NULL);
-    else
-        respond_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE",
-                      "The backend could not be reached.", NULL);
+    /* Mid-stream: the client must not take a cut body for a whole one,
+     * so its connection is closed without the final chunk. */
+    x->hooks->ended(x->arg, x->reply_started       ? PROXY_CUT
+                            : err == HC_E_TIMEOUT ? PROXY_TIMEOUT
+                                                  : PROXY_UNREACHABLE);
 }
 
 /* The answer's head: ours first (they replace the backend's fields of the
  * same names), then the backend's end-to-end fields. */
-static void reply_headers(request_t *r, const hp_response_t *res)
+static void reply_headers(proxy_exchange_t *x, const hp_response_t *res)
 {
-    h1_conn_t *out = r->req;
-    respond_rate_headers(r, out);
+    h1_conn_t *out = x->client;
+    x->hooks->fields(x->arg, out, x->backend_status);
     size_t ours = h1_headers_mark(out);
     for (size_t i = 0; i < res->n_fields; i++) {
         const hp_field_t *f = &res->fields[i];
@@ -401,68 +440,50 @@ static void reply_headers(request_t *r, const hp_response_t *res)
             !h1_has_header(out, dashed(name, dbuf, sizeof dbuf), ours))
             h1_add_header_n(out, f->name, f->name_len, f->value, f->value_len);
     }
-    r->status = r->backend_status;
-    r->reply_started = 1;
+    x->reply_started = 1;
 }
 
 #define CLIENT_BUFFER_MAX (1024 * 1024)
 
-/* The answer's body is kept (up to CAPTURE_MAX) when after_response needs
- * to read it: a job id, a job status, used units. */
-#define CAPTURE_MAX (1024 * 1024)
-
-static void keep_copy(request_t *r, const char *data, size_t n)
-{
-    if (!r->capture)
-        return;
-    if (evbuffer_get_length(r->capture) + n > CAPTURE_MAX) {
-        evbuffer_free(r->capture); /* too big to read: left as it is */
-        r->capture = NULL;
-        return;
-    }
-    evbuffer_add(r->capture, data, n);
-}
-
 /* A used-units header, from the head or a trailer, for reconcile. */
-static void note_units_field(request_t *r, const hp_field_t *f)
+static void note_units_field(proxy_exchange_t *x, const hp_field_t *f)
 {
-    const cfg_reconcile_t *rc = r->ep->reconcile;
-    if (!rc || !rc->response_header || strlen(rc->response_header) != f->name_len ||
-        strncasecmp(rc->response_header, f->name, f->name_len) != 0)
+    const char *want = x->units_header;
+    if (!want || strlen(want) != f->name_len || strncasecmp(want, f->name, f->name_len) != 0)
         return;
-    size_t n = f->value_len < sizeof r->units_field - 1 ? f->value_len : sizeof r->units_field - 1;
-    memcpy(r->units_field, f->value, n);
-    r->units_field[n] = '\0';
-    r->has_units_field = f->value_len < sizeof r->units_field;
+    size_t n = f->value_len < sizeof x->units_field - 1 ? f->value_len : sizeof x->units_field - 1;
+    memcpy(x->units_field, f->value, n);
+    x->units_field[n] = '\0';
+    x->has_units_field = f->value_len < sizeof x->units_field;
 }
 
 /* The backend's fields of an answer whose head waits (on_backend_head):
  * kept as lines until on_backend_end, when the rate headers, computed after
  * the reconcile, go first. The parser let no CR or LF into a value. */
-static void hold_fields(request_t *r, const hp_response_t *res)
+static void hold_fields(proxy_exchange_t *x, const hp_response_t *res)
 {
-    if (!r->held_head)
-        r->held_head = evbuffer_new();
-    if (!r->held_head)
+    if (!x->held_head)
+        x->held_head = evbuffer_new();
+    if (!x->held_head)
         return;
     for (size_t i = 0; i < res->n_fields; i++) {
         const hp_field_t *f = &res->fields[i];
-        evbuffer_add(r->held_head, f->name, f->name_len);
-        evbuffer_add(r->held_head, ":", 1);
-        evbuffer_add(r->held_head, f->value, f->value_len);
-        evbuffer_add(r->held_head, "\n", 1);
+        evbuffer_add(x->held_head, f->name, f->name_len);
+        evbuffer_add(x->held_head, ":", 1);
+        evbuffer_add(x->held_head, f->value, f->value_len);
+        evbuffer_add(x->held_head, "\n", 1);
     }
 }
 
 /* reply_headers for an answer whose fields were held. */
-static void reply_held_headers(request_t *r)
+static void reply_held_headers(proxy_exchange_t *x)
 {
     hp_field_t f[128];
     hp_response_t res;
     memset(&res, 0, sizeof res);
     res.fields = f;
-    size_t len = r->held_head ? evbuffer_get_length(r->held_head) : 0;
-    const char *p = len ? (const char *)evbuffer_pullup(r->held_head, -1) : NULL, *end = p + len;
+    size_t len = x->held_head ? evbuffer_get_length(x->held_head) : 0;
+    const char *p = len ? (const char *)evbuffer_pullup(x->held_head, -1) : NULL, *end = p + len;
     while (p && p < end && res.n_fields < 128) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *colon = memchr(p, ':', (size_t)(nl - p));
@@ -473,83 +494,81 @@ static void reply_held_headers(request_t *r)
         res.n_fields++;
         p = nl + 1;
     }
-    reply_headers(r, &res);
-    if (r->held_head)
-        evbuffer_drain(r->held_head, len);
+    reply_headers(x, &res);
+    if (x->held_head)
+        evbuffer_drain(x->held_head, len);
 }
 
 static int on_backend_head(void *arg, const hp_response_t *res)
 {
-    request_t *r = arg;
-    r->backend_status = res->status;
-    size_t n = res->reason_len < sizeof r->reason - 1 ? res->reason_len : sizeof r->reason - 1;
-    memcpy(r->reason, res->reason, n);
-    r->reason[n] = '\0';
+    proxy_exchange_t *x = arg;
+    x->backend_status = res->status;
+    size_t n = res->reason_len < sizeof x->reason - 1 ? res->reason_len : sizeof x->reason - 1;
+    memcpy(x->reason, res->reason, n);
+    x->reason[n] = '\0';
     for (size_t i = 0; i < res->n_fields; i++)
-        note_units_field(r, &res->fields[i]);
+        note_units_field(x, &res->fields[i]);
     const hp_field_t *ct = hp_find(res->fields, res->n_fields, "Content-Type");
     char ctype[128] = "";
     if (ct && ct->value_len < sizeof ctype) {
         memcpy(ctype, ct->value, ct->value_len);
         ctype[ct->value_len] = '\0';
     }
-    reconcile_begin(r, res->status, ct ? ctype : NULL);
-    if (r->client_gone)
+    int holds = x->hooks->head(x->arg, res->status, ct ? ctype : NULL,
+                               res->framing.content_length);
+    if (!x->client)
         return 0; /* read to its end all the same (a job create) */
-    enum hp_body body = hp_response_body(h1_method(r->req) == H1_HEAD, res);
+    enum hp_body body = hp_response_body(h1_method(x->client) == H1_HEAD, res);
     /* A body that is already all here goes out with the head, in one
      * write (on_backend_end); so does a JSON answer to reconcile, within
      * its bound, whose head then shows the reconciled counts. Otherwise
      * the head goes now. */
     if (body == HP_BODY_LENGTH &&
-        (hc_head_rest(r->bx) >= (size_t)res->framing.content_length ||
-         reconcile_holds_head(r, res->framing.content_length))) {
-        hold_fields(r, res);
-        r->hold_reply = 1;
+        (hc_head_rest(x->bx) >= (size_t)res->framing.content_length || holds)) {
+        hold_fields(x, res);
+        x->hold_reply = 1;
         return 0;
     }
-    reply_headers(r, res);
-    h1_reply_start(r->req, r->status, r->reason, res->framing.content_length);
+    reply_headers(x, res);
+    h1_reply_start(x->client, x->backend_status, x->reason, res->framing.content_length);
     return 0;
 }
 
 /* The client took all that was waiting for it: read the backend again.
  * (Every way a request ends replaces this callback or frees the client
- * connection, so r is alive here.) */
+ * connection, so x is alive here.) */
 static void on_client_drained(h1_conn_t *c, void *arg)
 {
     (void)c;
-    request_t *r = arg;
-    if (r->backend_paused && r->bx) {
-        r->backend_paused = 0;
-        hc_pause(r->bx, 0);
+    proxy_exchange_t *x = arg;
+    if (x->backend_paused && x->bx) {
+        x->backend_paused = 0;
+        hc_pause(x->bx, 0);
     }
 }
 
 static void on_backend_data(void *arg, const char *data, size_t n)
 {
-    request_t *r = arg;
-    if (r->rec)
-        reconcile_feed(r, data, n); /* read in place: nothing held or delayed */
-    keep_copy(r, data, n);
-    if (r->client_gone)
+    proxy_exchange_t *x = arg;
+    x->hooks->data(x->arg, data, n); /* read in place: nothing held or delayed */
+    if (!x->client)
         return;
-    r->bytes_out += n;
-    if (r->hold_reply) {
-        if (!r->held)
-            r->held = evbuffer_new();
-        if (r->held)
-            evbuffer_add(r->held, data, n);
+    x->bytes_out += n;
+    if (x->hold_reply) {
+        if (!x->held)
+            x->held = evbuffer_new();
+        if (x->held)
+            evbuffer_add(x->held, data, n);
         return;
     }
-    h1_reply_bytes(r->req, data, n);
+    h1_reply_bytes(x->client, data, n);
     /* Backpressure: a client that reads slower than the backend writes
      * must not make the gateway buffer the whole answer. Past the mark the
      * backend is not read until the client has taken everything. */
-    if (h1_pending(r->req) > CLIENT_BUFFER_MAX && r->bx) {
-        hc_pause(r->bx, 1);
-        r->backend_paused = 1;
-        h1_set_drained_cb(r->req, on_client_drained, r);
+    if (h1_pending(x->client) > CLIENT_BUFFER_MAX && x->bx) {
+        hc_pause(x->bx, 1);
+        x->backend_paused = 1;
+        h1_set_drained_cb(x->client, on_client_drained, x);
     }
 }
 
@@ -558,55 +577,51 @@ static void on_backend_trailer(void *arg, const hp_field_t *f)
     note_units_field(arg, f);
 }
 
-static void backend_time(request_t *r)
+static void backend_time(proxy_exchange_t *x)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    r->upstream_us = (int64_t)(now.tv_sec - r->t_backend.tv_sec) * 1000000 +
-                     (now.tv_nsec - r->t_backend.tv_nsec) / 1000;
+    x->upstream_us = (int64_t)(now.tv_sec - x->t_backend.tv_sec) * 1000000 +
+                     (now.tv_nsec - x->t_backend.tv_nsec) / 1000;
 }
 
 static void on_backend_end(void *arg)
 {
-    request_t *r = arg;
-    r->bx = NULL;
-    backend_time(r);
+    proxy_exchange_t *x = arg;
+    x->bx = NULL;
+    backend_time(x);
     /* The units field of the trailer, when it has one, came last. */
-    reconcile_end(r, r->has_units_field ? r->units_field : NULL);
-    after_response(r, r->backend_status);
-    h1_conn_t *client = r->req;
-    if (r->client_gone || !client) {
-        request_finish(r);
+    x->hooks->complete(x->arg, x->backend_status,
+                       x->has_units_field ? x->units_field : NULL);
+    h1_conn_t *client = x->client;
+    if (!client) {
+        x->hooks->ended(x->arg, PROXY_DONE);
         return;
     }
-    if (r->hold_reply)
-        reply_held_headers(r); /* after the reconcile: its counts show */
-    request_unwatch_client(r);
-    r->req = NULL;
-    if (r->hold_reply) {
-        request_settle(r);
+    if (x->hold_reply)
+        reply_held_headers(x); /* after the reconcile: its counts show */
+    x->hooks->last_write(x->arg);
+    x->client = NULL;
+    if (x->hold_reply)
         /* The whole answer at once: head and body in one write. */
-        h1_reply_buffer(client, r->status, r->reason, r->held);
-    } else {
-        request_settle(r);
+        h1_reply_buffer(client, x->backend_status, x->reason, x->held);
+    else
         h1_reply_end(client);
-    }
-    request_finish(r);
+    x->hooks->ended(x->arg, PROXY_DONE);
 }
 
 static void on_backend_error(void *arg, enum hc_error err, int got_head)
 {
-    request_t *r = arg;
+    proxy_exchange_t *x = arg;
     (void)got_head;
-    r->bx = NULL;
-    r->backend_failed = 1;
-    backend_time(r);
-    r->hold_reply = 0;
-    if (r->client_gone) {
-        request_finish(r);
+    x->bx = NULL;
+    backend_time(x);
+    x->hold_reply = 0;
+    if (!x->client) {
+        x->hooks->ended(x->arg, PROXY_FAILED);
         return;
     }
-    backend_failed(r, err);
+    backend_failed(x, err);
 }
 
 static const hc_callbacks_t backend_cbs = {
@@ -617,37 +632,36 @@ static const hc_callbacks_t backend_cbs = {
     .on_error = on_backend_error,
 };
 
-void proxy_start(request_t *r)
+int proxy_start(proxy_exchange_t *x, proxy_worker_t *pw, const proxy_request_t *in,
+                const proxy_hooks_t *hooks, void *arg, const char **why)
 {
-    worker_t *w = r->w;
-    const cfg_backend_t *be = &r->cfg->backends[r->ep->backend];
-    proxy_pool_t *pool = pool_for(w, be);
+    const cfg_backend_t *be = in->backend;
+    proxy_pool_t *pool = pool_for(pw, be);
     struct evbuffer *req = pool ? evbuffer_new() : NULL;
     if (!req) {
-        respond_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE",
-                      "No connection to the backend could be made.", NULL);
-        return;
+        *why = "No connection to the backend could be made.";
+        return -1;
     }
-    const char *path = r->path;
-    const char *query = h1_query(r->req);
+    const char *path = in->path;
+    const char *query = h1_query(in->client);
     size_t need = strlen(be->base_path) + strlen(path ? path : "/") +
                   (query ? strlen(query) + 1 : 0) + 1;
     char stackbuf[1024];
     char *target = need <= sizeof stackbuf ? stackbuf : malloc(need);
     if (!target) {
         evbuffer_free(req);
-        respond_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE", "Out of memory.", NULL);
-        return;
+        *why = "Out of memory.";
+        return -1;
     }
     snprintf(target, need, "%s%s%s%s", be->base_path, path && *path ? path : "/",
              query ? "?" : "", query ? query : "");
-    request_head(r, req, target);
+    request_head(in, req, target);
     if (target != stackbuf)
         free(target);
     /* Content-Length for any body, and for the methods that carry one. */
-    struct evbuffer *body = h1_body(r->req);
+    struct evbuffer *body = h1_body(in->client);
     size_t blen = evbuffer_get_length(body);
-    enum h1_method m = h1_method(r->req);
+    enum h1_method m = h1_method(in->client);
     if (blen || m == H1_POST || m == H1_PUT || m == H1_PATCH) {
         char cl[40];
         snprintf(cl, sizeof cl, "Content-Length: %zu\r\n", blen);
@@ -656,13 +670,18 @@ void proxy_start(request_t *r)
     evbuffer_add(req, "\r\n", 2);
     evbuffer_add_buffer(req, body);
 
-    if (after_needs_body(r))
-        r->capture = evbuffer_new();
-    r->state = RQ_PROXY;
-    request_watch_client(r);
-    clock_gettime(CLOCK_MONOTONIC, &r->t_backend);
-    r->bx = hc_request(pool->hc, req, m == H1_HEAD, hc_idempotent(method_name(r->req)),
-                       &backend_cbs, r);
-    if (!r->bx)
-        backend_failed(r, HC_E_CONNECT);
+    x->pw = pw;
+    x->hooks = hooks;
+    x->arg = arg;
+    x->client = in->client;
+    x->units_header = in->units_header;
+    clock_gettime(CLOCK_MONOTONIC, &x->t_backend);
+    x->bx = hc_request(pool->hc, req, m == H1_HEAD, hc_idempotent(method_name(in->client)),
+                       &backend_cbs, x);
+    if (!x->bx) {
+        x->client = NULL;
+        *why = "The backend could not be reached.";
+        return -1;
+    }
+    return 0;
 }

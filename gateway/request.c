@@ -12,19 +12,34 @@
  * exception: its backend call goes on without the client (the job may
  * exist by now), and its answer still hands the leases over to the job.
  */
-#include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <event2/buffer.h>
 
-#include "gateway.h"
+#include "auth.h"
+#include "errjson.h"
+#include "after.h"
+#include "log.h"
+#include "request.h"
+#include "units.h"
 #include "metrics.h"
+#include "respond.h"
 
 #include <stddef.h>
+
+/* The one place a request ends: settles it (below) if that was not done,
+ * frees everything. */
+static void request_finish(request_t *r);
+/* Count and log the request and release its leases, right before its last
+ * write: a client that has its answer finds its slot free and its line in
+ * the access log. Idempotent; request_finish still follows. */
+static void request_settle(request_t *r);
+/* Hear of a client that goes away while its request is served. */
+static void request_watch_client(request_t *r);
+/* Before the last write of an answer: stop watching. */
+static void request_unwatch_client(request_t *r);
 
 /* Request contexts are recycled per worker: no allocation per request once
  * warm. The free list belongs to the worker's thread. */
@@ -41,21 +56,18 @@ static request_t *request_alloc(void)
         r = malloc(sizeof *r);
         if (!r)
             return NULL;
-        r->held = NULL;
-        r->held_head = NULL;
+        proxy_exchange_init(&r->px);
     }
     /* Everything before the checks array is state; the checks are written
      * by lim_build_checks before they are read. */
     memset(r, 0, offsetof(request_t, checks));
+    proxy_exchange_reset(&r->px);
     return r;
 }
 
 static void request_destroy(request_t *r)
 {
-    if (r->held)
-        evbuffer_free(r->held);
-    if (r->held_head)
-        evbuffer_free(r->held_head);
+    proxy_exchange_destroy(&r->px);
     free(r);
 }
 
@@ -205,12 +217,40 @@ static unsigned method_bit(enum h1_method t)
     return 0;
 }
 
-void request_settle(request_t *r)
+static int64_t us_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)(now.tv_sec - t0->tv_sec) * 1000000 + (now.tv_nsec - t0->tv_nsec) / 1000;
+}
+
+static void count_and_log(const request_t *r)
+{
+    const char *limit = NULL;
+    if ((r->decision == DEC_REFUSED || r->decision == DEC_CACHED) && r->rep.refused >= 0)
+        limit = r->checks[r->rep.refused].rule->ident;
+    metrics_request_t m = {
+        .generation = r->cfg->generation,
+        .endpoint = r->ep ? r->ep->name : r->is_usage ? "_usage" : "_none",
+        .status = r->status,
+        .decision = r->decision,
+        .limit = limit,
+        .request_id = r->rid,
+        .key_id = r->key ? r->key->id : NULL,
+        .account = r->acct ? r->acct->name : NULL,
+        .bytes_out = r->bytes_out + proxy_bytes_out(&r->px),
+        .upstream_us = proxy_upstream_us(&r->px),
+        .total_us = us_since(&r->t_start),
+    };
+    metrics_request_done(&m);
+}
+
+static void request_settle(request_t *r)
 {
     if (r->settled)
         return;
     r->settled = 1;
-    metrics_request_done(r);
+    count_and_log(r);
     if (r->admitted && lim_checks_have_gauge(r->checks, r->n_checks)) {
         metrics_lease(-1);
         if (!r->lease_moved) {
@@ -224,23 +264,17 @@ void request_settle(request_t *r)
         store_flush(r->w->store);
 }
 
-void request_finish(request_t *r)
+static void request_finish(request_t *r)
 {
     worker_t *w = r->w;
     request_settle(r);
     request_unwatch_client(r);
-    proxy_forget_kept(r);
-    if (r->bx)
-        proxy_abort(r);
+    proxy_release(&r->px);
     reconcile_abandon(r);
-    if (r->held_head)
-        evbuffer_drain(r->held_head, evbuffer_get_length(r->held_head));
     if (r->capture) {
         evbuffer_free(r->capture);
         r->capture = NULL;
     }
-    if (r->held)
-        evbuffer_drain(r->held, evbuffer_get_length(r->held));
     if (r->req) {
         /* Still open: the client went away, or the answer was cut short
          * (never to be taken for a whole one). */
@@ -269,23 +303,23 @@ static void on_client_close(h1_conn_t *c, void *arg)
      * ends when the answer is read. Not when the worker is exiting (its
      * listener is already gone): then the request is cut as any other. */
     if (r->state == RQ_PROXY && r->ep && r->ep->job && r->admitted &&
-        lim_checks_have_gauge(r->checks, r->n_checks) && r->bx && r->w->http) {
+        lim_checks_have_gauge(r->checks, r->n_checks) && proxy_running(&r->px) && r->w->http) {
         h1_abort(r->req);
         r->req = NULL;
-        proxy_keep_without_client(r);
+        proxy_keep_without_client(&r->px);
         log_msg(LOG_INFO, "request %s: the client left before the job's create answer; "
                           "the answer is still read for the job id",
                 r->rid);
         return;
     }
     if (r->state == RQ_PROXY || r->state == RQ_BODY) {
-        proxy_abort(r);
+        proxy_release(&r->px);
         request_finish(r);
     }
     /* RQ_STORE: the store's callback sees client_gone and finishes. */
 }
 
-void request_watch_client(request_t *r)
+static void request_watch_client(request_t *r)
 {
     if (r->watching || !r->req || r->client_gone)
         return;
@@ -293,13 +327,95 @@ void request_watch_client(request_t *r)
     h1_set_close_cb(r->req, on_client_close, r);
 }
 
-void request_unwatch_client(request_t *r)
+static void request_unwatch_client(request_t *r)
 {
     if (!r->watching)
         return;
     r->watching = 0;
     if (r->req && !r->client_gone)
         h1_set_close_cb(r->req, NULL, NULL);
+}
+
+/* ---- the gateway's own answers (rendered by respond.c) ---- */
+
+static void rates_of(const request_t *r, respond_rates_t *v)
+{
+    int kept = r->n_state && r->n_state == r->n_checks;
+    *v = (respond_rates_t){
+        .rep = r->state >= RQ_STORE && r->n_checks > 0 ? &r->rep : NULL,
+        .checks = r->checks,
+        .n_checks = r->n_checks,
+        .remaining = kept ? r->state_remaining : NULL,
+        .reset_ms = kept ? r->state_reset_ms : NULL,
+        .now_ms = r->state_now_ms,
+        .ietf = r->cfg->server.ietf_headers,
+        .openai = r->cfg->server.openai_headers,
+        .request_id = r->rid,
+    };
+}
+
+static void add_rate_headers(const request_t *r, h1_conn_t *c)
+{
+    respond_rates_t v;
+    rates_of(r, &v);
+    respond_rate_headers(&v, c);
+}
+
+/* 1 while the client can still be answered. */
+static int can_answer(const request_t *r)
+{
+    return r->req && !r->client_gone;
+}
+
+/* Send status and a JSON body (built with jansson, or already rendered
+ * text) and end the request. Steals body. keep: where to store a copy of
+ * the rendered text (the deny cache reuses it), or NULL. */
+static void answer(request_t *r, int status, json_t *body, const char *rendered, char **keep)
+{
+    h1_conn_t *c = r->req;
+    request_unwatch_client(r);
+    if (can_answer(r)) {
+        h1_add_header(c, "Content-Type", "application/json");
+        add_rate_headers(r, c);
+        char *text = rendered ? (char *)rendered : json_dumps(body, JSON_COMPACT);
+        size_t len = text ? strlen(text) : 0;
+        if (keep && text && !rendered) {
+            free(*keep);
+            *keep = strdup(text);
+        }
+        r->status = status;
+        r->bytes_out += len;
+        r->req = NULL; /* the exchange ends here */
+        request_settle(r);
+        h1_reply(c, status, respond_reason(status), text, len);
+        if (!rendered)
+            free(text);
+    }
+    json_decref(body);
+    request_finish(r);
+}
+
+/* An error answer; details stolen, may be NULL. Ends the request. */
+static void answer_error(request_t *r, int status, const char *type, const char *code,
+                         const char *message, json_t *details)
+{
+    answer(r, status, error_json(type, code, message, details), NULL, NULL);
+}
+
+static void answer_unavailable(request_t *r)
+{
+    answer(r, 503, respond_unavailable(can_answer(r) ? r->req : NULL), NULL, NULL);
+}
+
+static void answer_429(request_t *r)
+{
+    if (can_answer(r))
+        respond_429_headers(&r->rep, r->req);
+    if (r->deny_body)
+        /* The deny cache keeps the body it was first sent with. */
+        answer(r, 429, NULL, r->deny_body, NULL);
+    else
+        answer(r, 429, respond_429_body(&r->rep, r->checks), NULL, r->deny_keep);
 }
 
 static int64_t mono_us(void)
@@ -331,8 +447,122 @@ static int answer_from_deny_cache(request_t *r)
     r->state = RQ_STORE;
     r->decision = DEC_CACHED;
     r->deny_body = e->body;
-    respond_429(r);
+    answer_429(r);
     return 1;
+}
+
+/* ---- the backend exchange (proxy.c), reporting back here ---- */
+
+/* The answer's body is kept (up to CAPTURE_MAX) when after_response needs
+ * to read it: a job id, a job status, used units. */
+#define CAPTURE_MAX (1024 * 1024)
+
+static void px_fields(void *arg, h1_conn_t *c, int status)
+{
+    request_t *r = arg;
+    add_rate_headers(r, c);
+    r->status = status;
+}
+
+static int px_head(void *arg, int status, const char *content_type, int64_t content_length)
+{
+    request_t *r = arg;
+    reconcile_begin(r, status, content_type);
+    return reconcile_holds_head(r, content_length);
+}
+
+static void px_data(void *arg, const char *p, size_t n)
+{
+    request_t *r = arg;
+    if (r->rec)
+        reconcile_feed(r, p, n);
+    if (!r->capture)
+        return;
+    if (evbuffer_get_length(r->capture) + n > CAPTURE_MAX) {
+        evbuffer_free(r->capture); /* too big to read: left as it is */
+        r->capture = NULL;
+        return;
+    }
+    evbuffer_add(r->capture, p, n);
+}
+
+static void px_complete(void *arg, int status, const char *units_field)
+{
+    request_t *r = arg;
+    reconcile_end(r, units_field);
+    after_response(r, status);
+}
+
+static void px_last_write(void *arg)
+{
+    request_t *r = arg;
+    request_unwatch_client(r);
+    r->req = NULL;
+    request_settle(r);
+}
+
+static void px_ended(void *arg, enum proxy_end how)
+{
+    request_t *r = arg;
+    if (how != PROXY_DONE)
+        r->backend_failed = 1;
+    switch (how) {
+    case PROXY_DONE:
+    case PROXY_FAILED:
+        break;
+    case PROXY_CUT: {
+        /* Mid-stream: the client must not take a cut body for a whole
+         * one, so its connection is closed without the final chunk. */
+        h1_conn_t *c = r->req;
+        if (c) {
+            request_unwatch_client(r);
+            r->client_gone = 1;
+            r->req = NULL;
+            h1_abort(c);
+        }
+        break;
+    }
+    case PROXY_TIMEOUT:
+        answer_error(r, 504, "upstream_error", "BACKEND_TIMEOUT",
+                     "The backend did not answer in time.", NULL);
+        return;
+    case PROXY_UNREACHABLE:
+        answer_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE",
+                     "The backend could not be reached.", NULL);
+        return;
+    }
+    request_finish(r);
+}
+
+static const proxy_hooks_t px_hooks = {
+    .fields = px_fields,
+    .head = px_head,
+    .data = px_data,
+    .complete = px_complete,
+    .last_write = px_last_write,
+    .ended = px_ended,
+};
+
+/* An admitted request goes to its backend. */
+static void start_proxy(request_t *r)
+{
+    const cfg_reconcile_t *rc = r->ep->reconcile;
+    proxy_request_t in = {
+        .client = r->req,
+        .backend = &r->cfg->backends[r->ep->backend],
+        .path = r->path,
+        .request_id = r->rid,
+        .key_id = r->key->id,
+        .account = r->acct->name,
+        .units_header = rc ? rc->response_header : NULL,
+    };
+    if (after_needs_body(r))
+        r->capture = evbuffer_new();
+    r->state = RQ_PROXY;
+    request_watch_client(r);
+    const char *why;
+    if (proxy_start(&r->px, &r->w->proxy, &in, &px_hooks, r, &why) != 0)
+        answer_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE", why, NULL);
 }
 
 static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
@@ -344,7 +574,7 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
         if (r->client_gone)
             request_finish(r);
         else
-            respond_unavailable(r);
+            answer_unavailable(r);
         return;
     }
     lim_report(r->checks, r->n_checks, o, &r->rep);
@@ -376,10 +606,10 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
         return;
     }
     if (!o->admitted) {
-        respond_429(r);
+        answer_429(r);
         return;
     }
-    proxy_start(r);
+    start_proxy(r);
 }
 
 static void usage_next(request_t *r);
@@ -392,27 +622,11 @@ static void on_usage(void *arg, store_status_t st, const lim_outcome_t *o)
         if (r->client_gone)
             request_finish(r);
         else
-            respond_unavailable(r);
+            answer_unavailable(r);
         return;
     }
-    for (size_t i = 0; i < r->n_checks; i++) {
-        const lim_check_t *c = &r->checks[i];
-        const lim_rule_t *rule = c->rule;
-        const lim_result_t *res = &o->res[i];
-        int64_t rem = c->limit - res->used;
-        int64_t reset = c->kind == LIM_CK_GAUGE ? 0 : (res->reset_ms + 999) / 1000;
-        json_array_append_new(
-            r->usage,
-            json_pack("{s:s, s:o, s:s, s:o, s:o, s:o, s:o, s:o}", "metric",
-                      lim_metric_name(rule->metric), "per",
-                      rule->per == LIM_PER_NONE ? json_null()
-                                                : json_string(lim_per_name(rule->per)),
-                      "scope", lim_scope_name(rule->scope), "endpoints",
-                      respond_endpoints_json(rule), "limit", respond_amount_json(rule, c->limit),
-                      "used", respond_amount_json(rule, res->used), "remaining",
-                      respond_amount_json(rule, rem > 0 ? rem : 0), "reset",
-                      reset ? json_integer(reset) : json_null()));
-    }
+    for (size_t i = 0; i < r->n_checks; i++)
+        json_array_append_new(r->usage, respond_usage_limit(&r->checks[i], &o->res[i]));
     r->usage_next += r->n_checks;
     usage_next(r);
 }
@@ -425,11 +639,9 @@ static void usage_next(request_t *r)
         r->usage = NULL;
         r->n_checks = 0; /* nothing was decided: no rate headers */
         const cfg_tier_t *tier = &r->cfg->tiers[r->acct->tier];
-        json_t *body = json_pack("{s:s, s:s, s:o}", "account", r->acct->name, "tier",
-                                 tier->name, "limits", limits);
-        if (r->key)
-            json_object_set_new(body, "key", json_string(r->key->id));
-        respond_json(r, 200, body);
+        answer(r, 200, respond_usage_body(r->acct->name, tier->name, r->key ? r->key->id : NULL,
+                                          limits),
+               NULL, NULL);
         return;
     }
     size_t n = lim_build_rule_checks(p, r->usage_next, r->acct->name,
@@ -450,7 +662,7 @@ static void usage_next(request_t *r)
     }
     if (n == (size_t)-1 || n == 0) {
         r->n_checks = 0;
-        respond_error(r, 500, "api_error", "INTERNAL_ERROR",
+        answer_error(r, 500, "api_error", "INTERNAL_ERROR",
                       "The limits of this key cannot be read.", NULL);
         return;
     }
@@ -467,7 +679,7 @@ static void usage_start(request_t *r)
 {
     r->usage = json_array();
     r->state = RQ_STORE;
-    if (!r->w->store->store->ops->answers_inline)
+    if (!store_answers_inline(r->w->store))
         request_watch_client(r);
     usage_next(r);
 }
@@ -505,35 +717,12 @@ void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
         r->acct = config_find_account(r->cfg, account);
     }
     if (!r->acct) {
-        respond_error(r, 404, "not_found_error", "NOT_FOUND",
+        answer_error(r, 404, "not_found_error", "NOT_FOUND",
                       key_id ? "No key with this id." : "No account with this name.", NULL);
         return;
     }
     usage_start(r);
 }
-
-/* The client's API key: Authorization: Bearer KEY, else X-API-Key. */
-static const char *client_key(h1_conn_t *h, size_t *len)
-{
-    const char *a = h1_header(h, "Authorization");
-    if (a && strncasecmp(a, "Bearer ", 7) == 0) {
-        a += 7;
-        while (*a == ' ')
-            a++;
-        *len = strlen(a);
-        while (*len && a[*len - 1] == ' ')
-            (*len)--;
-        if (*len)
-            return a;
-    }
-    a = h1_header(h, "X-API-Key");
-    if (a && *a) {
-        *len = strlen(a);
-        return a;
-    }
-    return NULL;
-}
-
 
 /* stream_include_usage: a JSON body whose "stream" is true gets
  * "stream_options": {"include_usage": true} (merged into an existing
@@ -589,7 +778,7 @@ void request_start(worker_t *w, h1_conn_t *req)
     const char *raw = h1_path(req);
     const char *why;
     if (normalize_path(raw, r->path, sizeof r->path, &why) != 0) {
-        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST", why, NULL);
+        answer_error(r, 400, "invalid_request_error", "INVALID_REQUEST", why, NULL);
         return;
     }
     const char *path = r->path;
@@ -599,7 +788,7 @@ void request_start(worker_t *w, h1_conn_t *req)
     if (!r->is_usage) {
         r->ep_index = config_route(cfg, method, path);
         if (r->ep_index < 0) {
-            respond_error(r, 404, "not_found_error", "NOT_FOUND",
+            answer_error(r, 404, "not_found_error", "NOT_FOUND",
                           "No endpoint matches this method and path.", NULL);
             return;
         }
@@ -607,24 +796,24 @@ void request_start(worker_t *w, h1_conn_t *req)
     }
 
     size_t klen = 0;
-    const char *key = client_key(req, &klen);
+    const char *key = auth_client_key(req, &klen);
     if (!key) {
-        respond_error(r, 401, "authentication_error", "MISSING_API_KEY",
+        answer_error(r, 401, "authentication_error", "MISSING_API_KEY",
                       "No API key: send Authorization: Bearer KEY or X-API-Key: KEY.", NULL);
         return;
     }
-    unsigned char digest[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)key, klen, digest);
+    unsigned char digest[AUTH_DIGEST_LEN];
+    auth_digest(key, klen, digest);
     r->key = config_find_key(cfg, digest);
-    OPENSSL_cleanse(digest, sizeof digest);
+    auth_wipe(digest, sizeof digest);
     if (!r->key) {
-        respond_error(r, 401, "authentication_error", "INVALID_API_KEY",
+        answer_error(r, 401, "authentication_error", "INVALID_API_KEY",
                       "The API key is not valid.", NULL);
         return;
     }
     r->acct = &cfg->accounts[r->key->account];
     if (r->key->disabled || r->acct->disabled) {
-        respond_error(r, 403, "permission_error", "KEY_DISABLED",
+        answer_error(r, 403, "permission_error", "KEY_DISABLED",
                       r->key->disabled ? "This API key is disabled."
                                        : "This account is disabled.",
                       NULL);
@@ -652,26 +841,26 @@ static void on_body(h1_conn_t *req, void *arg)
     int64_t max_body = r->ep ? r->ep->max_body_bytes : cfg->server.max_body_bytes;
     int st = h1_body_status(req);
     if (st == H1_BODY_NO_ROOM) {
-        respond_error(r, 503, "service_unavailable", "SERVER_BUSY",
+        answer_error(r, 503, "service_unavailable", "SERVER_BUSY",
                       "The gateway is holding too many request bodies; retry shortly.", NULL);
         return;
     }
     if (st == H1_BODY_TOO_SLOW) {
-        respond_error(r, 408, "invalid_request_error", "REQUEST_TIMEOUT",
+        answer_error(r, 408, "invalid_request_error", "REQUEST_TIMEOUT",
                       "The request body did not arrive in time (client_timeout_ms, "
                       "min_body_rate).",
                       NULL);
         return;
     }
     if (st == H1_BODY_INVALID) {
-        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
+        answer_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
                       "The chunked body is not valid.", NULL);
         return;
     }
     if (st == H1_BODY_TOO_LARGE || h1_body_refused(req) || (int64_t)blen > max_body) {
         /* Larger than any endpoint takes: not read at all (the connection
          * closes after this answer). */
-        respond_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE",
+        answer_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE",
                       "The request body is larger than this endpoint accepts.",
                       json_pack("{s:I}", "limit", (json_int_t)max_body));
         return;
@@ -683,7 +872,7 @@ static void on_body(h1_conn_t *req, void *arg)
 
     const char *repeated = NULL;
     if (after_read_poll(r, &repeated) != 0) {
-        respond_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
+        answer_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
                       "The query names the job id parameter more than once.",
                       json_pack("{s:s}", "parameter", repeated));
         return;
@@ -693,7 +882,7 @@ static void on_body(h1_conn_t *req, void *arg)
         char err[256];
         const char *data = (const char *)evbuffer_pullup(body, -1);
         if (units_from_body(r->ep, data, blen, &r->units, err, sizeof err) != 0) {
-            respond_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
+            answer_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
             return;
         }
     } else {
@@ -702,7 +891,7 @@ static void on_body(h1_conn_t *req, void *arg)
     if (r->ep->reconcile && r->ep->reconcile->stream_include_usage) {
         char err[256];
         if (ask_for_usage(body, err, sizeof err) != 0) {
-            respond_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
+            answer_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
             return;
         }
     }
@@ -715,7 +904,7 @@ static void on_body(h1_conn_t *req, void *arg)
                                 r->key->id, r->units, r->price_micros, r->checks,
                                 LIM_MAX_CHECKS);
     if (n == (size_t)-1) {
-        respond_error(r, 500, "api_error", "INTERNAL_ERROR",
+        answer_error(r, 500, "api_error", "INTERNAL_ERROR",
                       "The limits of this key cannot be evaluated.", NULL);
         return;
     }
@@ -731,11 +920,11 @@ static void on_body(h1_conn_t *req, void *arg)
         r->decision = DEC_UNLIMITED;
         r->state = RQ_STORE;
         r->admitted = 1;
-        proxy_start(r);
+        start_proxy(r);
         return;
     }
     r->state = RQ_STORE;
-    if (!w->store->store->ops->answers_inline)
+    if (!store_answers_inline(w->store))
         request_watch_client(r);
     r->t_sent_us = mono_us();
     store_acquire(w->store, r->checks, r->n_checks, r->rid, on_acquire, r);

@@ -1,7 +1,9 @@
 /*
- * gateway/respond.c: every answer the gateway writes itself (errors, 429,
- * 503, usage). Bodies are built with jansson. Each function ends the
- * request: it writes the answer (gateway/http/server.h) and calls request_finish().
+ * gateway/respond.c: how the answers the gateway writes itself look
+ * (errors, 429, 503, usage, the rate headers). Bodies are built with
+ * jansson. Nothing here sends an answer or ends a request: the caller
+ * (gateway/request.c) gets the fields added to its connection and the body
+ * back, and sends it.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -9,7 +11,7 @@
 
 
 #include "errjson.h"
-#include "gateway.h"
+#include "respond.h"
 
 
 /* Seconds a limit's window or period spans (months: 30 days). */
@@ -20,16 +22,16 @@ static int64_t window_s(const lim_check_t *c)
     return c->per == LIM_PER_DAY ? 86400 : c->per == LIM_PER_MONTH ? 2592000 : 0;
 }
 
-static int64_t reset_in_s(const request_t *r, size_t i)
+static int64_t reset_in_s(const respond_rates_t *r, size_t i)
 {
-    int64_t ms = r->state_reset_ms[i] - r->state_now_ms;
+    int64_t ms = r->reset_ms[i] - r->now_ms;
     return ms > 0 ? (ms + 999) / 1000 : 0;
 }
 
 /* draft-ietf-httpapi-ratelimit-headers-10: one policy item per limit that
  * applies, named by the limit's identity; quota units other than requests
  * in `qu`. */
-static void ietf_headers(const request_t *r, h1_conn_t *h)
+static void ietf_headers(const respond_rates_t *r, h1_conn_t *h)
 {
     char pol[2048], cur[2048];
     size_t pl = 0, cl = 0;
@@ -51,7 +53,7 @@ static void ietf_headers(const request_t *r, h1_conn_t *h)
             pl += (size_t)n;
         pol[pl] = '\0';
         n = snprintf(cur + cl, sizeof cur - cl, "%s\"%s\";r=%lld;t=%lld", cl ? ", " : "",
-                     c->rule->ident, (long long)r->state_remaining[i],
+                     c->rule->ident, (long long)r->remaining[i],
                      (long long)reset_in_s(r, i));
         if (n > 0 && (size_t)n < sizeof cur - cl)
             cl += (size_t)n;
@@ -87,37 +89,21 @@ static void go_duration(int64_t ms, char *out, size_t len)
 }
 
 /* x-ratelimit-{limit,remaining,reset}-{requests,tokens}: for requests and
- * for units limits, the per-minute (else shortest rolling) one with the
- * fewest remaining. */
-static void openai_headers(const request_t *r, h1_conn_t *h)
+ * for units limits, the one the limiter's report picks. */
+static void openai_headers(const respond_rates_t *r, h1_conn_t *h)
 {
     static const char *const suffix[2] = {"requests", "tokens"};
     for (int k = 0; k < 2; k++) {
-        lim_metric_t m = k == 0 ? LIM_REQUESTS : LIM_UNITS;
-        int best = -1;
-        for (size_t i = 0; i < r->n_checks; i++) {
-            const lim_check_t *c = &r->checks[i];
-            if (c->rule->metric != m || c->kind != LIM_CK_ROLLING)
-                continue;
-            if (best < 0) {
-                best = (int)i;
-                continue;
-            }
-            const lim_check_t *b = &r->checks[best];
-            int c_min = c->per == LIM_PER_MINUTE, b_min = b->per == LIM_PER_MINUTE;
-            if (c_min > b_min || (c_min == b_min && c->window_ms < b->window_ms) ||
-                (c_min == b_min && c->window_ms == b->window_ms &&
-                 r->state_remaining[i] < r->state_remaining[best]))
-                best = (int)i;
-        }
+        int best = lim_report_pick_metric(r->checks, r->n_checks, k == 0 ? LIM_REQUESTS : LIM_UNITS,
+                                          r->remaining);
         if (best < 0)
             continue;
         char name[64], dur[48];
         snprintf(name, sizeof name, "x-ratelimit-limit-%s", suffix[k]);
         h1_add_header_int(h, name, r->checks[best].limit);
         snprintf(name, sizeof name, "x-ratelimit-remaining-%s", suffix[k]);
-        h1_add_header_int(h, name, r->state_remaining[best]);
-        int64_t ms = r->state_reset_ms[best] - r->state_now_ms;
+        h1_add_header_int(h, name, r->remaining[best]);
+        int64_t ms = r->reset_ms[best] - r->now_ms;
         go_duration(ms > 0 ? ms : 0, dur, sizeof dur);
         snprintf(name, sizeof name, "x-ratelimit-reset-%s", suffix[k]);
         h1_add_header(h, name, dur);
@@ -126,10 +112,10 @@ static void openai_headers(const request_t *r, h1_conn_t *h)
 
 /* Written before any header a backend sent: the proxy leaves out the
  * backend's fields of the same names (ours replace them). */
-void respond_rate_headers(const request_t *r, h1_conn_t *h)
+void respond_rate_headers(const respond_rates_t *r, h1_conn_t *h)
 {
-    const lim_report_t *rep = &r->rep;
-    if (r->state >= RQ_STORE && r->n_checks > 0) {
+    const lim_report_t *rep = r->rep;
+    if (rep) {
         if (rep->has_main) {
             h1_add_header_int(h, "X-RateLimit-Limit", rep->main_limit);
             h1_add_header_int(h, "X-RateLimit-Remaining", rep->main_remaining);
@@ -140,50 +126,16 @@ void respond_rate_headers(const request_t *r, h1_conn_t *h)
             h1_add_header_int(h, "X-RateLimit-Daily-Remaining", rep->daily_remaining);
         }
     }
-    if (r->n_state && r->n_state == r->n_checks) {
-        if (r->cfg->server.ietf_headers)
+    if (r->remaining) {
+        if (r->ietf)
             ietf_headers(r, h);
-        if (r->cfg->server.openai_headers)
+        if (r->openai)
             openai_headers(r, h);
     }
-    h1_add_header(h, "X-Request-Id", r->rid);
+    h1_add_header(h, "X-Request-Id", r->request_id);
 }
 
-/* Send status and a JSON body (built with jansson, or already rendered
- * text) and end the request. Steals body. keep: where to store a copy of
- * the rendered text (the deny cache reuses it), or NULL. */
-static void send_body(request_t *r, int status, const char *reason, json_t *body,
-                      const char *rendered, char **keep)
-{
-    h1_conn_t *c = r->req;
-    request_unwatch_client(r);
-    if (c && !r->client_gone) {
-        h1_add_header(c, "Content-Type", "application/json");
-        respond_rate_headers(r, c);
-        char *text = rendered ? (char *)rendered : json_dumps(body, JSON_COMPACT);
-        size_t len = text ? strlen(text) : 0;
-        if (keep && text && !rendered) {
-            free(*keep);
-            *keep = strdup(text);
-        }
-        r->status = status;
-        r->bytes_out += len;
-        r->req = NULL; /* the exchange ends here */
-        request_settle(r);
-        h1_reply(c, status, reason, text, len);
-        if (!rendered)
-            free(text);
-    }
-    json_decref(body);
-    request_finish(r);
-}
-
-static void send_json(request_t *r, int status, const char *reason, json_t *body)
-{
-    send_body(r, status, reason, body, NULL, NULL);
-}
-
-static const char *reason_of(int status)
+const char *respond_reason(int status)
 {
     switch (status) {
     case 200: return "OK";
@@ -201,25 +153,14 @@ static const char *reason_of(int status)
     return "Error";
 }
 
-void respond_error(request_t *r, int status, const char *type, const char *code,
-                   const char *message, json_t *details)
+json_t *respond_unavailable(h1_conn_t *c)
 {
-    send_json(r, status, reason_of(status), error_json(type, code, message, details));
-}
-
-void respond_json(request_t *r, int status, json_t *body)
-{
-    send_json(r, status, reason_of(status), body);
-}
-
-void respond_unavailable(request_t *r)
-{
-    if (r->req && !r->client_gone) {
-        h1_add_header(r->req, "Retry-After", "1");
-        h1_add_header(r->req, "retry-after-ms", "1000");
+    if (c) {
+        h1_add_header(c, "Retry-After", "1");
+        h1_add_header(c, "retry-after-ms", "1000");
     }
-    respond_error(r, 503, "service_unavailable", "LIMITER_UNAVAILABLE",
-                  "The rate limiter's store cannot be reached. Retry shortly.", NULL);
+    return error_json("service_unavailable", "LIMITER_UNAVAILABLE",
+                      "The rate limiter's store cannot be reached. Retry shortly.", NULL);
 }
 
 /* Money in millionths as a decimal string: 2500000 -> "2.50". */
@@ -234,7 +175,8 @@ static void format_money(int64_t micros, char *buf, size_t len)
     snprintf(buf, len, "%" PRId64 ".%0*" PRId64, whole, digits, frac);
 }
 
-json_t *respond_endpoints_json(const lim_rule_t *rule)
+/* details.endpoints of a limit: its endpoint names, ["*"] for all. */
+static json_t *endpoints_json(const lim_rule_t *rule)
 {
     json_t *a = json_array();
     if (!rule->ep_names || !*rule->ep_names) {
@@ -252,7 +194,7 @@ json_t *respond_endpoints_json(const lim_rule_t *rule)
 }
 
 /* A limit value for a body: money as a decimal string, else an integer. */
-json_t *respond_amount_json(const lim_rule_t *rule, int64_t v)
+static json_t *amount_json(const lim_rule_t *rule, int64_t v)
 {
     if (rule->metric == LIM_SPEND) {
         char buf[32];
@@ -262,34 +204,29 @@ json_t *respond_amount_json(const lim_rule_t *rule, int64_t v)
     return json_integer(v);
 }
 
-void respond_429(request_t *r)
+void respond_429_headers(const lim_report_t *rep, h1_conn_t *h)
 {
-    const lim_report_t *rep = &r->rep;
-    const lim_check_t *c = &r->checks[rep->refused];
+    if (!rep->never) {
+        h1_add_header_int(h, "Retry-After", rep->retry_after_s);
+        h1_add_header_int(h, "retry-after-ms", rep->retry_after_ms);
+    }
+    h1_add_header(h, "X-RateLimit-Type", rep->type_header);
+    if (!rep->should_retry)
+        h1_add_header(h, "x-should-retry", "false");
+}
+
+json_t *respond_429_body(const lim_report_t *rep, const lim_check_t *checks)
+{
+    const lim_check_t *c = &checks[rep->refused];
     const lim_rule_t *rule = c->rule;
     char msg[256];
 
-    if (r->req && !r->client_gone) {
-        h1_conn_t *h = r->req;
-        if (!rep->never) {
-            h1_add_header_int(h, "Retry-After", rep->retry_after_s);
-            h1_add_header_int(h, "retry-after-ms", rep->retry_after_ms);
-        }
-        h1_add_header(h, "X-RateLimit-Type", rep->type_header);
-        if (!rep->should_retry)
-            h1_add_header(h, "x-should-retry", "false");
-    }
-    if (r->deny_body) {
-        /* The deny cache keeps the body it was first sent with. */
-        send_body(r, 429, reason_of(429), NULL, r->deny_body, NULL);
-        return;
-    }
     int64_t remaining = rep->ref_limit - rep->ref_used;
     if (remaining < 0)
         remaining = 0;
 
     json_t *details = json_object();
-    json_object_set_new(details, "limit", respond_amount_json(rule, rep->ref_limit));
+    json_object_set_new(details, "limit", amount_json(rule, rep->ref_limit));
     if (rule->metric == LIM_CONCURRENT) {
         json_object_set_new(details, "active", json_integer(rep->ref_used));
         snprintf(msg, sizeof msg,
@@ -297,7 +234,7 @@ void respond_429(request_t *r)
                  " predictions running.",
                  rep->ref_used, rep->ref_limit);
     } else {
-        json_object_set_new(details, "remaining", respond_amount_json(rule, remaining));
+        json_object_set_new(details, "remaining", amount_json(rule, remaining));
         const char *what = rule->metric == LIM_REQUESTS ? "requests"
                            : rule->metric == LIM_UNITS  ? "units"
                                                         : "spend";
@@ -328,9 +265,32 @@ void respond_429(request_t *r)
                                             ? json_null()
                                             : json_string(lim_per_name(rule->per)));
     json_object_set_new(details, "scope", json_string(lim_scope_name(rule->scope)));
-    json_object_set_new(details, "endpoints", respond_endpoints_json(rule));
+    json_object_set_new(details, "endpoints", endpoints_json(rule));
     json_object_set_new(details, "reset", json_integer(rep->ref_reset_s));
 
-    send_body(r, 429, reason_of(429),
-              error_json("rate_limit_error", rep->code, msg, details), NULL, r->deny_keep);
+    return error_json("rate_limit_error", rep->code, msg, details);
+}
+
+json_t *respond_usage_limit(const lim_check_t *c, const lim_result_t *res)
+{
+    const lim_rule_t *rule = c->rule;
+    int64_t rem = c->limit - res->used;
+    int64_t reset = c->kind == LIM_CK_GAUGE ? 0 : (res->reset_ms + 999) / 1000;
+    return json_pack("{s:s, s:o, s:s, s:o, s:o, s:o, s:o, s:o}", "metric",
+                     lim_metric_name(rule->metric), "per",
+                     rule->per == LIM_PER_NONE ? json_null() : json_string(lim_per_name(rule->per)),
+                     "scope", lim_scope_name(rule->scope), "endpoints",
+                     endpoints_json(rule), "limit", amount_json(rule, c->limit),
+                     "used", amount_json(rule, res->used), "remaining",
+                     amount_json(rule, rem > 0 ? rem : 0), "reset",
+                     reset ? json_integer(reset) : json_null());
+}
+
+json_t *respond_usage_body(const char *account, const char *tier, const char *key_id,
+                           json_t *limits)
+{
+    json_t *body = json_pack("{s:s, s:s, s:o}", "account", account, "tier", tier, "limits", limits);
+    if (body && key_id)
+        json_object_set_new(body, "key", json_string(key_id));
+    return body;
 }

@@ -19,7 +19,8 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 
-#include "gateway.h"
+#include "log.h"
+#include "request.h"
 #include "admin.h"
 #include "server.h"
 
@@ -221,7 +222,7 @@ static void *worker_main(void *arg)
         w->admin = NULL;
     }
     event_base_loop(w->base, EVLOOP_NONBLOCK);
-    proxy_pools_free(w);
+    proxy_worker_free(&w->proxy);
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     request_freelist_clear();
     atomic_store(&w->exited, 1);
@@ -251,6 +252,7 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     event_config_free(ec);
     if (!w->base)
         return -1;
+    proxy_worker_init(&w->proxy, w->base);
     h1_limits_t lim = http_limits(cfg);
     w->http = h1_server_new(w->base, fd, &lim, server_handle, cfg->tls_ctx ? tls_ctx_of : NULL,
                             w);
@@ -266,7 +268,12 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     if (!w->store)
         return -1;
     if (index == 0 && cfg->admin.enabled) {
-        w->admin = admin_start(w, cfg);
+        char err[256];
+        int afd = server_listen_socket(cfg->admin.listen_host, cfg->admin.listen_port, 0, err,
+                                       sizeof err);
+        if (afd < 0)
+            log_msg(LOG_ERROR, "admin: %s", err);
+        w->admin = afd < 0 ? NULL : admin_start(w, afd);
         if (!w->admin) {
             log_msg(LOG_ERROR, "admin: cannot listen on %s:%u", cfg->admin.listen_host,
                     cfg->admin.listen_port);

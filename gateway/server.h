@@ -3,7 +3,12 @@
 #ifndef RW_GATEWAY_SERVER_H
 #define RW_GATEWAY_SERVER_H
 
-#include "gateway.h"
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../storage/store.h"
+#include "config.h"
+#include "worker.h"
 
 /* A listening socket (with SO_REUSEPORT when reuseport: one per worker),
  * or -1 with a message in err. */

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway.h"
+#include "units.h"
 
 /* Prices saturate here (millionths), far above any cap. */
 #define PRICE_MAX LIM_PRICE_MAX

@@ -171,6 +171,12 @@ typedef struct lim_report {
 
 void lim_report(const lim_check_t *checks, size_t n, const lim_outcome_t *o,
                 lim_report_t *rep);
+/* The limit of metric m that a per-metric header (x-ratelimit-*-requests,
+ * -tokens) describes: among the rolling ones, the per-minute one, else the
+ * shortest window, then the fewest remaining (remaining[i]: check i's, as
+ * the request last knew it). -1 when there is none. */
+int lim_report_pick_metric(const lim_check_t *checks, size_t n, lim_metric_t m,
+                           const int64_t *remaining);
 
 /* Names used in bodies, config and counter keys. */
 const char *lim_metric_name(lim_metric_t m);

@@ -135,3 +135,24 @@ void lim_report(const lim_check_t *checks, size_t n, const lim_outcome_t *o,
         }
     }
 }
+
+int lim_report_pick_metric(const lim_check_t *checks, size_t n, lim_metric_t m,
+                           const int64_t *remaining)
+{
+    int best = -1;
+    for (size_t i = 0; i < n; i++) {
+        const lim_check_t *c = &checks[i];
+        if (c->rule->metric != m || c->kind != LIM_CK_ROLLING)
+            continue;
+        if (best < 0) {
+            best = (int)i;
+            continue;
+        }
+        const lim_check_t *b = &checks[best];
+        int c_min = c->per == LIM_PER_MINUTE, b_min = b->per == LIM_PER_MINUTE;
+        if (c_min > b_min || (c_min == b_min && c->window_ms < b->window_ms) ||
+            (c_min == b_min && c->window_ms == b->window_ms && remaining[i] < remaining[best]))
+            best = (int)i;
+    }
+    return best;
+}

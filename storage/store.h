@@ -1,7 +1,7 @@
 /*
  * storage/store.h: the one seam between the gateway and wherever counters
  * live. Two implementations fill the same table: memory.c (embedded, one
- * process) and, later, redis.c (a fleet sharing one Redis).
+ * process) and redis.c (a fleet sharing one Redis).
  *
  * Model: a store_t is created once per process; each worker thread attaches
  * with its own event_base and gets a store_worker_t that it alone uses.
@@ -146,6 +146,12 @@ static inline void store_flush(store_worker_t *w)
 {
     if (w->store->ops->flush)
         w->store->ops->flush(w);
+}
+/* 1 when every callback of this store runs before its call returns: a
+ * caller has no wait during which to watch for anything. */
+static inline int store_answers_inline(const store_worker_t *w)
+{
+    return w->store->ops->answers_inline;
 }
 static inline int store_ready(store_worker_t *w)
 {

@@ -10,7 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "../../gateway/gateway.h"
+#include "../../gateway/units.h"
 
 static const char cfg_text[] =
     "{\"server\": {\"listen\": \"127.0.0.1:1\"},"

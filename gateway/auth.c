@@ -1,0 +1,53 @@
+/* gateway/auth.c: credentials on a request (auth.h). */
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
+#include "auth.h"
+
+const char *auth_bearer(const h1_conn_t *c, size_t *len)
+{
+    const char *a = h1_header(c, "Authorization");
+    if (!a || strncasecmp(a, "Bearer ", 7) != 0)
+        return NULL;
+    a += 7;
+    while (*a == ' ')
+        a++;
+    size_t n = strlen(a);
+    while (n && a[n - 1] == ' ')
+        n--;
+    if (!n)
+        return NULL;
+    *len = n;
+    return a;
+}
+
+const char *auth_client_key(const h1_conn_t *c, size_t *len)
+{
+    const char *a = auth_bearer(c, len);
+    if (a)
+        return a;
+    a = h1_header(c, "X-API-Key");
+    if (a && *a) {
+        *len = strlen(a);
+        return a;
+    }
+    return NULL;
+}
+
+void auth_digest(const char *s, size_t n, unsigned char out[AUTH_DIGEST_LEN])
+{
+    SHA256((const unsigned char *)s, n, out);
+}
+
+int auth_digest_equal(const unsigned char *a, const unsigned char *b)
+{
+    return CRYPTO_memcmp(a, b, AUTH_DIGEST_LEN) == 0;
+}
+
+void auth_wipe(void *p, size_t n)
+{
+    OPENSSL_cleanse(p, n);
+}

@@ -1,0 +1,49 @@
+/* gateway/worker.h: one worker thread's state (started and stopped by
+ * server.c, used by everything that runs on its loop). */
+#ifndef RW_GATEWAY_WORKER_H
+#define RW_GATEWAY_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "../limiter/deny.h"
+#include "../storage/store.h"
+#include "config.h"
+#include "http/server.h"
+#include "proxy.h"
+
+/*
+ * One worker thread. Owns its event_base, its HTTP server (gateway/http/) on a
+ * SO_REUSEPORT listener, its backend connection pools and its store
+ * connection. Only `pending_cfg` and `stop_ev`/`reload_ev` are touched by
+ * other threads.
+ */
+typedef struct worker {
+    int index;
+    pthread_t thread;
+    struct event_base *base;
+    h1_server_t *http;             /* the public listener (gateway/http/server.h) */
+    h1_server_t *admin;            /* worker 0 only, when configured */
+    store_worker_t *store;
+    config_t *cfg;                 /* this worker's reference */
+    _Atomic(config_t *) pending_cfg; /* handed over by the main thread */
+    struct event *reload_ev;       /* activated by the main thread */
+    struct event *stop_ev;
+    struct event *exit_notify;     /* the main thread's: activated on exit */
+    atomic_int exited;             /* set before exit_notify is activated */
+    proxy_worker_t proxy;          /* backend pools, kept exchanges (proxy.h) */
+    lim_deny_t deny;               /* local deny cache (limiter/deny.h) */
+    int draining;
+    struct timespec drain_deadline;
+    /* Touched by the worker's own thread only. */
+    int inflight;   /* request contexts alive */
+    /* X-Request-Id: random per-worker prefix + counter. */
+    char rid_prefix[17];
+    uint64_t rid_next;
+} worker_t;
+
+#endif
