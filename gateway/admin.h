@@ -1,4 +1,4 @@
-/* gateway/admin.h: the admin listener (README "Admin listener"). */
+/* gateway/admin.h: the admin listener (docs/operations.md, "Admin listener"). */
 #ifndef RW_GATEWAY_ADMIN_H
 #define RW_GATEWAY_ADMIN_H
 

@@ -1,4 +1,4 @@
-/* gateway/errjson.h: the one shape of every JSON error body (README "Errors clients see"):
+/* gateway/errjson.h: the one shape of every JSON error body (docs/http-api.md):
  * {"error":{"type":…,"code":…,"message":…,"details":{…}}}. Used by the
  * gateway's answers (respond.c), the admin listener and the HTTP layer. */
 #ifndef RW_GATEWAY_ERRJSON_H

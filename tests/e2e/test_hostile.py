@@ -317,7 +317,7 @@ def test_body_trickle_cut_off(env):
     if not data:
         data = read_answer(s)
     s.close()
-    assert data.startswith(b"HTTP/1.1 408"), "a trickled body gets 408: %r" % data[:200]
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), "a trickled body gets 408: %r" % data[:200]
     assert 1.0 <= took < 6, "cut off after client_timeout_ms, took %.1f s" % took
     eq(env.mock_stats()["requests"], 0, "nothing reached the backend")
 
