@@ -543,6 +543,7 @@ static void write_some(hc_conn_t *c)
         while (w < 0 && errno == EINTR);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                reading(c, 0); /* back on in sent_all */
                 event_add(&c->wev, NULL);
                 return;
             }
@@ -703,7 +704,9 @@ static hc_conn_t *conn_take(hc_pool_t *p)
         return NULL;
     idle_unlink(c);
     event_del(&c->tmo);
-    reading(c, 0);
+    /* Its read event stays on: the request is written at once (and
+     * reading stops only if the socket does not take it all), so no
+     * epoll_ctl is spent turning it off and on again. */
     return c;
 }
 

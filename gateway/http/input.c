@@ -291,7 +291,13 @@ static void deliver_head(h1_conn_t *c)
     c->olen = 0;
     c->head_start_ms = 0;
     c->body_start_ms = now_ms(c);
-    conn_pause_reading(c, 1);
+    /* The callee decides on the head and asks for the body (or answers)
+     * before it returns, so a plain connection's read event stays on:
+     * turning it off and on within one turn would cost an epoll_ctl per
+     * request (libevent's changelist makes the pair a MOD). Input that
+     * does come meanwhile is held up to HOLD_INPUT (conn_on_read). */
+    if (c->bev)
+        conn_pause_reading(c, 1);
     c->srv->cb(c, c->srv->arg);
 }
 
