@@ -17,7 +17,7 @@
 #include "../limiter/deny.h"
 #include "../limiter/limits.h"
 #include "../storage/store.h"
-#include "config.h"
+#include "config/config.h"
 #include "h1.h"
 
 struct proxy_pool;

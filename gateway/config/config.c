@@ -1,5 +1,5 @@
 /*
- * gateway/config.c: load, validate and index the configuration (README "Configuration").
+ * gateway/config/config.c: load, validate and index the configuration (README "Configuration").
  *
  * Shape of a load:
  *   read + json_loadb (syntax errors carry jansson's LINE:COL and stop here)

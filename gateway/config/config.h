@@ -1,5 +1,5 @@
 /*
- * gateway/config.h: the configuration snapshot (README "Configuration").
+ * gateway/config/config.h: the configuration snapshot (README "Configuration").
  *
  * A snapshot is immutable once config_load() returns it and is shared by
  * every worker. Lifetime: reference counted. The loader returns it with one
@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../limiter/limits.h"
+#include "../../limiter/limits.h"
 
 /* Methods, as bit values so an endpoint could hold several. */
 enum {
