@@ -2,7 +2,7 @@
 #ifndef RW_GATEWAY_ADMIN_H
 #define RW_GATEWAY_ADMIN_H
 
-#include "config.h"
+#include "config/config.h"
 #include "http/server.h"
 #include "worker.h"
 

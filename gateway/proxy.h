@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#include "config.h"
+#include "config/config.h"
 #include "http/server.h"
 
 struct event_base;

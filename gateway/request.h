@@ -9,7 +9,7 @@
 #include <jansson.h>
 
 #include "../limiter/limits.h"
-#include "config.h"
+#include "config/config.h"
 #include "http/server.h"
 #include "proxy.h"
 #include "worker.h"

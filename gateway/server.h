@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "../storage/store.h"
-#include "config.h"
+#include "config/config.h"
 #include "worker.h"
 
 /* A listening socket (with SO_REUSEPORT when reuseport: one per worker),

@@ -7,7 +7,7 @@
 
 #include <jansson.h>
 
-#include "config.h"
+#include "config/config.h"
 
 /* units.c: the request's units from its JSON body. Returns 0 and sets
  * *units, or -1 with a message for a 400 INVALID_BODY. */

@@ -12,7 +12,7 @@
 
 #include "../limiter/deny.h"
 #include "../storage/store.h"
-#include "config.h"
+#include "config/config.h"
 #include "http/server.h"
 #include "proxy.h"
 

@@ -1,6 +1,6 @@
 /*
  * tests/fuzz/config.c: libFuzzer target for the configuration loader
- * (gateway/config.c): any bytes as a config file must give a config or
+ * (gateway/config/): any bytes as a config file must give a config or
  * FILE:LINE:COL messages, never a crash or a leak.
  */
 #include <stdint.h>
@@ -10,7 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "../../gateway/config.h"
+#include "../../gateway/config/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../../gateway/config.h"
-#include "../../gateway/jsonpos.h"
+#include "../../gateway/config/config.h"
+#include "../../gateway/config/jsonpos.h"
 
 static int failures, checks;
 static char tmpdir[64];

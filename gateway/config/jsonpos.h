@@ -1,5 +1,5 @@
 /*
- * gateway/jsonpos.h: where, in a JSON text, is the value (or the member key)
+ * gateway/config/jsonpos.h: where, in a JSON text, is the value (or the member key)
  * that an RFC 6901 pointer names.
  *
  * jansson reports a position only for syntax errors; the config loader uses

@@ -1,5 +1,5 @@
 /*
- * gateway/jsonpos.c: positions of JSON pointers in a JSON text (see jsonpos.h).
+ * gateway/config/jsonpos.c: positions of JSON pointers in a JSON text (see jsonpos.h).
  *
  * The requests are sorted by pointer. The scanner walks the text forward
  * keeping the pointer of the value it stands on; it enters a container only

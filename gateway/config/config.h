@@ -1,5 +1,5 @@
 /*
- * gateway/config.h: the configuration snapshot (README "Configuration").
+ * gateway/config/config.h: the configuration snapshot (docs/configuration.md).
  *
  * A snapshot is immutable once config_load() returns it and is shared by
  * every worker. Lifetime: reference counted. The loader returns it with one
@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../limiter/limits.h"
+#include "../../limiter/limits.h"
 
 /* Methods, as bit values so an endpoint could hold several. */
 enum {
@@ -178,7 +178,7 @@ typedef struct config {
     void *tls_ctx;
     void (*tls_free)(void *ctx);
 
-    /* Lookup tables, private to config.c. */
+    /* Lookup tables, private to the config room (built in index.c). */
     void *key_index;
     void *route_index;
 } config_t;

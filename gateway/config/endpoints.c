@@ -1,0 +1,377 @@
+/*
+ * gateway/config/endpoints.c: endpoints with their units, job and reconcile blocks,
+ * and the checks across routes.
+ */
+#include "internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const char *const method_names[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD",
+    "OPTIONS", NULL};
+
+static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *epW)
+{
+    size_t n = json_array_size(arr);
+    if (!n)
+        return;
+    e->units = calloc(n, sizeof *e->units);
+    if (!e->units) {
+        nomem(c);
+        return;
+    }
+    e->n_units = n;
+    for (size_t i = 0; i < n; i++) {
+        static const char *const keys[] = {"pointer", "default", "min", "map", NULL};
+        char W[300];
+        snprintf(W, sizeof W, "%s units[%zu]", epW, i);
+        json_t *f = json_array_get(arr, i);
+        size_t m = pi(c, i);
+        cfg_factor_t *fa = &e->units[i];
+        fa->dflt = 1;
+        fa->min = 1;
+        if (!json_is_object(f)) {
+            cfg_err(c, epW, NULL, "units[%zu]: expected an object, got %s", i, json_kind(f));
+            pp(c, m);
+            continue;
+        }
+        check_keys(c, f, keys, W);
+        get_pointer(c, f, W, "pointer", 1, &fa->pointer);
+        get_int(c, f, W, "default", 0, 0, INT64_MAX, &fa->dflt);
+        json_t *mv = json_object_get(f, "min");
+        if (mv && !json_is_number(mv))
+            type_err(c, W, "min", mv, "a number");
+        else if (mv && json_number_value(mv) < 0)
+            ferr(c, W, "min", "must not be negative, got %g", json_number_value(mv));
+        else if (mv && json_number_value(mv) > (double)LIM_UNITS_MAX)
+            ferr(c, W, "min", "must be at most %" PRId64 ", got %g", (int64_t)LIM_UNITS_MAX,
+                 json_number_value(mv));
+        else if (mv)
+            fa->min = json_number_value(mv);
+        json_t *map = get_obj(c, f, W, "map", 0);
+        if (map) {
+            size_t mm = pk(c, "map");
+            size_t nm = json_object_size(map);
+            if (!nm) {
+                cfg_err(c, W, "map", "must not be empty");
+            } else if (!(fa->map = calloc(nm, sizeof *fa->map))) {
+                nomem(c);
+            } else {
+                const char *k;
+                json_t *v;
+                json_object_foreach(map, k, v) {
+                    size_t mk = pk(c, k);
+                    if (!json_is_integer(v))
+                        cfg_err(c, W, "map", "%s: expected an integer, got %s", Q(c, k),
+                            json_kind(v));
+                    else if (json_integer_value(v) < 0)
+                        cfg_err(c, W, "map", "%s: must not be negative, got %" PRId64, Q(c, k),
+                            (int64_t)json_integer_value(v));
+                    else {
+                        fa->map[fa->n_map].name = xstrdup(c, k);
+                        fa->map[fa->n_map].value = (int64_t)json_integer_value(v);
+                        fa->n_map++;
+                    }
+                    pp(c, mk);
+                }
+            }
+            pp(c, mm);
+        }
+        pp(c, m);
+    }
+}
+
+static void parse_job(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *epW)
+{
+    static const char *const keys[] = {"id_pointer", "status_endpoint", "status_query",
+        "status_pointer", "done_values", "max_seconds", NULL};
+    char W[300];
+    snprintf(W, sizeof W, "%s job", epW);
+    cfg_job_t *j = calloc(1, sizeof *j);
+    if (!j) {
+        nomem(c);
+        return;
+    }
+    e->job = j;
+    j->max_seconds = 3600;
+    check_keys(c, o, keys, W);
+    get_pointer(c, o, W, "id_pointer", 1, &j->id_pointer);
+    lookup(c, &c->t_endpoints, o, W, "status_endpoint", "endpoint", &j->status_ep);
+    get_str(c, o, W, "status_query", 1, &j->status_query);
+    get_pointer(c, o, W, "status_pointer", 1, &j->status_pointer);
+    json_t *dv = get_arr(c, o, W, "done_values", 1);
+    if (dv) {
+        size_t n = json_array_size(dv);
+        if (!n) {
+            ferr(c, W, "done_values", "must not be empty");
+        } else if (!(j->done_values = calloc(n, sizeof(char *)))) {
+            nomem(c);
+        } else {
+            size_t m = pk(c, "done_values");
+            for (size_t i = 0; i < n; i++) {
+                size_t mi = pi(c, i);
+                if (str_value(c, json_array_get(dv, i), W, "done_values", &j->done_values[j->n_done]) == 1)
+                    j->n_done++;
+                pp(c, mi);
+            }
+            pp(c, m);
+        }
+    }
+    get_int(c, o, W, "max_seconds", 0, 1, INT32_MAX, &j->max_seconds);
+}
+
+static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *epW)
+{
+    static const char *const keys[] = {"response_pointer", "response_header",
+        "stream_include_usage", NULL};
+    char W[300];
+    snprintf(W, sizeof W, "%s reconcile", epW);
+    cfg_reconcile_t *r = calloc(1, sizeof *r);
+    if (!r) {
+        nomem(c);
+        return;
+    }
+    e->reconcile = r;
+    check_keys(c, o, keys, W);
+    get_bool(c, o, W, "stream_include_usage", &r->stream_include_usage);
+    json_t *ptr = json_object_get(o, "response_pointer");
+    int a = ptr != NULL;
+    int b = json_object_get(o, "response_header") != NULL;
+    if (a == b) {
+        cfg_err(c, W, NULL, "give exactly one of \"response_pointer\" and \"response_header\"");
+        return;
+    }
+    if (json_is_array(ptr)) {
+        size_t n = json_array_size(ptr);
+        size_t m = pk(c, "response_pointer");
+        if (n == 0 || n > RECONCILE_POINTERS_MAX) {
+            cfg_err(c, W, "response_pointer", "a list of 1 to %d pointers, got %zu",
+                RECONCILE_POINTERS_MAX, n);
+        } else if (!(r->pointers = calloc(n, sizeof *r->pointers))) {
+            nomem(c);
+        } else {
+            for (size_t i = 0; i < n; i++) {
+                size_t mi = pi(c, i);
+                char *s = NULL;
+                const char *why;
+                if (str_value(c, json_array_get(ptr, i), W, "response_pointer", &s) != 1) {
+                    /* reported */
+                } else if ((why = pointer_problem(s))) {
+                    cfg_err(c, W, "response_pointer", "invalid JSON pointer %s: %s", Q(c, s), why);
+                    free(s);
+                } else {
+                    for (size_t k = 0; k < r->n_pointers && s; k++) {
+                        if (strcmp(r->pointers[k], s) == 0) {
+                            cfg_err(c, W, "response_pointer", "%s is listed twice", Q(c, s));
+                            free(s);
+                            s = NULL;
+                        }
+                    }
+                    if (s)
+                        r->pointers[r->n_pointers++] = s;
+                }
+                pp(c, mi);
+            }
+        }
+        pp(c, m);
+    } else if (ptr) {
+        char *s = NULL;
+        if (!json_is_string(ptr)) {
+            type_err(c, W, "response_pointer", ptr, "a JSON pointer or a list of them");
+        } else if (get_pointer(c, o, W, "response_pointer", 0, &s) == 1) {
+            if (!(r->pointers = calloc(1, sizeof *r->pointers))) {
+                free(s);
+                nomem(c);
+            } else {
+                r->pointers[0] = s;
+                r->n_pointers = 1;
+            }
+        }
+    }
+    if (get_str(c, o, W, "response_header", 0, &r->response_header) == 1 &&
+        !valid_header_name(r->response_header))
+        ferr(c, W, "response_header", "invalid header name %s", Q(c, r->response_header));
+    if (b && r->stream_include_usage)
+        ferr(c, W, "stream_include_usage",
+             "the usage chunk is read through \"response_pointer\", not a header");
+}
+
+/* Whether an endpoint's path is in the form a request path is normalized
+ * to (gateway/request.c): else no request could ever match it. */
+static int path_is_normal(const char *p)
+{
+    if (strstr(p, "//") || strchr(p, '\\'))
+        return 0;
+    for (const char *s = p; *s; s++) {
+        if (*s == '/' && s[1] == '.' &&
+            (s[2] == '/' || s[2] == '\0' || (s[2] == '.' && (s[3] == '/' || s[3] == '\0'))))
+            return 0;
+        if (*s == '%') {
+            if (!isxdigit((unsigned char)s[1]) || !isxdigit((unsigned char)s[2]) ||
+                islower((unsigned char)s[1]) || islower((unsigned char)s[2]))
+                return 0;
+            char hex[3] = {s[1], s[2], 0};
+            int v = (int)strtol(hex, NULL, 16);
+            if (isalnum(v) || v == '-' || v == '.' || v == '_' || v == '~' || v == '/' ||
+                v == '\\' || v == 0)
+                return 0;
+            s += 2;
+        }
+    }
+    return 1;
+}
+
+void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
+{
+    static const char *const keys[] = {"method", "path", "path_prefix", "backend",
+        "max_body_bytes", "units", "price", "job", "reconcile", NULL};
+    check_keys(c, o, keys, W);
+    e->max_body_bytes = c->cfg->server.max_body_bytes;
+    int m = get_enum(c, o, W, "method", 1, method_names, "method",
+                     "GET, POST, PUT, DELETE, PATCH, HEAD or OPTIONS");
+    if (m >= 0)
+        e->methods = 1u << m;
+    int has_p = json_object_get(o, "path") != NULL;
+    int has_pp = json_object_get(o, "path_prefix") != NULL;
+    if (has_p && has_pp) {
+        ferr(c, W, "path_prefix", "give either \"path\" or \"path_prefix\", not both");
+    } else if (!has_p && !has_pp) {
+        cfg_err(c, W, NULL, "missing \"path\" (or \"path_prefix\")");
+    } else {
+        const char *f = has_p ? "path" : "path_prefix";
+        if (get_str(c, o, W, f, 1, &e->path) == 1) {
+            e->is_prefix = has_pp;
+            if (e->path[0] != '/')
+                ferr(c, W, f, "must start with \"/\", got %s", Q(c, e->path));
+            else if (strpbrk(e->path, "?# \t\r\n"))
+                ferr(c, W, f, "must be a plain path (no query, fragment or spaces), got %s",
+                     Q(c, e->path));
+            else if (!path_is_normal(e->path))
+                ferr(c, W, f,
+                     "must be a normalized path (no \"//\", \".\" or \"..\" segment, "
+                     "backslash, or \"%%\" but in an upper-case encoding of a reserved "
+                     "character), "
+                     "got %s: requests are normalized before routing and could never match",
+                     Q(c, e->path));
+        }
+    }
+    lookup(c, &c->t_backends, o, W, "backend", "backend", &e->backend);
+    get_int(c, o, W, "max_body_bytes", 0, 1, INT64_MAX, &e->max_body_bytes);
+    json_t *u = get_arr(c, o, W, "units", 0);
+    if (u) {
+        size_t mk = pk(c, "units");
+        parse_units(c, u, e, W);
+        pp(c, mk);
+    }
+    json_t *pr = get_obj(c, o, W, "price", 0);
+    if (pr) {
+        static const char *const pkeys[] = {"per_request", "per_unit", NULL};
+        char PW[300];
+        snprintf(PW, sizeof PW, "%s price", W);
+        size_t mk = pk(c, "price");
+        check_keys(c, pr, pkeys, PW);
+        get_money(c, pr, PW, "per_request", &e->price_request_micros);
+        get_money(c, pr, PW, "per_unit", &e->price_unit_micros);
+        pp(c, mk);
+    }
+    json_t *j = get_obj(c, o, W, "job", 0);
+    if (j) {
+        size_t mk = pk(c, "job");
+        parse_job(c, j, e, W);
+        pp(c, mk);
+    }
+    json_t *r = get_obj(c, o, W, "reconcile", 0);
+    if (r) {
+        size_t mk = pk(c, "reconcile");
+        parse_reconcile(c, r, e, W);
+        pp(c, mk);
+    }
+}
+
+/*
+ * The key a path is routed by: ASCII letters lower-cased, ";params" cut
+ * from every segment, and for an exact path one trailing "/" dropped. Any
+ * spelling that a lenient backend (case-insensitive matching, ignored
+ * path parameters or trailing slash) takes for an endpoint's path routes
+ * to that endpoint here too, so it is counted where the backend runs it.
+ * The request's path itself is forwarded as it came (normalized).
+ * Writes at most len bytes; -1 if the key does not fit.
+ */
+int route_key(const char *path, int exact, char *out, size_t len)
+{
+    size_t o = 0;
+    int in_params = 0;
+    for (const char *p = path; *p; p++) {
+        char ch = *p;
+        if (ch == '/')
+            in_params = 0;
+        else if (ch == ';')
+            in_params = 1;
+        if (in_params)
+            continue;
+        if (o + 1 >= len)
+            return -1;
+        out[o++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+    }
+    if (exact && o > 1 && out[o - 1] == '/')
+        o--;
+    out[o] = '\0';
+    return 0;
+}
+
+char *route_key_dup(const char *path, int exact)
+{
+    size_t n = strlen(path) + 1;
+    char *k = malloc(n);
+    if (k && route_key(path, exact, k, n) != 0) {
+        free(k);
+        k = NULL;
+    }
+    return k;
+}
+
+/* Two endpoints may not answer the same method on the same path. */
+void check_routes(ctx_t *c)
+{
+    config_t *cfg = c->cfg;
+    for (size_t j = 0; j < cfg->n_endpoints; j++) {
+        cfg_endpoint_t *b = &cfg->endpoints[j];
+        if (!b->path || !b->methods)
+            continue;
+        for (size_t i = 0; i < j; i++) {
+            cfg_endpoint_t *a = &cfg->endpoints[i];
+            if (!a->path || a->is_prefix != b->is_prefix || !(a->methods & b->methods))
+                continue;
+            char *ka = route_key_dup(a->path, !a->is_prefix);
+            char *kb = route_key_dup(b->path, !b->is_prefix);
+            int same = ka && kb && strcmp(ka, kb) == 0;
+            free(ka);
+            free(kb);
+            if (!same)
+                continue;
+            size_t m = pk(c, "endpoints");
+            pk(c, b->name);
+            int mi = __builtin_ctz(b->methods);
+            char W[120];
+            snprintf(W, sizeof W, "endpoint %s", Q(c, b->name));
+            ferr(c, W, b->is_prefix ? "path_prefix" : "path",
+                 "%s %s%s is already routed to endpoint %s%s", method_names[mi], b->path,
+                 b->is_prefix ? "*" : "", Q(c, a->name),
+                 strcmp(a->path, b->path) == 0
+                     ? ""
+                     : " (paths are routed regardless of case, \";params\" and a "
+                       "trailing \"/\")");
+            pp(c, m);
+            break;
+        }
+    }
+}

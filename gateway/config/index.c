@@ -1,0 +1,398 @@
+/*
+ * gateway/config/index.c: the snapshot's lookup tables: name and digest tables (FNV-1a
+ * open addressing), the route index, and the per-request lookups
+ * (config_find_key, config_find_key_id, config_find_account, config_route,
+ * config_route_any) and config_counter_changes.
+ */
+#include "internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* ------------------------------------------------------------------------
+ * Small tables: name -> index (open addressing, FNV-1a), digest -> key.
+ * ------------------------------------------------------------------------ */
+
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+void st_free(strtab_t *t)
+{
+    free(t->k);
+    free(t->v);
+    memset(t, 0, sizeof *t);
+}
+
+static int st_find_slot(const strtab_t *t, const char *k, size_t *slot)
+{
+    size_t mask = t->cap - 1, i = (size_t)fnv1a(k) & mask;
+    while (t->k[i]) {
+        if (strcmp(t->k[i], k) == 0) {
+            *slot = i;
+            return 1;
+        }
+        i = (i + 1) & mask;
+    }
+    *slot = i;
+    return 0;
+}
+
+static int st_grow(strtab_t *t)
+{
+    size_t cap = t->cap ? t->cap * 2 : 16;
+    strtab_t nt = {calloc(cap, sizeof(char *)), calloc(cap, sizeof(uint32_t)), cap, 0};
+    if (!nt.k || !nt.v) {
+        st_free(&nt);
+        return -1;
+    }
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->k[i])
+            continue;
+        size_t s;
+        st_find_slot(&nt, t->k[i], &s);
+        nt.k[s] = t->k[i];
+        nt.v[s] = t->v[i];
+        nt.n++;
+    }
+    st_free(t);
+    *t = nt;
+    return 0;
+}
+
+/* 0 inserted, 1 already there (*old set), -1 out of memory. */
+int st_put(strtab_t *t, const char *k, uint32_t v, uint32_t *old)
+{
+    if ((t->n + 1) * 2 > t->cap && st_grow(t))
+        return -1;
+    size_t s;
+    if (st_find_slot(t, k, &s)) {
+        if (old)
+            *old = t->v[s];
+        return 1;
+    }
+    t->k[s] = k;
+    t->v[s] = v;
+    t->n++;
+    return 0;
+}
+
+int st_get(const strtab_t *t, const char *k, uint32_t *v)
+{
+    if (!t->cap)
+        return 0;
+    size_t s;
+    if (!st_find_slot(t, k, &s))
+        return 0;
+    *v = t->v[s];
+    return 1;
+}
+
+static uint64_t dig_head(const unsigned char d[32])
+{
+    uint64_t h;
+    memcpy(&h, d, sizeof h);
+    return h;
+}
+
+static int dt_grow(digtab_t *t)
+{
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    dslot_t *s = calloc(cap, sizeof *s);
+    if (!s)
+        return -1;
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->s[i].idx1)
+            continue;
+        size_t j = (size_t)t->s[i].h & (cap - 1);
+        while (s[j].idx1)
+            j = (j + 1) & (cap - 1);
+        s[j] = t->s[i];
+    }
+    free(t->s);
+    t->s = s;
+    t->cap = cap;
+    return 0;
+}
+
+/* 0 inserted, 1 duplicate digest (*dup = the other key), -1 out of memory. */
+int dt_put(digtab_t *t, const cfg_key_t *keys, uint32_t idx, uint32_t *dup)
+{
+    if ((t->n + 1) * 2 > t->cap && dt_grow(t))
+        return -1;
+    uint64_t h = dig_head(keys[idx].sha256);
+    size_t mask = t->cap - 1, j = (size_t)h & mask;
+    while (t->s[j].idx1) {
+        if (t->s[j].h == h &&
+            CRYPTO_memcmp(keys[t->s[j].idx1 - 1].sha256, keys[idx].sha256, 32) == 0) {
+            *dup = t->s[j].idx1 - 1;
+            return 1;
+        }
+        j = (j + 1) & mask;
+    }
+    t->s[j].h = h;
+    t->s[j].idx1 = idx + 1;
+    t->n++;
+    return 0;
+}
+
+static int cmp_rentry(const void *a, const void *b)
+{
+    const rentry_t *x = a, *y = b;
+    int r = strcmp(x->path, y->path);
+    return r ? r : (x->ep > y->ep) - (x->ep < y->ep);
+}
+
+static int cmp_prefix(const void *a, const void *b)
+{
+    const rentry_t *x = a, *y = b;
+    if (x->len != y->len)
+        return x->len > y->len ? -1 : 1;
+    return (x->ep > y->ep) - (x->ep < y->ep);
+}
+
+void routes_free(routes_t *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; r->exact && i < r->n_exact; i++)
+        free(r->exact[i].path);
+    for (size_t i = 0; r->prefix && i < r->n_prefix; i++)
+        free(r->prefix[i].path);
+    free(r->exact);
+    free(r->slots);
+    free(r->prefix);
+    free(r);
+}
+
+routes_t *build_routes(const config_t *cfg)
+{
+    routes_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    size_t n = cfg->n_endpoints ? cfg->n_endpoints : 1;
+    r->exact = calloc(n, sizeof *r->exact);
+    r->prefix = calloc(n, sizeof *r->prefix);
+    r->cap = 16;
+    while (r->cap < 2 * n)
+        r->cap *= 2;
+    r->slots = calloc(r->cap, sizeof *r->slots);
+    if (!r->exact || !r->prefix || !r->slots) {
+        routes_free(r);
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->n_endpoints; i++) {
+        const cfg_endpoint_t *e = &cfg->endpoints[i];
+        char *key = route_key_dup(e->path, !e->is_prefix);
+        if (!key) {
+            routes_free(r);
+            return NULL;
+        }
+        rentry_t en = {key, strlen(key), (uint32_t)i, e->methods};
+        if (e->is_prefix)
+            r->prefix[r->n_prefix++] = en;
+        else
+            r->exact[r->n_exact++] = en;
+    }
+    qsort(r->exact, r->n_exact, sizeof *r->exact, cmp_rentry);
+    qsort(r->prefix, r->n_prefix, sizeof *r->prefix, cmp_prefix);
+    for (size_t i = 0; i < r->n_exact; i++) {
+        if (i && strcmp(r->exact[i - 1].path, r->exact[i].path) == 0)
+            continue; /* same group */
+        size_t s = (size_t)fnv1a(r->exact[i].path) & (r->cap - 1);
+        while (r->slots[s])
+            s = (s + 1) & (r->cap - 1);
+        r->slots[s] = (uint32_t)i + 1;
+    }
+    return r;
+}
+
+/* ------------------------------------------------------------------------
+ * Lookups (per request).
+ * ------------------------------------------------------------------------ */
+
+const cfg_key_t *config_find_key(const config_t *c, const unsigned char sha[32])
+{
+    const keyidx_t *ki = c->key_index;
+    if (!ki || !ki->dig.cap)
+        return NULL;
+    uint64_t h = dig_head(sha);
+    size_t mask = ki->dig.cap - 1, j = (size_t)h & mask;
+    while (ki->dig.s[j].idx1) {
+        const cfg_key_t *k = &c->keys[ki->dig.s[j].idx1 - 1];
+        if (ki->dig.s[j].h == h && CRYPTO_memcmp(k->sha256, sha, 32) == 0)
+            return k;
+        j = (j + 1) & mask;
+    }
+    return NULL;
+}
+
+const cfg_key_t *config_find_key_id(const config_t *c, const char *id)
+{
+    const keyidx_t *ki = c->key_index;
+    uint32_t v;
+    if (!ki || !id || !st_get(&ki->ids, id, &v))
+        return NULL;
+    return &c->keys[v];
+}
+
+const cfg_account_t *config_find_account(const config_t *c, const char *name)
+{
+    const keyidx_t *ki = c->key_index;
+    uint32_t v;
+    if (!ki || !name || !st_get(&ki->accounts, name, &v))
+        return NULL;
+    return &c->accounts[v];
+}
+
+static int route(const config_t *c, unsigned method, const char *path)
+{
+    const routes_t *r = c->route_index;
+    char key[2048]; /* as long as a request's normalized path */
+    if (!r || !path || route_key(path, 0, key, sizeof key) != 0)
+        return -1;
+    /* Exact paths first, looked up without a trailing "/". */
+    size_t klen = strlen(key);
+    int cut = klen > 1 && key[klen - 1] == '/';
+    if (cut)
+        key[klen - 1] = '\0';
+    size_t mask = r->cap - 1, s = (size_t)fnv1a(key) & mask;
+    while (r->slots[s]) {
+        size_t i = r->slots[s] - 1;
+        if (strcmp(r->exact[i].path, key) == 0) {
+            for (; i < r->n_exact && strcmp(r->exact[i].path, key) == 0; i++)
+                if (r->exact[i].methods & method)
+                    return (int)r->exact[i].ep;
+            break;
+        }
+        s = (s + 1) & mask;
+    }
+    if (cut)
+        key[klen - 1] = '/';
+    for (size_t i = 0; i < r->n_prefix; i++)
+        if ((r->prefix[i].methods & method) &&
+            strncmp(key, r->prefix[i].path, r->prefix[i].len) == 0)
+            return (int)r->prefix[i].ep;
+    return -1;
+}
+
+int config_route(const config_t *c, unsigned method, const char *path)
+{
+    return method ? route(c, method, path) : -1;
+}
+
+int config_route_any(const config_t *c, const char *path)
+{
+    return route(c, ~0u, path);
+}
+
+/* ------------------------------------------------------------------------
+ * Counters that a new snapshot starts afresh.
+ * ------------------------------------------------------------------------ */
+
+static const lim_rule_t *rule_by_ident(const lim_rule_t *rules, size_t n, const char *ident)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!rules[i].removed && strcmp(rules[i].ident, ident) == 0)
+            return &rules[i];
+    return NULL;
+}
+
+/* One level's limits: a rule of next whose counter identity is new while
+ * old had a rule of the same metric, per and scope (now gone) is a limit
+ * whose endpoints changed. */
+static size_t rules_changes(const char *where, const lim_rule_t *old, size_t n_old,
+                            const lim_rule_t *next, size_t n_next, size_t said,
+                            cfg_note_fn note, void *arg)
+{
+    size_t found = 0;
+    for (size_t i = 0; i < n_next; i++) {
+        const lim_rule_t *r = &next[i];
+        if (r->removed || rule_by_ident(old, n_old, r->ident))
+            continue;
+        const lim_rule_t *was = NULL;
+        for (size_t j = 0; j < n_old && !was; j++) {
+            const lim_rule_t *o = &old[j];
+            if (!o->removed && o->metric == r->metric && o->per == r->per &&
+                o->scope == r->scope && !rule_by_ident(next, n_next, o->ident))
+                was = o;
+        }
+        if (!was)
+            continue;
+        found++;
+        if (said + found > CFG_NOTES_MAX)
+            continue;
+        const char *now_eps = r->ep_names ? r->ep_names : "";
+        const char *was_eps = was->ep_names ? was->ep_names : "";
+        char *line;
+        if (asprintf(&line,
+                     "warning: %s: the %s%s%s limit (%s scope) now counts %s%s%s (was %s%s%s): "
+                     "its counter starts afresh",
+                     where, lim_metric_name(r->metric), r->per ? " per " : "",
+                     lim_per_name(r->per), lim_scope_name(r->scope),
+                     *now_eps ? "endpoints [" : "all endpoints", now_eps, *now_eps ? "]" : "",
+                     *was_eps ? "endpoints [" : "all endpoints", was_eps,
+                     *was_eps ? "]" : "") >= 0) {
+            note(arg, line);
+            free(line);
+        }
+    }
+    return found;
+}
+
+size_t config_counter_changes(const config_t *old, const config_t *next, cfg_note_fn note,
+                              void *arg)
+{
+    size_t n = 0;
+    char where[160];
+    for (size_t i = 0; i < next->n_tiers; i++) {
+        const cfg_tier_t *t = &next->tiers[i];
+        for (size_t j = 0; j < old->n_tiers; j++) {
+            if (strcmp(old->tiers[j].name, t->name) != 0)
+                continue;
+            snprintf(where, sizeof where, "tier \"%s\"", t->name);
+            n += rules_changes(where, old->tiers[j].rules, old->tiers[j].n_rules, t->rules,
+                               t->n_rules, n, note, arg);
+            break;
+        }
+    }
+    for (size_t i = 0; i < next->n_accounts; i++) {
+        const cfg_account_t *a = &next->accounts[i];
+        const cfg_account_t *o = config_find_account(old, a->name);
+        if (!o)
+            continue;
+        snprintf(where, sizeof where, "account \"%s\"", a->name);
+        n += rules_changes(where, o->rules, o->n_rules, a->rules, a->n_rules, n, note, arg);
+    }
+    for (size_t i = 0; i < next->n_keys; i++) {
+        const cfg_key_t *k = &next->keys[i];
+        const cfg_key_t *o = config_find_key_id(old, k->id);
+        if (!o)
+            continue;
+        snprintf(where, sizeof where, "key \"%s\"", k->id);
+        n += rules_changes(where, o->rules, o->n_rules, k->rules, k->n_rules, n, note, arg);
+    }
+    if (n > CFG_NOTES_MAX) {
+        char line[160];
+        snprintf(line, sizeof line,
+                 "warning: %zu more limits whose endpoints changed start their counters afresh",
+                 n - CFG_NOTES_MAX);
+        note(arg, line);
+    }
+    return n;
+}

@@ -1,0 +1,561 @@
+/*
+ * gateway/config/load.c: config_load: read the files, substitute ${ENV}, parse the
+ * root in its fixed order, set defaults, free a snapshot or a failed load.
+ */
+#include "internal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static int valid_env_name(const char *s, size_t n)
+{
+    if (n == 0 || !((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+/* ${NAME} substitution of the string at the current path. Returns a new
+ * string, or NULL (reported, or out of memory). */
+char *subst_env(ctx_t *c, const char *s)
+{
+    if (!strstr(s, "${"))
+        return xstrdup(c, s);
+    size_t cap = strlen(s) + 1, n = 0;
+    char *o = malloc(cap);
+    int bad = 0;
+    if (!o) {
+        nomem(c);
+        return NULL;
+    }
+    const char *p = s;
+    while (*p) {
+        const char *d = strstr(p, "${");
+        size_t lit = d ? (size_t)(d - p) : strlen(p);
+        const char *val = NULL;
+        size_t vlen = 0;
+        if (d) {
+            const char *e = strchr(d + 2, '}');
+            if (!e) {
+                cfg_err(c, NULL, NULL, "\"${\" without a closing \"}\"");
+                bad = 1;
+                break;
+            }
+            size_t nl = (size_t)(e - d - 2);
+            char name[256];
+            if (!valid_env_name(d + 2, nl) || nl >= sizeof name) {
+                char tmp[256];
+                snprintf(tmp, sizeof tmp, "%.*s", (int)(nl < 200 ? nl : 200), d + 2);
+                cfg_err(c, NULL, NULL, "invalid environment variable name %s", Q(c, tmp));
+                bad = 1;
+            } else {
+                memcpy(name, d + 2, nl);
+                name[nl] = '\0';
+                val = getenv(name);
+                if (!val) {
+                    cfg_err(c, NULL, NULL, "environment variable %s is not set", name);
+                    bad = 1;
+                } else {
+                    vlen = strlen(val);
+                }
+            }
+            p = e + 1;
+        } else {
+            p += lit;
+        }
+        if (n + lit + vlen + 1 > cap) {
+            while (n + lit + vlen + 1 > cap)
+                cap *= 2;
+            char *no = realloc(o, cap);
+            if (!no) {
+                free(o);
+                nomem(c);
+                return NULL;
+            }
+            o = no;
+        }
+        memcpy(o + n, d ? d - lit : p - lit, lit);
+        n += lit;
+        if (val) {
+            memcpy(o + n, val, vlen);
+            n += vlen;
+        }
+    }
+    if (bad) {
+        free(o);
+        return NULL;
+    }
+    o[n] = '\0';
+    return o;
+}
+
+/* The string value v at the current path (already pushed). */
+
+/* ------------------------------------------------------------------------
+ * Files.
+ * ------------------------------------------------------------------------ */
+
+static char *read_file(const char *path, size_t *len, int *errnum)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        *errnum = errno;
+        return NULL;
+    }
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (n == cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    if (!buf) {
+        *errnum = ENOMEM;
+    } else if (ferror(f)) {
+        *errnum = errno ? errno : EIO;
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+/* Parse the text of file `which`; a syntax error is reported with
+ * jansson's own LINE:COL. */
+static json_t *parse_text(ctx_t *c, int which)
+{
+    json_error_t je;
+    json_t *root = json_loadb(c->text[which], c->tlen[which], JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        int saved = c->file;
+        char *t;
+        c->file = which;
+        if (asprintf(&t, "invalid JSON: %s", je.text) < 0)
+            t = NULL;
+        add_msg(c, 0, 0, je.line > 0 ? je.line : 1, je.column > 0 ? je.column : 1, 0, t);
+        c->file = saved;
+    }
+    return root;
+}
+
+char *join_dir(const char *cfgpath, const char *rel)
+{
+    const char *slash = strrchr(cfgpath, '/');
+    char *out;
+    if (rel[0] == '/' || !slash)
+        return strdup(rel);
+    if (asprintf(&out, "%.*s/%s", (int)(slash - cfgpath), cfgpath, rel) < 0)
+        return NULL;
+    return out;
+}
+
+/* ------------------------------------------------------------------------
+ * Free.
+ * ------------------------------------------------------------------------ */
+
+static void rules_free(lim_rule_t *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(r[i].eps);
+        free(r[i].ep_names);
+        free(r[i].ident);
+    }
+    free(r);
+}
+
+static void config_free(config_t *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->path);
+    free(cfg->server.listen_host);
+    free(cfg->server.tls_cert_file);
+    free(cfg->server.tls_key_file);
+    free(cfg->server.usage_path);
+    free(cfg->admin.listen_host);
+    free(cfg->storage.host);
+    free(cfg->storage.password);
+    free(cfg->storage.key_prefix);
+    for (size_t i = 0; i < cfg->n_backends; i++) {
+        cfg_backend_t *b = &cfg->backends[i];
+        free(b->name);
+        free(b->url);
+        free(b->ca_file);
+        free(b->host);
+        free(b->base_path);
+        for (size_t k = 0; k < b->n_headers; k++) {
+            free(b->headers[k].name);
+            free(b->headers[k].value);
+        }
+        free(b->headers);
+    }
+    free(cfg->backends);
+    for (size_t i = 0; i < cfg->n_endpoints; i++) {
+        cfg_endpoint_t *e = &cfg->endpoints[i];
+        free(e->name);
+        free(e->path);
+        for (size_t k = 0; k < e->n_units; k++) {
+            free(e->units[k].pointer);
+            for (size_t j = 0; j < e->units[k].n_map; j++)
+                free(e->units[k].map[j].name);
+            free(e->units[k].map);
+        }
+        free(e->units);
+        if (e->job) {
+            free(e->job->id_pointer);
+            free(e->job->status_query);
+            free(e->job->status_pointer);
+            for (size_t k = 0; k < e->job->n_done; k++)
+                free(e->job->done_values[k]);
+            free(e->job->done_values);
+            free(e->job);
+        }
+        if (e->reconcile) {
+            for (size_t k = 0; k < e->reconcile->n_pointers; k++)
+                free(e->reconcile->pointers[k]);
+            free(e->reconcile->pointers);
+            free(e->reconcile->response_header);
+            free(e->reconcile);
+        }
+    }
+    free(cfg->endpoints);
+    for (size_t i = 0; i < cfg->n_tiers; i++) {
+        free(cfg->tiers[i].name);
+        rules_free(cfg->tiers[i].rules, cfg->tiers[i].n_rules);
+    }
+    free(cfg->tiers);
+    for (size_t i = 0; i < cfg->n_accounts; i++) {
+        free(cfg->accounts[i].name);
+        rules_free(cfg->accounts[i].rules, cfg->accounts[i].n_rules);
+        lim_policy_free(&cfg->accounts[i].policy);
+    }
+    free(cfg->accounts);
+    for (size_t i = 0; i < cfg->n_keys; i++) {
+        free(cfg->keys[i].id);
+        rules_free(cfg->keys[i].rules, cfg->keys[i].n_rules);
+        lim_policy_free(&cfg->keys[i].own);
+    }
+    free(cfg->keys);
+    free(cfg->keys_file);
+    keyidx_t *ki = cfg->key_index;
+    if (ki) {
+        free(ki->dig.s);
+        st_free(&ki->ids);
+        st_free(&ki->accounts);
+        free(ki);
+    }
+    routes_free(cfg->route_index);
+    free(cfg);
+}
+
+void config_unref(config_t *c)
+{
+    if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) {
+        if (c->tls_ctx && c->tls_free)
+            c->tls_free(c->tls_ctx);
+        config_free(c);
+    }
+}
+
+void cfg_messages_free(cfg_messages_t *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_errors; i++)
+        free(m->errors[i]);
+    for (size_t i = 0; i < m->n_warnings; i++)
+        free(m->warnings[i]);
+    free(m->errors);
+    free(m->warnings);
+    memset(m, 0, sizeof *m);
+}
+
+static void ctx_free(ctx_t *c)
+{
+    for (size_t i = 0; i < c->nm; i++) {
+        free(c->m[i].ptr);
+        free(c->m[i].text);
+    }
+    free(c->m);
+    free(c->path);
+    for (int f = 0; f < 2; f++) {
+        free(c->fname[f]);
+        free(c->text[f]);
+    }
+    json_decref(c->keys_root);
+    st_free(&c->t_backends);
+    st_free(&c->t_endpoints);
+    st_free(&c->t_tiers);
+    st_free(&c->t_accounts);
+    st_free(&c->t_keyids);
+    free(c->t_dig.s);
+    free(c->ksrc);
+}
+
+/* ------------------------------------------------------------------------
+ * Load.
+ * ------------------------------------------------------------------------ */
+
+static int set_defaults(config_t *cfg)
+{
+    atomic_init(&cfg->refs, 1);
+    static atomic_ulong generations;
+    cfg->generation = atomic_fetch_add(&generations, 1) + 1;
+    cfg->server.listen_host = strdup("0.0.0.0");
+    cfg->server.listen_port = 8080;
+    cfg->server.max_body_bytes = 10485760;
+    cfg->server.max_header_bytes = 16384;
+    cfg->server.client_timeout_ms = 30000;
+    cfg->server.drain_timeout_ms = 30000;
+    cfg->server.min_body_rate = 1024;
+    cfg->server.body_buffer_bytes = (int64_t)512 * 1024 * 1024;
+    cfg->server.usage_path = strdup("/v1/usage");
+    cfg->storage.driver = CFG_STORE_MEMORY;
+    cfg->storage.host = strdup("127.0.0.1");
+    cfg->storage.port = 6379;
+    cfg->storage.timeout_ms = 50;
+    cfg->storage.on_error = CFG_ON_ERROR_DENY;
+    cfg->storage.key_prefix = strdup("rl:");
+    return cfg->server.listen_host && cfg->server.usage_path && cfg->storage.host &&
+                   cfg->storage.key_prefix
+               ? 0
+               : -1;
+}
+
+/* An object-of-objects section: names first, then each body. */
+static void parse_section(ctx_t *c, json_t *root, const char *name, const char *what,
+                          void **arr, size_t elsize, size_t *count, strtab_t *t,
+                          name_slot_fn slot,
+                          void (*body)(ctx_t *, json_t *, void *, const char *))
+{
+    json_t *sec = get_obj(c, root, NULL, name, 0);
+    if (!sec || !json_object_size(sec))
+        return;
+    size_t n = json_object_size(sec);
+    *arr = calloc(n, elsize);
+    if (!*arr) {
+        nomem(c);
+        return;
+    }
+    size_t m = pk(c, name);
+    *count = collect_names(c, sec, t, what, slot);
+    const char *k;
+    json_t *v;
+    size_t i = 0;
+    json_object_foreach(sec, k, v) {
+        if (i >= *count)
+            break;
+        char W[120];
+        snprintf(W, sizeof W, "%s %s", what, Q(c, k));
+        size_t mk = pk(c, k);
+        if (!json_is_object(v))
+            cfg_err(c, W, NULL, "expected an object, got %s", json_kind(v));
+        else
+            body(c, v, (char *)*arr + i * elsize, W);
+        pp(c, mk);
+        i++;
+    }
+    pp(c, m);
+}
+
+static void body_backend(ctx_t *c, json_t *o, void *p, const char *W) { parse_backend(c, o, p, W); }
+static void body_endpoint(ctx_t *c, json_t *o, void *p, const char *W) { parse_endpoint(c, o, p, W); }
+static void body_tier(ctx_t *c, json_t *o, void *p, const char *W) { parse_tier(c, o, p, W); }
+static void body_account(ctx_t *c, json_t *o, void *p, const char *W) { parse_account(c, o, p, W); }
+
+static void parse_root(ctx_t *c, json_t *root)
+{
+    static const char *const top[] = {"server", "admin", "storage", "backends", "endpoints",
+        "tiers", "accounts", "keys", "keys_file", NULL};
+    config_t *cfg = c->cfg;
+    check_keys(c, root, top, NULL);
+    json_t *o;
+    size_t m;
+    if ((o = get_obj(c, root, NULL, "server", 0))) {
+        m = pk(c, "server");
+        parse_server(c, o);
+        pp(c, m);
+    }
+    if ((o = get_obj(c, root, NULL, "admin", 0))) {
+        m = pk(c, "admin");
+        parse_admin(c, o);
+        pp(c, m);
+    }
+    if ((o = get_obj(c, root, NULL, "storage", 0))) {
+        m = pk(c, "storage");
+        parse_storage(c, o);
+        pp(c, m);
+    }
+    parse_section(c, root, "backends", "backend", (void **)&cfg->backends,
+                  sizeof *cfg->backends, &cfg->n_backends, &c->t_backends, slot_backend,
+                  body_backend);
+    parse_section(c, root, "endpoints", "endpoint", (void **)&cfg->endpoints,
+                  sizeof *cfg->endpoints, &cfg->n_endpoints, &c->t_endpoints, slot_endpoint,
+                  body_endpoint);
+    check_routes(c);
+    parse_section(c, root, "tiers", "tier", (void **)&cfg->tiers, sizeof *cfg->tiers,
+                  &cfg->n_tiers, &c->t_tiers, slot_tier, body_tier);
+    parse_section(c, root, "accounts", "account", (void **)&cfg->accounts,
+                  sizeof *cfg->accounts, &cfg->n_accounts, &c->t_accounts, slot_account,
+                  body_account);
+
+    /* Keys: the config's own, then keys_file's. */
+    json_t *keys = get_arr(c, root, NULL, "keys", 0);
+    char *kf = NULL;
+    if (get_str(c, root, NULL, "keys_file", 0, &kf) == 1) {
+        cfg->keys_file = join_dir(c->fname[0], kf);
+        c->fname[1] = cfg->keys_file ? strdup(cfg->keys_file) : NULL;
+        if (!c->fname[1]) {
+            nomem(c);
+        } else {
+            int e = 0;
+            c->text[1] = read_file(c->fname[1], &c->tlen[1], &e);
+            if (!c->text[1]) {
+                ferr(c, NULL, "keys_file", "cannot read %s: %s", Q(c, c->fname[1]), strerror(e));
+            } else {
+                c->keys_root = parse_text(c, 1);
+                if (c->keys_root && !json_is_array(c->keys_root)) {
+                    c->file = 1;
+                    cfg_err(c, NULL, NULL, "a keys file must be a JSON array of key objects, got %s",
+                        json_kind(c->keys_root));
+                    c->file = 0;
+                    json_decref(c->keys_root);
+                    c->keys_root = NULL;
+                }
+            }
+        }
+    }
+    free(kf);
+    size_t n0 = keys ? json_array_size(keys) : 0;
+    size_t n1 = c->keys_root ? json_array_size(c->keys_root) : 0;
+    if (n0 + n1 == 0)
+        return;
+    cfg->keys = calloc(n0 + n1, sizeof *cfg->keys);
+    c->ksrc = calloc(n0 + n1, sizeof *c->ksrc);
+    if (!cfg->keys || !c->ksrc) {
+        nomem(c);
+        return;
+    }
+    cfg->n_keys = n0 + n1;
+    if (n0) {
+        m = pk(c, "keys");
+        for (size_t i = 0; i < n0; i++) {
+            size_t mi = pi(c, i);
+            c->ksrc[i] = (keysrc_t){0, i};
+            parse_key(c, json_array_get(keys, i), i, i);
+            pp(c, mi);
+        }
+        pp(c, m);
+    }
+    if (n1) {
+        c->file = 1; /* pointers now into the keys file's array */
+        pp(c, 0);
+        for (size_t i = 0; i < n1; i++) {
+            size_t mi = pi(c, i);
+            c->ksrc[n0 + i] = (keysrc_t){1, i};
+            parse_key(c, json_array_get(c->keys_root, i), n0 + i, i);
+            pp(c, mi);
+        }
+        c->file = 0;
+    }
+}
+
+config_t *config_load(const char *path, cfg_messages_t *msgs)
+{
+    memset(msgs, 0, sizeof *msgs);
+    ctx_t c;
+    memset(&c, 0, sizeof c);
+    config_t *cfg = calloc(1, sizeof *cfg);
+    c.cfg = cfg;
+    c.fname[0] = strdup(path);
+    if (!cfg || !c.fname[0] || set_defaults(cfg) || !(cfg->path = strdup(path)) ||
+        path_reserve(&c, 64)) {
+        config_free(cfg);
+        ctx_free(&c);
+        msgs->errors = calloc(1, sizeof(char *));
+        if (msgs->errors && asprintf(&msgs->errors[0], "%s:1:1: out of memory", path) >= 0)
+            msgs->n_errors = 1;
+        return NULL;
+    }
+    c.path[0] = '\0';
+
+    int e = 0;
+    json_t *root = NULL;
+    c.text[0] = read_file(path, &c.tlen[0], &e);
+    if (!c.text[0]) {
+        char *t;
+        if (asprintf(&t, "cannot read the file: %s", strerror(e)) < 0)
+            t = NULL;
+        add_msg(&c, 0, 0, 1, 1, 0, t);
+    } else {
+        root = parse_text(&c, 0);
+    }
+    if (root) {
+        if (!json_is_object(root))
+            cfg_err(&c, NULL, NULL, "the configuration must be a JSON object, got %s",
+                json_kind(root));
+        else
+            parse_root(&c, root);
+        json_decref(root);
+    }
+    if (c.n_err == 0 && !c.oom) {
+        build_policies(&c);
+        if (c.n_err == 0 && !c.oom) {
+            keyidx_t *ki = calloc(1, sizeof *ki);
+            cfg->route_index = build_routes(cfg);
+            if (!ki || !cfg->route_index) {
+                free(ki);
+                nomem(&c);
+            } else {
+                /* the tables move into the snapshot */
+                ki->dig = c.t_dig;
+                ki->ids = c.t_keyids;
+                ki->accounts = c.t_accounts;
+                memset(&c.t_dig, 0, sizeof c.t_dig);
+                memset(&c.t_keyids, 0, sizeof c.t_keyids);
+                memset(&c.t_accounts, 0, sizeof c.t_accounts);
+                cfg->key_index = ki;
+            }
+        }
+    }
+    if (emit_all(&c, msgs)) {
+        cfg_messages_free(msgs);
+        msgs->errors = calloc(1, sizeof(char *));
+        if (msgs->errors && asprintf(&msgs->errors[0], "%s:1:1: out of memory", path) >= 0)
+            msgs->n_errors = 1;
+        c.n_err = 1;
+    }
+    int failed = c.n_err > 0 || c.oom;
+    ctx_free(&c);
+    if (failed) {
+        config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
