@@ -15,41 +15,6 @@
 /* Units saturate here: far above any limit, never overflowing a counter. */
 #define UNITS_MAX LIM_UNITS_MAX
 
-/* Resolve an RFC 6901 pointer (validated by the config) in root. */
-json_t *json_pointer_get(json_t *root, const char *ptr)
-{
-    json_t *cur = root;
-    char tok[256];
-    while (*ptr == '/' && cur) {
-        ptr++;
-        size_t n = 0;
-        while (*ptr && *ptr != '/') {
-            char ch = *ptr++;
-            if (ch == '~') {
-                ch = *ptr == '1' ? '/' : '~';
-                if (*ptr)
-                    ptr++;
-            }
-            if (n + 1 < sizeof tok)
-                tok[n++] = ch;
-        }
-        tok[n] = '\0';
-        if (json_is_object(cur)) {
-            cur = json_object_get(cur, tok);
-        } else if (json_is_array(cur)) {
-            char *end;
-            errno = 0;
-            unsigned long i = strtoul(tok, &end, 10);
-            if (!n || *end || errno || (n > 1 && tok[0] == '0'))
-                return NULL;
-            cur = json_array_get(cur, i);
-        } else {
-            return NULL;
-        }
-    }
-    return cur;
-}
-
 int64_t price_of(const cfg_endpoint_t *ep, int64_t units)
 {
     int64_t unit_part;

@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include "config/config.h"
+#include "config/pointer.h" /* json_pointer_get, for the units readers */
 
 /* units.c: the request's units from its JSON body. Returns 0 and sets
  * *units, or -1 with a message for a 400 INVALID_BODY. */
@@ -16,7 +17,5 @@ int units_from_body(const cfg_endpoint_t *ep, const char *body, size_t len,
 /* A request's price in millionths for its units: per_request + per_unit x
  * units, saturating far above any cap. */
 int64_t price_of(const cfg_endpoint_t *ep, int64_t units);
-/* The value at an RFC 6901 pointer in root (borrowed), or NULL. */
-json_t *json_pointer_get(json_t *root, const char *ptr);
 
 #endif

@@ -3,6 +3,7 @@
  * and the checks across routes.
  */
 #include "internal.h"
+#include "pointer.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -26,7 +27,7 @@ static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *ep
         return;
     e->units = calloc(n, sizeof *e->units);
     if (!e->units) {
-        nomem(c);
+        cfg_nomem(c);
         return;
     }
     e->n_units = n;
@@ -35,13 +36,13 @@ static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *ep
         char W[300];
         snprintf(W, sizeof W, "%s units[%zu]", epW, i);
         json_t *f = json_array_get(arr, i);
-        size_t m = pi(c, i);
+        size_t m = path_index(c, i);
         cfg_factor_t *fa = &e->units[i];
         fa->dflt = 1;
         fa->min = 1;
         if (!json_is_object(f)) {
             cfg_err(c, epW, NULL, "units[%zu]: expected an object, got %s", i, json_kind(f));
-            pp(c, m);
+            path_pop(c, m);
             continue;
         }
         check_keys(c, f, keys, W);
@@ -59,34 +60,34 @@ static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *ep
             fa->min = json_number_value(mv);
         json_t *map = get_obj(c, f, W, "map", 0);
         if (map) {
-            size_t mm = pk(c, "map");
+            size_t mm = path_key(c, "map");
             size_t nm = json_object_size(map);
             if (!nm) {
                 cfg_err(c, W, "map", "must not be empty");
             } else if (!(fa->map = calloc(nm, sizeof *fa->map))) {
-                nomem(c);
+                cfg_nomem(c);
             } else {
                 const char *k;
                 json_t *v;
                 json_object_foreach(map, k, v) {
-                    size_t mk = pk(c, k);
+                    size_t mk = path_key(c, k);
                     if (!json_is_integer(v))
-                        cfg_err(c, W, "map", "%s: expected an integer, got %s", Q(c, k),
+                        cfg_err(c, W, "map", "%s: expected an integer, got %s", cfg_quote(c, k),
                             json_kind(v));
                     else if (json_integer_value(v) < 0)
-                        cfg_err(c, W, "map", "%s: must not be negative, got %" PRId64, Q(c, k),
+                        cfg_err(c, W, "map", "%s: must not be negative, got %" PRId64, cfg_quote(c, k),
                             (int64_t)json_integer_value(v));
                     else {
-                        fa->map[fa->n_map].name = xstrdup(c, k);
+                        fa->map[fa->n_map].name = cfg_strdup(c, k);
                         fa->map[fa->n_map].value = (int64_t)json_integer_value(v);
                         fa->n_map++;
                     }
-                    pp(c, mk);
+                    path_pop(c, mk);
                 }
             }
-            pp(c, mm);
+            path_pop(c, mm);
         }
-        pp(c, m);
+        path_pop(c, m);
     }
 }
 
@@ -98,14 +99,14 @@ static void parse_job(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *epW)
     snprintf(W, sizeof W, "%s job", epW);
     cfg_job_t *j = calloc(1, sizeof *j);
     if (!j) {
-        nomem(c);
+        cfg_nomem(c);
         return;
     }
     e->job = j;
     j->max_seconds = 3600;
     check_keys(c, o, keys, W);
     get_pointer(c, o, W, "id_pointer", 1, &j->id_pointer);
-    lookup(c, &c->t_endpoints, o, W, "status_endpoint", "endpoint", &j->status_ep);
+    lookup_name(c, &c->t_endpoints, o, W, "status_endpoint", "endpoint", &j->status_ep);
     get_str(c, o, W, "status_query", 1, &j->status_query);
     get_pointer(c, o, W, "status_pointer", 1, &j->status_pointer);
     json_t *dv = get_arr(c, o, W, "done_values", 1);
@@ -114,16 +115,16 @@ static void parse_job(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *epW)
         if (!n) {
             ferr(c, W, "done_values", "must not be empty");
         } else if (!(j->done_values = calloc(n, sizeof(char *)))) {
-            nomem(c);
+            cfg_nomem(c);
         } else {
-            size_t m = pk(c, "done_values");
+            size_t m = path_key(c, "done_values");
             for (size_t i = 0; i < n; i++) {
-                size_t mi = pi(c, i);
+                size_t mi = path_index(c, i);
                 if (str_value(c, json_array_get(dv, i), W, "done_values", &j->done_values[j->n_done]) == 1)
                     j->n_done++;
-                pp(c, mi);
+                path_pop(c, mi);
             }
-            pp(c, m);
+            path_pop(c, m);
         }
     }
     get_int(c, o, W, "max_seconds", 0, 1, INT32_MAX, &j->max_seconds);
@@ -137,7 +138,7 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
     snprintf(W, sizeof W, "%s reconcile", epW);
     cfg_reconcile_t *r = calloc(1, sizeof *r);
     if (!r) {
-        nomem(c);
+        cfg_nomem(c);
         return;
     }
     e->reconcile = r;
@@ -152,26 +153,26 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
     }
     if (json_is_array(ptr)) {
         size_t n = json_array_size(ptr);
-        size_t m = pk(c, "response_pointer");
+        size_t m = path_key(c, "response_pointer");
         if (n == 0 || n > RECONCILE_POINTERS_MAX) {
             cfg_err(c, W, "response_pointer", "a list of 1 to %d pointers, got %zu",
                 RECONCILE_POINTERS_MAX, n);
         } else if (!(r->pointers = calloc(n, sizeof *r->pointers))) {
-            nomem(c);
+            cfg_nomem(c);
         } else {
             for (size_t i = 0; i < n; i++) {
-                size_t mi = pi(c, i);
+                size_t mi = path_index(c, i);
                 char *s = NULL;
                 const char *why;
                 if (str_value(c, json_array_get(ptr, i), W, "response_pointer", &s) != 1) {
                     /* reported */
-                } else if ((why = pointer_problem(s))) {
-                    cfg_err(c, W, "response_pointer", "invalid JSON pointer %s: %s", Q(c, s), why);
+                } else if ((why = json_pointer_problem(s))) {
+                    cfg_err(c, W, "response_pointer", "invalid JSON pointer %s: %s", cfg_quote(c, s), why);
                     free(s);
                 } else {
                     for (size_t k = 0; k < r->n_pointers && s; k++) {
                         if (strcmp(r->pointers[k], s) == 0) {
-                            cfg_err(c, W, "response_pointer", "%s is listed twice", Q(c, s));
+                            cfg_err(c, W, "response_pointer", "%s is listed twice", cfg_quote(c, s));
                             free(s);
                             s = NULL;
                         }
@@ -179,10 +180,10 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
                     if (s)
                         r->pointers[r->n_pointers++] = s;
                 }
-                pp(c, mi);
+                path_pop(c, mi);
             }
         }
-        pp(c, m);
+        path_pop(c, m);
     } else if (ptr) {
         char *s = NULL;
         if (!json_is_string(ptr)) {
@@ -190,7 +191,7 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
         } else if (get_pointer(c, o, W, "response_pointer", 0, &s) == 1) {
             if (!(r->pointers = calloc(1, sizeof *r->pointers))) {
                 free(s);
-                nomem(c);
+                cfg_nomem(c);
             } else {
                 r->pointers[0] = s;
                 r->n_pointers = 1;
@@ -199,7 +200,7 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
     }
     if (get_str(c, o, W, "response_header", 0, &r->response_header) == 1 &&
         !valid_header_name(r->response_header))
-        ferr(c, W, "response_header", "invalid header name %s", Q(c, r->response_header));
+        ferr(c, W, "response_header", "invalid header name %s", cfg_quote(c, r->response_header));
     if (b && r->stream_include_usage)
         ferr(c, W, "stream_include_usage",
              "the usage chunk is read through \"response_pointer\", not a header");
@@ -251,92 +252,50 @@ void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
         if (get_str(c, o, W, f, 1, &e->path) == 1) {
             e->is_prefix = has_pp;
             if (e->path[0] != '/')
-                ferr(c, W, f, "must start with \"/\", got %s", Q(c, e->path));
+                ferr(c, W, f, "must start with \"/\", got %s", cfg_quote(c, e->path));
             else if (strpbrk(e->path, "?# \t\r\n"))
                 ferr(c, W, f, "must be a plain path (no query, fragment or spaces), got %s",
-                     Q(c, e->path));
+                     cfg_quote(c, e->path));
             else if (!path_is_normal(e->path))
                 ferr(c, W, f,
                      "must be a normalized path (no \"//\", \".\" or \"..\" segment, "
                      "backslash, or \"%%\" but in an upper-case encoding of a reserved "
                      "character), "
                      "got %s: requests are normalized before routing and could never match",
-                     Q(c, e->path));
+                     cfg_quote(c, e->path));
         }
     }
-    lookup(c, &c->t_backends, o, W, "backend", "backend", &e->backend);
+    lookup_name(c, &c->t_backends, o, W, "backend", "backend", &e->backend);
     get_int(c, o, W, "max_body_bytes", 0, 1, INT64_MAX, &e->max_body_bytes);
     json_t *u = get_arr(c, o, W, "units", 0);
     if (u) {
-        size_t mk = pk(c, "units");
+        size_t mk = path_key(c, "units");
         parse_units(c, u, e, W);
-        pp(c, mk);
+        path_pop(c, mk);
     }
     json_t *pr = get_obj(c, o, W, "price", 0);
     if (pr) {
         static const char *const pkeys[] = {"per_request", "per_unit", NULL};
         char PW[300];
         snprintf(PW, sizeof PW, "%s price", W);
-        size_t mk = pk(c, "price");
+        size_t mk = path_key(c, "price");
         check_keys(c, pr, pkeys, PW);
         get_money(c, pr, PW, "per_request", &e->price_request_micros);
         get_money(c, pr, PW, "per_unit", &e->price_unit_micros);
-        pp(c, mk);
+        path_pop(c, mk);
     }
     json_t *j = get_obj(c, o, W, "job", 0);
     if (j) {
-        size_t mk = pk(c, "job");
+        size_t mk = path_key(c, "job");
         parse_job(c, j, e, W);
-        pp(c, mk);
+        path_pop(c, mk);
     }
     json_t *r = get_obj(c, o, W, "reconcile", 0);
     if (r) {
-        size_t mk = pk(c, "reconcile");
+        size_t mk = path_key(c, "reconcile");
         parse_reconcile(c, r, e, W);
-        pp(c, mk);
+        path_pop(c, mk);
     }
-}
-
-/*
- * The key a path is routed by: ASCII letters lower-cased, ";params" cut
- * from every segment, and for an exact path one trailing "/" dropped. Any
- * spelling that a lenient backend (case-insensitive matching, ignored
- * path parameters or trailing slash) takes for an endpoint's path routes
- * to that endpoint here too, so it is counted where the backend runs it.
- * The request's path itself is forwarded as it came (normalized).
- * Writes at most len bytes; -1 if the key does not fit.
- */
-int route_key(const char *path, int exact, char *out, size_t len)
-{
-    size_t o = 0;
-    int in_params = 0;
-    for (const char *p = path; *p; p++) {
-        char ch = *p;
-        if (ch == '/')
-            in_params = 0;
-        else if (ch == ';')
-            in_params = 1;
-        if (in_params)
-            continue;
-        if (o + 1 >= len)
-            return -1;
-        out[o++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
-    }
-    if (exact && o > 1 && out[o - 1] == '/')
-        o--;
-    out[o] = '\0';
-    return 0;
-}
-
-char *route_key_dup(const char *path, int exact)
-{
-    size_t n = strlen(path) + 1;
-    char *k = malloc(n);
-    if (k && route_key(path, exact, k, n) != 0) {
-        free(k);
-        k = NULL;
-    }
-    return k;
 }
 
 /* Two endpoints may not answer the same method on the same path. */
@@ -358,19 +317,19 @@ void check_routes(ctx_t *c)
             free(kb);
             if (!same)
                 continue;
-            size_t m = pk(c, "endpoints");
-            pk(c, b->name);
+            size_t m = path_key(c, "endpoints");
+            path_key(c, b->name);
             int mi = __builtin_ctz(b->methods);
             char W[120];
-            snprintf(W, sizeof W, "endpoint %s", Q(c, b->name));
+            snprintf(W, sizeof W, "endpoint %s", cfg_quote(c, b->name));
             ferr(c, W, b->is_prefix ? "path_prefix" : "path",
                  "%s %s%s is already routed to endpoint %s%s", method_names[mi], b->path,
-                 b->is_prefix ? "*" : "", Q(c, a->name),
+                 b->is_prefix ? "*" : "", cfg_quote(c, a->name),
                  strcmp(a->path, b->path) == 0
                      ? ""
                      : " (paths are routed regardless of case, \";params\" and a "
                        "trailing \"/\")");
-            pp(c, m);
+            path_pop(c, m);
             break;
         }
     }

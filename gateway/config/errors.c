@@ -17,21 +17,22 @@
 #include <strings.h>
 
 #include "jsonpos.h"
+#include "pointer.h"
 
 /* ------------------------------------------------------------------------
  * Load context and messages.
  * ------------------------------------------------------------------------ */
 
-void nomem(ctx_t *c)
+void cfg_nomem(ctx_t *c)
 {
     c->oom = 1;
 }
 
-char *xstrdup(ctx_t *c, const char *s)
+char *cfg_strdup(ctx_t *c, const char *s)
 {
     char *d = strdup(s ? s : "");
     if (!d)
-        nomem(c);
+        cfg_nomem(c);
     return d;
 }
 
@@ -45,7 +46,7 @@ int path_reserve(ctx_t *c, size_t extra)
         cap *= 2;
     char *p = realloc(c->path, cap);
     if (!p) {
-        nomem(c);
+        cfg_nomem(c);
         return -1;
     }
     c->path = p;
@@ -53,27 +54,19 @@ int path_reserve(ctx_t *c, size_t extra)
     return 0;
 }
 
-size_t pk(ctx_t *c, const char *key)
+size_t path_key(ctx_t *c, const char *key)
 {
-    size_t mark = c->plen, need = 1;
-    for (const char *s = key; *s; s++)
-        need += (*s == '~' || *s == '/') ? 2 : 1;
-    if (path_reserve(c, need))
+    size_t mark = c->plen;
+    if (path_reserve(c, 1 + 2 * strlen(key)))
         return mark;
     c->path[c->plen++] = '/';
-    for (const char *s = key; *s; s++) {
-        if (*s == '~' || *s == '/') {
-            c->path[c->plen++] = '~';
-            c->path[c->plen++] = *s == '~' ? '0' : '1';
-        } else {
-            c->path[c->plen++] = *s;
-        }
-    }
+    for (const char *s = key; *s; s++)
+        c->plen += json_pointer_escape((unsigned char)*s, c->path + c->plen);
     c->path[c->plen] = '\0';
     return mark;
 }
 
-size_t pi(ctx_t *c, size_t idx)
+size_t path_index(ctx_t *c, size_t idx)
 {
     char b[32];
     size_t mark = c->plen;
@@ -85,7 +78,7 @@ size_t pi(ctx_t *c, size_t idx)
     return mark;
 }
 
-void pp(ctx_t *c, size_t mark)
+void path_pop(ctx_t *c, size_t mark)
 {
     c->plen = mark;
     if (c->path)
@@ -94,7 +87,7 @@ void pp(ctx_t *c, size_t mark)
 
 /* A user string, quoted and escaped for a one-line message. The result
  * lives until four more calls. */
-const char *Q(ctx_t *c, const char *s)
+const char *cfg_quote(ctx_t *c, const char *s)
 {
     char *o = c->q[c->qi++ % 4];
     size_t n = 0, cap = sizeof c->q[0];
@@ -124,7 +117,7 @@ void add_msg(ctx_t *c, int warning, int want_key, int line, int col,
                     int use_path, char *text)
 {
     if (!text) {
-        nomem(c);
+        cfg_nomem(c);
         return;
     }
     if (c->nm == c->capm) {
@@ -132,7 +125,7 @@ void add_msg(ctx_t *c, int warning, int want_key, int line, int col,
         msg_t *m = realloc(c->m, cap * sizeof *m);
         if (!m) {
             free(text);
-            nomem(c);
+            cfg_nomem(c);
             return;
         }
         c->m = m;
@@ -151,7 +144,7 @@ void add_msg(ctx_t *c, int warning, int want_key, int line, int col,
         m->ptr = strdup(c->path ? c->path : "");
         if (!m->ptr) {
             free(text);
-            nomem(c);
+            cfg_nomem(c);
             return;
         }
     }
@@ -193,12 +186,12 @@ void cfg_err(ctx_t *c, const char *where, const char *label, const char *fmt, ..
 __attribute__((format(printf, 4, 5)))
 void ferr(ctx_t *c, const char *where, const char *name, const char *fmt, ...)
 {
-    size_t m = pk(c, name);
+    size_t m = path_key(c, name);
     va_list ap;
     va_start(ap, fmt);
     vreport(c, 0, 0, where, name, fmt, ap);
     va_end(ap);
-    pp(c, m);
+    path_pop(c, m);
 }
 
 /* Error at the current member's key. */

@@ -3,6 +3,7 @@
  * host:port, url, file, digest) and the value checks behind them.
  */
 #include "internal.h"
+#include "pointer.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -37,7 +38,7 @@ const char *json_kind(const json_t *v)
     return "?";
 }
 
-void missing(ctx_t *c, const char *where, const char *name)
+void missing_field(ctx_t *c, const char *where, const char *name)
 {
     cfg_err(c, where, NULL, "missing \"%s\"", name);
 }
@@ -60,12 +61,12 @@ void check_keys(ctx_t *c, json_t *o, const char *const allowed[], const char *wh
                 break;
         if (allowed[i])
             continue;
-        size_t m = pk(c, k);
+        size_t m = path_key(c, k);
         if (where && *where)
-            kerr(c, NULL, "unknown key %s in %s", Q(c, k), where);
+            kerr(c, NULL, "unknown key %s in %s", cfg_quote(c, k), where);
         else
-            kerr(c, NULL, "unknown key %s at top level", Q(c, k));
-        pp(c, m);
+            kerr(c, NULL, "unknown key %s at top level", cfg_quote(c, k));
+        path_pop(c, m);
     }
 }
 
@@ -88,14 +89,14 @@ int get_str(ctx_t *c, json_t *o, const char *where, const char *name, int requir
     json_t *v = json_object_get(o, name);
     if (!v) {
         if (required) {
-            missing(c, where, name);
+            missing_field(c, where, name);
             return -1;
         }
         return 0;
     }
-    size_t m = pk(c, name);
+    size_t m = path_key(c, name);
     int rc = str_value(c, v, where, name, out);
-    pp(c, m);
+    path_pop(c, m);
     return rc;
 }
 
@@ -134,7 +135,7 @@ int get_int(ctx_t *c, json_t *o, const char *where, const char *name, int requir
     json_t *v = json_object_get(o, name);
     if (!v) {
         if (required) {
-            missing(c, where, name);
+            missing_field(c, where, name);
             return -1;
         }
         return 0;
@@ -172,7 +173,7 @@ static json_t *get_typed(ctx_t *c, json_t *o, const char *where, const char *nam
     json_t *v = json_object_get(o, name);
     if (!v) {
         if (required)
-            missing(c, where, name);
+            missing_field(c, where, name);
         return NULL;
     }
     if (json_typeof(v) != t) {
@@ -206,7 +207,7 @@ int get_enum(ctx_t *c, json_t *o, const char *where, const char *name, int requi
             return i;
         }
     }
-    ferr(c, where, name, "unknown %s %s: expected %s", what, Q(c, s), expect);
+    ferr(c, where, name, "unknown %s %s: expected %s", what, cfg_quote(c, s), expect);
     free(s);
     return -1;
 }
@@ -268,13 +269,13 @@ int money_value(ctx_t *c, json_t *v, const char *where, const char *label, int64
     switch (rc) {
     case MONEY_OK: break;
     case MONEY_SYNTAX:
-        cfg_err(c, where, label, "invalid amount %s: expected a decimal such as \"0.0015\"", Q(c, s));
+        cfg_err(c, where, label, "invalid amount %s: expected a decimal such as \"0.0015\"", cfg_quote(c, s));
         break;
-    case MONEY_NEGATIVE: cfg_err(c, where, label, "amount %s must not be negative", Q(c, s)); break;
+    case MONEY_NEGATIVE: cfg_err(c, where, label, "amount %s must not be negative", cfg_quote(c, s)); break;
     case MONEY_DECIMALS:
-        cfg_err(c, where, label, "amount %s has more than 6 decimal places", Q(c, s));
+        cfg_err(c, where, label, "amount %s has more than 6 decimal places", cfg_quote(c, s));
         break;
-    default: cfg_err(c, where, label, "amount %s is too large", Q(c, s)); break;
+    default: cfg_err(c, where, label, "amount %s is too large", cfg_quote(c, s)); break;
     }
     free(s);
     return rc == MONEY_OK ? 1 : -1;
@@ -285,9 +286,9 @@ int get_money(ctx_t *c, json_t *o, const char *where, const char *name, int64_t 
     json_t *v = json_object_get(o, name);
     if (!v)
         return 0;
-    size_t m = pk(c, name);
+    size_t m = path_key(c, name);
     int rc = money_value(c, v, where, name, out);
-    pp(c, m);
+    path_pop(c, m);
     return rc;
 }
 
@@ -308,17 +309,6 @@ int valid_name(const char *s)
 }
 
 
-/* RFC 6901: "" or "/..." with "~" only as "~0" or "~1". NULL if valid. */
-const char *pointer_problem(const char *p)
-{
-    if (*p && *p != '/')
-        return "must be empty or start with \"/\"";
-    for (; *p; p++)
-        if (*p == '~' && p[1] != '0' && p[1] != '1')
-            return "\"~\" must be followed by 0 or 1";
-    return NULL;
-}
-
 int get_pointer(ctx_t *c, json_t *o, const char *where, const char *name, int required,
                        char **out)
 {
@@ -326,9 +316,9 @@ int get_pointer(ctx_t *c, json_t *o, const char *where, const char *name, int re
     int rc = get_str(c, o, where, name, required, &s);
     if (rc != 1)
         return rc;
-    const char *why = pointer_problem(s);
+    const char *why = json_pointer_problem(s);
     if (why) {
-        ferr(c, where, name, "invalid JSON pointer %s: %s", Q(c, s), why);
+        ferr(c, where, name, "invalid JSON pointer %s: %s", cfg_quote(c, s), why);
         free(s);
         return -1;
     }
@@ -411,13 +401,13 @@ int get_hostport(ctx_t *c, json_t *o, const char *where, const char *name, int r
     uint16_t pt = 0;
     const char *why = parse_hostport(s, &hs, &pt);
     if (why) {
-        ferr(c, where, name, "invalid address %s: %s", Q(c, s), why);
+        ferr(c, where, name, "invalid address %s: %s", cfg_quote(c, s), why);
         free(s);
         return -1;
     }
     free(s);
     if (!hs) {
-        nomem(c);
+        cfg_nomem(c);
         return -1;
     }
     free(*host);
@@ -492,7 +482,7 @@ void get_file(ctx_t *c, json_t *o, const char *where, const char *name, char **d
         return;
     *dst = join_dir(c->fname[0], s);
     if (!*dst)
-        nomem(c);
+        cfg_nomem(c);
     free(s);
 }
 
@@ -527,10 +517,108 @@ int get_digest(ctx_t *c, json_t *o, const char *where, const char *name, int req
     if (rc != 1)
         return rc;
     if (parse_digest_hex(s, out)) {
-        ferr(c, where, name, "expected 64 hexadecimal digits (a SHA-256), got %s", Q(c, s));
+        ferr(c, where, name, "expected 64 hexadecimal digits (a SHA-256), got %s", cfg_quote(c, s));
         free(s);
         return -1;
     }
     free(s);
     return 1;
+}
+
+static int valid_env_name(const char *s, size_t n)
+{
+    if (n == 0 || !((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+/* ${NAME} substitution of the string at the current path. Returns a new
+ * string, or NULL (reported, or out of memory). */
+char *subst_env(ctx_t *c, const char *s)
+{
+    if (!strstr(s, "${"))
+        return cfg_strdup(c, s);
+    size_t cap = strlen(s) + 1, n = 0;
+    char *o = malloc(cap);
+    int bad = 0;
+    if (!o) {
+        cfg_nomem(c);
+        return NULL;
+    }
+    const char *p = s;
+    while (*p) {
+        const char *d = strstr(p, "${");
+        size_t lit = d ? (size_t)(d - p) : strlen(p);
+        const char *val = NULL;
+        size_t vlen = 0;
+        if (d) {
+            const char *e = strchr(d + 2, '}');
+            if (!e) {
+                cfg_err(c, NULL, NULL, "\"${\" without a closing \"}\"");
+                bad = 1;
+                break;
+            }
+            size_t nl = (size_t)(e - d - 2);
+            char name[256];
+            if (!valid_env_name(d + 2, nl) || nl >= sizeof name) {
+                char tmp[256];
+                snprintf(tmp, sizeof tmp, "%.*s", (int)(nl < 200 ? nl : 200), d + 2);
+                cfg_err(c, NULL, NULL, "invalid environment variable name %s", cfg_quote(c, tmp));
+                bad = 1;
+            } else {
+                memcpy(name, d + 2, nl);
+                name[nl] = '\0';
+                val = getenv(name);
+                if (!val) {
+                    cfg_err(c, NULL, NULL, "environment variable %s is not set", name);
+                    bad = 1;
+                } else {
+                    vlen = strlen(val);
+                }
+            }
+            p = e + 1;
+        } else {
+            p += lit;
+        }
+        if (n + lit + vlen + 1 > cap) {
+            while (n + lit + vlen + 1 > cap)
+                cap *= 2;
+            char *no = realloc(o, cap);
+            if (!no) {
+                free(o);
+                cfg_nomem(c);
+                return NULL;
+            }
+            o = no;
+        }
+        memcpy(o + n, d ? d - lit : p - lit, lit);
+        n += lit;
+        if (val) {
+            memcpy(o + n, val, vlen);
+            n += vlen;
+        }
+    }
+    if (bad) {
+        free(o);
+        return NULL;
+    }
+    o[n] = '\0';
+    return o;
+}
+
+char *join_dir(const char *cfgpath, const char *rel)
+{
+    const char *slash = strrchr(cfgpath, '/');
+    char *out;
+    if (rel[0] == '/' || !slash)
+        return strdup(rel);
+    if (asprintf(&out, "%.*s/%s", (int)(slash - cfgpath), cfgpath, rel) < 0)
+        return NULL;
+    return out;
 }

@@ -396,3 +396,60 @@ size_t config_counter_changes(const config_t *old, const config_t *next, cfg_not
     }
     return n;
 }
+
+/*
+ * The key a path is routed by: ASCII letters lower-cased, ";params" cut
+ * from every segment, and for an exact path one trailing "/" dropped. Any
+ * spelling that a lenient backend (case-insensitive matching, ignored
+ * path parameters or trailing slash) takes for an endpoint's path routes
+ * to that endpoint here too, so it is counted where the backend runs it.
+ * The request's path itself is forwarded as it came (normalized).
+ * Writes at most len bytes; -1 if the key does not fit.
+ */
+int route_key(const char *path, int exact, char *out, size_t len)
+{
+    size_t o = 0;
+    int in_params = 0;
+    for (const char *p = path; *p; p++) {
+        char ch = *p;
+        if (ch == '/')
+            in_params = 0;
+        else if (ch == ';')
+            in_params = 1;
+        if (in_params)
+            continue;
+        if (o + 1 >= len)
+            return -1;
+        out[o++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+    }
+    if (exact && o > 1 && out[o - 1] == '/')
+        o--;
+    out[o] = '\0';
+    return 0;
+}
+
+char *route_key_dup(const char *path, int exact)
+{
+    size_t n = strlen(path) + 1;
+    char *k = malloc(n);
+    if (k && route_key(path, exact, k, n) != 0) {
+        free(k);
+        k = NULL;
+    }
+    return k;
+}
+
+int lookup_name(ctx_t *c, const strtab_t *t, json_t *o, const char *W, const char *name,
+                  const char *what, uint32_t *out)
+{
+    char *s = NULL;
+    int rc = get_str(c, o, W, name, 1, &s);
+    if (rc != 1)
+        return rc;
+    if (!st_get(t, s, out)) {
+        ferr(c, W, name, "no %s named %s", what, cfg_quote(c, s));
+        rc = -1;
+    }
+    free(s);
+    return rc;
+}

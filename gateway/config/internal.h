@@ -129,13 +129,13 @@ routes_t *build_routes(const config_t *cfg);
 typedef char **(*name_slot_fn)(config_t *cfg, size_t i);
 
 /* errors.c */
-void nomem(ctx_t *c);
-char *xstrdup(ctx_t *c, const char *s);
+void cfg_nomem(ctx_t *c);
+char *cfg_strdup(ctx_t *c, const char *s);
 int path_reserve(ctx_t *c, size_t extra);
-size_t pk(ctx_t *c, const char *key);
-size_t pi(ctx_t *c, size_t idx);
-void pp(ctx_t *c, size_t mark);
-const char *Q(ctx_t *c, const char *s);
+size_t path_key(ctx_t *c, const char *key);
+size_t path_index(ctx_t *c, size_t idx);
+void path_pop(ctx_t *c, size_t mark);
+const char *cfg_quote(ctx_t *c, const char *s);
 void add_msg(ctx_t *c, int warning, int want_key, int line, int col,
                     int use_path, char *text);
 void cfg_err(ctx_t *c, const char *where, const char *label, const char *fmt, ...);
@@ -145,7 +145,7 @@ int emit_all(ctx_t *c, cfg_messages_t *out);
 
 /* fields.c */
 const char *json_kind(const json_t *v);
-void missing(ctx_t *c, const char *where, const char *name);
+void missing_field(ctx_t *c, const char *where, const char *name);
 void type_err(ctx_t *c, const char *where, const char *name, const json_t *v,
                      const char *expected);
 void check_keys(ctx_t *c, json_t *o, const char *const allowed[], const char *where);
@@ -166,7 +166,6 @@ int get_enum(ctx_t *c, json_t *o, const char *where, const char *name, int requi
 int money_value(ctx_t *c, json_t *v, const char *where, const char *label, int64_t *out);
 int get_money(ctx_t *c, json_t *o, const char *where, const char *name, int64_t *out);
 int valid_name(const char *s);
-const char *pointer_problem(const char *p);
 int get_pointer(ctx_t *c, json_t *o, const char *where, const char *name, int required,
                        char **out);
 int valid_header_name(const char *s);
@@ -192,7 +191,7 @@ char **slot_endpoint(config_t *cfg, size_t i);
 char **slot_tier(config_t *cfg, size_t i);
 char **slot_account(config_t *cfg, size_t i);
 void parse_backend(ctx_t *c, json_t *o, cfg_backend_t *b, const char *W);
-int lookup(ctx_t *c, const strtab_t *t, json_t *o, const char *W, const char *name,
+int lookup_name(ctx_t *c, const strtab_t *t, json_t *o, const char *W, const char *name,
                   const char *what, uint32_t *out);
 
 /* endpoints.c */

@@ -9,6 +9,7 @@
  * incrementally from the last one: the whole thing is one pass.
  */
 #include "jsonpos.h"
+#include "pointer.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -124,7 +125,7 @@ static int wanted_below(walker_t *w)
     return yes;
 }
 
-static int path_reserve(walker_t *w, size_t extra)
+static int walker_reserve(walker_t *w, size_t extra)
 {
     if (w->plen + extra + 2 <= w->pcap)
         return 0;
@@ -143,7 +144,7 @@ static int path_reserve(walker_t *w, size_t extra)
 
 static int path_putc(walker_t *w, char ch)
 {
-    if (path_reserve(w, 1))
+    if (walker_reserve(w, 1))
         return -1;
     w->path[w->plen++] = ch;
     w->path[w->plen] = '\0';
@@ -153,11 +154,9 @@ static int path_putc(walker_t *w, char ch)
 /* Append one decoded key byte, escaped for a pointer (~ -> ~0, / -> ~1). */
 static int path_put_keych(walker_t *w, unsigned char ch)
 {
-    if (ch == '~')
-        return path_putc(w, '~') || path_putc(w, '0');
-    if (ch == '/')
-        return path_putc(w, '~') || path_putc(w, '1');
-    return path_putc(w, (char)ch);
+    char e[2];
+    size_t n = json_pointer_escape(ch, e);
+    return path_putc(w, e[0]) || (n == 2 && path_putc(w, e[1]));
 }
 
 static int path_put_utf8(walker_t *w, uint32_t cp)
@@ -428,7 +427,7 @@ int jsonpos_resolve(const char *text, size_t len, jsonpos_req_t *reqs, size_t n)
     w.lc_col = 1;
     w.ord = malloc(n * sizeof *w.ord);
     sortent_t *ents = malloc(n * sizeof *ents);
-    if (!w.ord || !ents || path_reserve(&w, 64)) {
+    if (!w.ord || !ents || walker_reserve(&w, 64)) {
         free(w.ord);
         free(ents);
         free(w.path);

@@ -53,7 +53,7 @@ static char *make_ident(ctx_t *c, const lim_rule_t *r)
     if (r->n_eps) {
         const char **names = malloc(r->n_eps * sizeof *names);
         if (!names) {
-            nomem(c);
+            cfg_nomem(c);
             return NULL;
         }
         size_t tot = 0;
@@ -65,7 +65,7 @@ static char *make_ident(ctx_t *c, const lim_rule_t *r)
         joined = malloc(tot);
         if (!joined) {
             free(names);
-            nomem(c);
+            cfg_nomem(c);
             return NULL;
         }
         size_t n = 0;
@@ -94,7 +94,7 @@ static char *make_ident(ctx_t *c, const lim_rule_t *r)
     }
     free(joined);
     if (!id)
-        nomem(c);
+        cfg_nomem(c);
     return id;
 }
 
@@ -115,9 +115,9 @@ static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char 
     if (metric == LIM_CONCURRENT) {
         r->per = LIM_PER_NONE;
         if (perv) {
-            size_t m = pk(c, "per");
+            size_t m = path_key(c, "per");
             kerr(c, W, "\"per\" must not be given for a concurrent limit");
-            pp(c, m);
+            path_pop(c, m);
             ok = 0;
         }
     } else if (metric >= 0 && !perv) {
@@ -139,7 +139,7 @@ static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char 
 
     json_t *eps = json_object_get(o, "endpoints");
     if (eps) {
-        size_t m = pk(c, "endpoints");
+        size_t m = path_key(c, "endpoints");
         size_t n = json_is_array(eps) ? json_array_size(eps) : 0;
         if (!json_is_array(eps)) {
             cfg_err(c, W, "endpoints", "expected an array, got %s", json_kind(eps));
@@ -157,17 +157,17 @@ static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char 
             }
             r->ep_names = calloc(1, namelen);
             if (!r->eps || !r->ep_names) {
-                nomem(c);
+                cfg_nomem(c);
                 ok = 0;
             }
             for (size_t i = 0; i < n && r->eps && r->ep_names; i++) {
-                size_t mi = pi(c, i);
+                size_t mi = path_index(c, i);
                 char *s = NULL;
                 uint32_t idx;
                 if (str_value(c, json_array_get(eps, i), W, "endpoints", &s) != 1) {
                     ok = 0;
                 } else if (!st_get(&c->t_endpoints, s, &idx)) {
-                    cfg_err(c, W, "endpoints", "no endpoint named %s", Q(c, s));
+                    cfg_err(c, W, "endpoints", "no endpoint named %s", cfg_quote(c, s));
                     ok = 0;
                 } else {
                     uint32_t k;
@@ -175,7 +175,7 @@ static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char 
                         if (r->eps[k] == idx)
                             break;
                     if (k < r->n_eps) {
-                        cfg_err(c, W, "endpoints", "%s is listed twice", Q(c, s));
+                        cfg_err(c, W, "endpoints", "%s is listed twice", cfg_quote(c, s));
                         ok = 0;
                     } else {
                         r->eps[r->n_eps++] = idx;
@@ -185,21 +185,21 @@ static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char 
                     }
                 }
                 free(s);
-                pp(c, mi);
+                path_pop(c, mi);
             }
             if (r->eps)
                 qsort(r->eps, r->n_eps, sizeof *r->eps, cmp_u32);
         }
-        pp(c, m);
+        path_pop(c, m);
     }
     if (!r->ep_names && !(r->ep_names = calloc(1, 1))) {
-        nomem(c);
+        cfg_nomem(c);
         ok = 0;
     }
 
     json_t *lv = json_object_get(o, "limit");
     if (!lv) {
-        missing(c, W, "limit");
+        missing_field(c, W, "limit");
         ok = 0;
     } else if (json_is_null(lv)) {
         if (level == LV_TIER) {
@@ -209,10 +209,10 @@ static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char 
         }
         r->removed = 1;
     } else if (metric == LIM_SPEND) {
-        size_t m = pk(c, "limit");
+        size_t m = path_key(c, "limit");
         if (money_value(c, lv, W, "limit", &r->limit) != 1)
             ok = 0;
-        pp(c, m);
+        path_pop(c, m);
     } else if (metric >= 0) {
         if (!json_is_integer(lv)) {
             type_err(c, W, "limit", lv, "an integer (or null)");
@@ -239,16 +239,16 @@ static void parse_limits(ctx_t *c, json_t *owner, int level, const char *ownerW,
         return;
     lim_rule_t *rules = calloc(n, sizeof *rules);
     if (!rules) {
-        nomem(c);
+        cfg_nomem(c);
         return;
     }
     *out = rules;
-    size_t mk = pk(c, "limits");
+    size_t mk = path_key(c, "limits");
     for (size_t i = 0; i < n; i++) {
         char W[300];
         snprintf(W, sizeof W, "%s limits[%zu]", ownerW, i);
         json_t *o = json_array_get(arr, i);
-        size_t mi = pi(c, i);
+        size_t mi = path_index(c, i);
         lim_rule_t *r = &rules[*n_out];
         if (!json_is_object(o)) {
             cfg_err(c, ownerW, NULL, "limits[%zu]: expected an object, got %s", i, json_kind(o));
@@ -271,9 +271,9 @@ static void parse_limits(ctx_t *c, json_t *owner, int level, const char *ownerW,
             free(r->ident);
             memset(r, 0, sizeof *r);
         }
-        pp(c, mi);
+        path_pop(c, mi);
     }
-    pp(c, mk);
+    path_pop(c, mk);
 }
 
 void parse_tier(ctx_t *c, json_t *o, cfg_tier_t *t, const char *W)
@@ -287,7 +287,7 @@ void parse_account(ctx_t *c, json_t *o, cfg_account_t *a, const char *W)
 {
     static const char *const keys[] = {"tier", "disabled", "limits", NULL};
     check_keys(c, o, keys, W);
-    lookup(c, &c->t_tiers, o, W, "tier", "tier", &a->tier);
+    lookup_name(c, &c->t_tiers, o, W, "tier", "tier", &a->tier);
     get_bool(c, o, W, "disabled", &a->disabled);
     parse_limits(c, o, LV_ACCOUNT, W, &a->rules, &a->n_rules);
 }
@@ -305,15 +305,15 @@ void parse_key(ctx_t *c, json_t *o, size_t ki, size_t pos)
     }
     if (get_str(c, o, W, "id", 1, &k->id) == 1) {
         if (!valid_name(k->id)) {
-            ferr(c, W, "id", "invalid key id %s: " NAME_RULE, Q(c, k->id));
+            ferr(c, W, "id", "invalid key id %s: " NAME_RULE, cfg_quote(c, k->id));
         } else {
             uint32_t old;
             int rc = st_put(&c->t_keyids, k->id, (uint32_t)ki, &old);
             if (rc < 0)
-                nomem(c);
+                cfg_nomem(c);
             else if (rc == 1)
-                ferr(c, W, "id", "duplicate key id %s", Q(c, k->id));
-            snprintf(W, sizeof W, "key %s", Q(c, k->id));
+                ferr(c, W, "id", "duplicate key id %s", cfg_quote(c, k->id));
+            snprintf(W, sizeof W, "key %s", cfg_quote(c, k->id));
         }
     }
     check_keys(c, o, keys, W);
@@ -321,12 +321,12 @@ void parse_key(ctx_t *c, json_t *o, size_t ki, size_t pos)
         uint32_t dup;
         int rc = dt_put(&c->t_dig, c->cfg->keys, (uint32_t)ki, &dup);
         if (rc < 0)
-            nomem(c);
+            cfg_nomem(c);
         else if (rc == 1)
             ferr(c, W, "sha256", "the same digest as key %s",
-                 Q(c, c->cfg->keys[dup].id ? c->cfg->keys[dup].id : "?"));
+                 cfg_quote(c, c->cfg->keys[dup].id ? c->cfg->keys[dup].id : "?"));
     }
-    lookup(c, &c->t_accounts, o, W, "account", "account", &k->account);
+    lookup_name(c, &c->t_accounts, o, W, "account", "account", &k->account);
     get_bool(c, o, W, "disabled", &k->disabled);
     parse_limits(c, o, LV_KEY, W, &k->rules, &k->n_rules);
 }
@@ -338,7 +338,7 @@ void parse_key(ctx_t *c, json_t *o, size_t ki, size_t pos)
 static void policy_error(ctx_t *c, int rc, const char *what)
 {
     if (rc == -1)
-        nomem(c);
+        cfg_nomem(c);
     else
         cfg_err(c, what, NULL, "more than %d limits apply to one endpoint", LIM_MAX_CHECKS);
 }
@@ -360,15 +360,15 @@ static void warn_noop_removals(ctx_t *c, const char *W, const lim_rule_t *rules,
             found = strcmp(inh2[k].ident, rules[i].ident) == 0;
         if (found)
             continue;
-        size_t m = pk(c, "limits");
-        pi(c, i);
-        pk(c, "limit");
+        size_t m = path_key(c, "limits");
+        path_index(c, i);
+        path_key(c, "limit");
         char *text;
         if (asprintf(&text, "warning: %s limits[%zu]: \"limit\": null removes nothing: no "
                      "inherited limit is %s", W, i, rules[i].ident) < 0)
             text = NULL;
         add_msg(c, 1, 1, 0, 0, 1, text);
-        pp(c, m);
+        path_pop(c, m);
     }
 }
 
@@ -383,12 +383,12 @@ void build_policies(ctx_t *c)
         memset(&tmp, 0, sizeof tmp);
         int rc = lim_policy_resolve(&tmp, lv, nl, 1, cfg->n_endpoints);
         if (rc) {
-            size_t m = pk(c, "tiers");
-            size_t m2 = pk(c, cfg->tiers[t].name);
-            snprintf(W, sizeof W, "tier %s", Q(c, cfg->tiers[t].name));
+            size_t m = path_key(c, "tiers");
+            size_t m2 = path_key(c, cfg->tiers[t].name);
+            snprintf(W, sizeof W, "tier %s", cfg_quote(c, cfg->tiers[t].name));
             policy_error(c, rc, W);
-            pp(c, m2);
-            pp(c, m);
+            path_pop(c, m2);
+            path_pop(c, m);
         } else {
             lim_policy_free(&tmp);
         }
@@ -399,14 +399,14 @@ void build_policies(ctx_t *c)
         const lim_rule_t *lv[2] = {t->rules, a->rules};
         size_t nl[2] = {t->n_rules, a->n_rules};
         int rc = lim_policy_resolve(&a->policy, lv, nl, 2, cfg->n_endpoints);
-        size_t m = pk(c, "accounts");
-        pk(c, a->name);
-        snprintf(W, sizeof W, "account %s", Q(c, a->name));
+        size_t m = path_key(c, "accounts");
+        path_key(c, a->name);
+        snprintf(W, sizeof W, "account %s", cfg_quote(c, a->name));
         if (rc)
             policy_error(c, rc, W);
         else
             warn_noop_removals(c, W, a->rules, a->n_rules, NULL, 0, t->rules, t->n_rules);
-        pp(c, m);
+        path_pop(c, m);
     }
     for (size_t i = 0; i < cfg->n_keys; i++) {
         cfg_key_t *k = &cfg->keys[i];
@@ -422,9 +422,9 @@ void build_policies(ctx_t *c)
         c->file = c->ksrc[i].file;
         size_t m = c->plen;
         if (c->file == 0)
-            pk(c, "keys");
-        pi(c, c->ksrc[i].idx);
-        snprintf(W, sizeof W, "key %s", Q(c, k->id));
+            path_key(c, "keys");
+        path_index(c, c->ksrc[i].idx);
+        snprintf(W, sizeof W, "key %s", cfg_quote(c, k->id));
         if (rc == 0) {
             k->policy = &k->own;
             warn_noop_removals(c, W, k->rules, k->n_rules, a->policy.rules, a->policy.n_rules,
@@ -432,7 +432,7 @@ void build_policies(ctx_t *c)
         } else {
             policy_error(c, rc, W);
         }
-        pp(c, m);
+        path_pop(c, m);
         c->file = saved;
     }
 }

@@ -16,93 +16,6 @@
 #include <string.h>
 #include <strings.h>
 
-static int valid_env_name(const char *s, size_t n)
-{
-    if (n == 0 || !((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-              ch == '_'))
-            return 0;
-    }
-    return 1;
-}
-
-/* ${NAME} substitution of the string at the current path. Returns a new
- * string, or NULL (reported, or out of memory). */
-char *subst_env(ctx_t *c, const char *s)
-{
-    if (!strstr(s, "${"))
-        return xstrdup(c, s);
-    size_t cap = strlen(s) + 1, n = 0;
-    char *o = malloc(cap);
-    int bad = 0;
-    if (!o) {
-        nomem(c);
-        return NULL;
-    }
-    const char *p = s;
-    while (*p) {
-        const char *d = strstr(p, "${");
-        size_t lit = d ? (size_t)(d - p) : strlen(p);
-        const char *val = NULL;
-        size_t vlen = 0;
-        if (d) {
-            const char *e = strchr(d + 2, '}');
-            if (!e) {
-                cfg_err(c, NULL, NULL, "\"${\" without a closing \"}\"");
-                bad = 1;
-                break;
-            }
-            size_t nl = (size_t)(e - d - 2);
-            char name[256];
-            if (!valid_env_name(d + 2, nl) || nl >= sizeof name) {
-                char tmp[256];
-                snprintf(tmp, sizeof tmp, "%.*s", (int)(nl < 200 ? nl : 200), d + 2);
-                cfg_err(c, NULL, NULL, "invalid environment variable name %s", Q(c, tmp));
-                bad = 1;
-            } else {
-                memcpy(name, d + 2, nl);
-                name[nl] = '\0';
-                val = getenv(name);
-                if (!val) {
-                    cfg_err(c, NULL, NULL, "environment variable %s is not set", name);
-                    bad = 1;
-                } else {
-                    vlen = strlen(val);
-                }
-            }
-            p = e + 1;
-        } else {
-            p += lit;
-        }
-        if (n + lit + vlen + 1 > cap) {
-            while (n + lit + vlen + 1 > cap)
-                cap *= 2;
-            char *no = realloc(o, cap);
-            if (!no) {
-                free(o);
-                nomem(c);
-                return NULL;
-            }
-            o = no;
-        }
-        memcpy(o + n, d ? d - lit : p - lit, lit);
-        n += lit;
-        if (val) {
-            memcpy(o + n, val, vlen);
-            n += vlen;
-        }
-    }
-    if (bad) {
-        free(o);
-        return NULL;
-    }
-    o[n] = '\0';
-    return o;
-}
-
 /* The string value v at the current path (already pushed). */
 
 /* ------------------------------------------------------------------------
@@ -162,17 +75,6 @@ static json_t *parse_text(ctx_t *c, int which)
         c->file = saved;
     }
     return root;
-}
-
-char *join_dir(const char *cfgpath, const char *rel)
-{
-    const char *slash = strrchr(cfgpath, '/');
-    char *out;
-    if (rel[0] == '/' || !slash)
-        return strdup(rel);
-    if (asprintf(&out, "%.*s/%s", (int)(slash - cfgpath), cfgpath, rel) < 0)
-        return NULL;
-    return out;
 }
 
 /* ------------------------------------------------------------------------
@@ -360,10 +262,10 @@ static void parse_section(ctx_t *c, json_t *root, const char *name, const char *
     size_t n = json_object_size(sec);
     *arr = calloc(n, elsize);
     if (!*arr) {
-        nomem(c);
+        cfg_nomem(c);
         return;
     }
-    size_t m = pk(c, name);
+    size_t m = path_key(c, name);
     *count = collect_names(c, sec, t, what, slot);
     const char *k;
     json_t *v;
@@ -372,16 +274,16 @@ static void parse_section(ctx_t *c, json_t *root, const char *name, const char *
         if (i >= *count)
             break;
         char W[120];
-        snprintf(W, sizeof W, "%s %s", what, Q(c, k));
-        size_t mk = pk(c, k);
+        snprintf(W, sizeof W, "%s %s", what, cfg_quote(c, k));
+        size_t mk = path_key(c, k);
         if (!json_is_object(v))
             cfg_err(c, W, NULL, "expected an object, got %s", json_kind(v));
         else
             body(c, v, (char *)*arr + i * elsize, W);
-        pp(c, mk);
+        path_pop(c, mk);
         i++;
     }
-    pp(c, m);
+    path_pop(c, m);
 }
 
 static void body_backend(ctx_t *c, json_t *o, void *p, const char *W) { parse_backend(c, o, p, W); }
@@ -398,19 +300,19 @@ static void parse_root(ctx_t *c, json_t *root)
     json_t *o;
     size_t m;
     if ((o = get_obj(c, root, NULL, "server", 0))) {
-        m = pk(c, "server");
+        m = path_key(c, "server");
         parse_server(c, o);
-        pp(c, m);
+        path_pop(c, m);
     }
     if ((o = get_obj(c, root, NULL, "admin", 0))) {
-        m = pk(c, "admin");
+        m = path_key(c, "admin");
         parse_admin(c, o);
-        pp(c, m);
+        path_pop(c, m);
     }
     if ((o = get_obj(c, root, NULL, "storage", 0))) {
-        m = pk(c, "storage");
+        m = path_key(c, "storage");
         parse_storage(c, o);
-        pp(c, m);
+        path_pop(c, m);
     }
     parse_section(c, root, "backends", "backend", (void **)&cfg->backends,
                   sizeof *cfg->backends, &cfg->n_backends, &c->t_backends, slot_backend,
@@ -432,12 +334,12 @@ static void parse_root(ctx_t *c, json_t *root)
         cfg->keys_file = join_dir(c->fname[0], kf);
         c->fname[1] = cfg->keys_file ? strdup(cfg->keys_file) : NULL;
         if (!c->fname[1]) {
-            nomem(c);
+            cfg_nomem(c);
         } else {
             int e = 0;
             c->text[1] = read_file(c->fname[1], &c->tlen[1], &e);
             if (!c->text[1]) {
-                ferr(c, NULL, "keys_file", "cannot read %s: %s", Q(c, c->fname[1]), strerror(e));
+                ferr(c, NULL, "keys_file", "cannot read %s: %s", cfg_quote(c, c->fname[1]), strerror(e));
             } else {
                 c->keys_root = parse_text(c, 1);
                 if (c->keys_root && !json_is_array(c->keys_root)) {
@@ -459,28 +361,28 @@ static void parse_root(ctx_t *c, json_t *root)
     cfg->keys = calloc(n0 + n1, sizeof *cfg->keys);
     c->ksrc = calloc(n0 + n1, sizeof *c->ksrc);
     if (!cfg->keys || !c->ksrc) {
-        nomem(c);
+        cfg_nomem(c);
         return;
     }
     cfg->n_keys = n0 + n1;
     if (n0) {
-        m = pk(c, "keys");
+        m = path_key(c, "keys");
         for (size_t i = 0; i < n0; i++) {
-            size_t mi = pi(c, i);
+            size_t mi = path_index(c, i);
             c->ksrc[i] = (keysrc_t){0, i};
             parse_key(c, json_array_get(keys, i), i, i);
-            pp(c, mi);
+            path_pop(c, mi);
         }
-        pp(c, m);
+        path_pop(c, m);
     }
     if (n1) {
         c->file = 1; /* pointers now into the keys file's array */
-        pp(c, 0);
+        path_pop(c, 0);
         for (size_t i = 0; i < n1; i++) {
-            size_t mi = pi(c, i);
+            size_t mi = path_index(c, i);
             c->ksrc[n0 + i] = (keysrc_t){1, i};
             parse_key(c, json_array_get(c->keys_root, i), n0 + i, i);
-            pp(c, mi);
+            path_pop(c, mi);
         }
         c->file = 0;
     }
@@ -531,7 +433,7 @@ config_t *config_load(const char *path, cfg_messages_t *msgs)
             cfg->route_index = build_routes(cfg);
             if (!ki || !cfg->route_index) {
                 free(ki);
-                nomem(&c);
+                cfg_nomem(&c);
             } else {
                 /* the tables move into the snapshot */
                 ki->dig = c.t_dig;

@@ -59,11 +59,11 @@ void parse_server(ctx_t *c, json_t *o)
     json_t *tls = get_obj(c, o, W, "tls", 0);
     if (tls) {
         static const char *const tkeys[] = {"cert_file", "key_file", NULL};
-        size_t m = pk(c, "tls");
+        size_t m = path_key(c, "tls");
         check_keys(c, tls, tkeys, "server.tls");
         get_file(c, tls, "server.tls", "cert_file", &cfg->server.tls_cert_file);
         get_file(c, tls, "server.tls", "key_file", &cfg->server.tls_key_file);
-        pp(c, m);
+        path_pop(c, m);
     }
 }
 
@@ -113,16 +113,16 @@ size_t collect_names(ctx_t *c, json_t *sec, strtab_t *t, const char *what,
     size_t i = 0;
     json_object_foreach(sec, k, v) {
         char **dst = slot(c->cfg, i);
-        *dst = xstrdup(c, k);
+        *dst = cfg_strdup(c, k);
         if (!*dst)
             return i;
         if (!valid_name(k)) {
-            size_t m = pk(c, k);
-            kerr(c, NULL, "invalid %s name %s: " NAME_RULE, what, Q(c, k));
-            pp(c, m);
+            size_t m = path_key(c, k);
+            kerr(c, NULL, "invalid %s name %s: " NAME_RULE, what, cfg_quote(c, k));
+            path_pop(c, m);
         }
         if (st_put(t, *dst, (uint32_t)i, NULL) < 0)
-            nomem(c);
+            cfg_nomem(c);
         i++;
     }
     return i;
@@ -143,55 +143,41 @@ void parse_backend(ctx_t *c, json_t *o, cfg_backend_t *b, const char *W)
     if (get_str(c, o, W, "url", 1, &b->url) == 1) {
         const char *why = parse_url(b->url, b);
         if (why)
-            ferr(c, W, "url", "invalid URL %s: %s", Q(c, b->url), why);
+            ferr(c, W, "url", "invalid URL %s: %s", cfg_quote(c, b->url), why);
         else if (!b->host || !b->base_path)
-            nomem(c);
+            cfg_nomem(c);
 
     }
     get_int(c, o, W, "timeout_ms", 0, 1, INT32_MAX, &b->timeout_ms);
     json_t *h = get_obj(c, o, W, "headers", 0);
     if (h && json_object_size(h)) {
-        size_t m = pk(c, "headers");
+        size_t m = path_key(c, "headers");
         b->headers = calloc(json_object_size(h), sizeof *b->headers);
         if (!b->headers) {
-            nomem(c);
-            pp(c, m);
+            cfg_nomem(c);
+            path_pop(c, m);
             return;
         }
         const char *k;
         json_t *v;
         json_object_foreach(h, k, v) {
-            size_t mk = pk(c, k);
+            size_t mk = path_key(c, k);
             cfg_header_t *hd = &b->headers[b->n_headers];
             if (!valid_header_name(k)) {
-                kerr(c, W, "invalid header name %s", Q(c, k));
+                kerr(c, W, "invalid header name %s", cfg_quote(c, k));
             } else if (str_value(c, v, W, k, &hd->value) == 1) {
                 if (strpbrk(hd->value, "\r\n")) {
                     cfg_err(c, W, k, "a header value must not contain a line break");
                     free(hd->value);
                     hd->value = NULL;
                 } else {
-                    hd->name = xstrdup(c, k);
+                    hd->name = cfg_strdup(c, k);
                     b->n_headers++;
                 }
             }
-            pp(c, mk);
+            path_pop(c, mk);
         }
-        pp(c, m);
+        path_pop(c, m);
     }
 }
 
-int lookup(ctx_t *c, const strtab_t *t, json_t *o, const char *W, const char *name,
-                  const char *what, uint32_t *out)
-{
-    char *s = NULL;
-    int rc = get_str(c, o, W, name, 1, &s);
-    if (rc != 1)
-        return rc;
-    if (!st_get(t, s, out)) {
-        ferr(c, W, name, "no %s named %s", what, Q(c, s));
-        rc = -1;
-    }
-    free(s);
-    return rc;
-}

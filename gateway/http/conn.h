@@ -1,9 +1,10 @@
 /*
  * gateway/http/conn.h: the inside of the HTTP/1.1 server side, shared by
- * its three files and by nothing else: server.c (the listener, accepting,
- * a connection's lifetime), input.c (reading and parsing requests, the
- * request accessors, the socket callbacks) and output.c (writing answers,
- * the answer API). The public API is gateway/http/server.h.
+ * its four files and by nothing else: server.c (the listener, accepting),
+ * input.c (reading and parsing requests, the request accessors, the socket
+ * callbacks), output.c (writing answers, the answer API) and conn.c (a
+ * connection's lifetime, which the other three use). The public API is
+ * gateway/http/server.h.
  *
  * A connection walks ST_HEAD -> (ST_BODY_CL | ST_BODY_CHUNKED) -> ST_OPEN
  * (the exchange is with the request callback) -> ST_HEAD again, or
@@ -123,19 +124,22 @@ static inline int64_t now_ms(const h1_conn_t *c)
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-/* server.c */
+/* conn.c */
+/* Frees a server whose last connection is gone (the server's own
+ * memory; h1_server_free decides when). */
+void conn_server_destroy(h1_server_t *s);
 void conn_fail(h1_conn_t *c);
 void conn_maybe_free(h1_conn_t *c);
 void conn_pause_reading(h1_conn_t *c, int pause);
-/* output.c */
 size_t conn_pending(const h1_conn_t *c);
+void conn_close_or_linger(h1_conn_t *c);
+/* output.c */
 void conn_send_parts(h1_conn_t *c, const struct iovec *pre, int npre, struct evbuffer *data,
                        const struct iovec *post, int npost);
 void conn_drained(h1_conn_t *c);
 int conn_reserve_body(h1_conn_t *c, int64_t n);
 /* input.c */
 void conn_process(h1_conn_t *c);
-void conn_close_or_linger(h1_conn_t *c);
 void conn_on_read(evutil_socket_t fd, short what, void *arg);
 void conn_on_write(evutil_socket_t fd, short what, void *arg);
 void conn_on_later(evutil_socket_t fd, short what, void *arg);

@@ -573,27 +573,6 @@ static void on_idle_timeout(h1_conn_t *c)
            "The request did not arrive within client_timeout_ms.");
 }
 
-void conn_close_or_linger(h1_conn_t *c)
-{
-    if (c->dead)
-        return;
-    int unread = c->ilen > c->ipos || c->body_refused;
-    if (c->bev || !unread) {
-        conn_fail(c);
-        return;
-    }
-    /* Let the client read the answer: shut our side, drop its input for a
-     * moment, then close. */
-    c->state = ST_LINGER;
-    c->linger_until_ms = now_ms(c) + LINGER_MS;
-    c->ipos = c->ilen = 0;
-    shutdown(c->fd, SHUT_WR);
-    struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
-    event_del(&c->rev);
-    c->reading_paused = 0;
-    event_add(&c->rev, &tv);
-}
-
 /* Make room in ibuf for a read; 0 when none is to be had now. */
 static size_t read_room(h1_conn_t *c)
 {

@@ -33,17 +33,8 @@
 
 /* ---- output ------------------------------------------------------------ */
 
-size_t conn_pending(const h1_conn_t *c)
-{
-    if (c->dead)
-        return 0;
-    if (c->bev)
-        return evbuffer_get_length(bufferevent_get_output(c->bev));
-    return evbuffer_get_length(c->out);
-}
-
 /*
- * Write pre[], then data (conn_drained), then post[] — straight to the socket
+ * Write pre[], then data (drained), then post[] — straight to the socket
  * when nothing is queued before them (one sendmsg), the rest queued.
  */
 void conn_send_parts(h1_conn_t *c, const struct iovec *pre, int npre, struct evbuffer *data,
@@ -150,9 +141,7 @@ void conn_drained(h1_conn_t *c)
         /* The client read what it was sent: its next requests are read. */
         c->out_blocked = 0;
         conn_pause_reading(c, 0);
-        conn_process(c);
-        if (c->dead)
-            return;
+        event_active(&c->later, EV_TIMEOUT, 1); /* read on from the loop */
     }
     if (!c->open && c->state == ST_HEAD && c->ilen == c->ipos) {
         if (c->srv->draining) {
@@ -210,7 +199,7 @@ static int answer_closes(const h1_conn_t *c)
            c->body_deferred;
 }
 
-/* Bodies buffered by every connection of the conn_process, and the most they
+/* Bodies buffered by every connection of the process, and the most they
  * may take together (0: no budget). */
 static _Atomic int64_t body_in_use;
 static _Atomic int64_t body_budget;

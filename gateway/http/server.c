@@ -31,85 +31,6 @@
 #include "conn.h"
 #include "peers.h"
 
-/* ---- lifetime ---------------------------------------------------------- */
-
-static void server_destroy(h1_server_t *s)
-{
-    free(s->busy_answer[0]);
-    free(s->busy_answer[1]);
-    free(s);
-}
-
-static void server_unlink(h1_server_t *s, h1_conn_t *c)
-{
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    s->n_conns--;
-    if (s->freeing && s->n_conns == 0)
-        server_destroy(s);
-}
-
-void conn_maybe_free(h1_conn_t *c)
-{
-    if (!c->dead || c->open || c->busy)
-        return;
-    event_del(&c->later);
-    if (c->body)
-        evbuffer_free(c->body);
-    if (c->out)
-        evbuffer_free(c->out);
-    free(c->ibuf);
-    free(c->head);
-    free(c->obuf);
-    server_unlink(c->srv, c);
-    free(c);
-}
-
-/* Close the socket. The struct stays while its exchange is open; the
- * callee hears of it through the close callback, from the loop. */
-void conn_fail(h1_conn_t *c)
-{
-    if (c->dead)
-        return;
-    c->dead = 1;
-    if (c->peer_counted) {
-        peers_give((const struct sockaddr *)&c->peer);
-        c->peer_counted = 0;
-    }
-    if (c->bev) {
-        bufferevent_free(c->bev);
-        c->bev = NULL;
-    } else {
-        event_del(&c->rev);
-        event_del(&c->wev);
-        evutil_closesocket(c->fd);
-    }
-    c->fd = -1;
-    if (c->open && c->close_cb && !c->notified)
-        event_active(&c->later, EV_TIMEOUT, 1);
-}
-
-void conn_pause_reading(h1_conn_t *c, int pause)
-{
-    if (c->dead || c->reading_paused == pause)
-        return;
-    c->reading_paused = pause;
-    if (c->bev) {
-        if (pause)
-            bufferevent_disable(c->bev, EV_READ);
-        else
-            bufferevent_enable(c->bev, EV_READ);
-    } else if (pause) {
-        event_del(&c->rev);
-    } else {
-        event_add(&c->rev, c->srv->ctv);
-    }
-}
-
 /* ---- the server -------------------------------------------------------- */
 
 static int64_t mono_now_ms(void)
@@ -148,7 +69,7 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
         evconnlistener_enable(s->lst);
 }
 
-/* accept() failed. Out of descriptors (or memory), the conn_pending connection
+/* accept() failed. Out of descriptors (or memory), the pending connection
  * stays in the backlog and the listener would fire again at once: it is
  * paused for a moment instead of spinning. */
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -365,7 +286,7 @@ void h1_server_free(h1_server_t *s)
     stop_listening(s);
     s->draining = 1;
     if (s->n_conns == 0) {
-        server_destroy(s);
+        conn_server_destroy(s);
         return;
     }
     s->freeing = 1;
