@@ -179,6 +179,13 @@ int lim_report_pick_metric(const lim_check_t *checks, size_t n, lim_metric_t m,
                            const int64_t *remaining);
 
 /* Names used in bodies, config and counter keys. */
+/* The words the config file and the answers use, each list NULL-terminated
+ * and in enum order: lim_metric_words by lim_metric_t, lim_per_words from
+ * LIM_PER_SECOND on (LIM_PER_NONE has no word), lim_scope_words by
+ * lim_scope_t. */
+extern const char *const lim_metric_words[];
+extern const char *const lim_per_words[];
+extern const char *const lim_scope_words[];
 const char *lim_metric_name(lim_metric_t m);
 const char *lim_per_name(lim_per_t p);   /* "" for LIM_PER_NONE */
 const char *lim_scope_name(lim_scope_t s);

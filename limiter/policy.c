@@ -6,33 +6,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+const char *const lim_metric_words[] = {"requests", "units", "spend", "concurrent", NULL};
+const char *const lim_per_words[] = {"second", "minute", "hour", "day", "month", NULL};
+const char *const lim_scope_words[] = {"key", "account", NULL};
+
 const char *lim_metric_name(lim_metric_t m)
 {
-    switch (m) {
-    case LIM_REQUESTS: return "requests";
-    case LIM_UNITS: return "units";
-    case LIM_SPEND: return "spend";
-    case LIM_CONCURRENT: return "concurrent";
-    }
-    return "?";
+    return (unsigned)m <= LIM_CONCURRENT ? lim_metric_words[m] : "?";
 }
 
 const char *lim_per_name(lim_per_t p)
 {
-    switch (p) {
-    case LIM_PER_NONE: return "";
-    case LIM_PER_SECOND: return "second";
-    case LIM_PER_MINUTE: return "minute";
-    case LIM_PER_HOUR: return "hour";
-    case LIM_PER_DAY: return "day";
-    case LIM_PER_MONTH: return "month";
-    }
-    return "?";
+    if (p == LIM_PER_NONE)
+        return "";
+    return p >= LIM_PER_SECOND && p <= LIM_PER_MONTH ? lim_per_words[p - LIM_PER_SECOND] : "?";
 }
 
 const char *lim_scope_name(lim_scope_t s)
 {
-    return s == LIM_SCOPE_ACCOUNT ? "account" : "key";
+    return lim_scope_words[s == LIM_SCOPE_ACCOUNT];
 }
 
 int64_t lim_per_window_ms(lim_per_t p)

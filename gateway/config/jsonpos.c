@@ -68,19 +68,6 @@ static void advance_lc(walker_t *w, size_t off)
     w->lc_off = off;
 }
 
-void jsonpos_linecol(const char *text, size_t len, size_t off, int *line, int *col)
-{
-    walker_t w;
-    memset(&w, 0, sizeof w);
-    w.s = text;
-    w.len = len;
-    w.lc_line = 1;
-    w.lc_col = 1;
-    advance_lc(&w, off);
-    *line = w.lc_line;
-    *col = w.lc_col;
-}
-
 /* First index in ord whose pointer is >= p (string order). */
 static size_t lower_bound(const walker_t *w, const char *p)
 {

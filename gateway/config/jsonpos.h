@@ -35,7 +35,4 @@ int jsonpos_resolve(const char *text, size_t len, jsonpos_req_t *reqs, size_t n)
 int jsonpos_find(const char *text, size_t len, const char *pointer, int want_key,
                  int *line, int *col);
 
-/* LINE:COL of byte offset `off` (clamped to len), counted as above. */
-void jsonpos_linecol(const char *text, size_t len, size_t off, int *line, int *col);
-
 #endif

@@ -22,11 +22,6 @@
 
 enum { LV_TIER, LV_ACCOUNT, LV_KEY };
 
-static const char *const metric_words[] = {"requests", "units", "spend", "concurrent", NULL};
-static const char *const per_words[] = {"second", "minute", "hour", "day", "month", NULL};
-static const char *const scope_words[] = {"key", "account", NULL};
-static const lim_per_t per_values[] = {LIM_PER_SECOND, LIM_PER_MINUTE, LIM_PER_HOUR,
-    LIM_PER_DAY, LIM_PER_MONTH};
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -43,12 +38,9 @@ static int cmp_u32(const void *a, const void *b)
  * would pass 96 bytes, "h" + 16 hex of the names' SHA-256). */
 static char *make_ident(ctx_t *c, const lim_rule_t *r)
 {
-    const char *per = "";
-    for (size_t i = 0; i < 5; i++)
-        if (per_values[i] == r->per)
-            per = per_words[i];
-    const char *metric = metric_words[r->metric];
-    const char *scope = scope_words[r->scope];
+    const char *per = lim_per_name(r->per);
+    const char *metric = lim_metric_name(r->metric);
+    const char *scope = lim_scope_name(r->scope);
     char *joined = NULL;
     if (r->n_eps) {
         const char **names = malloc(r->n_eps * sizeof *names);
@@ -104,7 +96,7 @@ static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char 
     static const char *const keys[] = {"metric", "per", "limit", "scope", "endpoints", NULL};
     int ok = 1;
     check_keys(c, o, keys, W);
-    int metric = get_enum(c, o, W, "metric", 1, metric_words, "metric",
+    int metric = get_enum(c, o, W, "metric", 1, lim_metric_words, "metric",
                           "requests, units, spend or concurrent");
     if (metric < 0)
         ok = 0;
@@ -121,18 +113,18 @@ static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char 
             ok = 0;
         }
     } else if (metric >= 0 && !perv) {
-        cfg_err(c, W, NULL, "missing \"per\" (required for a %s limit)", metric_words[metric]);
+        cfg_err(c, W, NULL, "missing \"per\" (required for a %s limit)", lim_metric_words[metric]);
         ok = 0;
     } else if (perv) {
-        int p = get_enum(c, o, W, "per", 0, per_words, "period",
+        int p = get_enum(c, o, W, "per", 0, lim_per_words, "period",
                          "second, minute, hour, day or month");
         if (p < 0)
             ok = 0;
         else
-            r->per = per_values[p];
+            r->per = (lim_per_t)(LIM_PER_SECOND + p);
     }
 
-    int sc = get_enum(c, o, W, "scope", 0, scope_words, "scope", "key or account");
+    int sc = get_enum(c, o, W, "scope", 0, lim_scope_words, "scope", "key or account");
     if (sc == -1)
         ok = 0;
     r->scope = sc == 1 ? LIM_SCOPE_ACCOUNT : LIM_SCOPE_KEY;
