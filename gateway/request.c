@@ -351,6 +351,7 @@ static void rates_of(const request_t *r, respond_rates_t *v)
         .now_ms = r->state_now_ms,
         .ietf = r->cfg->server.ietf_headers,
         .openai = r->cfg->server.openai_headers,
+        .anthropic = r->cfg->server.anthropic_headers,
         .request_id = r->rid,
     };
 }
@@ -582,7 +583,8 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     r->admitted = o->admitted;
     r->decision = o->admitted ? DEC_ADMITTED : DEC_REFUSED;
     /* Reconcile recomputes the headers from this state. */
-    if (r->cfg->server.ietf_headers || r->cfg->server.openai_headers || r->ep->reconcile) {
+    if (r->cfg->server.ietf_headers || r->cfg->server.openai_headers ||
+        r->cfg->server.anthropic_headers || r->ep->reconcile) {
         r->n_state = r->n_checks;
         r->state_now_ms = o->now_ms;
         for (size_t i = 0; i < r->n_checks; i++) {

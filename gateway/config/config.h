@@ -156,7 +156,7 @@ typedef struct config {
         int64_t min_body_rate;      /* bytes/s once client_timeout_ms has passed; 1024; 0: off */
         int64_t body_buffer_bytes;  /* request bodies buffered at once, all workers; 512 MiB */
         char *usage_path;           /* "/v1/usage" */
-        int ietf_headers, openai_headers;
+        int ietf_headers, openai_headers, anthropic_headers;
     } server;
 
     struct {

@@ -1,4 +1,5 @@
-"""Endpoints told apart by a field of the JSON body (`match`), end to end with the real binary against
+"""Endpoints told apart by a field of the JSON body (`match`), and the
+Anthropic-style rate headers, end to end with the real binary against
 backend.py, on the memory store and on a real redis-server:
 
  - per-model limits on one path: two models with their own limits and
@@ -6,9 +7,12 @@ backend.py, on the memory store and on a real redis-server:
    without one answers 404 with details.field for a model it does not list;
  - 401 from the head on a match route, before the body;
  - a body that is not JSON (or repeats a member name) on a match route: 400;
- - match and units read from the same body, stream_include_usage too.
+ - match and units read from the same body, stream_include_usage too;
+ - server.anthropic_headers: anthropic-ratelimit-* as the Anthropic SDK and
+   its users read them, and request-id on every answer.
 """
-import json
+import datetime
+import re
 import socket
 
 import backend
@@ -26,7 +30,7 @@ def named(name):
     return handler
 
 
-def setup(env, store, limits):
+def setup(env, store, limits, anthropic=False):
     """Three backends (big, small, rest) behind one gateway:
       chat_big    POST /v1/chat/completions  model "big-model", units max_tokens
       chat_small  POST /v1/chat/completions  model "small-model" or "tiny-model"
@@ -54,6 +58,8 @@ def setup(env, store, limits):
     }
     cfg["tiers"] = {"t": {"limits": limits}}
     cfg["accounts"] = {"acme": {"tier": "t"}}
+    if anthropic:
+        cfg["server"]["anthropic_headers"] = True
     if store == "redis":
         r = env.start_redis()
         cfg["storage"] = {"driver": "redis", "address": "127.0.0.1:%d" % r.port,
@@ -197,5 +203,77 @@ def match_and_units(env, store):
     assert "stream_options" not in got, "the small model's body went through untouched"
 
 
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def check_reset(value, what, horizon_s=61):
+    """An RFC 3339 UTC time, as Python's (and the SDKs') date parsers read
+    it, between now and the end of the window."""
+    assert value and RFC3339.match(value), "%s: RFC 3339 UTC, got %r" % (what, value)
+    t = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    delta = (t - now).total_seconds()
+    assert -2 <= delta <= horizon_s, "%s: %s is %.1f s from now" % (what, value, delta)
+
+
+def anthropic_headers(env, store):
+    key = setup(env, store, [
+        {"metric": "requests", "per": "minute", "limit": 3, "endpoints": ["chat_big"]},
+        {"metric": "units", "per": "minute", "limit": 1000, "endpoints": ["chat_big"]},
+    ], anthropic=True)
+    r = chat(env, key, "big-model", max_tokens=100)
+    eq(r.status, 200, "proxied")
+    h = r.headers
+    eq((h.get("anthropic-ratelimit-requests-limit"), h.get("anthropic-ratelimit-requests-remaining")),
+       ("3", "2"), "requests limit and remaining")
+    eq((h.get("anthropic-ratelimit-tokens-limit"), h.get("anthropic-ratelimit-tokens-remaining")),
+       ("1000", "900"), "tokens limit and remaining")
+    check_reset(h.get("anthropic-ratelimit-requests-reset"), "requests reset")
+    check_reset(h.get("anthropic-ratelimit-tokens-reset"), "tokens reset")
+    for name in ("anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
+                 "anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-tokens-remaining"):
+        assert re.match(r"^\d+$", h[name]), "%s is an integer string: %r" % (name, h[name])
+    # The SDK reads request-id into requestID: ours, not the backend's.
+    assert h.get("x-request-id"), "X-Request-Id on a proxied answer"
+    eq(h.get("request-id"), h.get("x-request-id"), "request-id is X-Request-Id (proxied)")
+
+    chat(env, key, "big-model", max_tokens=100)
+    chat(env, key, "big-model", max_tokens=100)
+    r = chat(env, key, "big-model", max_tokens=100)
+    eq(r.status, 429, "the fourth")
+    eq(r.h("anthropic-ratelimit-requests-remaining"), "0", "none left on the 429")
+    check_reset(r.h("anthropic-ratelimit-requests-reset"), "reset on the 429")
+    eq(r.h("request-id"), r.h("x-request-id"), "request-id on a 429")
+    # Every answer, errors too: no key, no endpoint, a bad body, a 404 by match.
+    for what, resp in [
+            ("401", env.req("POST", CHAT, body={"model": "big-model"})),
+            ("404 path", env.req("POST", "/v1/none", key=key, body={})),
+            ("400", env.req("POST", CHAT, key=key, body="{",
+                            headers={"Content-Type": "application/json"})),
+            ("404 match", env.req("POST", IMAGES, key=key, body={"model": "zz"})),
+            ("usage", env.req("GET", "/v1/usage", key=key))]:
+        assert resp.h("request-id"), "request-id on the %s answer" % what
+        eq(resp.h("request-id"), resp.h("x-request-id"), "request-id = X-Request-Id (%s)" % what)
+    # An answer of an endpoint without requests or units limits has none of the ratelimit fields.
+    r = chat(env, key, "tiny-model")
+    eq(r.status, 200, "small model (no limits)")
+    assert not [n for n in r.headers if n.startswith("anthropic-ratelimit-")], \
+        "no ratelimit fields without a limit: %r" % r.headers
+
+
+def anthropic_headers_off(env, store):
+    """Off by default: no anthropic-ratelimit fields, and the backend's own
+    request-id goes through untouched."""
+    key = setup(env, store, [
+        {"metric": "requests", "per": "minute", "limit": 3, "endpoints": ["chat_big"]},
+    ])
+    r = chat(env, key, "big-model")
+    eq(r.status, 200, "proxied")
+    assert not [n for n in r.headers if n.startswith("anthropic-ratelimit-")], \
+        "no anthropic fields when off: %r" % r.headers
+    eq(r.h("request-id"), "req_from_backend", "the backend's request-id")
+    eq(env.req("POST", CHAT, body={}).h("request-id"), None, "no request-id of ours when off")
+
+
 run(for_both(per_model_limits) + for_both(auth_from_head) + for_both(not_json) +
-    for_both(match_and_units))
+    for_both(match_and_units) + for_both(anthropic_headers) + for_both(anthropic_headers_off))

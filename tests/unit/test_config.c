@@ -116,6 +116,7 @@ static void test_defaults(void)
         CHECK_STR(c->server.usage_path, "/v1/usage");
         CHECK_INT(c->server.ietf_headers, 0);
         CHECK_INT(c->server.openai_headers, 0);
+        CHECK_INT(c->server.anthropic_headers, 0);
         CHECK_INT(c->admin.enabled, 0);
         CHECK_INT(c->storage.driver, CFG_STORE_MEMORY);
         CHECK_STR(c->storage.host, "127.0.0.1");
