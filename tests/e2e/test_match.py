@@ -8,15 +8,21 @@ backend.py, on the memory store and on a real redis-server:
  - 401 from the head on a match route, before the body;
  - a body that is not JSON (or repeats a member name) on a match route: 400;
  - match and units read from the same body, stream_include_usage too;
+ - the shipped example's per-model LLM and media routes;
  - server.anthropic_headers: anthropic-ratelimit-* as the Anthropic SDK and
    its users read them, and request-id on every answer.
 """
 import datetime
+import json
+import os
 import re
 import socket
 
 import backend
 from harness import base_config, eq, free_port, run
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(HERE, "..", "..", "deploy", "examples")
 
 CHAT = "/v1/chat/completions"
 IMAGES = "/v1/images/generations"
@@ -275,5 +281,48 @@ def anthropic_headers_off(env, store):
     eq(env.req("POST", CHAT, body={}).h("request-id"), None, "no request-id of ours when off")
 
 
+def example_routes(env):
+    """deploy/examples/ratewall.json as shipped: the LLM route's large model
+    is tight and its small one loose, the media routes carry the per-model
+    images and video requests per minute."""
+    with open(os.path.join(EXAMPLES, "ratewall.json")) as f:
+        cfg = json.load(f)
+    env.start_mock()
+    cfg["server"]["listen"] = "127.0.0.1:%d" % free_port()
+    cfg["backends"]["models"]["url"] = "http://127.0.0.1:%d" % env.mock_port
+    cfg["keys_file"] = os.path.abspath(os.path.join(EXAMPLES, "keys.json"))
+    env.start_gateway(cfg)
+    keys = dict(l.split() for l in open(os.path.join(EXAMPLES, "DEMO_KEYS")) if l.strip())
+    llm, media = keys["demo_llm"], keys["demo_images"]
+    large, small = "meta-llama/llama-3.1-405b-instruct", "meta-llama/llama-3.1-8b-instruct"
+    for i in range(10):
+        eq(chat(env, llm, large, max_tokens=10).status, 200, "large model request %d" % i)
+    r = chat(env, llm, large, max_tokens=10)
+    eq((r.status, r.json()["error"]["details"]["endpoints"]), (429, ["chat_large"]),
+       "the large model's 10 requests per minute")
+    r = chat(env, llm, small, max_tokens=1000)
+    eq((r.status, r.h("x-ratelimit-limit")), (200, "600"), "the small model is loose")
+    eq(chat(env, llm, "some/other-model", max_tokens=10).status, 200, "others: the chat endpoint")
+
+    def image(model, n=1):
+        return env.req("POST", "/v3/media/images", key=media,
+                       body={"model": model, "prompt": "a cat", "image_num": n})
+    eq(image("txt2img_v3", 20).status, 200, "txt2img_v3: 20 images a minute")
+    eq(image("txt2img_v3").status, 429, "the 21st image")
+    eq(image("img2img_v3", 11).status, 429, "img2img_v3: 11 images are over its 10")
+    eq(image("remove_background", 10).status, 200, "remove_background: its own 10")
+    eq(image("upscale_v3", 20).status, 200, "upscale_v3: 20")
+
+    def video(model):
+        return env.req("POST", "/v3/media/videos", key=media, body={"model": model})
+    eq([video("txt2video").status for _ in range(3)], [200, 200, 429], "txt2video: 2 a minute")
+    eq(video("img2video").status, 200, "img2video has its own 2")
+    eq([video("Kling i2v").status for _ in range(20)], [200] * 20, "Kling i2v: 20 a minute")
+    eq(video("Kling i2v").status, 429, "the 21st Kling i2v")
+    eq(video("Minimax").status, 200, "Minimax has its own 20")
+    r = video("sora")
+    eq((r.status, r.json()["error"]["details"]), (404, {"field": "/model"}), "an unlisted model")
+
+
 run(for_both(per_model_limits) + for_both(auth_from_head) + for_both(not_json) +
-    for_both(match_and_units) + for_both(anthropic_headers) + for_both(anthropic_headers_off))
+    for_both(match_and_units) + [example_routes] + for_both(anthropic_headers) + for_both(anthropic_headers_off))
