@@ -172,11 +172,11 @@ def not_json(env, store):
     key = setup(env, store, [
         {"metric": "requests", "per": "minute", "limit": 10},
     ])
-    for body, what in [("not json", "not JSON"), ("", "empty"),
-                       ('{"model": "big-model", "model": "small-model"}', "a repeated name")]:
+    for body, what in [("not json", "that is not JSON"), ("", "that is empty"),
+                       ('{"model": "big-model", "model": "small-model"}', "repeating a name")]:
         r = env.req("POST", CHAT, key=key, body=body,
                     headers={"Content-Type": "application/json"})
-        eq((r.status, r.json()["error"]["code"]), (400, "INVALID_BODY"), what)
+        eq((r.status, r.json()["error"]["code"]), (400, "INVALID_BODY"), "a body %s" % what)
     for n, b in env.backs.items():
         eq(len(b.requests), 0, "no request reached backend %s" % n)
     r = chat(env, key, "tiny-model")
