@@ -2,6 +2,7 @@
  * gateway/request.c: the life of one client request.
  *
  *   request_start: route (404) -> key (401/403) -> body (413/400)
+ *     -> a route told apart by a body field: its endpoint (404)
  *     -> checks -> store acquire            [state RQ_STORE]
  *   on_acquire: 503 | 429 | proxy_start     [state RQ_PROXY]
  *   request_finish: the one place a request ends, whichever way.
@@ -350,6 +351,7 @@ static void rates_of(const request_t *r, respond_rates_t *v)
         .now_ms = r->state_now_ms,
         .ietf = r->cfg->server.ietf_headers,
         .openai = r->cfg->server.openai_headers,
+        .anthropic = r->cfg->server.anthropic_headers,
         .request_id = r->rid,
     };
 }
@@ -581,7 +583,8 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     r->admitted = o->admitted;
     r->decision = o->admitted ? DEC_ADMITTED : DEC_REFUSED;
     /* Reconcile recomputes the headers from this state. */
-    if (r->cfg->server.ietf_headers || r->cfg->server.openai_headers || r->ep->reconcile) {
+    if (r->cfg->server.ietf_headers || r->cfg->server.openai_headers ||
+        r->cfg->server.anthropic_headers || r->ep->reconcile) {
         r->n_state = r->n_checks;
         r->state_now_ms = o->now_ms;
         for (size_t i = 0; i < r->n_checks; i++) {
@@ -728,20 +731,11 @@ void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
  * "stream_options": {"include_usage": true} (merged into an existing
  * stream_options object), so that an OpenAI-compatible backend ends its
  * stream with the usage chunk. The body is rewritten (compact JSON) only
- * when that changes it. Returns -1 with a message for a body that is not
- * JSON or repeats a member name: the gateway and the backend must never
- * read two different values. */
-static int ask_for_usage(struct evbuffer *body, char *err, size_t errlen)
+ * when that changes it; root is the body already parsed (borrowed, and
+ * changed). Returns -1 with a message when it cannot be rewritten. */
+static int ask_for_usage(struct evbuffer *body, json_t *root, char *err, size_t errlen)
 {
     size_t len = evbuffer_get_length(body);
-    json_error_t jerr;
-    json_t *root = json_loadb(len ? (const char *)evbuffer_pullup(body, -1) : "", len,
-                              JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        snprintf(err, errlen, "The request body is not valid JSON: %s (line %d, column %d).",
-                 jerr.text, jerr.line, jerr.column);
-        return -1;
-    }
     int rc = 0;
     if (json_is_object(root) && json_is_true(json_object_get(root, "stream"))) {
         json_t *so = json_object_get(root, "stream_options");
@@ -762,7 +756,6 @@ static int ask_for_usage(struct evbuffer *body, char *err, size_t errlen)
             }
         }
     }
-    json_decref(root);
     return rc;
 }
 
@@ -792,7 +785,10 @@ void request_start(worker_t *w, h1_conn_t *req)
                           "No endpoint matches this method and path.", NULL);
             return;
         }
-        r->ep = &cfg->endpoints[r->ep_index];
+        /* A route decided on a body field has its endpoint chosen once the
+         * body is read (on_body). */
+        if (!config_route_pointer(cfg, r->ep_index))
+            r->ep = &cfg->endpoints[r->ep_index];
     }
 
     size_t klen = 0;
@@ -821,7 +817,8 @@ void request_start(worker_t *w, h1_conn_t *req)
     }
 
     /* Only a request that can be served has its body read (gateway/http/server.h). */
-    int64_t max_body = r->ep ? r->ep->max_body_bytes : cfg->server.max_body_bytes;
+    int64_t max_body = r->is_usage ? cfg->server.max_body_bytes
+                                   : config_route_max_body(cfg, r->ep_index);
     r->state = RQ_BODY;
     if (h1_body_pending(req))
         request_watch_client(r);
@@ -838,7 +835,8 @@ static void on_body(h1_conn_t *req, void *arg)
     r->state = RQ_NEW;
     struct evbuffer *body = h1_body(req);
     size_t blen = evbuffer_get_length(body);
-    int64_t max_body = r->ep ? r->ep->max_body_bytes : cfg->server.max_body_bytes;
+    int64_t max_body = r->is_usage ? cfg->server.max_body_bytes
+                                   : config_route_max_body(cfg, r->ep_index);
     int st = h1_body_status(req);
     if (st == H1_BODY_NO_ROOM) {
         answer_error(r, 503, "service_unavailable", "SERVER_BUSY",
@@ -870,30 +868,61 @@ static void on_body(h1_conn_t *req, void *arg)
         return;
     }
 
+    /* The body as JSON, parsed once for all that read it: the route's
+     * match, the units, the stream options. */
+    json_t *doc = NULL;
+    char err[256];
+    const char *match_ptr = r->ep ? NULL : config_route_pointer(cfg, r->ep_index);
+    if (match_ptr) {
+        doc = units_parse_body((const char *)evbuffer_pullup(body, -1), blen, err, sizeof err);
+        if (!doc) {
+            answer_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
+            return;
+        }
+        int e = config_route_value(cfg, r->ep_index, json_pointer_get(doc, match_ptr));
+        if (e < 0) {
+            json_decref(doc);
+            char msg[300];
+            snprintf(msg, sizeof msg, "No endpoint takes the value at %s of this body.",
+                     match_ptr);
+            answer_error(r, 404, "not_found_error", "NOT_FOUND", msg,
+                         json_pack("{s:s}", "field", match_ptr));
+            return;
+        }
+        r->ep_index = e;
+        r->ep = &cfg->endpoints[e];
+        if ((int64_t)blen > r->ep->max_body_bytes) {
+            json_decref(doc);
+            answer_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE",
+                          "The request body is larger than this endpoint accepts.",
+                          json_pack("{s:I}", "limit", (json_int_t)r->ep->max_body_bytes));
+            return;
+        }
+    }
+    int usage_chunk = r->ep->reconcile && r->ep->reconcile->stream_include_usage;
+    if (!doc && (r->ep->n_units || usage_chunk)) {
+        doc = units_parse_body((const char *)evbuffer_pullup(body, -1), blen, err, sizeof err);
+        if (!doc) {
+            answer_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
+            return;
+        }
+    }
+
     const char *repeated = NULL;
     if (after_read_poll(r, &repeated) != 0) {
+        json_decref(doc);
         answer_error(r, 400, "invalid_request_error", "INVALID_REQUEST",
                       "The query names the job id parameter more than once.",
                       json_pack("{s:s}", "parameter", repeated));
         return;
     }
 
-    if (r->ep->n_units) {
-        char err[256];
-        const char *data = (const char *)evbuffer_pullup(body, -1);
-        if (units_from_body(r->ep, data, blen, &r->units, err, sizeof err) != 0) {
-            answer_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
-            return;
-        }
-    } else {
-        r->units = 1;
-    }
-    if (r->ep->reconcile && r->ep->reconcile->stream_include_usage) {
-        char err[256];
-        if (ask_for_usage(body, err, sizeof err) != 0) {
-            answer_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
-            return;
-        }
+    int bad = units_from_json(r->ep, doc, &r->units, err, sizeof err) != 0 ||
+              (usage_chunk && ask_for_usage(body, doc, err, sizeof err) != 0);
+    json_decref(doc);
+    if (bad) {
+        answer_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);
+        return;
     }
     r->price_micros = price_of(r->ep, r->units);
 

@@ -8,7 +8,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-
+#include <time.h>
 
 #include "errjson.h"
 #include "respond.h"
@@ -110,6 +110,39 @@ static void openai_headers(const respond_rates_t *r, h1_conn_t *h)
     }
 }
 
+/* An absolute time in Unix milliseconds as RFC 3339 UTC, whole seconds
+ * rounded up: "2026-01-02T15:04:05Z". */
+static void rfc3339(int64_t ms, char *out, size_t len)
+{
+    time_t t = (time_t)((ms + 999) / 1000);
+    struct tm tm;
+    if (!gmtime_r(&t, &tm) || !strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm))
+        snprintf(out, len, "1970-01-01T00:00:00Z");
+}
+
+/* anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}: the same
+ * limits as the x-ratelimit-* fields, reset as the time (RFC 3339) by which
+ * the window has freed all it counts now. */
+static void anthropic_headers(const respond_rates_t *r, h1_conn_t *h)
+{
+    static const char *const kind[2] = {"requests", "tokens"};
+    for (int k = 0; k < 2; k++) {
+        int best = lim_report_pick_metric(r->checks, r->n_checks, k == 0 ? LIM_REQUESTS : LIM_UNITS,
+                                          r->remaining);
+        if (best < 0)
+            continue;
+        char name[64], when[40];
+        snprintf(name, sizeof name, "anthropic-ratelimit-%s-limit", kind[k]);
+        h1_add_header_int(h, name, r->checks[best].limit);
+        snprintf(name, sizeof name, "anthropic-ratelimit-%s-remaining", kind[k]);
+        h1_add_header_int(h, name, r->remaining[best]);
+        int64_t at = r->reset_ms[best] > r->now_ms ? r->reset_ms[best] : r->now_ms;
+        rfc3339(at, when, sizeof when);
+        snprintf(name, sizeof name, "anthropic-ratelimit-%s-reset", kind[k]);
+        h1_add_header(h, name, when);
+    }
+}
+
 /* Written before any header a backend sent: the proxy leaves out the
  * backend's fields of the same names (ours replace them). */
 void respond_rate_headers(const respond_rates_t *r, h1_conn_t *h)
@@ -131,8 +164,12 @@ void respond_rate_headers(const respond_rates_t *r, h1_conn_t *h)
             ietf_headers(r, h);
         if (r->openai)
             openai_headers(r, h);
+        if (r->anthropic)
+            anthropic_headers(r, h);
     }
     h1_add_header(h, "X-Request-Id", r->request_id);
+    if (r->anthropic)
+        h1_add_header(h, "request-id", r->request_id);
 }
 
 const char *respond_reason(int status)

@@ -28,11 +28,12 @@ typedef struct respond_rates {
     const int64_t *remaining;
     const int64_t *reset_ms;
     int64_t now_ms;
-    int ietf, openai;          /* which of those headers the config asks for */
+    int ietf, openai, anthropic; /* which of those headers the config asks for */
     const char *request_id;
 } respond_rates_t;
 /* X-RateLimit-* (when a decision was made), the optional RateLimit /
- * x-ratelimit-* headers and X-Request-Id. */
+ * x-ratelimit-* / anthropic-ratelimit-* headers, X-Request-Id (and with
+ * anthropic, request-id). */
 void respond_rate_headers(const respond_rates_t *r, h1_conn_t *c);
 
 /* A 503 for an unreachable store: Retry-After fields on c (may be NULL),

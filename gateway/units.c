@@ -1,7 +1,7 @@
 /*
  * gateway/units.c: the units of a request, a product of factors read from
  * its JSON body by RFC 6901 pointers. The body is parsed only for
- * endpoints that read units.
+ * endpoints that read it (units, match, stream options), and once.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -68,24 +68,29 @@ static int64_t product_units(const product_t *p)
     return n > UNITS_MAX ? UNITS_MAX : n;
 }
 
-/* Units from the body: each factor's value (a number >= 0, -0 being 0,
- * or a mapped string; the default when absent or null), raised to the
- * factor's min, multiplied. A body that is not JSON, or whose objects
+/* The body as JSON, for whatever reads it (units, match, stream options):
+ * parsed once per request. A body that is not JSON, or whose objects
  * repeat a member name anywhere (the backend might read the other one),
  * is refused. */
-int units_from_body(const cfg_endpoint_t *ep, const char *body, size_t len,
-                    int64_t *units, char *err, size_t errlen)
+json_t *units_parse_body(const char *body, size_t len, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        snprintf(err, errlen, "The request body is not valid JSON: %s (line %d, column %d).",
+                 jerr.text, jerr.line, jerr.column);
+    return root;
+}
+
+/* Units from the parsed body: each factor's value (a number >= 0, -0 being
+ * 0, or a mapped string; the default when absent or null), raised to the
+ * factor's min, multiplied. */
+int units_from_json(const cfg_endpoint_t *ep, json_t *root, int64_t *units, char *err,
+                    size_t errlen)
 {
     *units = 1;
     if (ep->n_units == 0)
         return 0;
-    json_error_t jerr;
-    json_t *root = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        snprintf(err, errlen, "The request body is not valid JSON: %s (line %d, column %d).",
-                 jerr.text, jerr.line, jerr.column);
-        return -1;
-    }
     product_t prod = {1, 0, 0};
     int rc = 0;
     for (size_t i = 0; i < ep->n_units && rc == 0; i++) {
@@ -128,7 +133,20 @@ int units_from_body(const cfg_endpoint_t *ep, const char *body, size_t len,
             x = (double)UNITS_MAX;
         product_mul(&prod, x);
     }
-    json_decref(root);
     *units = rc == 0 ? product_units(&prod) : 1;
+    return rc;
+}
+
+int units_from_body(const cfg_endpoint_t *ep, const char *body, size_t len,
+                    int64_t *units, char *err, size_t errlen)
+{
+    *units = 1;
+    if (ep->n_units == 0)
+        return 0;
+    json_t *root = units_parse_body(body, len, err, errlen);
+    if (!root)
+        return -1;
+    int rc = units_from_json(ep, root, units, err, errlen);
+    json_decref(root);
     return rc;
 }

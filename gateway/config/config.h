@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "../../limiter/limits.h"
 
 /* Methods, as bit values so an endpoint could hold several. */
@@ -81,6 +83,15 @@ typedef struct cfg_reconcile {
     int stream_include_usage; /* "stream": true bodies ask for the usage chunk */
 } cfg_reconcile_t;
 
+/* Endpoints that share one method and path, told apart by a string in the
+ * JSON request body: the endpoint whose values hold the one at pointer
+ * takes the request. */
+typedef struct cfg_match {
+    char *pointer;   /* RFC 6901, validated; the same on every endpoint of a route */
+    char **values;   /* no value on two endpoints of one route */
+    size_t n_values;
+} cfg_match_t;
+
 typedef struct cfg_endpoint {
     char *name;
     unsigned methods;      /* CFG_M_* bits (one method in the config) */
@@ -94,6 +105,7 @@ typedef struct cfg_endpoint {
     int64_t price_unit_micros;
     cfg_job_t *job;              /* NULL if not a job endpoint */
     cfg_reconcile_t *reconcile;  /* NULL if none */
+    cfg_match_t *match;          /* NULL: takes what its route's others do not */
 } cfg_endpoint_t;
 
 typedef struct cfg_tier {
@@ -144,7 +156,7 @@ typedef struct config {
         int64_t min_body_rate;      /* bytes/s once client_timeout_ms has passed; 1024; 0: off */
         int64_t body_buffer_bytes;  /* request bodies buffered at once, all workers; 512 MiB */
         char *usage_path;           /* "/v1/usage" */
-        int ietf_headers, openai_headers;
+        int ietf_headers, openai_headers, anthropic_headers;
     } server;
 
     struct {
@@ -223,6 +235,17 @@ int config_route(const config_t *c, unsigned method, const char *path);
 typedef void (*cfg_note_fn)(void *arg, const char *line);
 size_t config_counter_changes(const config_t *old, const config_t *next, cfg_note_fn note,
                               void *arg);
+
+/* For an endpoint that config_route returned: the pointer of the body
+ * field its route is decided by, or NULL when the head decides alone. */
+const char *config_route_pointer(const config_t *c, int ep);
+/* The largest max_body_bytes among the endpoints of ep's route (the body
+ * is read before the route's endpoint is known). */
+int64_t config_route_max_body(const config_t *c, int ep);
+/* The endpoint of ep's route that takes a body whose value at the route's
+ * pointer is v (borrowed; NULL when absent): the one whose match values
+ * hold the string v, else the one without match; -1 if none. */
+int config_route_value(const config_t *c, int ep, const json_t *v);
 
 /* The endpoint that `path` would match with any method (for 404 vs.
  * method mismatch); -1 if none. */

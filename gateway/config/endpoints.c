@@ -206,6 +206,51 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
              "the usage chunk is read through \"response_pointer\", not a header");
 }
 
+static void parse_match(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *epW)
+{
+    static const char *const keys[] = {"pointer", "values", NULL};
+    char W[300];
+    snprintf(W, sizeof W, "%s match", epW);
+    cfg_match_t *mt = calloc(1, sizeof *mt);
+    if (!mt) {
+        cfg_nomem(c);
+        return;
+    }
+    e->match = mt;
+    check_keys(c, o, keys, W);
+    get_pointer(c, o, W, "pointer", 1, &mt->pointer);
+    json_t *vs = get_arr(c, o, W, "values", 1);
+    if (!vs)
+        return;
+    size_t n = json_array_size(vs);
+    if (!n) {
+        ferr(c, W, "values", "must not be empty");
+        return;
+    }
+    if (!(mt->values = calloc(n, sizeof *mt->values))) {
+        cfg_nomem(c);
+        return;
+    }
+    size_t m = path_key(c, "values");
+    for (size_t i = 0; i < n; i++) {
+        size_t mi = path_index(c, i);
+        char *s = NULL;
+        if (str_value(c, json_array_get(vs, i), W, "values", &s) == 1) {
+            for (size_t k = 0; k < mt->n_values && s; k++) {
+                if (strcmp(mt->values[k], s) == 0) {
+                    cfg_err(c, W, "values", "%s is listed twice", cfg_quote(c, s));
+                    free(s);
+                    s = NULL;
+                }
+            }
+            if (s)
+                mt->values[mt->n_values++] = s;
+        }
+        path_pop(c, mi);
+    }
+    path_pop(c, m);
+}
+
 /* Whether an endpoint's path is in the form a request path is normalized
  * to (gateway/request.c): else no request could ever match it. */
 static int path_is_normal(const char *p)
@@ -234,7 +279,7 @@ static int path_is_normal(const char *p)
 void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
 {
     static const char *const keys[] = {"method", "path", "path_prefix", "backend",
-        "max_body_bytes", "units", "price", "job", "reconcile", NULL};
+        "max_body_bytes", "units", "price", "job", "reconcile", "match", NULL};
     check_keys(c, o, keys, W);
     e->max_body_bytes = c->cfg->server.max_body_bytes;
     int m = get_enum(c, o, W, "method", 1, method_names, "method",
@@ -296,9 +341,52 @@ void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
         parse_reconcile(c, r, e, W);
         path_pop(c, mk);
     }
+    json_t *mt = get_obj(c, o, W, "match", 0);
+    if (mt) {
+        size_t mk = path_key(c, "match");
+        parse_match(c, mt, e, W);
+        path_pop(c, mk);
+    }
 }
 
-/* Two endpoints may not answer the same method on the same path. */
+/* Whether endpoints a and b answer the same method on the same route. */
+int same_route(const cfg_endpoint_t *a, const cfg_endpoint_t *b)
+{
+    if (!a->path || !b->path || a->is_prefix != b->is_prefix || !(a->methods & b->methods))
+        return 0;
+    char *ka = route_key_dup(a->path, !a->is_prefix);
+    char *kb = route_key_dup(b->path, !b->is_prefix);
+    int same = ka && kb && strcmp(ka, kb) == 0;
+    free(ka);
+    free(kb);
+    return same;
+}
+
+/* A value of b's match that an earlier endpoint of its route (a) lists
+ * too: reported at b's value. */
+static void check_values(ctx_t *c, const cfg_endpoint_t *a, const cfg_endpoint_t *b,
+                         const char *epW)
+{
+    char W[160];
+    snprintf(W, sizeof W, "%s match", epW);
+    for (size_t i = 0; i < b->match->n_values; i++) {
+        for (size_t k = 0; k < a->match->n_values; k++) {
+            if (strcmp(a->match->values[k], b->match->values[i]) != 0)
+                continue;
+            size_t m = path_key(c, "match");
+            path_key(c, "values");
+            path_index(c, i);
+            cfg_err(c, W, "values", "%s is already matched by endpoint %s on this route",
+                    cfg_quote(c, b->match->values[i]), cfg_quote(c, a->name));
+            path_pop(c, m);
+        }
+    }
+}
+
+/* Two endpoints may not answer the same method on the same path, unless
+ * they tell requests apart by one body field: then every endpoint of the
+ * route but one has a match on the same pointer, and no value is listed
+ * twice. */
 void check_routes(ctx_t *c)
 {
     config_t *cfg = c->cfg;
@@ -306,31 +394,41 @@ void check_routes(ctx_t *c)
         cfg_endpoint_t *b = &cfg->endpoints[j];
         if (!b->path || !b->methods)
             continue;
+        size_t m = path_key(c, "endpoints");
+        path_key(c, b->name);
+        char W[120];
+        snprintf(W, sizeof W, "endpoint %s", cfg_quote(c, b->name));
         for (size_t i = 0; i < j; i++) {
             cfg_endpoint_t *a = &cfg->endpoints[i];
-            if (!a->path || a->is_prefix != b->is_prefix || !(a->methods & b->methods))
+            if (!same_route(a, b))
                 continue;
-            char *ka = route_key_dup(a->path, !a->is_prefix);
-            char *kb = route_key_dup(b->path, !b->is_prefix);
-            int same = ka && kb && strcmp(ka, kb) == 0;
-            free(ka);
-            free(kb);
-            if (!same)
+            if (!a->match && !b->match) {
+                int mi = __builtin_ctz(b->methods);
+                ferr(c, W, b->is_prefix ? "path_prefix" : "path",
+                     "%s %s%s is already routed to endpoint %s%s", method_names[mi], b->path,
+                     b->is_prefix ? "*" : "", cfg_quote(c, a->name),
+                     strcmp(a->path, b->path) == 0
+                         ? ""
+                         : " (paths are routed regardless of case, \";params\" and a "
+                           "trailing \"/\")");
+                break;
+            }
+            if (!a->match || !b->match)
                 continue;
-            size_t m = path_key(c, "endpoints");
-            path_key(c, b->name);
-            int mi = __builtin_ctz(b->methods);
-            char W[120];
-            snprintf(W, sizeof W, "endpoint %s", cfg_quote(c, b->name));
-            ferr(c, W, b->is_prefix ? "path_prefix" : "path",
-                 "%s %s%s is already routed to endpoint %s%s", method_names[mi], b->path,
-                 b->is_prefix ? "*" : "", cfg_quote(c, a->name),
-                 strcmp(a->path, b->path) == 0
-                     ? ""
-                     : " (paths are routed regardless of case, \";params\" and a "
-                       "trailing \"/\")");
-            path_pop(c, m);
-            break;
+            if (a->match->pointer && b->match->pointer &&
+                strcmp(a->match->pointer, b->match->pointer) != 0) {
+                size_t mm = path_key(c, "match");
+                char MW[160];
+                snprintf(MW, sizeof MW, "%s match", W);
+                ferr(c, MW, "pointer",
+                     "%s differs from %s of endpoint %s on this route: the endpoints of one "
+                     "route match at one pointer",
+                     cfg_quote(c, b->match->pointer), cfg_quote(c, a->match->pointer), cfg_quote(c, a->name));
+                path_pop(c, mm);
+                break;
+            }
+            check_values(c, a, b, W);
         }
+        path_pop(c, m);
     }
 }

@@ -174,10 +174,56 @@ void routes_free(routes_t *r)
         free(r->exact[i].path);
     for (size_t i = 0; r->prefix && i < r->n_prefix; i++)
         free(r->prefix[i].path);
+    for (size_t i = 0; r->groups && i < r->n_groups; i++)
+        st_free(&r->groups[i].values);
+    free(r->groups);
+    free(r->ep_group);
     free(r->exact);
     free(r->slots);
     free(r->prefix);
     free(r);
+}
+
+/* The routes whose endpoints match on the body: each a group, with the
+ * value table of its members (the loader checked that no value repeats). */
+static int build_groups(routes_t *r, const config_t *cfg)
+{
+    size_t n = cfg->n_endpoints ? cfg->n_endpoints : 1;
+    r->ep_group = malloc(n * sizeof *r->ep_group);
+    r->groups = calloc(n, sizeof *r->groups);
+    if (!r->ep_group || !r->groups)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        r->ep_group[i] = -1;
+    for (size_t i = 0; i < cfg->n_endpoints; i++) {
+        if (r->ep_group[i] >= 0)
+            continue;
+        int any = 0;
+        for (size_t j = i; j < cfg->n_endpoints && !any; j++)
+            any = cfg->endpoints[j].match && same_route(&cfg->endpoints[i], &cfg->endpoints[j]);
+        if (!any)
+            continue;
+        rgroup_t *g = &r->groups[r->n_groups];
+        g->fallback = -1;
+        for (size_t j = i; j < cfg->n_endpoints; j++) {
+            const cfg_endpoint_t *e = &cfg->endpoints[j];
+            if (j != i && !same_route(&cfg->endpoints[i], e))
+                continue;
+            r->ep_group[j] = (int32_t)r->n_groups;
+            if (e->max_body_bytes > g->max_body)
+                g->max_body = e->max_body_bytes;
+            if (!e->match) {
+                g->fallback = (int32_t)j;
+                continue;
+            }
+            g->pointer = e->match->pointer;
+            for (size_t k = 0; k < e->match->n_values; k++)
+                if (st_put(&g->values, e->match->values[k], (uint32_t)j, NULL) < 0)
+                    return -1;
+        }
+        r->n_groups++;
+    }
+    return 0;
 }
 
 routes_t *build_routes(const config_t *cfg)
@@ -208,6 +254,10 @@ routes_t *build_routes(const config_t *cfg)
             r->prefix[r->n_prefix++] = en;
         else
             r->exact[r->n_exact++] = en;
+    }
+    if (build_groups(r, cfg) != 0) {
+        routes_free(r);
+        return NULL;
     }
     qsort(r->exact, r->n_exact, sizeof *r->exact, cmp_rentry);
     qsort(r->prefix, r->n_prefix, sizeof *r->prefix, cmp_prefix);
@@ -294,6 +344,42 @@ static int route(const config_t *c, unsigned method, const char *path)
 int config_route(const config_t *c, unsigned method, const char *path)
 {
     return method ? route(c, method, path) : -1;
+}
+
+static const rgroup_t *group_of(const config_t *c, int ep)
+{
+    const routes_t *r = c->route_index;
+    if (!r || ep < 0 || (size_t)ep >= c->n_endpoints || r->ep_group[ep] < 0)
+        return NULL;
+    return &r->groups[r->ep_group[ep]];
+}
+
+const char *config_route_pointer(const config_t *c, int ep)
+{
+    const rgroup_t *g = group_of(c, ep);
+    return g ? g->pointer : NULL;
+}
+
+int64_t config_route_max_body(const config_t *c, int ep)
+{
+    const rgroup_t *g = group_of(c, ep);
+    if (g)
+        return g->max_body;
+    return ep >= 0 && (size_t)ep < c->n_endpoints ? c->endpoints[ep].max_body_bytes
+                                                  : c->server.max_body_bytes;
+}
+
+int config_route_value(const config_t *c, int ep, const json_t *v)
+{
+    const rgroup_t *g = group_of(c, ep);
+    if (!g)
+        return ep;
+    uint32_t hit;
+    /* A string with a NUL inside is not the value its first part spells. */
+    if (json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v) &&
+        st_get(&g->values, json_string_value(v), &hit))
+        return (int)hit;
+    return g->fallback;
 }
 
 int config_route_any(const config_t *c, const char *path)

@@ -71,7 +71,18 @@ typedef struct rentry {
     unsigned methods;
 } rentry_t;
 
+/* Endpoints of one route told apart by a body field (their matches). */
+typedef struct rgroup {
+    const char *pointer; /* borrowed from a member's match */
+    strtab_t values;     /* match value -> endpoint index */
+    int32_t fallback;    /* the member without match, -1 if none */
+    int64_t max_body;    /* the largest max_body_bytes of the members */
+} rgroup_t;
+
 typedef struct routes {
+    int32_t *ep_group; /* per endpoint: index into groups, -1 if its head decides */
+    rgroup_t *groups;
+    size_t n_groups;
     rentry_t *exact; /* sorted by path, so one path's endpoints are adjacent */
     size_t n_exact;
     uint32_t *slots; /* index + 1 of the first entry of a path group */
@@ -197,6 +208,7 @@ int lookup_name(ctx_t *c, const strtab_t *t, json_t *o, const char *W, const cha
 /* endpoints.c */
 void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W);
 int route_key(const char *path, int exact, char *out, size_t len);
+int same_route(const cfg_endpoint_t *a, const cfg_endpoint_t *b);
 char *route_key_dup(const char *path, int exact);
 void check_routes(ctx_t *c);
 

@@ -145,6 +145,13 @@ static void config_free(config_t *cfg)
             free(e->reconcile->response_header);
             free(e->reconcile);
         }
+        if (e->match) {
+            free(e->match->pointer);
+            for (size_t k = 0; k < e->match->n_values; k++)
+                free(e->match->values[k]);
+            free(e->match->values);
+            free(e->match);
+        }
     }
     free(cfg->endpoints);
     for (size_t i = 0; i < cfg->n_tiers; i++) {

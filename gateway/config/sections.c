@@ -24,8 +24,8 @@ void parse_server(ctx_t *c, json_t *o)
 {
     static const char *const keys[] = {"listen", "workers", "tls", "max_body_bytes",
         "max_header_bytes", "client_timeout_ms", "drain_timeout_ms", "usage_path",
-        "ietf_headers", "openai_headers", "max_connections", "max_connections_per_client",
-        "min_body_rate",
+        "ietf_headers", "openai_headers", "anthropic_headers", "max_connections",
+        "max_connections_per_client", "min_body_rate",
         "body_buffer_bytes", NULL};
     config_t *cfg = c->cfg;
     const char *W = "server";
@@ -55,6 +55,7 @@ void parse_server(ctx_t *c, json_t *o)
     }
     get_bool(c, o, W, "ietf_headers", &cfg->server.ietf_headers);
     get_bool(c, o, W, "openai_headers", &cfg->server.openai_headers);
+    get_bool(c, o, W, "anthropic_headers", &cfg->server.anthropic_headers);
 
     json_t *tls = get_obj(c, o, W, "tls", 0);
     if (tls) {

@@ -116,6 +116,7 @@ static void test_defaults(void)
         CHECK_STR(c->server.usage_path, "/v1/usage");
         CHECK_INT(c->server.ietf_headers, 0);
         CHECK_INT(c->server.openai_headers, 0);
+        CHECK_INT(c->server.anthropic_headers, 0);
         CHECK_INT(c->admin.enabled, 0);
         CHECK_INT(c->storage.driver, CFG_STORE_MEMORY);
         CHECK_STR(c->storage.host, "127.0.0.1");
@@ -675,10 +676,67 @@ static void test_jsonpos(void)
           rq[2].line, rq[2].col);
 }
 
+/* Endpoints of one route told apart by a body field: the head routes to
+ * one of them, the body's value picks the endpoint. */
+static void test_match(void)
+{
+    write_file("match.json",
+               "{ \"backends\": { \"b\": { \"url\": \"http://127.0.0.1:9001\" } },\n"
+               "  \"endpoints\": {\n"
+               "    \"plain\": { \"method\": \"POST\", \"path\": \"/v1/plain\", \"backend\": \"b\" },\n"
+               "    \"big\":   { \"method\": \"POST\", \"path\": \"/v1/chat\", \"backend\": \"b\",\n"
+               "               \"max_body_bytes\": 100,\n"
+               "               \"match\": { \"pointer\": \"/model\", \"values\": [\"large\"] } },\n"
+               "    \"rest\":  { \"method\": \"POST\", \"path\": \"/V1/Chat/\", \"backend\": \"b\",\n"
+               "               \"max_body_bytes\": 50 },\n"
+               "    \"small\": { \"method\": \"POST\", \"path\": \"/v1/chat\", \"backend\": \"b\",\n"
+               "               \"max_body_bytes\": 70,\n"
+               "               \"match\": { \"pointer\": \"/model\", \"values\": [\"small\", \"mini\"] } },\n"
+               "    \"get\":   { \"method\": \"GET\", \"path\": \"/v1/chat\", \"backend\": \"b\" },\n"
+               "    \"img\":   { \"method\": \"POST\", \"path\": \"/v1/img\", \"backend\": \"b\",\n"
+               "               \"match\": { \"pointer\": \"/m\", \"values\": [\"a\"] } }\n"
+               "  } }\n");
+    cfg_messages_t m;
+    config_t *c = load_ok("match.json", &m);
+    if (c) {
+        int big = ep_index(c, "big"), rest = ep_index(c, "rest"), small = ep_index(c, "small");
+        int get = ep_index(c, "get"), img = ep_index(c, "img"), plain = ep_index(c, "plain");
+        int head = config_route(c, CFG_M_POST, "/v1/chat");
+        CHECK(head == big || head == rest || head == small, "the head routes into the group");
+        CHECK_STR(config_route_pointer(c, head), "/model");
+        CHECK_INT(config_route_max_body(c, head), 100);
+        json_t *v = json_string("large");
+        CHECK_INT(config_route_value(c, head, v), big);
+        json_decref(v);
+        v = json_string("mini");
+        CHECK_INT(config_route_value(c, head, v), small);
+        json_decref(v);
+        v = json_string("other");
+        CHECK_INT(config_route_value(c, head, v), rest);
+        json_decref(v);
+        v = json_integer(3);
+        CHECK_INT(config_route_value(c, head, v), rest);
+        json_decref(v);
+        CHECK_INT(config_route_value(c, head, NULL), rest);
+        CHECK_INT(config_route(c, CFG_M_GET, "/v1/chat"), get);
+        CHECK(config_route_pointer(c, get) == NULL, "GET is decided by the head");
+        CHECK(config_route_pointer(c, plain) == NULL, "a plain endpoint");
+        CHECK_INT(config_route_max_body(c, plain), 10485760);
+        int ih = config_route(c, CFG_M_POST, "/v1/img");
+        CHECK_INT(ih, img);
+        v = json_string("b");
+        CHECK_INT(config_route_value(c, ih, v), -1);
+        json_decref(v);
+        config_unref(c);
+    }
+    cfg_messages_free(&m);
+}
+
 static void cleanup(void)
 {
     const char *files[] = {"empty.json", "full.json", "sub/keys.json", "bad.json",
-        "badkeys.json", "many.json", "many_keys.json", "long.json", "warn.json", NULL};
+        "badkeys.json", "many.json", "many_keys.json", "long.json", "warn.json", "match.json",
+        NULL};
     for (int i = 0; files[i]; i++)
         unlink(path_in(files[i]));
     rmdir(path_in("sub"));
@@ -699,6 +757,7 @@ int main(void)
     test_long_ident();
     test_warnings();
     test_jsonpos();
+    test_match();
     cleanup();
     if (failures) {
         fprintf(stderr, "test_config: %d of %d checks failed\n", failures, checks);
