@@ -978,8 +978,62 @@ def test_acquire_script_model(env):
     eq(out[0:1] + out[3:4], [0, 7], "then full")
 
 
+def start_shipped_redis(env, port, workdir):
+    """redis-server on deploy/redis.conf (append-only file, fsync every
+    second) on port, its files in workdir; stopped by env.close()."""
+    from harness import Proc, wait_port
+    conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                        "deploy", "redis.conf")
+    p = Proc([shutil.which("redis-server"), conf, "--port", str(port), "--bind", "127.0.0.1",
+              "--dir", workdir, "--daemonize", "no"], "redis-durable-%d" % port, env.dir)
+    p.port = port
+    env.redis.append(p)
+    wait_port(port, p.p)
+    return p
+
+
+def test_durable_restart(env):
+    """A Redis on the shipped configuration killed with SIGKILL and started
+    again on its files keeps the day counters (everything fsynced more than
+    a second before the kill): the day's remaining allowance is what it was."""
+    day = {"limits": [{"metric": "requests", "per": "day", "limit": 5},
+                      {"metric": "units", "per": "day", "limit": 1000,
+                       "endpoints": ["txt2img"]}]}
+    env.start_mock()
+    port, data = free_port(), os.path.join(env.dir, "redis-data")
+    os.mkdir(data)
+    r = start_shipped_redis(env, port, data)
+    eq(redis_cli(port, "CONFIG", "GET", "appendfsync"), ["appendfsync", "everysec"],
+       "the shipped configuration's fsync")
+    cfg = base_config(env.mock_port, free_port())
+    cfg["server"]["workers"] = 1
+    cfg["storage"] = {"driver": "redis", "address": "127.0.0.1:%d" % port, "timeout_ms": 200}
+    cfg["tiers"]["day"] = day
+    cfg["accounts"] = {"acme": {"tier": "day"}}
+    env.add_key(cfg, "k1", "acme")
+    g = env.start_gateways(cfg, 1)[0]
+    key = env.keys["k1"]
+    wait_gateways_connected(port, 1)
+    for i in range(3):
+        eq(env.req_at(g.port, "POST", "/v3/txt2img", key=key, body={"image_num": 7}).status,
+           200, "request %d of the day" % (i + 1))
+    time.sleep(1.6)  # past the once-a-second fsync
+    r.p.kill()       # SIGKILL by PID
+    r.p.wait()
+    r = start_shipped_redis(env, port, data)
+    poll(lambda: env.req_at(g.port, "GET", "/v1/usage", key=key).status == 200, 10,
+         what="the gateway on the restarted Redis")
+    u = env.req_at(g.port, "GET", "/v1/usage", key=key).json()
+    by = {(x["metric"], x["per"]): x for x in u["limits"]}
+    eq(by[("requests", "day")]["used"], 3, "day requests kept across kill -9")
+    eq(by[("units", "day")]["used"], 21, "day units kept across kill -9")
+    codes = [env.req_at(g.port, "POST", "/v3/txt2img", key=key, body={"image_num": 1}).status
+             for _ in range(4)]
+    eq(codes, [200, 200, 429, 429], "the rest of the day's allowance, no second one")
+
+
 if __name__ == "__main__":
     run([test_fleet_exact_and_one_clock, test_one_round_trip_per_decision,
          test_redis_killed_deny, test_redis_killed_allow, test_redis_hang,
          test_keys_expire, test_leases_shared, test_acquire_script_validates,
-         test_acquire_script_model])
+         test_acquire_script_model, test_durable_restart])
