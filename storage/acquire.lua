@@ -64,6 +64,7 @@
 local MAX = 1125899906842624     -- 2^50 = LIM_PRICE_MAX (>= LIM_UNITS_MAX)
 local CAP = 4 * MAX               -- 2^52: the most a counter ever holds
 local FIRST = 5                   -- ARGV index of the first check's values
+local floor = math.floor
 
 local function bad(what)
   return redis.error_reply('ERR ratewall acquire: bad argument: ' .. what)
@@ -127,7 +128,7 @@ if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
 else
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 end
 local lease = ARGV[2]
 local charge = mode == '1'
@@ -136,22 +137,22 @@ if charge and ARGV[4] ~= '' and now > tonumber(ARGV[4]) then
 end
 local B, S = 60, 61
 
-local function bucket_of(t, w) return math.floor(t * B / w) end
+local function bucket_of(t, w) return floor(t * B / w) end
 -- ceil(j * w / 60), without j * w (past 2^53 for second windows).
 local function bucket_start(j, w)
-  local q = math.floor(j / B)
+  local q = floor(j / B)
   return q * w + math.ceil((j - q * B) * w / B)
 end
 
 -- Civil date from days since 1970-01-01 (proleptic Gregorian), and back.
 local function civil(z)
   z = z + 719468
-  local era = math.floor(z / 146097)
+  local era = floor(z / 146097)
   local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-                          - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524)
+                          - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
   local m = mp < 10 and mp + 3 or mp - 9
   local y = yoe + era * 400
   if m <= 2 then y = y + 1 end
@@ -159,16 +160,16 @@ local function civil(z)
 end
 local function days_from_civil(y, m, d)
   if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
+  local era = floor(y / 400)
   local yoe = y - era * 400
   local mp = (m + 9) % 12
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  local doy = floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
   return era * 146097 + doe - 719468
 end
 -- Period id and end (first ms of the next period) of time t.
 local function period(per, t)
-  local day = math.floor(t / 86400000)
+  local day = floor(t / 86400000)
   if per == 'd' then return day, (day + 1) * 86400000 end
   local y, m = civil(day)
   local ny, nm = y, m + 1
@@ -290,7 +291,7 @@ local function roll_retry(c)
     hi = lo
   else
     while hi - lo > 1 do
-      local mid = math.floor((lo + hi) / 2)
+      local mid = floor((lo + hi) / 2)
       if roll_total_at(c, mid) >= need then hi = mid else lo = mid end
     end
   end
@@ -368,9 +369,11 @@ local admitted = 1
 for i = 1, n do
   local kind, p, l, m = check_of(i)
   if not kind then return bad(p) end
-  local c = { kind = kind, limit = l, amount = m, key = KEYS[i] }
+  -- Every field a check gets, named at once (one allocation).
+  local c = { kind = kind, limit = l, amount = m, key = KEYS[i], w = p, cur = 0, head = 0,
+              total = 0, s_head = 0, used = 0, base = 0, fresh = false, ok = false,
+              pid = 0, pend = 0, same = false, ttl = p }
   if kind == 'r' then
-    c.w = p
     roll_read(c)
   elseif kind == 'c' then
     c.pid, c.pend = period(p, now)
@@ -378,7 +381,6 @@ for i = 1, n do
     c.same = tonumber(pv[1]) == c.pid
     c.used = c.same and (tonumber(pv[2]) or 0) or 0
   else
-    c.ttl = p
     c.used = redis.call('ZCOUNT', c.key, '(' .. now, '+inf')
   end
   c.ok = c.used + m <= l
