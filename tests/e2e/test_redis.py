@@ -13,7 +13,12 @@ processes, the mock-backend.
 - concurrency leases shared across instances, and a lease of a gateway
   killed with SIGKILL is bounded by the backend timeout + 30 s;
 - acquire.lua refuses a bad argument before writing anything, refuses a
-  decision past its deadline, and applies a lease's refund only once.
+  decision past its deadline, and applies a lease's refund only once;
+- acquire.lua's rolling windows answer as a plain bucket model does, step
+  for step (admits, refusals and their retry moments, debt, refunds), and
+  a window kept in the earlier layout keeps its count;
+- a Redis on deploy/redis.conf killed with SIGKILL and restarted keeps the
+  day counters.
 """
 import calendar
 import datetime
