@@ -435,14 +435,23 @@ static int answer_from_deny_cache(request_t *r)
 {
     const lim_deny_entry_t *e =
         lim_deny_lookup(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
-                        (uint32_t)r->ep_index, mono_us() / 1000);
+                        (uint32_t)r->ep_index, r->units, r->price_micros, mono_us() / 1000);
     if (!e)
         return 0;
+    int64_t now_ms = mono_us() / 1000;
     r->checks[0] = e->check;
     r->n_checks = 1;
     r->rep = e->rep;
+    /* The refusing limit's state for the OpenAI and IETF headers, its reset
+     * moved on by the time since the refusal. */
+    r->n_state = 1;
+    r->state_now_ms = 0;
+    r->state_remaining[0] = e->remaining;
+    r->state_reset_ms[0] = e->reset_in_ms - (now_ms - e->offered_ms);
+    if (r->state_reset_ms[0] < 0)
+        r->state_reset_ms[0] = 0;
     if (!r->rep.never) {
-        int64_t left = e->until_ms - mono_us() / 1000;
+        int64_t left = e->until_ms - now_ms;
         r->rep.retry_after_ms = left > 1 ? left : 1;
         r->rep.retry_after_s = (r->rep.retry_after_ms + 999) / 1000;
     }
@@ -567,6 +576,22 @@ static void start_proxy(request_t *r)
         answer_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE", why, NULL);
 }
 
+/* 1 if reconcile can give back to the counters of this rule: one of its
+ * endpoints reconciles (the deny cache keeps no refusal of such a counter). */
+static int rule_reconciled(const config_t *cfg, const lim_rule_t *rule)
+{
+    if (rule->n_eps == 0) {
+        for (size_t i = 0; i < cfg->n_endpoints; i++)
+            if (cfg->endpoints[i].reconcile)
+                return 1;
+        return 0;
+    }
+    for (uint32_t i = 0; i < rule->n_eps; i++)
+        if (rule->eps[i] < cfg->n_endpoints && cfg->endpoints[rule->eps[i]].reconcile)
+            return 1;
+    return 0;
+}
+
 static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
 {
     request_t *r = arg;
@@ -598,9 +623,12 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
         metrics_lease(1);
     r->charged_ms = o->now_ms;
     if (!o->admitted && deny_cache_on) {
+        int refundable = r->rep.refused >= 0 &&
+                         rule_reconciled(r->cfg, r->checks[r->rep.refused].rule);
         lim_deny_entry_t *e =
             lim_deny_offer(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
-                           (uint32_t)r->ep_index, r->checks, o, &r->rep, r->t_sent_us / 1000);
+                           (uint32_t)r->ep_index, r->checks, o, &r->rep, r->t_sent_us / 1000,
+                           refundable);
         if (e)
             r->deny_keep = &e->body;
     }

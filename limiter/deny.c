@@ -39,13 +39,15 @@ static size_t slot_of(const lim_deny_t *d, uintptr_t key, uint32_t endpoint)
 lim_deny_entry_t *lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key,
                                  uint32_t endpoint, const lim_check_t *checks,
                                  const lim_outcome_t *o, const lim_report_t *rep,
-                                 int64_t sent_ms)
+                                 int64_t sent_ms, int refundable)
 {
     if (!d->e || o->admitted || rep->refused < 0)
         return NULL;
     const lim_check_t *c = &checks[rep->refused];
     const lim_result_t *r = &o->res[rep->refused];
-    if (c->rule->metric != LIM_REQUESTS || c->kind == LIM_CK_GAUGE || r->ok)
+    if (c->kind == LIM_CK_GAUGE || c->rule->metric == LIM_CONCURRENT || r->ok)
+        return NULL;
+    if (c->rule->metric != LIM_REQUESTS && refundable)
         return NULL;
     int64_t wait = r->retry_ms == LIM_NEVER ? NEVER_KEEP_MS : r->retry_ms - o->now_ms;
     if (wait <= 0)
@@ -60,12 +62,27 @@ lim_deny_entry_t *lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key,
     e->rep = *rep;
     e->rep.refused = 0;
     e->check = *c;
+    e->remaining = c->limit > r->used ? c->limit - r->used : 0;
+    e->reset_in_ms = r->reset_ms > o->now_ms ? r->reset_ms - o->now_ms : 0;
+    e->offered_ms = sent_ms;
     d->stored++;
     return e;
 }
 
+/* What a request of these units and price adds to a check of this metric
+ * (as lim_build_checks counts it). */
+static int64_t amount_of(lim_metric_t m, int64_t units, int64_t price_micros)
+{
+    switch (m) {
+    case LIM_UNITS: return units;
+    case LIM_SPEND: return price_micros;
+    default: return 1;
+    }
+}
+
 const lim_deny_entry_t *lim_deny_lookup(lim_deny_t *d, uint64_t gen, uintptr_t key,
-                                        uint32_t endpoint, int64_t now_ms)
+                                        uint32_t endpoint, int64_t units, int64_t price_micros,
+                                        int64_t now_ms)
 {
     if (!d->e)
         return NULL;
@@ -76,6 +93,11 @@ const lim_deny_entry_t *lim_deny_lookup(lim_deny_t *d, uint64_t gen, uintptr_t k
         e->gen = 0;
         return NULL;
     }
+    /* A smaller amount may fit before until_ms, and one larger than the
+     * limit alone is told "never": the store answers both. */
+    int64_t amount = amount_of(e->check.rule->metric, units, price_micros);
+    if (amount < e->check.amount || (!e->rep.never && amount > e->check.limit))
+        return NULL;
     d->hits++;
     return e;
 }

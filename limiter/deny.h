@@ -4,12 +4,17 @@
  * refused locally until T, without asking the store: a flood from one
  * abusive key costs the store nothing.
  *
- * Only refusals by a `requests` limit are kept: every request adds exactly
- * 1 to it, and its count can only go down by time passing (a rolling window
- * frees at T, a calendar period ends at T); no other request, instance or
- * lease release can make room earlier. A config reload starts a new
- * generation and so forgets everything. So the cache never changes a
- * decision, it only answers some of them sooner (tests/unit/test_deny.c).
+ * Kept: a refusal by a rolling window or a calendar period (day, month) of
+ * requests, units or spend, whose earliest pass time T the store reported.
+ * Such a count can only go down by time passing (a rolling window frees at
+ * T, a period ends at T): another request, instance or lease release only
+ * adds to it. So a later request of the same key and endpoint whose amount
+ * for that limit is at least the refused one cannot pass before T either
+ * (a smaller one is asked of the store). A counter that reconcile can give
+ * back to (the caller says so: `refundable`) can free early and is not
+ * kept, nor a concurrency refusal. A config reload starts a new generation
+ * and so forgets everything. So the cache never changes a decision, it
+ * only answers some of them sooner (tests/unit/test_deny.c).
  *
  * Pure: times are passed in (the caller's clock, milliseconds). One cache
  * belongs to one thread. Memory is fixed at init: a direct-mapped table
@@ -29,7 +34,10 @@ typedef struct lim_deny_entry {
     uint32_t endpoint;
     int64_t until_ms;    /* caller's clock */
     lim_report_t rep;    /* the refusal as reported; rep.refused == 0 */
-    lim_check_t check;   /* the refusing check */
+    lim_check_t check;   /* the refusing check (check.amount: the refused amount) */
+    int64_t remaining;   /* its limit less what it counted (>= 0), for headers */
+    int64_t reset_in_ms; /* from the refusal to its reset (store clock) */
+    int64_t offered_ms;  /* the caller's clock when it was offered (sent_ms) */
     char *body;          /* the 429 body as sent, set by the caller (owned,
                             free()d when the entry is overwritten or freed) */
 } lim_deny_entry_t;
@@ -46,16 +54,19 @@ void lim_deny_free(lim_deny_t *d);
 /*
  * Offer a refusal just answered by the store. sent_ms is the caller's clock
  * when the request was sent to the store (so that `until` is never later
- * than the store's T). Returns the entry it was kept in (valid until the
- * next offer), or NULL.
+ * than the store's T). refundable: 1 when the refusing check's counter can
+ * be given back to before T (reconcile on one of its rule's endpoints).
+ * Returns the entry it was kept in (valid until the next offer), or NULL.
  */
 lim_deny_entry_t *lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key, uint32_t endpoint,
                    const lim_check_t *checks, const lim_outcome_t *o,
-                   const lim_report_t *rep, int64_t sent_ms);
+                   const lim_report_t *rep, int64_t sent_ms, int refundable);
 
-/* The kept refusal for this key and endpoint at now_ms, or NULL. The entry
+/* The kept refusal for this key and endpoint at now_ms that also refuses a
+ * request of these units and this price (its amounts), or NULL. The entry
  * stays valid until the next offer. */
 const lim_deny_entry_t *lim_deny_lookup(lim_deny_t *d, uint64_t gen, uintptr_t key,
-                                        uint32_t endpoint, int64_t now_ms);
+                                        uint32_t endpoint, int64_t units, int64_t price_micros,
+                                        int64_t now_ms);
 
 #endif

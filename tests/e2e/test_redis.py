@@ -13,7 +13,12 @@ processes, the mock-backend.
 - concurrency leases shared across instances, and a lease of a gateway
   killed with SIGKILL is bounded by the backend timeout + 30 s;
 - acquire.lua refuses a bad argument before writing anything, refuses a
-  decision past its deadline, and applies a lease's refund only once.
+  decision past its deadline, and applies a lease's refund only once;
+- acquire.lua's rolling windows answer as a plain bucket model does, step
+  for step (admits, refusals and their retry moments, debt, refunds), and
+  a window kept in the earlier layout keeps its count;
+- a Redis on deploy/redis.conf killed with SIGKILL and restarted keeps the
+  day counters.
 """
 import calendar
 import datetime
@@ -845,7 +850,195 @@ def test_acquire_script_validates(env):
     eq(call("a", refund, lease="L1")[0], 0, "a refund sent again is a no-op")
 
 
+class WindowModel:
+    """A rolling window as the contract counts it: 61 buckets of window/60,
+    charges in the current one, a refund only from its charge's bucket."""
+    CAP = 4 * 2 ** 50
+
+    def __init__(self, w):
+        self.w, self.b, self.head = w, {}, None
+
+    def cur(self, now):
+        return now * 60 // self.w
+
+    def start(self, j):
+        q = j // 60
+        return q * self.w + -(-((j - q * 60) * self.w) // 60)
+
+    def used(self, now):
+        c = self.cur(now)
+        return sum(v for j, v in self.b.items() if c - 60 <= j <= c)
+
+    def decide(self, now, limit, amount):
+        """(ok, used, reset if not charged, retry)"""
+        c, used = self.cur(now), self.used(now)
+        ok = used + amount <= limit
+        reset = now
+        if used > 0:
+            reset = max(self.start(self.head + 61), now)
+        retry = now
+        if not ok:
+            if amount > limit:
+                retry = -1
+            else:
+                left = used
+                for j in range(c - 60, c + 1):
+                    left -= self.b.get(j, 0)
+                    if left + amount <= limit:
+                        retry = max(self.start(j + 61), now)
+                        break
+        return ok, used, reset, retry
+
+    def charge(self, now, amount):
+        c = self.cur(now)
+        self.b[c] = self.b.get(c, 0) + amount
+        self.head = c
+        return self.start(c + 61)
+
+    def debt(self, now, d):
+        d = max(0, min(d, self.CAP - self.used(now)))
+        self.charge(now, d)
+
+    def refund(self, now, charged, d):
+        j, c = self.cur(charged), self.cur(now)
+        if self.head is None or j > self.head or j < c - 60:
+            return
+        self.b[j] = self.b.get(j, 0) - min(-d, self.b.get(j, 0))
+
+
+def test_acquire_script_model(env):
+    """acquire.lua's rolling windows (running totals, bisected retry) give
+    the same answers as a plain bucket model, step for step: random times
+    (bursts, gaps, long silences), admits, refusals, debt and refunds; and
+    a window written in the earlier layout (per-bucket amounts) keeps its
+    count."""
+    import random
+    r = env.start_redis()
+    src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                            "storage", "acquire.lua")).read()
+    sha = redis_cli(r.port, "SCRIPT", "LOAD", src)
+    rnd = random.Random(1414)
+    keys = ["m:{a}:w1", "m:{a}:w2"]
+    windows = [(60000, 40), (1000, 7)]
+    models = [WindowModel(w) for w, _ in windows]
+    now = 1_800_000_000_000
+    charges = []
+    steps = 0
+    for step in range(3000):
+        gap = rnd.choice([0, 3, 50, 400, 1000, 1700, 9000, 30000, 61000, 130000])
+        now += rnd.randrange(gap + 1)
+        action = rnd.random()
+        if action < 0.1 and charges:
+            # debt (+) or refund (-) of an earlier charge
+            t, amts = rnd.choice(charges[-4:])
+            sign = rnd.choice([1, -1])
+            deltas = [sign * rnd.choice([1, 2, 5, 20, 60]) for _ in amts]
+            args = [str(now), str(t), "a", ""]
+            for (w, lim), d in zip(windows, deltas):
+                args += ["r", str(w), str(lim), str(d)]
+            out = redis_cli(r.port, "EVALSHA", sha, "2", *keys, *args)
+            eq(out[0], 1, "adjust answered")
+            for m, d in zip(models, deltas):
+                if d > 0:
+                    m.debt(now, d)
+                else:
+                    m.refund(now, t, d)
+            continue
+        amts = [rnd.choice([1, 1, 1, 2, 3, 9]) for _ in windows]
+        args = [str(now), "", "1", ""]
+        for (w, lim), a in zip(windows, amts):
+            args += ["r", str(w), str(lim), str(a)]
+        out = redis_cli(r.port, "EVALSHA", sha, "2", *keys, *args)
+        want = [m.decide(now, lim, a) for m, (w, lim), a in zip(models, windows, amts)]
+        admitted = all(x[0] for x in want)
+        eq(out[0], 1 if admitted else 0, "step %d admitted" % step)
+        for i, (m, a) in enumerate(zip(models, amts)):
+            ok, used, reset, retry = want[i]
+            if admitted:
+                reset = m.charge(now, a)
+            got = out[2 + 4 * i: 6 + 4 * i]
+            eq(got, [1 if ok else 0, used, reset, retry],
+               "step %d window %d (ok, used, reset, retry)" % (step, i))
+        if admitted:
+            charges.append((now, amts))
+        steps += 1
+    assert steps > 2000, "decisions made: %d" % steps
+
+    # The earlier layout: h = head, s = sum, slot j % 61 = bucket j's amount.
+    now = redis_now_ms(r.port)
+    cur = now * 60 // 60000
+    old = ["h", str(cur - 2), "s", "6"]
+    for j, v in ((cur - 30, 1), (cur - 5, 2), (cur - 2, 3)):
+        old += [str(j % 61), str(v)]
+    redis_cli(r.port, "HSET", "m:{b}:old", *old)
+    redis_cli(r.port, "PEXPIRE", "m:{b}:old", "61000")
+    out = redis_cli(r.port, "EVALSHA", sha, "1", "m:{b}:old", "", "", "0", "",
+                    "r", "60000", "100", "1")
+    eq(out[2:4], [1, 6], "an earlier-layout window's count")
+    out = redis_cli(r.port, "EVALSHA", sha, "1", "m:{b}:old", "", "", "1", "",
+                    "r", "60000", "7", "1")
+    eq(out[0:1] + out[2:4], [1, 1, 6], "admitted over it")
+    out = redis_cli(r.port, "EVALSHA", sha, "1", "m:{b}:old", "", "", "1", "",
+                    "r", "60000", "7", "1")
+    eq(out[0:1] + out[3:4], [0, 7], "then full")
+
+
+def start_shipped_redis(env, port, workdir):
+    """redis-server on deploy/redis.conf (append-only file, fsync every
+    second) on port, its files in workdir; stopped by env.close()."""
+    from harness import Proc, wait_port
+    conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                        "deploy", "redis.conf")
+    p = Proc([shutil.which("redis-server"), conf, "--port", str(port), "--bind", "127.0.0.1",
+              "--dir", workdir, "--daemonize", "no"], "redis-durable-%d" % port, env.dir)
+    p.port = port
+    env.redis.append(p)
+    wait_port(port, p.p)
+    return p
+
+
+def test_durable_restart(env):
+    """A Redis on the shipped configuration killed with SIGKILL and started
+    again on its files keeps the day counters (everything fsynced more than
+    a second before the kill): the day's remaining allowance is what it was."""
+    day = {"limits": [{"metric": "requests", "per": "day", "limit": 5},
+                      {"metric": "units", "per": "day", "limit": 1000,
+                       "endpoints": ["txt2img"]}]}
+    env.start_mock()
+    port, data = free_port(), os.path.join(env.dir, "redis-data")
+    os.mkdir(data)
+    r = start_shipped_redis(env, port, data)
+    eq(redis_cli(port, "CONFIG", "GET", "appendfsync"), ["appendfsync", "everysec"],
+       "the shipped configuration's fsync")
+    cfg = base_config(env.mock_port, free_port())
+    cfg["server"]["workers"] = 1
+    cfg["storage"] = {"driver": "redis", "address": "127.0.0.1:%d" % port, "timeout_ms": 200}
+    cfg["tiers"]["day"] = day
+    cfg["accounts"] = {"acme": {"tier": "day"}}
+    env.add_key(cfg, "k1", "acme")
+    g = env.start_gateways(cfg, 1)[0]
+    key = env.keys["k1"]
+    wait_gateways_connected(port, 1)
+    for i in range(3):
+        eq(env.req_at(g.port, "POST", "/v3/txt2img", key=key, body={"image_num": 7}).status,
+           200, "request %d of the day" % (i + 1))
+    time.sleep(1.6)  # past the once-a-second fsync
+    r.p.kill()       # SIGKILL by PID
+    r.p.wait()
+    r = start_shipped_redis(env, port, data)
+    poll(lambda: env.req_at(g.port, "GET", "/v1/usage", key=key).status == 200, 10,
+         what="the gateway on the restarted Redis")
+    u = env.req_at(g.port, "GET", "/v1/usage", key=key).json()
+    by = {(x["metric"], x["per"]): x for x in u["limits"]}
+    eq(by[("requests", "day")]["used"], 3, "day requests kept across kill -9")
+    eq(by[("units", "day")]["used"], 21, "day units kept across kill -9")
+    codes = [env.req_at(g.port, "POST", "/v3/txt2img", key=key, body={"image_num": 1}).status
+             for _ in range(4)]
+    eq(codes, [200, 200, 429, 429], "the rest of the day's allowance, no second one")
+
+
 if __name__ == "__main__":
     run([test_fleet_exact_and_one_clock, test_one_round_trip_per_decision,
          test_redis_killed_deny, test_redis_killed_allow, test_redis_hang,
-         test_keys_expire, test_leases_shared, test_acquire_script_validates])
+         test_keys_expire, test_leases_shared, test_acquire_script_validates,
+         test_acquire_script_model, test_durable_restart])

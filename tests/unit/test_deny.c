@@ -4,7 +4,10 @@
  * limits, a units limit, account scope) goes to two memory stores with one
  * fake clock: A decides every request in the store; B answers from the deny
  * cache when it holds a refusal and asks its store otherwise. Every decision
- * must be the same, and B must have asked its store less.
+ * must be the same, and B must have asked its store less. Units and spend
+ * (per minute, day and month; amounts that vary, some larger than a limit
+ * alone) are cached too, and a counter that reconcile can give back to is
+ * never kept.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +49,9 @@ int main(void)
         mkrule(LIM_REQUESTS, LIM_PER_MINUTE, LIM_SCOPE_ACCOUNT, 45, "r:m:a:*", NULL, 0),
         mkrule(LIM_REQUESTS, LIM_PER_DAY, LIM_SCOPE_KEY, 400, "r:d:k:1", ep1, 1),
         mkrule(LIM_UNITS, LIM_PER_MINUTE, LIM_SCOPE_KEY, 30, "u:m:k:1", ep1, 1),
+        mkrule(LIM_UNITS, LIM_PER_DAY, LIM_SCOPE_KEY, 700, "u:d:k:1", ep1, 1),
+        mkrule(LIM_SPEND, LIM_PER_MONTH, LIM_SCOPE_ACCOUNT, 900000000, "s:mo:a:*", NULL, 0),
+        mkrule(LIM_SPEND, LIM_PER_MINUTE, LIM_SCOPE_KEY, 9000000, "s:m:k:0", ep0, 1),
     };
     const lim_rule_t *levels[] = {rules};
     size_t nr[] = {sizeof rules / sizeof *rules};
@@ -61,20 +67,26 @@ int main(void)
     const char *keys[] = {"k0", "k1", "k2", "k3"};
     unsigned seed = 4242;
     fake_now = lim_days_from_civil(2026, 11, 24) * 86400000LL - 3600000; /* crosses midnight */
-    long asked_b = 0, steps = 60000, admitted = 0, mismatches = 0;
+    long asked_b = 0, steps = 60000, admitted = 0, mismatches = 0, other_hits = 0,
+         refundable_kept = 0;
     for (long i = 0; i < steps; i++) {
         fake_now += rand_r(&seed) % 250;
         unsigned k = rand_r(&seed) % 4, ep = rand_r(&seed) % 2;
-        int64_t units = rand_r(&seed) % 4;
+        /* 0..6 units, sometimes more than the units limit alone */
+        int64_t units = rand_r(&seed) % 50 == 0 ? 40 : rand_r(&seed) % 7;
         lim_check_t c[LIM_MAX_CHECKS];
-        size_t n = lim_build_checks(&p, ep, "acct", keys[k], units, 0, c, LIM_MAX_CHECKS);
+        size_t n = lim_build_checks(&p, ep, "acct", keys[k], units, units * 250000, c,
+                                    LIM_MAX_CHECKS);
 
         ans_t a = {0}, b = {0};
         store_acquire(wa, c, n, "l", on_ans, &a);
         int decided_b;
-        const lim_deny_entry_t *e = lim_deny_lookup(&deny, 1, k + 1, ep, fake_now);
+        const lim_deny_entry_t *e =
+            lim_deny_lookup(&deny, 1, k + 1, ep, units, units * 250000, fake_now);
         if (e) {
             decided_b = 0;
+            if (e->check.rule->metric != LIM_REQUESTS)
+                other_hits++;
         } else {
             store_acquire(wb, c, n, "l", on_ans, &b);
             asked_b++;
@@ -82,7 +94,15 @@ int main(void)
             if (!decided_b) {
                 lim_report_t rep;
                 lim_report(c, n, &b.o, &rep);
-                lim_deny_offer(&deny, 1, k + 1, ep, c, &b.o, &rep, fake_now);
+                /* A counter reconcile can give back to is never kept. */
+                if (rep.refused >= 0 && c[rep.refused].rule->metric != LIM_REQUESTS) {
+                    lim_deny_t other;
+                    lim_deny_init(&other, 4);
+                    if (lim_deny_offer(&other, 1, k + 1, ep, c, &b.o, &rep, fake_now, 1))
+                        refundable_kept++;
+                    lim_deny_free(&other);
+                }
+                lim_deny_offer(&deny, 1, k + 1, ep, c, &b.o, &rep, fake_now, 0);
             }
         }
         if (a.o.admitted != decided_b) {
@@ -95,9 +115,12 @@ int main(void)
         admitted += a.o.admitted;
     }
     printf("test_deny: %ld decisions, %ld admitted, store asked %ld times with the cache "
-           "(%ld without), %llu cache hits, %ld mismatches\n",
-           steps, admitted, asked_b, steps, (unsigned long long)deny.hits, mismatches);
-    int fail = mismatches != 0 || asked_b >= steps || deny.hits == 0 || admitted == 0;
+           "(%ld without), %llu cache hits (%ld by units or spend limits), %ld mismatches, "
+           "%ld refundable refusals kept\n",
+           steps, admitted, asked_b, steps, (unsigned long long)deny.hits, other_hits,
+           mismatches, refundable_kept);
+    int fail = mismatches != 0 || asked_b >= steps || deny.hits == 0 || admitted == 0 ||
+               other_hits == 0 || refundable_kept != 0;
     lim_deny_free(&deny);
     store_detach(wa);
     store_detach(wb);
