@@ -423,6 +423,8 @@ static void update_remaining(request_t *r, const int64_t *deltas)
 
 static void apply(request_t *r, int64_t actual)
 {
+    r->reconciled = 1;
+    r->units_used = actual;
     int64_t d_units = actual - r->units;
     if (d_units == 0)
         return;
