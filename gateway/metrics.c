@@ -168,6 +168,11 @@ void metrics_lease(int delta)
     atomic_fetch_add(&leases_held, delta);
 }
 
+long metrics_leases_held(void)
+{
+    return atomic_load(&leases_held);
+}
+
 /* ---- access log ------------------------------------------------------------ */
 
 static linelog_t alog;

@@ -45,6 +45,8 @@ void metrics_request_done(const metrics_request_t *m);
 void metrics_store_latency(int64_t us);
 void metrics_reload(int ok);
 void metrics_lease(int delta);
+/* Leases held now for requests in flight on this instance. */
+long metrics_leases_held(void);
 /* A job create answered 2xx with no usable job id (rare: no cache). */
 void metrics_job_id_unusable(const char *endpoint);
 /* A reconcile whose real use could not be known (the estimate stayed):

@@ -26,6 +26,7 @@
 #include "units.h"
 #include "metrics.h"
 #include "respond.h"
+#include "status.h"
 
 #include <stddef.h>
 
@@ -274,6 +275,10 @@ static void count_and_log(const request_t *r)
         .total_us = us_since(&r->t_start),
     };
     metrics_request_done(&m);
+    int refused = r->decision == DEC_REFUSED || r->decision == DEC_CACHED;
+    status_request(r->cfg->generation, m.endpoint, refused);
+    if (refused && r->key)
+        status_refused(r->key->id, m.account, limit);
 }
 
 static void request_settle(request_t *r)
@@ -596,10 +601,35 @@ static void start_proxy(request_t *r)
         answer_error(r, 502, "upstream_error", "BACKEND_UNAVAILABLE", why, NULL);
 }
 
+/* The status page's view of the account: its fullest limit after this
+ * decision (shadow limits included: they count too). */
+static void note_level(const request_t *r, const lim_outcome_t *o)
+{
+    int best = -1;
+    double best_f = -1;
+    int64_t best_used = 0;
+    for (size_t i = 0; i < r->n_checks; i++) {
+        const lim_check_t *c = &r->checks[i];
+        if (c->limit <= 0)
+            continue;
+        int64_t used = o->res[i].used + (o->admitted ? c->amount : 0);
+        double f = (double)used / (double)c->limit;
+        if (f > best_f) {
+            best_f = f;
+            best = (int)i;
+            best_used = used;
+        }
+    }
+    if (best >= 0)
+        status_level(r->acct->name, r->checks[best].rule->ident, best_used,
+                     r->checks[best].limit, r->checks[best].rule->metric == LIM_SPEND);
+}
+
 static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
 {
     request_t *r = arg;
     metrics_store_latency(mono_us() - r->t_sent_us);
+    status_store_latency(mono_us() - r->t_sent_us);
     if (st != STORE_OK) {
         r->decision = DEC_UNAVAILABLE;
         if (r->client_gone)
@@ -622,6 +652,7 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
             r->state_reset_ms[i] = o->res[i].reset_ms;
         }
     }
+    note_level(r, o);
     if (o->admitted && lim_checks_have_gauge(r->checks, r->n_checks))
         metrics_lease(1);
     r->charged_ms = o->now_ms;
