@@ -44,7 +44,7 @@ typedef struct level_slot {
     char account[ST_NAME], limit[ST_IDENT];
     int64_t value, max;
     int money;
-    int64_t at_ms;
+    int64_t at_us; /* the decision's time: the latest over threads wins */
 } level_slot_t;
 
 /* One thread's counters. Written by that thread only; read by status_json. */
@@ -74,6 +74,13 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static st_thread_t *me(void)
@@ -260,10 +267,10 @@ void status_level(const char *account, const char *limit_ident, int64_t used, in
             s = c;
             break;
         }
-        if (!s || c->at_ms < s->at_ms)
+        if (!s || c->at_us < s->at_us)
             s = c; /* else the one seen longest ago makes room */
     }
-    int64_t at = now_ms();
+    int64_t at = now_us();
     seq_begin(&s->seq);
     if (strcmp(s->account, account) != 0)
         snprintf(s->account, sizeof s->account, "%s", account);
@@ -272,7 +279,7 @@ void status_level(const char *account, const char *limit_ident, int64_t used, in
     s->value = used;
     s->max = limit;
     s->money = money;
-    s->at_ms = at;
+    s->at_us = at;
     atomic_store_explicit(&s->used, 1, memory_order_relaxed);
     seq_end(&s->seq);
 }
@@ -357,7 +364,7 @@ static int copy_level(level_slot_t *s, level_slot_t *out)
     out->value = s->value;
     out->max = s->max;
     out->money = s->money;
-    out->at_ms = s->at_ms;
+    out->at_us = s->at_us;
     atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&s->seq, memory_order_relaxed) != a)
         return 0;
@@ -452,8 +459,9 @@ static json_t *refused_keys_json(int nt, int64_t minute)
     return out;
 }
 
-static json_t *accounts_json(int nt, int64_t now)
+static json_t *accounts_json(int nt)
 {
+    int64_t now = now_us() / 1000;
     size_t cap = (size_t)nt * ST_LEVELS, n = 0;
     level_slot_t *all = calloc(cap ? cap : 1, sizeof *all);
     if (!all)
@@ -463,7 +471,7 @@ static json_t *accounts_json(int nt, int64_t now)
         st_thread_t *b = atomic_load_explicit(&threads[t], memory_order_acquire);
         for (int i = 0; b && i < ST_LEVELS; i++) {
             if (!copy_level(&b->levels[i], &v) ||
-                v.at_ms < now - ST_SHOWN * 60000 || v.max <= 0)
+                v.at_us < (now - ST_SHOWN * 60000) * 1000 || v.max <= 0)
                 continue;
             /* The latest decision of an account, over all threads. */
             size_t j = 0;
@@ -471,7 +479,9 @@ static json_t *accounts_json(int nt, int64_t now)
                 j++;
             if (j == n)
                 all[n++] = v;
-            else if (v.at_ms > all[j].at_ms)
+            else if (v.at_us > all[j].at_us ||
+                     (v.at_us == all[j].at_us &&
+                      (double)v.value / (double)v.max > (double)all[j].value / (double)all[j].max))
                 all[j] = v;
         }
     }
@@ -484,7 +494,8 @@ static json_t *accounts_json(int nt, int64_t now)
                                              a->account, "limit", a->limit, "used",
                                              amount(a->value, a->money), "max",
                                              amount(a->max, a->money), "percent", pct,
-                                             "seen_ms_ago", (json_int_t)(now - a->at_ms)));
+                                             "seen_ms_ago",
+                                             (json_int_t)(now > a->at_us / 1000 ? now - a->at_us / 1000 : 0)));
     }
     free(all);
     return out;
@@ -560,7 +571,7 @@ json_t *status_json(worker_t *w)
 
     return json_pack("{s:s, s:I, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I}", "version",
                      RATEWALL_VERSION, "time", (json_int_t)(now / 1000), "store", store,
-                     "minutes", minutes, "endpoints", eps, "accounts", accounts_json(nt, now),
+                     "minutes", minutes, "endpoints", eps, "accounts", accounts_json(nt),
                      "refused_keys", refused_keys_json(nt, minute), "leases_held",
                      (json_int_t)metrics_leases_held(), "jobs_held", held, "jobs_untracked",
                      untracked);
