@@ -21,6 +21,7 @@
 #include "request.h"
 #include "metrics.h"
 #include "query.h"
+#include "status.h"
 
 static admin_reload_fn reload_fn;
 
@@ -69,13 +70,17 @@ static int authorized(worker_t *w, h1_conn_t *req)
 /* Ownership: holds the open exchange of req until on_job_done ends it. */
 typedef struct done_ctx {
     h1_conn_t *req;
+    char account[257]; /* "" when none was named */
+    char name[65];     /* the store's name of the job id */
 } done_ctx_t;
 
 static void on_job_done(void *arg, int found)
 {
     done_ctx_t *d = arg;
-    if (found > 0)
+    if (found > 0) {
+        status_job_done(d->account[0] ? d->account : NULL, d->name);
         reply(d->req, 200, "OK", json_pack("{s:b}", "released", 1));
+    }
     else if (found == 0)
         reply_error(d->req, 404, "Not Found", "not_found_error", "JOB_NOT_FOUND",
                     "No lease is held for this job.", NULL);
@@ -90,6 +95,20 @@ static void on_job_done(void *arg, int found)
 }
 
 static void metrics(worker_t *w, h1_conn_t *req);
+
+/* The status page: everything it needs is in it, and the browser is told
+ * to fetch nothing else (it reads /admin/status, same origin). */
+static void status_page(h1_conn_t *req)
+{
+    h1_add_header(req, "Content-Type", "text/html; charset=utf-8");
+    h1_add_header(req, "Content-Security-Policy",
+                  "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                  "img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                  "frame-ancestors 'none'");
+    h1_add_header(req, "Cache-Control", "no-store");
+    h1_add_header(req, "X-Content-Type-Options", "nosniff");
+    h1_reply(req, 200, "OK", rw_status_html, strlen(rw_status_html));
+}
 
 static void admin_handle(h1_conn_t *req, void *arg)
 {
@@ -120,6 +139,10 @@ static void admin_handle(h1_conn_t *req, void *arg)
         metrics(w, req);
         return;
     }
+    if (strcmp(path, "/") == 0 && m == H1_GET) {
+        status_page(req);
+        return;
+    }
     if (strncmp(path, "/admin/", 7) != 0) {
         reply_error(req, 404, "Not Found", "not_found_error", "NOT_FOUND",
                     "No such admin route.", NULL);
@@ -142,6 +165,11 @@ static void admin_handle(h1_conn_t *req, void *arg)
         else
             request_usage_start(w, req, key, acct);
         evhttp_clear_headers(&q);
+        return;
+    }
+    if (strcmp(path, "/admin/status") == 0 && m == H1_GET) {
+        h1_add_header(req, "Cache-Control", "no-store");
+        reply(req, 200, "OK", status_json(w));
         return;
     }
     if (strcmp(path, "/admin/reload") == 0 && m == H1_POST) {
@@ -194,6 +222,8 @@ static void admin_handle(h1_conn_t *req, void *arg)
             return;
         }
         d->req = req;
+        snprintf(d->account, sizeof d->account, "%s", na == 1 ? account : "");
+        memcpy(d->name, name, sizeof d->name);
         store_job_done(w->store, na == 1 ? account : NULL, name, on_job_done, d);
         return;
     }

@@ -37,6 +37,7 @@
 #include <event2/http.h>
 
 #include "after.h"
+#include "status.h"
 #include "log.h"
 #include "units.h"
 #include "metrics.h"
@@ -148,6 +149,7 @@ static void job_created(request_t *r, json_t *body)
     }
     store_job_hold(r->w->store, r->checks, r->n_checks, r->rid, r->acct->name, name,
                    job->max_seconds * 1000);
+    status_job_held(r->acct->name, name, job->max_seconds);
     r->store_sent = 1;
     r->lease_moved = 1;
 }
@@ -178,6 +180,7 @@ static void job_polled(request_t *r, const cfg_job_t *job, json_t *body)
     for (size_t i = 0; i < job->n_done; i++) {
         if (strcmp(json_string_value(st), job->done_values[i]) == 0) {
             store_job_done(r->w->store, r->acct->name, r->job_poll, NULL, NULL);
+            status_job_done(r->acct->name, r->job_poll);
             r->store_sent = 1;
             return;
         }
@@ -423,6 +426,8 @@ static void update_remaining(request_t *r, const int64_t *deltas)
 
 static void apply(request_t *r, int64_t actual)
 {
+    r->reconciled = 1;
+    r->units_used = actual;
     int64_t d_units = actual - r->units;
     if (d_units == 0)
         return;

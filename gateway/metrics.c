@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "respond.h"
 
 /* ---- labelled counters --------------------------------------------------- */
 
@@ -167,6 +168,11 @@ void metrics_lease(int delta)
     atomic_fetch_add(&leases_held, delta);
 }
 
+long metrics_leases_held(void)
+{
+    return atomic_load(&leases_held);
+}
+
 /* ---- access log ------------------------------------------------------------ */
 
 static linelog_t alog;
@@ -233,13 +239,24 @@ void metrics_request_done(const metrics_request_t *m)
     snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
              wall.tv_nsec / 1000000);
-    json_t *o = json_pack("{s:s, s:s, s:s?, s:s?, s:s, s:i, s:s, s:s?, s:I, s:f, s:f}", "time", ts,
-                          "request_id", m->request_id, "key_id", m->key_id, "account",
-                          m->account, "endpoint", ep, "status", m->status, "decision",
-                          decision_name(m->decision), "limit", limit, "bytes",
-                          (json_int_t)m->bytes_out, "upstream_ms",
-                          m->upstream_us >= 0 ? (double)m->upstream_us / 1000.0 : 0.0,
-                          "total_ms", (double)m->total_us / 1000.0);
+    char spend[32];
+    respond_money(m->spend_micros, spend, sizeof spend);
+    json_t *shadow = json_array();
+    for (size_t i = 0; i < m->n_shadow_refused; i++)
+        json_array_append_new(shadow, json_string(m->shadow_refused[i]));
+    /* s? gives null for a NULL: every field is always there. */
+    json_t *o = json_pack(
+        "{s:s, s:s, s:s?, s:s?, s:s?, s:s?, s:s?, s:s, s:s?, s:i, s:s, s:s?, s:o, s:I, s:o, "
+        "s:s, s:I, s:I, s:f, s:f}",
+        "time", ts, "request_id", m->request_id, "method", m->method, "path", m->path,
+        "client", m->client, "key_id", m->key_id, "account", m->account, "endpoint", ep,
+        "model", m->model, "status", m->status, "decision", decision_name(m->decision),
+        "limit", limit, "shadow_refused", shadow, "units_charged",
+        (json_int_t)m->units_charged, "units_reconciled",
+        m->units_reconciled >= 0 ? json_integer(m->units_reconciled) : json_null(), "spend",
+        spend, "waited_ms", (json_int_t)m->waited_ms, "bytes", (json_int_t)m->bytes_out,
+        "upstream_ms", m->upstream_us >= 0 ? (double)m->upstream_us / 1000.0 : 0.0,
+        "total_ms", (double)m->total_us / 1000.0);
     char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (line)

@@ -25,6 +25,14 @@ typedef struct metrics_request {
     const char *limit;          /* the refusing limit's identity, or NULL */
     const char *request_id;
     const char *key_id, *account; /* NULL when unknown */
+    const char *method, *path, *client;
+    const char *model;          /* NULL unless an endpoint matched on one */
+    int64_t units_charged;      /* at admission; 0 when nothing was charged */
+    int64_t units_reconciled;   /* what the backend reported; -1: not reconciled */
+    int64_t spend_micros;       /* charged in the end (after reconcile) */
+    const char *const *shadow_refused; /* shadow limits that would have refused */
+    size_t n_shadow_refused;
+    int64_t waited_ms;          /* in the queue before the decision */
     uint64_t bytes_out;         /* body bytes sent to the client */
     int64_t upstream_us;        /* backend: send to end of answer; -1: never sent */
     int64_t total_us;           /* since the request arrived */
@@ -37,6 +45,8 @@ void metrics_request_done(const metrics_request_t *m);
 void metrics_store_latency(int64_t us);
 void metrics_reload(int ok);
 void metrics_lease(int delta);
+/* Leases held now for requests in flight on this instance. */
+long metrics_leases_held(void);
 /* A job create answered 2xx with no usable job id (rare: no cache). */
 void metrics_job_id_unusable(const char *endpoint);
 /* A reconcile whose real use could not be known (the estimate stayed):

@@ -27,6 +27,7 @@
 #include "units.h"
 #include "metrics.h"
 #include "respond.h"
+#include "status.h"
 
 #include <stddef.h>
 
@@ -225,11 +226,32 @@ static int64_t us_since(const struct timespec *t0)
     return (int64_t)(now.tv_sec - t0->tv_sec) * 1000000 + (now.tv_nsec - t0->tv_nsec) / 1000;
 }
 
+static const char *method_name(enum h1_method t)
+{
+    switch (t) {
+    case H1_GET: return "GET";
+    case H1_POST: return "POST";
+    case H1_PUT: return "PUT";
+    case H1_DELETE: return "DELETE";
+    case H1_PATCH: return "PATCH";
+    case H1_HEAD: return "HEAD";
+    case H1_OPTIONS: return "OPTIONS";
+    }
+    return "OTHER";
+}
+
 static void count_and_log(const request_t *r)
 {
     const char *limit = NULL;
     if ((r->decision == DEC_REFUSED || r->decision == DEC_CACHED) && r->rep.refused >= 0)
         limit = r->checks[r->rep.refused].rule->ident;
+    /* Charged: what an admitted request's decision counted, replaced by
+     * what the backend reported when it was reconciled. */
+    int charged = (r->decision == DEC_ADMITTED || r->decision == DEC_UNLIMITED) && r->ep &&
+                  !r->is_usage;
+    int64_t spend = 0;
+    if (charged)
+        spend = r->reconciled ? price_of(r->ep, r->units_used) : r->price_micros;
     metrics_request_t m = {
         .generation = r->cfg->generation,
         .endpoint = r->ep ? r->ep->name : r->is_usage ? "_usage" : "_none",
@@ -239,11 +261,25 @@ static void count_and_log(const request_t *r)
         .request_id = r->rid,
         .key_id = r->key ? r->key->id : NULL,
         .account = r->acct ? r->acct->name : NULL,
+        .method = r->method,
+        .path = r->path,
+        .client = r->peer,
+        .model = r->model,
+        .units_charged = charged ? r->units : 0,
+        .units_reconciled = charged && r->reconciled ? r->units_used : -1,
+        .spend_micros = spend,
+        .shadow_refused = r->shadow,
+        .n_shadow_refused = r->n_shadow,
+        .waited_ms = r->waited_ms,
         .bytes_out = r->bytes_out + proxy_bytes_out(&r->px),
         .upstream_us = proxy_upstream_us(&r->px),
         .total_us = us_since(&r->t_start),
     };
     metrics_request_done(&m);
+    int refused = r->decision == DEC_REFUSED || r->decision == DEC_CACHED;
+    status_request(r->cfg->generation, m.endpoint, refused);
+    if (refused && r->key)
+        status_refused(r->key->id, m.account, limit);
 }
 
 static void request_settle(request_t *r)
@@ -592,10 +628,35 @@ static int rule_reconciled(const config_t *cfg, const lim_rule_t *rule)
     return 0;
 }
 
+/* The status page's view of the account: its fullest limit after this
+ * decision (shadow limits included: they count too). */
+static void note_level(const request_t *r, const lim_outcome_t *o)
+{
+    int best = -1;
+    double best_f = -1;
+    int64_t best_used = 0;
+    for (size_t i = 0; i < r->n_checks; i++) {
+        const lim_check_t *c = &r->checks[i];
+        if (c->limit <= 0)
+            continue;
+        int64_t used = o->res[i].used + (o->admitted ? c->amount : 0);
+        double f = (double)used / (double)c->limit;
+        if (f > best_f) {
+            best_f = f;
+            best = (int)i;
+            best_used = used;
+        }
+    }
+    if (best >= 0)
+        status_level(r->acct->name, r->checks[best].rule->ident, best_used,
+                     r->checks[best].limit, r->checks[best].rule->metric == LIM_SPEND);
+}
+
 static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
 {
     request_t *r = arg;
     metrics_store_latency(mono_us() - r->t_sent_us);
+    status_store_latency(mono_us() - r->t_sent_us);
     if (st != STORE_OK) {
         r->decision = DEC_UNAVAILABLE;
         if (r->client_gone)
@@ -619,6 +680,7 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
             r->state_reset_ms[i] = o->res[i].reset_ms;
         }
     }
+    note_level(r, o);
     if (o->admitted && lim_checks_have_gauge(r->checks, r->n_checks))
         metrics_lease(1);
     r->charged_ms = o->now_ms;
@@ -730,6 +792,10 @@ static request_t *request_new(worker_t *w, h1_conn_t *req)
     r->cfg = config_ref(w->cfg);
     clock_gettime(CLOCK_MONOTONIC, &r->t_start);
     next_request_id(w, r->rid, sizeof r->rid);
+    r->method = method_name(h1_method(req));
+    snprintf(r->peer, sizeof r->peer, "%s", h1_peer(req));
+    /* The path as sent until it is normalized (routing replaces it). */
+    snprintf(r->path, sizeof r->path, "%s", h1_path(req));
     return r;
 }
 
@@ -799,6 +865,7 @@ void request_start(worker_t *w, h1_conn_t *req)
     const char *raw = h1_path(req);
     const char *why;
     if (normalize_path(raw, r->path, sizeof r->path, &why) != 0) {
+        snprintf(r->path, sizeof r->path, "%s", raw);
         answer_error(r, 400, "invalid_request_error", "INVALID_REQUEST", why, NULL);
         return;
     }

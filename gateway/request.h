@@ -56,6 +56,18 @@ typedef struct request {
     size_t usage_next;  /* next policy rule to ask the store about */
     int watching;       /* close callback set on the client connection */
     int64_t units, price_micros;
+    /* What the access log tells beyond the decision. `model`: the model a
+     * body-matching endpoint matched on (borrowed from cfg), NULL when none.
+     * `reconciled`: the backend reported `units_used`. `shadow`: the shadow
+     * limits that would have refused (idents borrowed from cfg). */
+    const char *model;
+    int reconciled;
+    int64_t units_used;
+    const char *shadow[LIM_MAX_CHECKS];
+    size_t n_shadow;
+    int64_t waited_ms;
+    const char *method;  /* static */
+    char peer[48];       /* the client's address */
     size_t n_checks;
     lim_report_t rep;
     char rid[40];

@@ -204,7 +204,7 @@ json_t *respond_unavailable(h1_conn_t *c)
 }
 
 /* Money in millionths as a decimal string: 2500000 -> "2.50". */
-static void format_money(int64_t micros, char *buf, size_t len)
+void respond_money(int64_t micros, char *buf, size_t len)
 {
     int64_t whole = micros / 1000000, frac = micros % 1000000;
     int digits = 6;
@@ -238,7 +238,7 @@ static json_t *amount_json(const lim_rule_t *rule, int64_t v)
 {
     if (rule->metric == LIM_SPEND) {
         char buf[32];
-        format_money(v, buf, sizeof buf);
+        respond_money(v, buf, sizeof buf);
         return json_string(buf);
     }
     return json_integer(v);
@@ -280,7 +280,7 @@ json_t *respond_429_body(const lim_report_t *rep, const lim_check_t *checks)
                                                         : "spend";
         if (rule->metric == LIM_SPEND) {
             char lim[32];
-            format_money(rep->ref_limit, lim, sizeof lim);
+            respond_money(rep->ref_limit, lim, sizeof lim);
             snprintf(msg, sizeof msg, "Spend limit exceeded: %s per %s (%s scope).", lim,
                      lim_per_name(c->per), lim_scope_name(rule->scope));
         } else if (rep->never) {

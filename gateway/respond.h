@@ -15,6 +15,9 @@
 #include "../limiter/limits.h"
 #include "http/server.h"
 
+/* Money in millionths as a decimal string: 2500000 -> "2.50". */
+void respond_money(int64_t micros, char *buf, size_t len);
+
 /* The reason phrase of a status the gateway answers with. */
 const char *respond_reason(int status);
 

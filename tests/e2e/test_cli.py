@@ -5,7 +5,7 @@ import os
 import signal
 import subprocess
 
-from harness import base_config, eq, free_port, new_key, poll, run, sha256
+from harness import base_config, eq, free_port, new_key, poll, request, run, sha256, wait_port
 
 
 def gw(env, *args, stdin=None):
@@ -67,7 +67,21 @@ def test_example_config(env):
     cfg["server"]["listen"] = "127.0.0.1:%d" % free_port()
     cfg["backends"]["models"]["url"] = "http://127.0.0.1:%d" % env.mock_port
     cfg["keys_file"] = os.path.abspath(os.path.join(ex, "keys.json"))
+    admin_port = free_port()
+    cfg["admin"]["listen"] = "127.0.0.1:%d" % admin_port
     env.start_gateway(cfg)
+    # The tour's admin listener: the status page, /metrics, and the status
+    # with the demo admin token that deploy/run-demo prints.
+    wait_port(admin_port, env.gw.p)
+    r = request(admin_port, "GET", "/")
+    assert r.status == 200 and b"<title>ratewall status</title>" in r.body, \
+        "the status page on the demo's admin listener: %r" % r
+    eq(request(admin_port, "GET", "/metrics").status, 200, "the demo's /metrics")
+    r = request(admin_port, "GET", "/admin/status",
+                headers={"Authorization": "Bearer demo-admin-token"})
+    eq(r.status, 200, "the demo admin token that run-demo prints")
+    with open(os.path.join(here, "..", "..", "deploy", "run-demo")) as f:
+        assert "Bearer demo-admin-token" in f.read(), "run-demo prints the demo admin token"
     keys = dict(l.split() for l in open(os.path.join(ex, "DEMO_KEYS")) if l.strip())
     for kid, key in keys.items():
         r = env.req("POST", "/v3/txt2img", key=key, body={"prompt": "x", "image_num": 1})

@@ -11,15 +11,21 @@ from harness import Proc, base_config, eq, free_port, poll, request, run, wait_g
 TOKEN = "ops-admin-token"
 
 
-def start(env, limit=2, access_log=None, drain_timeout_ms=5000):
+def start(env, limit=2, access_log=None, drain_timeout_ms=5000, chat=False):
     env.start_mock()
     cfg = base_config(env.mock_port, free_port())
     cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": limit}]}
+    if chat:
+        cfg["endpoints"]["chat"].update({
+            "units": [{"pointer": "/max_tokens", "default": 16}],
+            "reconcile": {"response_pointer": "/usage/total_tokens"},
+            "price": {"per_unit": "0.00025"}})
     cfg["accounts"] = {"acme": {"tier": "t"}}
     cfg["server"]["drain_timeout_ms"] = drain_timeout_ms
     cfg["admin"] = {"listen": "127.0.0.1:%d" % free_port(),
                     "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}
     env.add_key(cfg, "k1", "acme")
+    env.add_key(cfg, "k2", "acme")
     env.port = int(cfg["server"]["listen"].rsplit(":", 1)[1])
     path = env.write_config(cfg)
     env.config_path = path
@@ -81,24 +87,46 @@ def test_metrics_move(env):
 
 def test_access_log(env):
     log = os.path.join(env.dir, "access.log")
-    start(env, access_log=log)
+    start(env, access_log=log, chat=True)
     key = env.keys["k1"]
     for _ in range(3):
         env.req("POST", "/v3/img2img", key=key, body={})
     env.req("POST", "/v3/img2img", key="sk_wrong", body={})
+    r = env.req("POST", "/v1/chat/completions", key=env.keys["k2"], body={"max_tokens": 40},
+                headers={"x-mock-tokens": "10"})
+    eq(r.status, 200, "the reconciled request")
     env.gw.stop()
     env.gw = None
     lines = [json.loads(l) for l in open(log) if l.strip()]
-    eq(len(lines), 4, "one line per request")
-    eq([l["status"] for l in lines], [200, 200, 429, 401], "statuses")
+    eq(len(lines), 5, "one line per request")
+    eq([l["status"] for l in lines], [200, 200, 429, 401, 200], "statuses")
     eq(lines[0]["key_id"], "k1", "key id logged")
+    eq(lines[0]["account"], "acme", "account logged")
+    eq((lines[0]["method"], lines[0]["path"], lines[0]["client"]),
+       ("POST", "/v3/img2img", "127.0.0.1"), "method, path, client address")
+    eq((lines[0]["units_charged"], lines[0]["units_reconciled"], lines[0]["spend"]),
+       (1, None, "0.00"), "one unit charged, no reconcile, no price")
     eq(lines[2]["decision"], "refused", "decision")
     eq(lines[2]["limit"], "requests:minute:key:*", "the limit that refused")
+    eq((lines[2]["units_charged"], lines[2]["spend"]), (0, "0.00"),
+       "a refusal charges nothing")
+    eq((lines[3]["key_id"], lines[3]["endpoint"]), (None, "img2img"),
+       "an unknown key: no key id")
+    chat = lines[4]
+    eq((chat["endpoint"], chat["units_charged"], chat["units_reconciled"], chat["spend"]),
+       ("chat", 40, 10, "0.0025"),
+       "40 reserved, 10 reconciled, spend (10 x 0.00025) as a decimal string")
     for l in lines:
-        for f in ("time", "request_id", "endpoint", "status", "bytes", "total_ms"):
+        eq((l["model"], l["shadow_refused"], l["waited_ms"]), (None, [], 0),
+           "no model matched, no shadow limit, no wait")
+        for f in ("time", "request_id", "method", "path", "client", "key_id", "account",
+                  "endpoint", "model", "status", "decision", "limit", "shadow_refused",
+                  "units_charged", "units_reconciled", "spend", "waited_ms", "bytes",
+                  "upstream_ms", "total_ms"):
             assert f in l, "field %s in the access log line %r" % (f, l)
     text = open(log).read()
-    assert key not in text and "sk_wrong" not in text, "a key was logged"
+    assert key not in text and env.keys["k2"] not in text and "sk_wrong" not in text, \
+        "a key was logged"
 
 
 def test_admin_reload(env):
