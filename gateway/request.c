@@ -986,6 +986,11 @@ static void on_body(h1_conn_t *req, void *arg)
         }
         r->ep_index = e;
         r->ep = &cfg->endpoints[e];
+        /* The access log's model: the value as the config lists it. */
+        const char *v = json_string_value(json_pointer_get(doc, match_ptr));
+        for (size_t i = 0; v && r->ep->match && i < r->ep->match->n_values; i++)
+            if (strcmp(r->ep->match->values[i], v) == 0)
+                r->model = r->ep->match->values[i];
         if ((int64_t)blen > r->ep->max_body_bytes) {
             json_decref(doc);
             answer_error(r, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE",

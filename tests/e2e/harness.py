@@ -404,12 +404,14 @@ class Env:
             json.dump(cfg, f, indent=2)
         return path
 
-    def start_gateway(self, cfg, env=None):
+    def start_gateway(self, cfg, env=None, args=()):
+        """The gateway on cfg; args: more command-line arguments."""
         if self.port is None:
             self.port = int(cfg["server"]["listen"].rsplit(":", 1)[1])
         path = self.write_config(cfg)
         self.config_path = path
-        self.gw = Proc([self.args.gateway, "-c", path], "gateway", self.dir, env=env)
+        self.gw = Proc([self.args.gateway, "-c", path] + list(args), "gateway", self.dir,
+                       env=env)
         wait_gateway(self.gw, self.port)
         return self.gw
 

@@ -36,7 +36,7 @@ def named(name):
     return handler
 
 
-def setup(env, store, limits, anthropic=False):
+def setup(env, store, limits, anthropic=False, args=()):
     """Three backends (big, small, rest) behind one gateway:
       chat_big    POST /v1/chat/completions  model "big-model", units max_tokens
       chat_small  POST /v1/chat/completions  model "small-model" or "tiny-model"
@@ -71,7 +71,7 @@ def setup(env, store, limits, anthropic=False):
         cfg["storage"] = {"driver": "redis", "address": "127.0.0.1:%d" % r.port,
                           "timeout_ms": 500}
     env.add_key(cfg, "k", "acme")
-    env.start_gateway(cfg)
+    env.start_gateway(cfg, args=args)
     return env.keys["k"]
 
 
@@ -324,5 +324,21 @@ def example_routes(env):
     eq((r.status, r.json()["error"]["details"]), (404, {"field": "/model"}), "an unlisted model")
 
 
-run(for_both(per_model_limits) + for_both(auth_from_head) + for_both(not_json) +
+
+def model_in_access_log(env, store):
+    """The access log names the model a body-matching endpoint took, as
+    the config lists it; a request the fallback took has none."""
+    log = os.path.join(env.dir, "access.log")
+    key = setup(env, store, [{"metric": "requests", "per": "minute", "limit": 100}],
+                args=["--access-log", log])
+    for m in ["big-model", "tiny-model", "other-model"]:
+        eq(chat(env, key, m).status, 200, "a chat call with %s" % m)
+    env.gw.stop()
+    env.gw = None
+    lines = [json.loads(l) for l in open(log) if l.strip()]
+    eq([(l["endpoint"], l["model"]) for l in lines],
+       [("chat_big", "big-model"), ("chat_small", "tiny-model"), ("chat_rest", None)],
+       "endpoint and model of each line")
+
+run(for_both(per_model_limits) + for_both(model_in_access_log) + for_both(auth_from_head) + for_both(not_json) +
     for_both(match_and_units) + [example_routes] + for_both(anthropic_headers) + for_both(anthropic_headers_off))
