@@ -515,6 +515,11 @@ static int px_head(void *arg, int status, const char *content_type, int64_t cont
 {
     request_t *r = arg;
     reconcile_begin(r, status, content_type);
+    /* A job's create or status answer reaches the client whole, once the
+     * job's leases are held (or freed): a client that polls, or creates
+     * again, the moment it has the answer finds the store up to date. */
+    if (r->capture && content_length >= 0 && content_length <= CAPTURE_MAX)
+        return 1;
     return reconcile_holds_head(r, content_length);
 }
 
