@@ -307,9 +307,13 @@ static int take_expiry(json_t *body, json_t *stored, json_t *errs)
 static int commit(h1_conn_t *req, const config_t *c, json_t *doc)
 {
     cfg_messages_t m = {0};
-    if (registry_put(doc, &m) == 0) {
+    int rc = registry_put(doc, &m);
+    if (rc == 0 || rc == -2) {
         cfg_messages_free(&m);
-        return 0;
+        if (rc == -2)
+            fail(req, 503, "Service Unavailable", "api_error", "INTERNAL_ERROR",
+                 "The state file cannot be written: nothing was changed.", NULL);
+        return rc;
     }
     json_t *errs = json_array();
     size_t pl = strlen(c->path);

@@ -165,8 +165,17 @@ int registry_put(json_t *d, cfg_messages_t *msgs)
         return -1;
     }
     pthread_mutex_lock(&mu);
-    if (state_file)
-        write_state(d);
+    if (state_file && write_state(d) != 0) {
+        /* Not kept, so not in force either: back to what the file holds. */
+        json_t *old = doc ? json_incref(doc) : NULL;
+        pthread_mutex_unlock(&mu);
+        cfg_messages_t m = {0};
+        registry_apply(old, &m);
+        cfg_messages_free(&m);
+        json_decref(old);
+        json_decref(d);
+        return -2;
+    }
     json_decref(doc);
     doc = d;
     pthread_mutex_unlock(&mu);

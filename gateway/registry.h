@@ -7,7 +7,13 @@
  * A change becomes a new configuration snapshot (config_load_with: the file
  * plus this document), handed to the workers the way a reload is: the key
  * lookup stays the snapshot's one digest table, the file's keys and the
- * API's side by side with ids unique across both.
+ * API's side by side with ids unique across both. A snapshot rather than an
+ * overlay the lookup consults: an API key's limits are resolved into
+ * policies by the same code as the file's, its body is validated by the
+ * same checks, a request sees one consistent view (no second table to
+ * consult, no lock), and a reload keeps the API's items for free. The cost:
+ * each change re-reads the configuration file (with a large keys_file a
+ * change takes as long as a reload).
  *
  * Where the document lives: with the memory store in storage.state_file
  * (written atomically: temp file, fsync, rename); with the Redis store in
@@ -37,7 +43,9 @@ void registry_free(void);
 /* A copy of the document (a new reference, never NULL unless out of memory). */
 json_t *registry_get(void);
 /* Apply doc: build and swap in the snapshot; when it is valid, keep doc
- * (reference taken either way) and persist it. 0, or -1 with msgs. */
+ * (reference taken either way) and persist it. 0; -1 with msgs when it is
+ * not valid; -2 when the state file cannot be written (the change is then
+ * undone). */
 int registry_put(json_t *doc, cfg_messages_t *msgs);
 /* Keep doc as the document without persisting (Redis store: what Redis
  * holds, already applied). Takes the reference. */

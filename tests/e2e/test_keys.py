@@ -257,6 +257,14 @@ def test_state_file_survives_restart_and_reload(env):
     eq(admin(gw, "POST", "/admin/keys", {"id": "k2", "account": "fileacct"}).status, 201,
        "a key into the named state file")
     assert os.path.exists(os.path.join(env.dir, "elsewhere.json")), "storage.state_file used"
+    gw.stop()
+    env.gws.remove(gw)
+    # A state file that cannot be written: the change is refused and undone.
+    cfg["storage"] = {"driver": "memory", "state_file": "no-such-dir/state.json"}
+    gw = start_gw(env, cfg)
+    r = admin(gw, "POST", "/admin/keys", {"id": "k3", "account": "fileacct"})
+    eq((r.status, code(r)), (503, "INTERNAL_ERROR"), "an unwritable state file")
+    eq(admin(gw, "GET", "/admin/keys/k3").status, 404, "the key was not kept")
 
 
 # ---- a fleet on Redis --------------------------------------------------------------
