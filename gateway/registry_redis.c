@@ -79,6 +79,8 @@ static redisAsyncContext *open_one(void)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (R.password)
         redisAsyncCommand(ac, NULL, NULL, "AUTH %s", R.password);
+    /* Named, so that CLIENT LIST tells them from the decision connections. */
+    redisAsyncCommand(ac, NULL, NULL, "CLIENT SETNAME ratewall-registry");
     return ac;
 }
 

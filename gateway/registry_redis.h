@@ -9,7 +9,8 @@
  * catches up), and when it moved reads both hashes and swaps in a new
  * snapshot (registry_apply).
  *
- * Two hiredis async connections (one for commands, one for SUBSCRIBE) on
+ * Two hiredis async connections (one for commands, one for SUBSCRIBE, both
+ * named ratewall-registry with CLIENT SETNAME) on
  * worker 0's event base; every function here runs on that loop, except
  * registry_redis_start (before the loop runs) and registry_redis_stop (after
  * it ended).
