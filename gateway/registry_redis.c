@@ -27,6 +27,7 @@ static struct {
     int port, db;
     long long seen;      /* the version last applied; -1 none yet */
     int fetching;
+    int again;           /* a change was announced while fetching */
     unsigned writes;     /* bumped by each write: older fetches are stale */
     char k_keys[160], k_accounts[160], k_version[160], channel[160];
 } R = {.seen = -1};
@@ -157,7 +158,7 @@ static void on_accounts(redisAsyncContext *ac, void *reply, void *priv)
         int stale = r && f->writes != R.writes;
         json_decref(f->keys);
         free(f);
-        if (stale)
+        if (r && (stale || R.again))
             fetch();
         return;
     }
@@ -208,12 +209,17 @@ static void on_accounts(redisAsyncContext *ac, void *reply, void *priv)
         cfg_messages_free(&m);
     }
     json_decref(now);
+    if (R.again)
+        fetch();
 }
 
 static void fetch(void)
 {
+    if (R.fetching)
+        R.again = 1;
     if (!R.cmd || R.fetching)
         return;
+    R.again = 0;
     fetch_state_t *f = calloc(1, sizeof *f);
     if (!f || !(f->keys = json_array())) {
         free(f);
