@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "admin_keys.h"
 #include "auth.h"
 #include "errjson.h"
 #include "after.h"
@@ -115,6 +116,11 @@ static void admin_handle(h1_conn_t *req, void *arg)
     worker_t *w = arg;
     const char *path = h1_path(req);
     enum h1_method m = h1_method(req);
+    if (admin_keys_match(path)) { /* keys and accounts at run time: admin_keys.c */
+        if (authorized(w, req))
+            admin_keys_handle(w, req);
+        return;
+    }
     if (m != H1_GET && m != H1_POST && m != H1_HEAD) {
         reply_error(req, 405, "Method Not Allowed", "invalid_request_error",
                     "METHOD_NOT_ALLOWED", "The admin listener takes GET and POST.", NULL);

@@ -21,6 +21,9 @@
 #include "log.h"
 #include "request.h"
 #include "admin.h"
+#include "registry.h"
+#include "registry_redis.h"
+#include "cli.h"
 #include "auth.h"
 #include "tls.h"
 #include "metrics.h"
@@ -41,6 +44,8 @@ static void usage(FILE *f)
             "                                    a reload from RUNNING would start afresh\n"
             "       gateway --new-key [--prefix P]  print a new API key and its SHA-256\n"
             "       gateway --hash-key           read a key on stdin, print its SHA-256\n"
+            "       gateway keys|accounts COMMAND ...  manage keys and accounts through\n"
+            "                                    the admin listener (gateway keys --help)\n"
             "       gateway --version | --help\n"
             "Options: --log-level error|warn|info|debug (default info)\n"
             "         --access-log FILE  one JSON line per request to FILE (- for stdout)\n"
@@ -196,14 +201,23 @@ static int attach_tls(config_t *c, char *err, size_t len)
 static pthread_mutex_t reload_mu = PTHREAD_MUTEX_INITIALIZER;
 static app_t *the_app;
 
-/* Load, validate, swap in. 0 on success; messages in *m either way. */
-static int reload_into(app_t *a, cfg_messages_t *m_out)
+/* Load the file with the API's keys and accounts (doc), validate, swap in.
+ * 0 on success; messages in *m either way. */
+static int reload_with(app_t *a, const json_t *doc, int api, cfg_messages_t *m_out)
 {
     pthread_mutex_lock(&reload_mu);
     cfg_messages_t m = {0};
-    config_t *next = config_load(a->path, &m);
+    config_t *next = config_load_with(a->path, doc, &m);
     for (size_t i = 0; i < m.n_warnings; i++)
         log_msg(LOG_WARN, "%s", m.warnings[i]);
+    if (!next && api) {
+        /* A change through the admin API that does not hold: its caller
+         * answers 400 with these messages. */
+        log_msg(LOG_INFO, "a change of keys or accounts refused: %zu error(s)", m.n_errors);
+        *m_out = m;
+        pthread_mutex_unlock(&reload_mu);
+        return -1;
+    }
     if (!next) {
         for (size_t i = 0; i < m.n_errors; i++)
             log_msg(LOG_ERROR, "reload refused: %s", m.errors[i]);
@@ -245,11 +259,28 @@ static int reload_into(app_t *a, cfg_messages_t *m_out)
         server_worker_swap(&a->workers[i], next);
     config_unref(a->cfg);
     a->cfg = next;
-    log_msg(LOG_INFO, "configuration reloaded from %s (%zu keys)", a->path, next->n_keys);
-    metrics_reload(1);
+    if (api) {
+        log_msg(LOG_INFO, "keys and accounts changed (%zu keys)", next->n_keys);
+    } else {
+        log_msg(LOG_INFO, "configuration reloaded from %s (%zu keys)", a->path, next->n_keys);
+        metrics_reload(1);
+    }
     malloc_trim(0); /* the parse of a large keys_file leaves free memory behind */
     pthread_mutex_unlock(&reload_mu);
     return 0;
+}
+
+static int reload_into(app_t *a, cfg_messages_t *m_out)
+{
+    json_t *doc = registry_get();
+    int rc = reload_with(a, doc, 0, m_out);
+    json_decref(doc);
+    return rc;
+}
+
+static int registry_apply_app(const json_t *doc, cfg_messages_t *m)
+{
+    return reload_with(the_app, doc, 1, m);
 }
 
 static void reload(app_t *a)
@@ -307,10 +338,31 @@ static int run(const char *path)
     admin_set_reload(admin_reload);
     cfg_messages_t m = {0};
     a.cfg = config_load(path, &m);
+    if (a.cfg) {
+        /* Keys and accounts made through the admin API join the file's. */
+        char rerr[512];
+        if (registry_init(a.cfg, registry_apply_app, rerr, sizeof rerr) != 0) {
+            log_msg(LOG_ERROR, "%s", rerr);
+            config_unref(a.cfg);
+            cfg_messages_free(&m);
+            return 1;
+        }
+        json_t *doc = registry_get();
+        if (doc && json_array_size(json_object_get(doc, "keys")) +
+                           json_object_size(json_object_get(doc, "accounts")) >
+                       0) {
+            config_unref(a.cfg);
+            cfg_messages_free(&m);
+            a.cfg = config_load_with(path, doc, &m);
+        }
+        json_decref(doc);
+    }
     print_messages(&m);
     cfg_messages_free(&m);
-    if (!a.cfg)
+    if (!a.cfg) {
+        registry_free();
         return 1;
+    }
     malloc_trim(0); /* give back what parsing the file took */
     char terr[512];
     if (attach_tls(a.cfg, terr, sizeof terr) != 0) {
@@ -393,6 +445,10 @@ static int run(const char *path)
         }
     }
     a.n_workers = n;
+    if (c->storage.driver == CFG_STORE_REDIS && registry_redis_start(a.workers[0].base, c) != 0) {
+        log_msg(LOG_ERROR, "cannot set up the key registry's Redis connections");
+        goto out_workers;
+    }
 
     a.base = event_base_new();
     struct event *sig[3];
@@ -420,17 +476,27 @@ static int run(const char *path)
     rc = 0;
 
 out_signals:
-    for (int i = 0; i < started; i++)
-        server_worker_join_free(&a.workers[i]);
+    for (int i = 0; i < started; i++) {
+        if (i == 0) {
+            /* The registry's Redis connections live on worker 0's base. */
+            pthread_join(a.workers[0].thread, NULL);
+            registry_redis_stop();
+            server_worker_free(&a.workers[0]);
+        } else {
+            server_worker_join_free(&a.workers[i]);
+        }
+    }
     event_free(exit_ev);
     for (int i = 0; i < 3; i++)
         event_free(sig[i]);
     event_base_free(a.base);
 out_workers:
+    registry_redis_stop();
     for (int i = started; i < inited; i++)
         server_worker_free(&a.workers[i]);
     free(a.workers);
     store_destroy(a.store);
+    registry_free();
     config_unref(a.cfg);
     if (rc == 0)
         log_msg(LOG_INFO, "stopped");
@@ -454,6 +520,8 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    if (argc > 1 && (strcmp(argv[1], "keys") == 0 || strcmp(argv[1], "accounts") == 0))
+        return cli_main(argc - 1, argv + 1);
     const char *config = NULL, *check = NULL, *prefix = NULL, *access_log = NULL,
                *against = NULL;
     int new_key = 0, hash_key = 0;

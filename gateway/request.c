@@ -907,6 +907,11 @@ void request_start(worker_t *w, h1_conn_t *req)
                       "The API key is not valid.", NULL);
         return;
     }
+    if (r->key->expires_at && (int64_t)time(NULL) >= r->key->expires_at) {
+        answer_error(r, 401, "authentication_error", "KEY_EXPIRED",
+                      "The API key has expired.", NULL);
+        return;
+    }
     r->acct = &cfg->accounts[r->key->account];
     if (r->key->disabled || r->acct->disabled) {
         answer_error(r, 403, "permission_error", "KEY_DISABLED",

@@ -121,6 +121,8 @@ typedef struct cfg_account {
     lim_rule_t *rules;    /* own limits (overrides) */
     size_t n_rules;
     lim_policy_t policy;  /* tier + account, used by keys without own limits */
+    int from_api;         /* made through the admin API, not the file */
+    int64_t created_at;   /* API-made: unix seconds; 0 for the file's */
 } cfg_account_t;
 
 typedef struct cfg_key {
@@ -132,6 +134,9 @@ typedef struct cfg_key {
     size_t n_rules;
     lim_policy_t own;     /* used when n_rules > 0 */
     const lim_policy_t *policy; /* &own or &accounts[account].policy */
+    int from_api;         /* made through the admin API, not the file */
+    int64_t created_at;   /* API-made: unix seconds; 0 for the file's */
+    int64_t expires_at;   /* unix seconds; 0: never */
 } cfg_key_t;
 
 enum { CFG_STORE_MEMORY = 0, CFG_STORE_REDIS };
@@ -176,6 +181,8 @@ typedef struct config {
         int64_t timeout_ms; /* 50 */
         int on_error;       /* CFG_ON_ERROR_* (deny) */
         char *key_prefix;   /* "rl:" */
+        char *state_file;   /* memory store: API-made keys and accounts;
+                             * default ratewall-state.json beside the config */
     } storage;
 
     cfg_backend_t *backends;   size_t n_backends;
@@ -206,6 +213,13 @@ typedef struct cfg_messages {
 /* Load and validate. Returns the snapshot (1 reference), or NULL when there
  * is any error; msgs is always filled and must be freed by the caller. */
 config_t *config_load(const char *path, cfg_messages_t *msgs);
+/* The same, with the keys and accounts made through the admin API merged in
+ * (api: {"accounts": {NAME: {...}}, "keys": [{...}]}, the file's syntax plus
+ * "created_at" on both and "expires_at" on keys, unix seconds; NULL: none).
+ * An API account whose name the file defines is left out: the file's wins.
+ * Their messages carry no position of their own (LINE:COL 1:1). */
+struct json_t;
+config_t *config_load_with(const char *path, const struct json_t *api, cfg_messages_t *msgs);
 void cfg_messages_free(cfg_messages_t *m);
 
 static inline config_t *config_ref(config_t *c)

@@ -104,6 +104,7 @@ static void config_free(config_t *cfg)
     free(cfg->storage.host);
     free(cfg->storage.password);
     free(cfg->storage.key_prefix);
+    free(cfg->storage.state_file);
     for (size_t i = 0; i < cfg->n_backends; i++) {
         cfg_backend_t *b = &cfg->backends[i];
         free(b->name);
@@ -395,7 +396,104 @@ static void parse_root(ctx_t *c, json_t *root)
     }
 }
 
+/* API-made items in the file's syntax: their bookkeeping fields go. */
+static json_t *api_body(const json_t *o)
+{
+    json_t *b = json_deep_copy(o);
+    if (b && json_is_object(b)) {
+        json_object_del(b, "created_at");
+        json_object_del(b, "expires_at");
+    }
+    return b;
+}
+
+static int64_t api_time(const json_t *o, const char *name)
+{
+    json_t *v = json_is_object(o) ? json_object_get(o, name) : NULL;
+    return json_is_integer(v) ? (int64_t)json_integer_value(v) : 0;
+}
+
+/* Put the API's accounts and keys into the file's tree before the walk:
+ * accounts after the file's (a name the file has stays the file's), keys
+ * after the file's own. A section of the wrong type is left for the walk
+ * to report. Returns the names of the accounts taken in (an object, name ->
+ * API object; NULL when out of memory) and sets *first_key to the index the
+ * API's keys start at. */
+static json_t *merge_api(ctx_t *c, json_t *root, const json_t *api, size_t *first_key)
+{
+    json_t *taken = json_object();
+    *first_key = SIZE_MAX;
+    if (!taken) {
+        cfg_nomem(c);
+        return NULL;
+    }
+    json_t *aa = json_object_get(api, "accounts");
+    if (json_is_object(aa) && json_object_size(aa)) {
+        json_t *acc = json_object_get(root, "accounts");
+        if (!acc) {
+            acc = json_object();
+            if (!acc || json_object_set_new(root, "accounts", acc))
+                cfg_nomem(c);
+        }
+        const char *k;
+        json_t *v;
+        json_object_foreach(aa, k, v) {
+            if (json_is_object(acc) && !json_object_get(acc, k)) {
+                if (json_object_set_new(acc, k, api_body(v)) ||
+                    json_object_set(taken, k, v))
+                    cfg_nomem(c);
+            }
+        }
+    }
+    json_t *ka = json_object_get(api, "keys");
+    if (json_is_array(ka) && json_array_size(ka)) {
+        json_t *keys = json_object_get(root, "keys");
+        if (!keys) {
+            keys = json_array();
+            if (!keys || json_object_set_new(root, "keys", keys))
+                cfg_nomem(c);
+        }
+        if (json_is_array(keys)) {
+            *first_key = json_array_size(keys);
+            size_t i;
+            json_t *v;
+            json_array_foreach(ka, i, v) {
+                if (json_array_append_new(keys, api_body(v)))
+                    cfg_nomem(c);
+            }
+        }
+    }
+    return taken;
+}
+
+/* Mark what came from the API, with its times. */
+static void mark_api(config_t *cfg, const json_t *api, const json_t *taken, size_t first_key)
+{
+    for (size_t i = 0; taken && i < cfg->n_accounts; i++) {
+        json_t *v = cfg->accounts[i].name ? json_object_get(taken, cfg->accounts[i].name) : NULL;
+        if (v) {
+            cfg->accounts[i].from_api = 1;
+            cfg->accounts[i].created_at = api_time(v, "created_at");
+        }
+    }
+    json_t *ka = json_object_get(api, "keys");
+    for (size_t i = 0; first_key != SIZE_MAX && i < json_array_size(ka); i++) {
+        if (first_key + i >= cfg->n_keys)
+            break;
+        cfg_key_t *k = &cfg->keys[first_key + i];
+        json_t *v = json_array_get(ka, i);
+        k->from_api = 1;
+        k->created_at = api_time(v, "created_at");
+        k->expires_at = api_time(v, "expires_at");
+    }
+}
+
 config_t *config_load(const char *path, cfg_messages_t *msgs)
+{
+    return config_load_with(path, NULL, msgs);
+}
+
+config_t *config_load_with(const char *path, const json_t *api, cfg_messages_t *msgs)
 {
     memset(msgs, 0, sizeof *msgs);
     ctx_t c;
@@ -429,10 +527,21 @@ config_t *config_load(const char *path, cfg_messages_t *msgs)
         if (!json_is_object(root))
             cfg_err(&c, NULL, NULL, "the configuration must be a JSON object, got %s",
                 json_kind(root));
-        else
+        else {
+            json_t *taken = NULL;
+            size_t first_key = SIZE_MAX;
+            if (api)
+                taken = merge_api(&c, root, api, &first_key);
             parse_root(&c, root);
+            if (api)
+                mark_api(cfg, api, taken, first_key);
+            json_decref(taken);
+        }
         json_decref(root);
     }
+    if (!cfg->storage.state_file && !(cfg->storage.state_file =
+                                          join_dir(path, "ratewall-state.json")))
+        cfg_nomem(&c);
     if (c.n_err == 0 && !c.oom) {
         build_policies(&c);
         if (c.n_err == 0 && !c.oom) {

@@ -83,7 +83,7 @@ void parse_admin(ctx_t *c, json_t *o)
 void parse_storage(ctx_t *c, json_t *o)
 {
     static const char *const keys[] = {"driver", "address", "password", "db", "timeout_ms",
-        "on_error", "key_prefix", NULL};
+        "on_error", "key_prefix", "state_file", NULL};
     static const char *const drivers[] = {"memory", "redis", NULL};
     static const char *const onerr[] = {"deny", "allow", NULL};
     config_t *cfg = c->cfg;
@@ -102,6 +102,14 @@ void parse_storage(ctx_t *c, json_t *o)
     if (e >= 0)
         cfg->storage.on_error = e == 1 ? CFG_ON_ERROR_ALLOW : CFG_ON_ERROR_DENY;
     set_str(c, o, W, "key_prefix", 0, &cfg->storage.key_prefix);
+    char *sf = NULL;
+    if (get_str(c, o, W, "state_file", 0, &sf) == 1) {
+        free(cfg->storage.state_file);
+        cfg->storage.state_file = join_dir(c->fname[0], sf);
+        if (!cfg->storage.state_file)
+            cfg_nomem(c);
+    }
+    free(sf);
 }
 
 /* Collect the names of an object-of-objects section into a table and the

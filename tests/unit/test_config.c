@@ -4,6 +4,7 @@
  * (key by digest, routes), the keys file, the position finder, and the
  * exact text of a few error lines. Exit 0 when every check passes.
  */
+#include <jansson.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -732,11 +733,78 @@ static void test_match(void)
     cfg_messages_free(&m);
 }
 
+/* Keys and accounts made through the admin API, merged into the file's. */
+static void test_api_items(void)
+{
+    char hex1[65], hex2[65];
+    unsigned char d1[32], d2[32];
+    sha256_hex("file-key", d1, hex1);
+    sha256_hex("api-key", d2, hex2);
+    char text[1024];
+    snprintf(text, sizeof text,
+             "{\"storage\": {\"state_file\": \"st/state.json\"},\n"
+             " \"tiers\": {\"t\": {\"limits\": []}},\n"
+             " \"accounts\": {\"filea\": {\"tier\": \"t\"}},\n"
+             " \"keys\": [{\"id\": \"fk\", \"sha256\": \"%s\", \"account\": \"filea\"}]}\n",
+             hex1);
+    write_file("api.json", text);
+    json_t *api = json_pack(
+        "{s:{s:{s:s,s:I},s:{s:s,s:b}},s:[{s:s,s:s,s:s,s:I,s:I}]}", "accounts", "apia", "tier",
+        "t", "created_at", (json_int_t)1700000000, "filea", "tier", "nope", "disabled", 1,
+        "keys", "id", "ak", "sha256", hex2, "account", "apia", "created_at",
+        (json_int_t)1700000001, "expires_at", (json_int_t)1900000000);
+    cfg_messages_t m;
+    config_t *c = config_load_with(path_in("api.json"), api, &m);
+    CHECK(c != NULL, "file plus API items load (the file's filea wins over the API's)");
+    if (!c)
+        dump_msgs(&m);
+    cfg_messages_free(&m);
+    if (c) {
+        CHECK_INT(c->n_keys, 2);
+        CHECK_INT(c->n_accounts, 2);
+        const cfg_key_t *fk = config_find_key(c, d1), *ak = config_find_key(c, d2);
+        CHECK(fk && !fk->from_api && fk->expires_at == 0, "the file's key");
+        CHECK(ak && ak->from_api, "the API's key, found by digest");
+        if (ak) {
+            CHECK_INT(ak->created_at, 1700000001);
+            CHECK_INT(ak->expires_at, 1900000000);
+            CHECK_STR(c->accounts[ak->account].name, "apia");
+        }
+        const cfg_account_t *fa = config_find_account(c, "filea");
+        const cfg_account_t *aa = config_find_account(c, "apia");
+        CHECK(fa && !fa->from_api && !fa->disabled, "the file's account, not the API's");
+        CHECK(aa && aa->from_api && aa->created_at == 1700000000, "the API's account");
+        char want[200];
+        snprintf(want, sizeof want, "%s/st/state.json", tmpdir);
+        CHECK_STR(c->storage.state_file, want);
+        config_unref(c);
+    }
+    /* An API key whose id the file has: an error, ids unique across both. */
+    json_t *dup = json_pack("{s:{},s:[{s:s,s:s,s:s}]}", "accounts", "keys", "id", "fk",
+                            "sha256", hex2, "account", "filea");
+    c = config_load_with(path_in("api.json"), dup, &m);
+    CHECK(c == NULL && m.n_errors == 1 && strstr(m.errors[0], "duplicate key id"),
+          "a duplicate id across the file and the API");
+    config_unref(c);
+    cfg_messages_free(&m);
+    json_decref(dup);
+    json_decref(api);
+    /* The default state file: beside the configuration. */
+    c = load_ok("empty.json", &m);
+    if (c) {
+        char want[200];
+        snprintf(want, sizeof want, "%s/ratewall-state.json", tmpdir);
+        CHECK_STR(c->storage.state_file, want);
+        config_unref(c);
+    }
+    cfg_messages_free(&m);
+}
+
 static void cleanup(void)
 {
     const char *files[] = {"empty.json", "full.json", "sub/keys.json", "bad.json",
         "badkeys.json", "many.json", "many_keys.json", "long.json", "warn.json", "match.json",
-        NULL};
+        "api.json", NULL};
     for (int i = 0; files[i]; i++)
         unlink(path_in(files[i]));
     rmdir(path_in("sub"));
@@ -758,6 +826,7 @@ int main(void)
     test_warnings();
     test_jsonpos();
     test_match();
+    test_api_items();
     cleanup();
     if (failures) {
         fprintf(stderr, "test_config: %d of %d checks failed\n", failures, checks);
