@@ -578,9 +578,6 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    const char *nd = getenv("RATEWALL_NO_DENY_CACHE");
-    if (nd && *nd && strcmp(nd, "0") != 0)
-        deny_cache_on = 0;
     if (evthread_use_pthreads() != 0) {
         fprintf(stderr, "gateway: libevent without thread support\n");
         return 1;

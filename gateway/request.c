@@ -464,7 +464,6 @@ static int64_t mono_us(void)
 }
 
 /* RATEWALL_NO_DENY_CACHE=1 turns the local deny cache off (diagnostics). */
-int deny_cache_on = 1;
 
 /* A refusal the deny cache still holds: answer it without the store. */
 static int answer_from_deny_cache(request_t *r)
@@ -689,7 +688,7 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     if (o->admitted && lim_checks_have_gauge(r->checks, r->n_checks))
         metrics_lease(1);
     r->charged_ms = o->now_ms;
-    if (!o->admitted && deny_cache_on) {
+    if (!o->admitted && r->w->deny_cache) {
         int refundable = r->rep.refused >= 0 &&
                          rule_reconciled(r->cfg, r->checks[r->rep.refused].rule);
         lim_deny_entry_t *e =
@@ -1036,7 +1035,7 @@ static void on_body(h1_conn_t *req, void *arg)
     }
     r->price_micros = price_of(r->ep, r->units);
 
-    if (deny_cache_on && answer_from_deny_cache(r))
+    if (r->w->deny_cache && answer_from_deny_cache(r))
         return;
 
     size_t n = lim_build_checks(r->key->policy, (uint32_t)r->ep_index, r->acct->name,

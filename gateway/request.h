@@ -107,6 +107,5 @@ void request_start(worker_t *w, h1_conn_t *req);
 void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
                          const char *account);
 void request_freelist_clear(void);
-extern int deny_cache_on;
 
 #endif

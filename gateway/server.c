@@ -236,6 +236,10 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     memset(w, 0, sizeof *w);
     w->index = index;
     w->cfg = config_ref(cfg);
+    /* RATEWALL_NO_DENY_CACHE=1 turns the local deny cache off (for
+     * measuring the store alone). */
+    const char *nd = getenv("RATEWALL_NO_DENY_CACHE");
+    w->deny_cache = !(nd && *nd && strcmp(nd, "0") != 0);
     atomic_init(&w->pending_cfg, NULL);
     unsigned char rnd[8];
     if (RAND_bytes(rnd, sizeof rnd) != 1)

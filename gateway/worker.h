@@ -37,6 +37,7 @@ typedef struct worker {
     atomic_int exited;             /* set before exit_notify is activated */
     proxy_worker_t proxy;          /* backend pools, kept exchanges (proxy.h) */
     lim_deny_t deny;               /* local deny cache (limiter/deny.h) */
+    int deny_cache;                /* the deny cache is used (RATEWALL_NO_DENY_CACHE) */
     int draining;
     struct timespec drain_deadline;
     /* Touched by the worker's own thread only. */
