@@ -202,6 +202,8 @@ static void access_log_line(char *line)
 
 /* ---- per request -------------------------------------------------------------- */
 
+static const char S_SHADOW_REFUSED[] = "shadow_refused";
+
 static const char *decision_name(int d)
 {
     switch (d) {
@@ -221,6 +223,9 @@ void metrics_request_done(const metrics_request_t *m)
     if (m->decision != DEC_NONE)
         series_inc(m->generation, F_DECISIONS, decision_name(m->decision), limit, 0, "D",
                    decision_name(m->decision), limit ? limit : "");
+    for (size_t i = 0; i < m->n_shadow_refused; i++)
+        series_inc(m->generation, F_DECISIONS, S_SHADOW_REFUSED, m->shadow_refused[i], 0, "D",
+                   S_SHADOW_REFUSED, m->shadow_refused[i]);
     if (m->upstream_us >= 0)
         histo_add(&backend_latency, m->upstream_us);
     if (!alog.open)
@@ -240,6 +245,12 @@ void metrics_request_done(const metrics_request_t *m)
                           (json_int_t)m->bytes_out, "upstream_ms",
                           m->upstream_us >= 0 ? (double)m->upstream_us / 1000.0 : 0.0,
                           "total_ms", (double)m->total_us / 1000.0);
+    if (o && m->n_shadow_refused) {
+        json_t *a = json_array();
+        for (size_t i = 0; a && i < m->n_shadow_refused; i++)
+            json_array_append_new(a, json_string(m->shadow_refused[i]));
+        json_object_set_new(o, "shadow_refused", a);
+    }
     char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (line)
@@ -277,7 +288,7 @@ void metrics_write(struct evbuffer *out)
 {
     write_family(out, F_REQUESTS, "Requests answered, by endpoint and status.");
     write_family(out, F_DECISIONS,
-                 "Limit decisions by outcome and, for refusals, the limit that refused.");
+                 "Limit decisions by outcome and, for refusals, the limit that refused (shadow_refused: a shadow limit that would have).");
     write_family(out, F_JOB_ID_UNUSABLE,
                  "Job creates answered 2xx whose job id could not be used, by endpoint: "
                  "their leases are held until the job's max_seconds.");

@@ -23,6 +23,10 @@ typedef struct metrics_request {
     int status;                 /* sent to the client (0: none) */
     int decision;               /* DEC_* */
     const char *limit;          /* the refusing limit's identity, or NULL */
+    /* Admitted: the identities of the shadow limits that would have
+     * refused (counted as outcome "shadow_refused", logged as a list). */
+    const char *const *shadow_refused;
+    size_t n_shadow_refused;
     const char *request_id;
     const char *key_id, *account; /* NULL when unknown */
     uint64_t bytes_out;         /* body bytes sent to the client */

@@ -229,12 +229,19 @@ static void count_and_log(const request_t *r)
     const char *limit = NULL;
     if ((r->decision == DEC_REFUSED || r->decision == DEC_CACHED) && r->rep.refused >= 0)
         limit = r->checks[r->rep.refused].rule->ident;
+    const char *shadow[LIM_MAX_CHECKS];
+    size_t n_shadow = 0;
+    for (size_t i = 0; i < r->n_checks && r->shadow_refused; i++)
+        if (r->shadow_refused & (UINT32_C(1) << i))
+            shadow[n_shadow++] = r->checks[i].rule->ident;
     metrics_request_t m = {
         .generation = r->cfg->generation,
         .endpoint = r->ep ? r->ep->name : r->is_usage ? "_usage" : "_none",
         .status = r->status,
         .decision = r->decision,
         .limit = limit,
+        .shadow_refused = shadow,
+        .n_shadow_refused = n_shadow,
         .request_id = r->rid,
         .key_id = r->key ? r->key->id : NULL,
         .account = r->acct ? r->acct->name : NULL,
@@ -580,6 +587,10 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     lim_report(r->checks, r->n_checks, o, &r->rep);
     r->admitted = o->admitted;
     r->decision = o->admitted ? DEC_ADMITTED : DEC_REFUSED;
+    r->shadow_refused = 0;
+    for (size_t i = 0; o->admitted && i < r->n_checks; i++)
+        if (r->checks[i].shadow && !o->res[i].ok)
+            r->shadow_refused |= UINT32_C(1) << i;
     /* Reconcile recomputes the headers from this state. */
     if (r->cfg->server.ietf_headers || r->cfg->server.openai_headers || r->ep->reconcile) {
         r->n_state = r->n_checks;

@@ -68,6 +68,8 @@ typedef struct request {
     char job_poll[65];
     int status;          /* status sent to the client (0: none) */
     int decision;        /* DEC_* */
+    uint32_t shadow_refused; /* admitted: bit i set when shadow check i would
+                                have refused (LIM_MAX_CHECKS <= 32) */
     uint64_t bytes_out;  /* body bytes of the gateway's own answer sent */
     /* Per-check state after the decision, kept only when the config asks
      * for the IETF or OpenAI headers (n_state == n_checks then). */

@@ -150,6 +150,7 @@ static int build_one(const lim_rule_t *r, const char *account, const char *key_i
                      int64_t units, int64_t price_micros, lim_check_t *c)
 {
     c->rule = r;
+    c->shadow = r->shadow;
     c->per = r->per;
     c->limit = r->limit;
     c->window_ms = lim_per_window_ms(r->per);

@@ -20,7 +20,9 @@
 --           charged), which then give it back; else nothing is written and
 --           {0, now} is returned. Sent again, it is a no-op.
 -- then 4 values per check i, from ARGV[5 + 4 * (i - 1)]:
---   kind    "r" rolling window | "c" calendar period | "g" gauge (leases)
+--   kind    "r" rolling window | "c" calendar period | "g" gauge (leases);
+--           in capitals ("R", "C", "G") a shadow check: it never refuses,
+--           and is charged whenever the others admit, past its own limit
 --   param   r: window ms | c: "d" or "m" | g: lease ttl ms
 --   limit   metric units
 --   amount  metric units this request adds
@@ -70,9 +72,15 @@ end
 if mode == '1' and ARGV[4] ~= '' and int_arg(ARGV[4], 0, 2 ^ 50) == nil then
   return bad('deadline')
 end
+local KIND, SHADOW = {}, {}
 for i = 1, #KEYS do
   local a = FIRST + 4 * (i - 1)
   local kind, param = ARGV[a], ARGV[a + 1]
+  if kind == 'R' or kind == 'C' or kind == 'G' then
+    SHADOW[i] = true
+    kind = string.lower(kind)
+  end
+  KIND[i] = kind
   if kind == 'r' then
     if int_arg(param, 1, 2 ^ 40) == nil then return bad('window of check ' .. i) end
   elseif kind == 'c' then
@@ -149,18 +157,18 @@ if mode == 'a' then
   if ARGV[4] ~= '' then
     local held = false
     for i = 1, n do
-      if ARGV[FIRST + 4 * (i - 1)] == 'g' and redis.call('ZSCORE', KEYS[i], ARGV[4]) then
+      if KIND[i] == 'g' and redis.call('ZSCORE', KEYS[i], ARGV[4]) then
         held = true
       end
     end
     if not held then return { 0, now } end
     for i = 1, n do
-      if ARGV[FIRST + 4 * (i - 1)] == 'g' then redis.call('ZREM', KEYS[i], ARGV[4]) end
+      if KIND[i] == 'g' then redis.call('ZREM', KEYS[i], ARGV[4]) end
     end
   end
   for i = 1, n do
     local a = FIRST + 4 * (i - 1)
-    local kind, param, d, key = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3]), KEYS[i]
+    local kind, param, d, key = KIND[i], ARGV[a + 1], tonumber(ARGV[a + 3]), KEYS[i]
     if kind == 'r' and d ~= 0 then
       local w = tonumber(param)
       local cur = bucket_of(now, w)
@@ -216,7 +224,7 @@ local st = {}
 local admitted = 1
 for i = 1, n do
   local a = FIRST + 4 * (i - 1)
-  local c = { kind = ARGV[a], param = ARGV[a + 1], limit = tonumber(ARGV[a + 2]),
+  local c = { kind = KIND[i], param = ARGV[a + 1], limit = tonumber(ARGV[a + 2]),
               amount = tonumber(ARGV[a + 3]), key = KEYS[i] }
   if c.kind == 'r' then
     c.w = tonumber(c.param)
@@ -246,7 +254,12 @@ for i = 1, n do
     c.used = redis.call('ZCOUNT', c.key, '(' .. now, '+inf')
   end
   c.ok = c.used + c.amount <= c.limit
-  if not c.ok then admitted = 0 end
+  if SHADOW[i] then
+    -- Counted past its limit, but never past CAP.
+    c.amount = math.max(0, math.min(c.amount, CAP - c.used))
+  elseif not c.ok then
+    admitted = 0
+  end
   st[i] = c
 end
 

@@ -261,6 +261,23 @@ static void test_report(void)
               strcmp(rep.type_header, "concurrent") == 0 && rep.ref_used == 5 &&
               rep.retry_after_s == 1,
           "concurrent");
+
+    /* A shadow check never refuses and never describes the headers: a
+     * full shadow minute (limit 3, used 3) beside an enforcing day that
+     * refuses leaves the day as the refusal and no main headers. */
+    c[0].shadow = 1;
+    o.res[3].ok = 1;
+    o.res[0].ok = 0;
+    o.res[0].used = 3;
+    o.res[0].retry_ms = 1000000 + 90000000; /* frees later than the day */
+    o.res[1].ok = 0;
+    o.res[1].retry_ms = 86400000;
+    lim_report(c, 4, &o, &rep);
+    CHECK(rep.refused == 1 && !rep.has_main, "shadow minute: refused %d, has_main %d",
+          rep.refused, rep.has_main);
+    int64_t rem[4] = {0, 90, 0, 0};
+    CHECK(lim_report_pick_metric(c, 4, LIM_REQUESTS, rem) == -1,
+          "no per-metric header for a shadow limit");
 }
 
 int main(void)
