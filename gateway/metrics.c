@@ -251,6 +251,8 @@ void metrics_request_done(const metrics_request_t *m)
             json_array_append_new(a, json_string(m->shadow_refused[i]));
         json_object_set_new(o, "shadow_refused", a);
     }
+    if (o && m->waited_ms >= 0)
+        json_object_set_new(o, "waited_ms", json_integer((json_int_t)m->waited_ms));
     char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (line)

@@ -27,6 +27,7 @@ typedef struct metrics_request {
      * refused (counted as outcome "shadow_refused", logged as a list). */
     const char *const *shadow_refused;
     size_t n_shadow_refused;
+    int64_t waited_ms;          /* waited for room (an endpoint's queue); -1: did not */
     const char *request_id;
     const char *key_id, *account; /* NULL when unknown */
     uint64_t bytes_out;         /* body bytes sent to the client */

@@ -21,6 +21,7 @@ enum req_state {
     RQ_NEW = 0,     /* routing, auth */
     RQ_BODY,        /* reading the body of a request that can be served */
     RQ_STORE,       /* waiting for the store's answer */
+    RQ_QUEUED,      /* refused, waiting for room (waitq.h) */
     RQ_PROXY,       /* backend request outstanding */
     RQ_DONE
 };
@@ -82,6 +83,15 @@ typedef struct request {
     char **deny_keep;      /* a 429 just kept by the deny cache: its body slot */
     struct timespec t_start;
     int64_t t_sent_us;  /* monotonic us when the decision was asked for */
+    /* Waiting for room (an endpoint's queue): the queue it is in (NULL:
+     * none), its neighbours there, and its own deadline (owned event). */
+    struct waitq *wq;
+    struct request *wq_next, *wq_prev;
+    struct event *wq_deadline;
+    int64_t wq_since_us;  /* monotonic us when it began to wait */
+    int wq_expired;       /* its max_wait_ms has passed: no more waiting */
+    int waited;           /* it waited: X-RateLimit-Waited-Ms = waited_ms */
+    int64_t waited_ms;
     /* Last: only the first n_checks are ever written or read, so a
      * recycled context is cleared only up to here. */
     lim_check_t checks[LIM_MAX_CHECKS];
@@ -97,6 +107,8 @@ void request_start(worker_t *w, h1_conn_t *req);
 void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
                          const char *account);
 void request_freelist_clear(void);
+/* Drain: every waiting request of w gets its 429 now. */
+void request_drain_waiters(worker_t *w);
 extern int deny_cache_on;
 
 #endif

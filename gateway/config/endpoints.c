@@ -233,7 +233,7 @@ static int path_is_normal(const char *p)
 void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
 {
     static const char *const keys[] = {"method", "path", "path_prefix", "backend",
-        "max_body_bytes", "units", "price", "job", "reconcile", NULL};
+        "max_body_bytes", "units", "price", "job", "reconcile", "queue", NULL};
     check_keys(c, o, keys, W);
     e->max_body_bytes = c->cfg->server.max_body_bytes;
     int m = get_enum(c, o, W, "method", 1, method_names, "method",
@@ -293,6 +293,19 @@ void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
     if (r) {
         size_t mk = pk(c, "reconcile");
         parse_reconcile(c, r, e, W);
+        pp(c, mk);
+    }
+    json_t *q = get_obj(c, o, W, "queue", 0);
+    if (q) {
+        static const char *const qkeys[] = {"max_wait_ms", "max_waiting", NULL};
+        char QW[300];
+        snprintf(QW, sizeof QW, "%s queue", W);
+        size_t mk = pk(c, "queue");
+        check_keys(c, q, qkeys, QW);
+        e->queue_max_wait_ms = 2000;
+        e->queue_max_waiting = 64;
+        get_int(c, q, QW, "max_wait_ms", 0, 1, 60000, &e->queue_max_wait_ms);
+        get_int(c, q, QW, "max_waiting", 0, 1, 100000, &e->queue_max_waiting);
         pp(c, mk);
     }
 }
