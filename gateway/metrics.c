@@ -167,6 +167,13 @@ void metrics_lease(int delta)
     atomic_fetch_add(&leases_held, delta);
 }
 
+static atomic_long requests_waiting;
+
+void metrics_waiting(int delta)
+{
+    atomic_fetch_add(&requests_waiting, delta);
+}
+
 /* ---- access log ------------------------------------------------------------ */
 
 static linelog_t alog;
@@ -307,6 +314,11 @@ void metrics_write(struct evbuffer *out)
                         "for requests in flight.\n# TYPE ratewall_leases_held gauge\n"
                         "ratewall_leases_held %ld\n",
                         atomic_load(&leases_held));
+    evbuffer_add_printf(out,
+                        "# HELP ratewall_requests_waiting Requests waiting for room "
+                        "(an endpoint's queue).\n# TYPE ratewall_requests_waiting gauge\n"
+                        "ratewall_requests_waiting %ld\n",
+                        atomic_load(&requests_waiting));
     evbuffer_add_printf(out,
                         "# HELP ratewall_reloads_total Configuration reloads by result.\n"
                         "# TYPE ratewall_reloads_total counter\n"

@@ -42,6 +42,8 @@ void metrics_request_done(const metrics_request_t *m);
 void metrics_store_latency(int64_t us);
 void metrics_reload(int ok);
 void metrics_lease(int delta);
+/* A request began (+1) or stopped (-1) waiting for room. */
+void metrics_waiting(int delta);
 /* A job create answered 2xx with no usable job id (rare: no cache). */
 void metrics_job_id_unusable(const char *endpoint);
 /* A reconcile whose real use could not be known (the estimate stayed):

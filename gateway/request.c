@@ -293,6 +293,7 @@ static void queue_leave(request_t *r)
         return;
     r->waited = 1;
     r->waited_ms = (mono_us() - r->wq_since_us) / 1000;
+    metrics_waiting(-1);
     int kick = q->head == r && q->n > 1;
     waitq_remove(q, r);
     if (kick) {
@@ -376,6 +377,7 @@ static int queue_wait(request_t *r, const lim_outcome_t *o)
             return 0;
         }
         waitq_push(q, r);
+        metrics_waiting(1);
         r->wq_since_us = now;
         struct timeval tv = ms_tv(left);
         evtimer_add(r->wq_deadline, &tv);

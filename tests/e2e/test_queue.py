@@ -7,13 +7,17 @@ at once; a drain answers the waiters at once.
 
 Waiters live on the worker that has the connection, so these gateways run
 one worker: the order they check is the order of one worker."""
+import hashlib
+import http.client
+import json
+import re
 import signal
 import socket
 import threading
 import time
 
 from backend import Reply
-from harness import base_config, eq, free_port, poll, request, run
+from harness import base_config, eq, free_port, poll, request, run, wait_port
 
 
 def for_both(fn):
@@ -27,9 +31,10 @@ def for_both(fn):
     return [memory, redis]
 
 
-def start(env, store, limits, handler, max_wait_ms=3000, max_waiting=64):
+def start(env, store, limits, handler, max_wait_ms=3000, max_waiting=64, admin=False):
     """One worker, endpoint echo (POST /v1/echo) with a queue, key k of
-    account acme on tier t with `limits`. Returns the backend."""
+    account acme on tier t with `limits` (admin: and an admin listener on
+    env.admin_port). Returns the backend."""
     be = env.start_backend(handler)
     cfg = base_config(be.port, free_port())
     cfg["server"]["workers"] = 1
@@ -41,9 +46,22 @@ def start(env, store, limits, handler, max_wait_ms=3000, max_waiting=64):
         r = env.start_redis()
         cfg["storage"] = {"driver": "redis", "address": "127.0.0.1:%d" % r.port,
                           "timeout_ms": 500}
+    if admin:
+        env.admin_port = free_port()
+        cfg["admin"] = {"listen": "127.0.0.1:%d" % env.admin_port,
+                        "token_sha256": hashlib.sha256(b"queue-admin").hexdigest()}
     env.add_key(cfg, "k", "acme")
     env.start_gateway(cfg)
+    if admin:
+        wait_port(env.admin_port, env.gw.p)
     return be
+
+
+def waiting(env):
+    text = request(env.admin_port, "GET", "/metrics").body.decode()
+    m = re.search(r"^ratewall_requests_waiting (\d+)$", text, re.M)
+    assert m, "ratewall_requests_waiting in /metrics:\n" + text
+    return int(m.group(1))
 
 
 def slow(seconds):
@@ -78,24 +96,34 @@ def used(env, metric, per):
 
 
 def burst_in_order(env, store):
-    """5 a second: the next 5 of a burst wait about a second and pass, in
-    the order they arrived, each with X-RateLimit-Waited-Ms."""
+    """5 a second, the first five 100 ms apart: the next 5, sent at once,
+    wait and pass as the window frees, in the order they arrived (about
+    100 ms apart, so the backend sees that order too), each with
+    X-RateLimit-Waited-Ms."""
     be = start(env, store, [{"metric": "requests", "per": "second", "limit": 5}], quick)
     key = env.keys["k"]
     for i in range(5):
         r = env.req("POST", "/v1/echo", key=key, body={"i": i})
         eq(r.status, 200, "request %d" % i)
         assert r.h("x-ratelimit-waited-ms") is None, "request %d did not wait" % i
-    calls = []
+        time.sleep(0.1)
+    # Sent from this thread one after the other, so they arrive in order.
+    conns = []
     for i in range(5, 10):
-        c = Call(env, {"i": i})
-        c.start()
-        calls.append(c)
+        c = http.client.HTTPConnection("127.0.0.1", env.port, timeout=10)
+        c.request("POST", "/v1/echo", body=json.dumps({"i": i}),
+                  headers={"Authorization": "Bearer " + key,
+                           "Content-Type": "application/json"})
+        conns.append(c)
         time.sleep(0.03)
-    for c in calls:
-        c.join(10)
-    eq([c.r.status for c in calls], [200] * 5, "every waiter passed")
-    waited = [int(c.r.h("x-ratelimit-waited-ms")) for c in calls]
+    answers = []
+    for c in conns:
+        r = c.getresponse()
+        answers.append((r.status, r.getheader("X-RateLimit-Waited-Ms")))
+        r.read()
+        c.close()
+    eq([a[0] for a in answers], [200] * 5, "every waiter passed")
+    waited = [int(a[1]) for a in answers]
     assert all(0 < w <= 3000 for w in waited), "X-RateLimit-Waited-Ms: %r" % waited
     eq([r.json()["i"] for r in be.requests], list(range(10)),
        "the backend saw them in arrival order")
@@ -159,23 +187,25 @@ def client_leaves(env, store):
 
 def overflow(env, store):
     """max_waiting 1: the second waits, the third gets its 429 at once."""
-    be = start(env, store, [{"metric": "concurrent", "limit": 1}], slow(0.8), max_waiting=1)
+    be = start(env, store, [{"metric": "concurrent", "limit": 1}], slow(0.8), max_waiting=1,
+               admin=True)
     first = Call(env)
     first.start()
     be.wait_busy(1)
     second = Call(env)
     second.start()
-    time.sleep(0.2)
+    poll(lambda: waiting(env) == 1, 5, "one request waiting in /metrics")
     t0 = time.time()
     r = env.req("POST", "/v1/echo", key=env.keys["k"], body={})
     took = time.time() - t0
     eq((r.status, r.json()["error"]["code"]), (429, "CONCURRENT_LIMIT_EXCEEDED"),
        "the third is refused")
-    assert took < 0.3, "refused at once, took %.2f s" % took
+    assert took < 0.5, "refused at once (the waiter waits 0.8 s), took %.2f s" % took
     first.join(10)
     second.join(10)
     eq((first.r.status, second.r.status), (200, 200), "the first and the waiter passed")
     assert second.r.h("x-ratelimit-waited-ms"), "the waiter says it waited"
+    eq(waiting(env), 0, "nobody waits any more")
 
 
 def drain_answers_waiters(env, store):
