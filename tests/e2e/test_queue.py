@@ -227,6 +227,8 @@ def drain_answers_waiters(env, store):
     assert took < 1.0, "answered at the drain, took %.2f s" % took
     first.join(10)
     eq(first.r.status, 200, "the request in flight finished")
+    env.gw.p.wait(10)
+    eq(env.gw.p.returncode, 0, "exit status after the drain")
 
 
 run(for_both(burst_in_order) + for_both(concurrency_woken) + for_both(daily_at_once) +

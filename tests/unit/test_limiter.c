@@ -171,8 +171,14 @@ static void test_policy(void)
     }
     n = lim_build_checks(&p, 1, "acme", "k1", 1, 0, c, LIM_MAX_CHECKS);
     CHECK(n == 3, "3 checks on endpoint 1, got %zu", n);
+    /* A recycled buffer: every field is written, so no lease ttl of an
+     * earlier request (or garbage) reaches the store. */
+    memset(c, 0xff, sizeof c);
     n = lim_build_rule_checks(&p, 0, "acme", "k1", c, LIM_MAX_CHECKS);
     CHECK(n == 5, "usage sees every rule");
+    for (size_t i = 0; i < n; i++)
+        CHECK(c[i].lease_ttl_ms == 0 && c[i].shadow == 0, "check %zu: ttl %lld, shadow %d", i,
+              (long long)c[i].lease_ttl_ms, c[i].shadow);
     n = lim_build_rule_checks(&p, 3, "acme", "k1", c, 1);
     CHECK(n == 1 && c[0].rule == p.rules[3], "usage in batches");
     CHECK(lim_build_rule_checks(&p, 5, "acme", "k1", c, 4) == 0, "past the end");
