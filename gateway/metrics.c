@@ -173,6 +173,13 @@ long metrics_leases_held(void)
     return atomic_load(&leases_held);
 }
 
+static atomic_long requests_waiting;
+
+void metrics_waiting(int delta)
+{
+    atomic_fetch_add(&requests_waiting, delta);
+}
+
 /* ---- access log ------------------------------------------------------------ */
 
 static linelog_t alog;
@@ -208,6 +215,8 @@ static void access_log_line(char *line)
 
 /* ---- per request -------------------------------------------------------------- */
 
+static const char S_SHADOW_REFUSED[] = "shadow_refused";
+
 static const char *decision_name(int d)
 {
     switch (d) {
@@ -227,6 +236,9 @@ void metrics_request_done(const metrics_request_t *m)
     if (m->decision != DEC_NONE)
         series_inc(m->generation, F_DECISIONS, decision_name(m->decision), limit, 0, "D",
                    decision_name(m->decision), limit ? limit : "");
+    for (size_t i = 0; i < m->n_shadow_refused; i++)
+        series_inc(m->generation, F_DECISIONS, S_SHADOW_REFUSED, m->shadow_refused[i], 0, "D",
+                   S_SHADOW_REFUSED, m->shadow_refused[i]);
     if (m->upstream_us >= 0)
         histo_add(&backend_latency, m->upstream_us);
     if (!alog.open)
@@ -254,7 +266,7 @@ void metrics_request_done(const metrics_request_t *m)
         "limit", limit, "shadow_refused", shadow, "units_charged",
         (json_int_t)m->units_charged, "units_reconciled",
         m->units_reconciled >= 0 ? json_integer(m->units_reconciled) : json_null(), "spend",
-        spend, "waited_ms", (json_int_t)m->waited_ms, "bytes", (json_int_t)m->bytes_out,
+        spend, "waited_ms", (json_int_t)(m->waited_ms > 0 ? m->waited_ms : 0), "bytes", (json_int_t)m->bytes_out,
         "upstream_ms", m->upstream_us >= 0 ? (double)m->upstream_us / 1000.0 : 0.0,
         "total_ms", (double)m->total_us / 1000.0);
     char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -294,7 +306,7 @@ void metrics_write(struct evbuffer *out)
 {
     write_family(out, F_REQUESTS, "Requests answered, by endpoint and status.");
     write_family(out, F_DECISIONS,
-                 "Limit decisions by outcome and, for refusals, the limit that refused.");
+                 "Limit decisions by outcome and, for refusals, the limit that refused (shadow_refused: a shadow limit that would have).");
     write_family(out, F_JOB_ID_UNUSABLE,
                  "Job creates answered 2xx whose job id could not be used, by endpoint: "
                  "their leases are held until the job's max_seconds.");
@@ -311,6 +323,11 @@ void metrics_write(struct evbuffer *out)
                         "for requests in flight.\n# TYPE ratewall_leases_held gauge\n"
                         "ratewall_leases_held %ld\n",
                         atomic_load(&leases_held));
+    evbuffer_add_printf(out,
+                        "# HELP ratewall_requests_waiting Requests waiting for room "
+                        "(an endpoint's queue).\n# TYPE ratewall_requests_waiting gauge\n"
+                        "ratewall_requests_waiting %ld\n",
+                        atomic_load(&requests_waiting));
     evbuffer_add_printf(out,
                         "# HELP ratewall_reloads_total Configuration reloads by result.\n"
                         "# TYPE ratewall_reloads_total counter\n"

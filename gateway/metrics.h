@@ -23,6 +23,11 @@ typedef struct metrics_request {
     int status;                 /* sent to the client (0: none) */
     int decision;               /* DEC_* */
     const char *limit;          /* the refusing limit's identity, or NULL */
+    /* Admitted: the identities of the shadow limits that would have
+     * refused (counted as outcome "shadow_refused", logged as a list). */
+    const char *const *shadow_refused;
+    size_t n_shadow_refused;
+    int64_t waited_ms;          /* waited for room (an endpoint's queue); -1: did not */
     const char *request_id;
     const char *key_id, *account; /* NULL when unknown */
     const char *method, *path, *client;
@@ -30,9 +35,6 @@ typedef struct metrics_request {
     int64_t units_charged;      /* at admission; 0 when nothing was charged */
     int64_t units_reconciled;   /* what the backend reported; -1: not reconciled */
     int64_t spend_micros;       /* charged in the end (after reconcile) */
-    const char *const *shadow_refused; /* shadow limits that would have refused */
-    size_t n_shadow_refused;
-    int64_t waited_ms;          /* in the queue before the decision */
     uint64_t bytes_out;         /* body bytes sent to the client */
     int64_t upstream_us;        /* backend: send to end of answer; -1: never sent */
     int64_t total_us;           /* since the request arrived */
@@ -47,6 +49,8 @@ void metrics_reload(int ok);
 void metrics_lease(int delta);
 /* Leases held now for requests in flight on this instance. */
 long metrics_leases_held(void);
+/* A request began (+1) or stopped (-1) waiting for room. */
+void metrics_waiting(int delta);
 /* A job create answered 2xx with no usable job id (rare: no cache). */
 void metrics_job_id_unusable(const char *endpoint);
 /* A reconcile whose real use could not be known (the estimate stayed):

@@ -28,6 +28,7 @@
 #include "metrics.h"
 #include "respond.h"
 #include "status.h"
+#include "waitq.h"
 
 #include <stddef.h>
 
@@ -252,12 +253,20 @@ static void count_and_log(const request_t *r)
     int64_t spend = 0;
     if (charged)
         spend = r->reconciled ? price_of(r->ep, r->units_used) : r->price_micros;
+    const char *shadow[LIM_MAX_CHECKS];
+    size_t n_shadow = 0;
+    for (size_t i = 0; i < r->n_checks && r->shadow_refused; i++)
+        if (r->shadow_refused & (UINT32_C(1) << i))
+            shadow[n_shadow++] = r->checks[i].rule->ident;
     metrics_request_t m = {
         .generation = r->cfg->generation,
         .endpoint = r->ep ? r->ep->name : r->is_usage ? "_usage" : "_none",
         .status = r->status,
         .decision = r->decision,
         .limit = limit,
+        .shadow_refused = shadow,
+        .n_shadow_refused = n_shadow,
+        .waited_ms = r->waited ? r->waited_ms : -1,
         .request_id = r->rid,
         .key_id = r->key ? r->key->id : NULL,
         .account = r->acct ? r->acct->name : NULL,
@@ -268,9 +277,6 @@ static void count_and_log(const request_t *r)
         .units_charged = charged ? r->units : 0,
         .units_reconciled = charged && r->reconciled ? r->units_used : -1,
         .spend_micros = spend,
-        .shadow_refused = r->shadow,
-        .n_shadow_refused = r->n_shadow,
-        .waited_ms = r->waited_ms,
         .bytes_out = r->bytes_out + proxy_bytes_out(&r->px),
         .upstream_us = proxy_upstream_us(&r->px),
         .total_us = us_since(&r->t_start),
@@ -280,6 +286,188 @@ static void count_and_log(const request_t *r)
     status_request(r->cfg->generation, m.endpoint, refused);
     if (refused && r->key)
         status_refused(r->key->id, m.account, limit);
+}
+
+/* ---- waiting for room (an endpoint's queue; gateway/waitq.h) ---- */
+
+static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o);
+static void answer_429(request_t *r);
+static int64_t mono_us(void);
+
+static struct timeval ms_tv(int64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+/* Decide the head of q again, when its timer says room is due. */
+static void wq_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    waitq_t *q = arg;
+    request_t *r = q->head;
+    if (!r || r->state != RQ_QUEUED)
+        return;
+    r->state = RQ_STORE;
+    r->t_sent_us = mono_us();
+    store_acquire(r->w->store, r->checks, r->n_checks, r->rid, on_acquire, r);
+}
+
+/* r stops waiting (admitted, refused, gone): out of its queue, whose next
+ * request is decided at once if r was the head. */
+static void queue_leave(request_t *r)
+{
+    if (r->wq_deadline) {
+        event_free(r->wq_deadline);
+        r->wq_deadline = NULL;
+    }
+    waitq_t *q = r->wq;
+    if (!q)
+        return;
+    r->waited = 1;
+    r->waited_ms = (mono_us() - r->wq_since_us) / 1000;
+    metrics_waiting(-1);
+    int kick = q->head == r && q->n > 1;
+    waitq_remove(q, r);
+    if (kick) {
+        struct timeval now = {0, 0};
+        evtimer_add(q->timer, &now);
+    }
+}
+
+/* A waiter's 429, from its last refusal, with Retry-After counted from
+ * now rather than from that refusal. */
+static void queue_refuse(request_t *r)
+{
+    queue_leave(r);
+    if (!r->rep.never && r->rep.retry_after_ms > 0) {
+        int64_t left = r->rep.retry_after_ms - r->waited_ms;
+        r->rep.retry_after_ms = left > 1 ? left : 1;
+        r->rep.retry_after_s = (r->rep.retry_after_ms + 999) / 1000;
+    }
+    answer_429(r);
+}
+
+/* Its max_wait_ms has passed: a waiting request gets its 429 now (one
+ * being decided gets its answer from that decision). */
+static void wq_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    request_t *r = arg;
+    r->wq_expired = 1;
+    if (r->state == RQ_QUEUED)
+        queue_refuse(r);
+}
+
+/* 1 when every enforcing refusal of o can turn into room within left_ms:
+ * rolling windows that free in time and concurrency limits (a slot may
+ * free at any moment); *delay_ms: when to decide again. Calendar periods
+ * (day, month, spend) and requests larger than a limit never can. */
+static int room_due(const request_t *r, const lim_outcome_t *o, int64_t left_ms,
+                    int64_t *delay_ms)
+{
+    int64_t worst = 1;
+    for (size_t i = 0; i < r->n_checks; i++) {
+        const lim_check_t *c = &r->checks[i];
+        const lim_result_t *res = &o->res[i];
+        if (res->ok || c->shadow)
+            continue;
+        if (c->kind == LIM_CK_CALENDAR || res->retry_ms == LIM_NEVER)
+            return 0;
+        int64_t d = res->retry_ms - o->now_ms;
+        if (c->kind == LIM_CK_ROLLING && d > left_ms)
+            return 0;
+        if (d > worst)
+            worst = d;
+    }
+    *delay_ms = worst < left_ms ? worst : left_ms;
+    return 1;
+}
+
+/* A refusal by the store: 1 if r waits for room instead of its 429 (it is
+ * then RQ_QUEUED, behind the earlier waiters of its key and endpoint). */
+static int queue_wait(request_t *r, const lim_outcome_t *o)
+{
+    const cfg_endpoint_t *ep = r->ep;
+    worker_t *w = r->w;
+    if (!ep->queue_max_wait_ms || w->draining || r->wq_expired || !r->req)
+        return 0;
+    int64_t now = mono_us();
+    int64_t left = ep->queue_max_wait_ms;
+    if (r->wq)
+        left -= (now - r->wq_since_us) / 1000;
+    int64_t delay;
+    if (left <= 0 || !room_due(r, o, left, &delay))
+        return 0;
+    if (!r->wq) {
+        waitq_t *q = waitq_find(w, r->key, r->ep_index, 0, NULL);
+        if (q && (int64_t)q->n >= ep->queue_max_waiting)
+            return 0; /* full: the 429 at once */
+        r->wq_deadline = evtimer_new(w->base, wq_deadline_cb, r);
+        if (!r->wq_deadline || !(q = waitq_find(w, r->key, r->ep_index, 1, wq_timer))) {
+            queue_leave(r);
+            return 0;
+        }
+        waitq_push(q, r);
+        metrics_waiting(1);
+        r->wq_since_us = now;
+        struct timeval tv = ms_tv(left);
+        evtimer_add(r->wq_deadline, &tv);
+        request_watch_client(r);
+        if (q->head != r) {
+            r->state = RQ_QUEUED; /* decided when the ones before it are */
+            return 1;
+        }
+    }
+    r->state = RQ_QUEUED;
+    struct timeval tv = ms_tv(delay);
+    evtimer_add(r->wq->timer, &tv);
+    return 1;
+}
+
+/* r gave its concurrency leases back: a head of this worker waiting on
+ * one of those counters is decided again at once. */
+static void wake_gauge_waiters(const request_t *r)
+{
+    worker_t *w = r->w;
+    for (size_t b = 0; b < WAITQ_BUCKETS; b++) {
+        for (waitq_t *q = w->waitq[b]; q; q = q->next) {
+            const request_t *h = q->head;
+            if (!h || h->state != RQ_QUEUED || h->rep.refused < 0)
+                continue;
+            const lim_check_t *hc = &h->checks[h->rep.refused];
+            if (hc->kind != LIM_CK_GAUGE)
+                continue;
+            for (size_t i = 0; i < r->n_checks; i++) {
+                if (r->checks[i].kind == LIM_CK_GAUGE && strcmp(r->checks[i].key, hc->key) == 0) {
+                    struct timeval now = {0, 0};
+                    evtimer_add(q->timer, &now);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+void request_drain_waiters(worker_t *w)
+{
+    for (size_t b = 0; b < WAITQ_BUCKETS; b++) {
+        waitq_t *q = w->waitq[b];
+        while (q) {
+            waitq_t *next = q->next;
+            request_t *r = q->head;
+            while (r) {
+                request_t *rn = r->wq_next; /* q is freed with its last one */
+                r->wq_expired = 1;
+                if (r->state == RQ_QUEUED)
+                    queue_refuse(r);
+                r = rn;
+            }
+            q = next;
+        }
+    }
 }
 
 static void request_settle(request_t *r)
@@ -293,6 +481,7 @@ static void request_settle(request_t *r)
         if (!r->lease_moved) {
             store_release(r->w->store, r->checks, r->n_checks, r->rid);
             r->store_sent = 1;
+            wake_gauge_waiters(r);
         }
     }
     r->admitted = 0;
@@ -304,6 +493,7 @@ static void request_settle(request_t *r)
 static void request_finish(request_t *r)
 {
     worker_t *w = r->w;
+    queue_leave(r);
     request_settle(r);
     request_unwatch_client(r);
     proxy_release(&r->px);
@@ -353,6 +543,8 @@ static void on_client_close(h1_conn_t *c, void *arg)
         proxy_release(&r->px);
         request_finish(r);
     }
+    if (r->state == RQ_QUEUED)
+        request_finish(r); /* it waited for nothing: nothing charged */
     /* RQ_STORE: the store's callback sees client_gone and finishes. */
 }
 
@@ -397,6 +589,11 @@ static void add_rate_headers(const request_t *r, h1_conn_t *c)
     respond_rates_t v;
     rates_of(r, &v);
     respond_rate_headers(&v, c);
+    if (r->waited) {
+        char ms[24];
+        snprintf(ms, sizeof ms, "%lld", (long long)r->waited_ms);
+        h1_add_header(c, "X-RateLimit-Waited-Ms", ms);
+    }
 }
 
 /* 1 while the client can still be answered. */
@@ -672,6 +869,10 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     lim_report(r->checks, r->n_checks, o, &r->rep);
     r->admitted = o->admitted;
     r->decision = o->admitted ? DEC_ADMITTED : DEC_REFUSED;
+    r->shadow_refused = 0;
+    for (size_t i = 0; o->admitted && i < r->n_checks; i++)
+        if (r->checks[i].shadow && !o->res[i].ok)
+            r->shadow_refused |= UINT32_C(1) << i;
     /* Reconcile recomputes the headers from this state. */
     if (r->cfg->server.ietf_headers || r->cfg->server.openai_headers ||
         r->cfg->server.anthropic_headers || r->ep->reconcile) {
@@ -688,7 +889,10 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
     if (o->admitted && lim_checks_have_gauge(r->checks, r->n_checks))
         metrics_lease(1);
     r->charged_ms = o->now_ms;
-    if (!o->admitted && r->w->deny_cache) {
+    if (!o->admitted && !r->client_gone && queue_wait(r, o))
+        return;
+    queue_leave(r);
+    if (!o->admitted && r->w->deny_cache && !r->ep->queue_max_wait_ms) {
         int refundable = r->rep.refused >= 0 &&
                          rule_reconciled(r->cfg, r->checks[r->rep.refused].rule);
         lim_deny_entry_t *e =
@@ -1035,7 +1239,8 @@ static void on_body(h1_conn_t *req, void *arg)
     }
     r->price_micros = price_of(r->ep, r->units);
 
-    if (r->w->deny_cache && answer_from_deny_cache(r))
+    /* A queue's requests wait instead of taking a kept refusal. */
+    if (r->w->deny_cache && !r->ep->queue_max_wait_ms && answer_from_deny_cache(r))
         return;
 
     size_t n = lim_build_checks(r->key->policy, (uint32_t)r->ep_index, r->acct->name,

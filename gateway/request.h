@@ -21,6 +21,7 @@ enum req_state {
     RQ_NEW = 0,     /* routing, auth */
     RQ_BODY,        /* reading the body of a request that can be served */
     RQ_STORE,       /* waiting for the store's answer */
+    RQ_QUEUED,      /* refused, waiting for room (waitq.h) */
     RQ_PROXY,       /* backend request outstanding */
     RQ_DONE
 };
@@ -58,14 +59,10 @@ typedef struct request {
     int64_t units, price_micros;
     /* What the access log tells beyond the decision. `model`: the model a
      * body-matching endpoint matched on (borrowed from cfg), NULL when none.
-     * `reconciled`: the backend reported `units_used`. `shadow`: the shadow
-     * limits that would have refused (idents borrowed from cfg). */
+     * `reconciled`: the backend reported `units_used`. */
     const char *model;
     int reconciled;
     int64_t units_used;
-    const char *shadow[LIM_MAX_CHECKS];
-    size_t n_shadow;
-    int64_t waited_ms;
     const char *method;  /* static */
     char peer[48];       /* the client's address */
     size_t n_checks;
@@ -80,6 +77,8 @@ typedef struct request {
     char job_poll[65];
     int status;          /* status sent to the client (0: none) */
     int decision;        /* DEC_* */
+    uint32_t shadow_refused; /* admitted: bit i set when shadow check i would
+                                have refused (LIM_MAX_CHECKS <= 32) */
     uint64_t bytes_out;  /* body bytes of the gateway's own answer sent */
     /* Per-check state after the decision, kept only when the config asks
      * for the IETF or OpenAI headers (n_state == n_checks then). */
@@ -92,6 +91,15 @@ typedef struct request {
     char **deny_keep;      /* a 429 just kept by the deny cache: its body slot */
     struct timespec t_start;
     int64_t t_sent_us;  /* monotonic us when the decision was asked for */
+    /* Waiting for room (an endpoint's queue): the queue it is in (NULL:
+     * none), its neighbours there, and its own deadline (owned event). */
+    struct waitq *wq;
+    struct request *wq_next, *wq_prev;
+    struct event *wq_deadline;
+    int64_t wq_since_us;  /* monotonic us when it began to wait */
+    int wq_expired;       /* its max_wait_ms has passed: no more waiting */
+    int waited;           /* it waited: X-RateLimit-Waited-Ms = waited_ms */
+    int64_t waited_ms;
     /* Last: only the first n_checks are ever written or read, so a
      * recycled context is cleared only up to here. */
     lim_check_t checks[LIM_MAX_CHECKS];
@@ -107,5 +115,7 @@ void request_start(worker_t *w, h1_conn_t *req);
 void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
                          const char *account);
 void request_freelist_clear(void);
+/* Drain: every waiting request of w gets its 429 now. */
+void request_drain_waiters(worker_t *w);
 
 #endif

@@ -38,6 +38,8 @@ static void ietf_headers(const respond_rates_t *r, h1_conn_t *h)
     pol[0] = cur[0] = '\0';
     for (size_t i = 0; i < r->n_checks; i++) {
         const lim_check_t *c = &r->checks[i];
+        if (c->shadow)
+            continue; /* never refuses: no quota to show */
         const char *qu = c->rule->metric == LIM_REQUESTS    ? NULL
                          : c->rule->metric == LIM_UNITS      ? "units"
                          : c->rule->metric == LIM_SPEND      ? "spend-micros"
@@ -316,7 +318,7 @@ json_t *respond_usage_limit(const lim_check_t *c, const lim_result_t *res)
     const lim_rule_t *rule = c->rule;
     int64_t rem = c->limit - res->used;
     int64_t reset = c->kind == LIM_CK_GAUGE ? 0 : (res->reset_ms + 999) / 1000;
-    return json_pack("{s:s, s:o, s:s, s:o, s:o, s:o, s:o, s:o}", "metric",
+    json_t *o = json_pack("{s:s, s:o, s:s, s:o, s:o, s:o, s:o, s:o}", "metric",
                      lim_metric_name(rule->metric), "per",
                      rule->per == LIM_PER_NONE ? json_null() : json_string(lim_per_name(rule->per)),
                      "scope", lim_scope_name(rule->scope), "endpoints",
@@ -324,6 +326,9 @@ json_t *respond_usage_limit(const lim_check_t *c, const lim_result_t *res)
                      "used", amount_json(rule, res->used), "remaining",
                      amount_json(rule, rem > 0 ? rem : 0), "reset",
                      reset ? json_integer(reset) : json_null());
+    if (o && rule->shadow)
+        json_object_set_new(o, "mode", json_string("shadow"));
+    return o;
 }
 
 json_t *respond_usage_body(const char *account, const char *tier, const char *key_id,

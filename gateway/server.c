@@ -173,6 +173,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     }
     w->draining = 1;
     h1_server_drain(w->http);
+    request_drain_waiters(w);
     clock_gettime(CLOCK_MONOTONIC, &w->drain_deadline);
     int64_t ms = w->cfg->server.drain_timeout_ms;
     w->drain_deadline.tv_sec += ms / 1000;

@@ -62,11 +62,13 @@ typedef struct lim_rule {
     lim_per_t per;     /* LIM_PER_NONE iff metric == LIM_CONCURRENT */
     lim_scope_t scope;
     int removed;       /* 1: "limit": null, removes the inherited rule of the same identity */
+    int shadow;        /* 1: "mode": "shadow": counted and reported, never refuses */
     int64_t limit;     /* in the metric's unit (spend: millionths) */
     uint32_t *eps;     /* sorted, unique endpoint indices; n_eps == 0: all endpoints */
     uint32_t n_eps;
     char *ep_names;    /* endpoint names, comma-joined in config order, "" for all (for bodies) */
-    /* Canonical identity: metric:per:scope:endpoint-set. Two rules with the
+    /* Canonical identity: metric:per:scope:endpoint-set, plus ":shadow" for
+     * a shadow rule (its own counter, beside an enforcing one). Two rules with the
      * same ident override each other, and counters keyed by it survive a
      * reload. At most 96 bytes (long endpoint sets are hashed by the config). */
     char *ident;
@@ -105,6 +107,8 @@ typedef struct lim_check {
     int64_t window_ms;      /* rolling windows: 1000, 60000 or 3600000 */
     int64_t limit;          /* metric unit */
     int64_t amount;         /* what this request adds (metric unit) */
+    int shadow;             /* 1: never refuses; charged whenever the enforcing
+                               checks admit, past its own limit too */
     int64_t lease_ttl_ms;   /* gauge: expiry of the lease in a shared store
                                (set by the caller; 0 = the store's default) */
     char key[LIM_KEY_MAX];  /* "{account}:a:IDENT" or "{account}:k:KEYID:IDENT" */
@@ -131,7 +135,8 @@ int lim_checks_have_gauge(const lim_check_t *c, size_t n);
 
 /* The store's answer for one check, in store-clock milliseconds. */
 typedef struct lim_result {
-    int ok;           /* used + amount <= limit */
+    int ok;           /* used + amount <= limit (a shadow check that is not
+                         ok would have refused, and was still charged) */
     int64_t used;     /* counted now, before this request */
     int64_t reset_ms; /* when all it counts now has left (rolling) or the
                          calendar period ends; for a gauge 0 */
@@ -142,12 +147,13 @@ typedef struct lim_result {
 
 /* The store's answer for one decision. res[i] answers checks[i]. */
 typedef struct lim_outcome {
-    int admitted;
+    int admitted;     /* every enforcing check is ok (shadow checks do not count) */
     int64_t now_ms;
     lim_result_t res[LIM_MAX_CHECKS];
 } lim_outcome_t;
 
-/* Facts for the 429 body and the X-RateLimit-* headers. No strings owned. */
+/* Facts for the 429 body and the X-RateLimit-* headers. No strings owned.
+ * Shadow checks never refuse and never describe the headers. */
 typedef struct lim_report {
     int admitted;
     /* Refusal (admitted == 0). */

@@ -142,6 +142,8 @@ static int build_one(const lim_rule_t *r, const char *account, const char *key_i
                      int64_t units, int64_t price_micros, lim_check_t *c)
 {
     c->rule = r;
+    c->shadow = r->shadow;
+    c->lease_ttl_ms = 0; /* the caller's to set; a usage check keeps the default */
     c->per = r->per;
     c->limit = r->limit;
     c->window_ms = lim_per_window_ms(r->per);

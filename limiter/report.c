@@ -70,7 +70,7 @@ void lim_report(const lim_check_t *checks, size_t n, const lim_outcome_t *o,
         int64_t worst = -1;
         for (size_t i = 0; i < n; i++) {
             const lim_result_t *r = &o->res[i];
-            if (!r->ok && r->retry_ms > worst) {
+            if (!r->ok && !checks[i].shadow && r->retry_ms > worst) {
                 worst = r->retry_ms;
                 rep->refused = (int)i;
             }
@@ -109,7 +109,7 @@ void lim_report(const lim_check_t *checks, size_t n, const lim_outcome_t *o,
         const lim_check_t *c = &checks[i];
         const lim_result_t *r = &o->res[i];
         lim_metric_t m = c->rule->metric;
-        if (m != LIM_REQUESTS && m != LIM_UNITS)
+        if ((m != LIM_REQUESTS && m != LIM_UNITS) || c->shadow)
             continue;
         int64_t rem = remaining_of(c, r, o->admitted);
         if (c->kind == LIM_CK_ROLLING) {
@@ -142,7 +142,7 @@ int lim_report_pick_metric(const lim_check_t *checks, size_t n, lim_metric_t m,
     int best = -1;
     for (size_t i = 0; i < n; i++) {
         const lim_check_t *c = &checks[i];
-        if (c->rule->metric != m || c->kind != LIM_CK_ROLLING)
+        if (c->rule->metric != m || c->kind != LIM_CK_ROLLING || c->shadow)
             continue;
         if (best < 0) {
             best = (int)i;

@@ -99,6 +99,9 @@ local lo = (mode == 'a') and -MAX or 0
 local function check_of(i)
   local a = FIRST + 4 * (i - 1)
   local kind, param = ARGV[a], ARGV[a + 1]
+  -- A shadow limit's check comes in capitals: counted, never refusing.
+  local shadow = kind == 'R' or kind == 'C' or kind == 'G'
+  if shadow then kind = string.lower(kind) end
   local p = param
   if kind == 'r' or kind == 'g' then
     p = tonumber(param)
@@ -113,7 +116,7 @@ local function check_of(i)
   local l, m = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   if l == nil or l < 0 or l > MAX then return nil, 'limit of check ' .. i end
   if m == nil or m < lo or m > MAX then return nil, 'amount of check ' .. i end
-  return kind, p, l, m
+  return kind, p, l, m, shadow
 end
 if mode == 'a' then
   for i = 1, n do
@@ -367,7 +370,7 @@ end
 local st = {}
 local admitted = 1
 for i = 1, n do
-  local kind, p, l, m = check_of(i)
+  local kind, p, l, m, shadow = check_of(i)
   if not kind then return bad(p) end
   -- Every field a check gets, named at once (one allocation).
   local c = { kind = kind, limit = l, amount = m, key = KEYS[i], w = p, cur = 0, head = 0,
@@ -384,7 +387,13 @@ for i = 1, n do
     c.used = redis.call('ZCOUNT', c.key, '(' .. now, '+inf')
   end
   c.ok = c.used + m <= l
-  if not c.ok then admitted = 0 end
+  if shadow then
+    -- Counted past its limit (its refusals are only reported), but
+    -- never past CAP; a shadow check has no retry time to give.
+    c.amount = math.max(0, math.min(m, CAP - c.used))
+  elseif not c.ok then
+    admitted = 0
+  end
   st[i] = c
 end
 -- Every argument has passed: from here on nothing fails.

@@ -319,7 +319,7 @@ static void decide(mem_store_t *m, const lim_check_t *c, size_t n, int charge_ok
         lim_result_t *r = &o->res[i];
         r->used = used_of(e[i], &c[i], now);
         r->ok = r->used + c[i].amount <= c[i].limit;
-        if (!r->ok)
+        if (!r->ok && !c[i].shadow)
             o->admitted = 0;
     }
     if (o->admitted && charge_ok) {

@@ -1252,15 +1252,15 @@ static rcall_t *decision_call(redis_worker_t *rw, enum call_kind kind,
         const lim_check_t *c = &checks[i];
         switch (c->kind) {
         case LIM_CK_ROLLING:
-            argv[a++] = "r";
+            argv[a++] = c->shadow ? "R" : "r";
             snprintf(nums[i][0], sizeof nums[i][0], "%lld", (long long)c->window_ms);
             break;
         case LIM_CK_CALENDAR:
-            argv[a++] = "c";
+            argv[a++] = c->shadow ? "C" : "c";
             snprintf(nums[i][0], sizeof nums[i][0], "%s", c->per == LIM_PER_MONTH ? "m" : "d");
             break;
         case LIM_CK_GAUGE:
-            argv[a++] = "g";
+            argv[a++] = c->shadow ? "G" : "g";
             snprintf(nums[i][0], sizeof nums[i][0], "%lld",
                      (long long)(c->lease_ttl_ms > 0 ? c->lease_ttl_ms : 90000));
             break;

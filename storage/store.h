@@ -11,9 +11,9 @@
  * before the call returns (the memory store does); callers must not touch
  * state after the call that the callback may have freed.
  *
- * Semantics: acquire checks every check; if all have room it
- * charges all of them and takes one lease per gauge check, else it charges
- * nothing. Windows use the store's clock (o->now_ms).
+ * Semantics: acquire checks every check; if all enforcing checks have
+ * room it charges all of them (shadow checks too, past their limit) and
+ * takes one lease per gauge check, else it charges nothing. Windows use the store's clock (o->now_ms).
  */
 #ifndef RW_STORAGE_STORE_H
 #define RW_STORAGE_STORE_H

@@ -106,6 +106,11 @@ typedef struct cfg_endpoint {
     cfg_job_t *job;              /* NULL if not a job endpoint */
     cfg_reconcile_t *reconcile;  /* NULL if none */
     cfg_match_t *match;          /* NULL: takes what its route's others do not */
+    /* "queue": a request refused by a rolling window or a concurrency
+     * limit waits up to queue_max_wait_ms for room; at most
+     * queue_max_waiting wait per key on one worker. 0: no queue. */
+    int64_t queue_max_wait_ms;
+    int64_t queue_max_waiting;
 } cfg_endpoint_t;
 
 typedef struct cfg_tier {

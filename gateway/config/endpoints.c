@@ -279,7 +279,7 @@ static int path_is_normal(const char *p)
 void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
 {
     static const char *const keys[] = {"method", "path", "path_prefix", "backend",
-        "max_body_bytes", "units", "price", "job", "reconcile", "match", NULL};
+        "max_body_bytes", "units", "price", "job", "reconcile", "match", "queue", NULL};
     check_keys(c, o, keys, W);
     e->max_body_bytes = c->cfg->server.max_body_bytes;
     int m = get_enum(c, o, W, "method", 1, method_names, "method",
@@ -345,6 +345,19 @@ void parse_endpoint(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *W)
     if (mt) {
         size_t mk = path_key(c, "match");
         parse_match(c, mt, e, W);
+        path_pop(c, mk);
+    }
+    json_t *q = get_obj(c, o, W, "queue", 0);
+    if (q) {
+        static const char *const qkeys[] = {"max_wait_ms", "max_waiting", NULL};
+        char QW[300];
+        snprintf(QW, sizeof QW, "%s queue", W);
+        size_t mk = path_key(c, "queue");
+        check_keys(c, q, qkeys, QW);
+        e->queue_max_wait_ms = 2000;
+        e->queue_max_waiting = 64;
+        get_int(c, q, QW, "max_wait_ms", 0, 1, 60000, &e->queue_max_wait_ms);
+        get_int(c, q, QW, "max_waiting", 0, 1, 100000, &e->queue_max_waiting);
         path_pop(c, mk);
     }
 }

@@ -22,6 +22,7 @@
 
 enum { LV_TIER, LV_ACCOUNT, LV_KEY };
 
+static const char *const mode_words[] = {"enforce", "shadow", NULL};
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -34,8 +35,8 @@ static int cmp_u32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* metric:per:scope:EPS (EPS "*" or sorted names comma-joined; when that
- * would pass 96 bytes, "h" + 16 hex of the names' SHA-256). */
+/* metric:per:scope:EPS[:shadow] (EPS "*" or sorted names comma-joined; when
+ * that would pass 96 bytes, "h" + 16 hex of the names' SHA-256). */
 static char *make_ident(ctx_t *c, const lim_rule_t *r)
 {
     const char *per = lim_per_name(r->per);
@@ -72,7 +73,8 @@ static char *make_ident(ctx_t *c, const lim_rule_t *r)
         free(names);
     }
     char *id = NULL;
-    if (asprintf(&id, "%s:%s:%s:%s", metric, per, scope, joined ? joined : "*") < 0) {
+    const char *mode = r->shadow ? ":shadow" : "";
+    if (asprintf(&id, "%s:%s:%s:%s%s", metric, per, scope, joined ? joined : "*", mode) < 0) {
         id = NULL;
     } else if (strlen(id) > IDENT_MAX_LEN) {
         unsigned char md[EVP_MAX_MD_SIZE];
@@ -80,8 +82,8 @@ static char *make_ident(ctx_t *c, const lim_rule_t *r)
         free(id);
         id = NULL;
         if (EVP_Digest(joined, strlen(joined), md, &mdlen, EVP_sha256(), NULL) == 1 &&
-            asprintf(&id, "%s:%s:%s:h%02x%02x%02x%02x%02x%02x%02x%02x", metric, per, scope,
-                     md[0], md[1], md[2], md[3], md[4], md[5], md[6], md[7]) < 0)
+            asprintf(&id, "%s:%s:%s:h%02x%02x%02x%02x%02x%02x%02x%02x%s", metric, per, scope,
+                     md[0], md[1], md[2], md[3], md[4], md[5], md[6], md[7], mode) < 0)
             id = NULL;
     }
     free(joined);
@@ -93,7 +95,8 @@ static char *make_ident(ctx_t *c, const lim_rule_t *r)
 /* One limit object at the current path. Returns 1 when the rule is whole. */
 static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char *W)
 {
-    static const char *const keys[] = {"metric", "per", "limit", "scope", "endpoints", NULL};
+    static const char *const keys[] = {"metric", "per", "limit", "scope", "endpoints", "mode",
+                                       NULL};
     int ok = 1;
     check_keys(c, o, keys, W);
     int metric = get_enum(c, o, W, "metric", 1, lim_metric_words, "metric",
@@ -128,6 +131,11 @@ static int parse_rule(ctx_t *c, json_t *o, lim_rule_t *r, int level, const char 
     if (sc == -1)
         ok = 0;
     r->scope = sc == 1 ? LIM_SCOPE_ACCOUNT : LIM_SCOPE_KEY;
+
+    int mode = get_enum(c, o, W, "mode", 0, mode_words, "mode", "enforce or shadow");
+    if (mode == -1)
+        ok = 0;
+    r->shadow = mode == 1;
 
     json_t *eps = json_object_get(o, "endpoints");
     if (eps) {
@@ -250,8 +258,8 @@ static void parse_limits(ctx_t *c, json_t *owner, int level, const char *ownerW,
                 if (strcmp(rules[k].ident, r->ident) == 0)
                     break;
             if (k < *n_out) {
-                cfg_err(c, W, NULL, "duplicate limit %s (the same metric, per, scope and endpoints "
-                    "as an earlier one)", r->ident);
+                cfg_err(c, W, NULL, "duplicate limit %s (the same metric, per, scope, endpoints "
+                    "and mode as an earlier one)", r->ident);
             } else {
                 (*n_out)++;
                 r = NULL;

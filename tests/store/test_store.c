@@ -420,6 +420,41 @@ static void case_large_amounts(store_worker_t *w)
     }
 }
 
+/* Shadow checks never refuse and are charged with the rest, past their
+ * own limit; an enforcing refusal charges them nothing. */
+static void case_shadow(store_worker_t *w)
+{
+    fake_now = 40000 * MIN;
+    lim_check_t c[4] = {mk("{sh}:k:x:m", LIM_REQUESTS, LIM_PER_MINUTE, 3, 1),
+                        mk("{sh}:k:x:m:shadow", LIM_UNITS, LIM_PER_MINUTE, 1, 1),
+                        mk("{sh}:k:x:d:shadow", LIM_SPEND, LIM_PER_DAY, 1, 1),
+                        mk("{sh}:k:x:c:shadow", LIM_CONCURRENT, LIM_PER_NONE, 1, 1)};
+    c[1].shadow = c[2].shadow = c[3].shadow = 1;
+    answer_t a = acquire_lease(w, c, 4, "sh-1");
+    CHECK(a.o.admitted && a.o.res[1].ok && a.o.res[2].ok && a.o.res[3].ok, "first: all fit");
+    a = acquire_lease(w, c, 4, "sh-2");
+    CHECK(a.o.admitted, "second admitted though every shadow check is full");
+    CHECK(!a.o.res[1].ok && !a.o.res[2].ok && !a.o.res[3].ok,
+          "the full shadow checks say they would have refused");
+    a = acquire_lease(w, c, 4, "sh-3");
+    CHECK(a.o.admitted && a.o.res[0].ok, "third admitted");
+    a = usage(w, c, 4);
+    CHECK(a.o.res[0].used == 3 && a.o.res[1].used == 3 && a.o.res[2].used == 3 &&
+              a.o.res[3].used == 3,
+          "all charged 3 times: %lld %lld %lld %lld", (long long)a.o.res[0].used,
+          (long long)a.o.res[1].used, (long long)a.o.res[2].used, (long long)a.o.res[3].used);
+    a = acquire_lease(w, c, 4, "sh-4");
+    CHECK(!a.o.admitted && !a.o.res[0].ok, "the enforcing check refuses the fourth");
+    a = usage(w, c, 4);
+    CHECK(a.o.res[1].used == 3 && a.o.res[2].used == 3 && a.o.res[3].used == 3,
+          "the refusal charged no shadow check");
+    store_release(w, c, 4, "sh-1");
+    store_release(w, c, 4, "sh-2");
+    store_release(w, c, 4, "sh-3");
+    store_flush(w);
+    CHECK(usage(w, c, 4).o.res[3].used == 0, "shadow leases released");
+}
+
 int main(int argc, char **argv)
 {
     const char *name = argc > 1 ? argv[1] : "memory";
@@ -435,6 +470,7 @@ int main(int argc, char **argv)
     case_property(w, LIM_PER_MINUTE);
     case_property(w, LIM_PER_HOUR);
     case_large_amounts(w);
+    case_shadow(w);
     if (!is_redis)
         case_eviction(s, w); /* Redis: keys carry their own expiry */
     store_detach(w);

@@ -171,8 +171,14 @@ static void test_policy(void)
     }
     n = lim_build_checks(&p, 1, "acme", "k1", 1, 0, c, LIM_MAX_CHECKS);
     CHECK(n == 3, "3 checks on endpoint 1, got %zu", n);
+    /* A recycled buffer: every field is written, so no lease ttl of an
+     * earlier request (or garbage) reaches the store. */
+    memset(c, 0xff, sizeof c);
     n = lim_build_rule_checks(&p, 0, "acme", "k1", c, LIM_MAX_CHECKS);
     CHECK(n == 5, "usage sees every rule");
+    for (size_t i = 0; i < n; i++)
+        CHECK(c[i].lease_ttl_ms == 0 && c[i].shadow == 0, "check %zu: ttl %lld, shadow %d", i,
+              (long long)c[i].lease_ttl_ms, c[i].shadow);
     n = lim_build_rule_checks(&p, 3, "acme", "k1", c, 1);
     CHECK(n == 1 && c[0].rule == p.rules[3], "usage in batches");
     CHECK(lim_build_rule_checks(&p, 5, "acme", "k1", c, 4) == 0, "past the end");
@@ -261,6 +267,23 @@ static void test_report(void)
               strcmp(rep.type_header, "concurrent") == 0 && rep.ref_used == 5 &&
               rep.retry_after_s == 1,
           "concurrent");
+
+    /* A shadow check never refuses and never describes the headers: a
+     * full shadow minute (limit 3, used 3) beside an enforcing day that
+     * refuses leaves the day as the refusal and no main headers. */
+    c[0].shadow = 1;
+    o.res[3].ok = 1;
+    o.res[0].ok = 0;
+    o.res[0].used = 3;
+    o.res[0].retry_ms = 1000000 + 90000000; /* frees later than the day */
+    o.res[1].ok = 0;
+    o.res[1].retry_ms = 86400000;
+    lim_report(c, 4, &o, &rep);
+    CHECK(rep.refused == 1 && !rep.has_main, "shadow minute: refused %d, has_main %d",
+          rep.refused, rep.has_main);
+    int64_t rem[4] = {0, 90, 0, 0};
+    CHECK(lim_report_pick_metric(c, 4, LIM_REQUESTS, rem) == -1,
+          "no per-metric header for a shadow limit");
 }
 
 int main(void)
