@@ -80,7 +80,7 @@ local mode = ARGV[3]
 if mode ~= '1' and mode ~= '0' and mode ~= 'a' then return bad('mode') end
 local n = #KEYS
 if #ARGV ~= FIRST - 1 + 4 * n then return bad('count') end
-if n > 0 and string.find(table.concat(ARGV, ',', FIRST), '[^%d,%-rcgdm]') then
+if n > 0 and string.find(table.concat(ARGV, ',', FIRST), '[^%d,%-rcgdmRCG]') then
   return bad('a number not written in decimal digits')
 end
 local T_MAX, P_MAX = 1125899906842624, 1099511627776 -- 2^50 ms, 2^40 ms
@@ -328,13 +328,13 @@ if mode == 'a' then
   if ARGV[4] ~= '' then
     local held = false
     for i = 1, n do
-      if ARGV[FIRST + 4 * (i - 1)] == 'g' and redis.call('ZSCORE', KEYS[i], ARGV[4]) then
+      if string.lower(ARGV[FIRST + 4 * (i - 1)]) == 'g' and redis.call('ZSCORE', KEYS[i], ARGV[4]) then
         held = true
       end
     end
     if not held then return { 0, now } end
     for i = 1, n do
-      if ARGV[FIRST + 4 * (i - 1)] == 'g' then redis.call('ZREM', KEYS[i], ARGV[4]) end
+      if string.lower(ARGV[FIRST + 4 * (i - 1)]) == 'g' then redis.call('ZREM', KEYS[i], ARGV[4]) end
     end
   end
   for i = 1, n do
