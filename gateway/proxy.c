@@ -259,7 +259,7 @@ static int header_name_has_prefix(const char *name, const char *prefix)
     return same_header_name(head, prefix);
 }
 
-/* Hop-by-hop headers (RFC 9110 §7.6.1) and what the gateway sets itself. */
+/* Hop-by-hop headers (RFC 9110 section 7.6.1) and what the gateway sets itself. */
 static int skip_request_header(const char *name)
 {
     static const char *const skip[] = {

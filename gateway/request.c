@@ -114,7 +114,7 @@ static int unreserved(unsigned char ch)
  *     two hex digits refused: each would mean one path here and another
  *     behind a backend; so is a "." or ".." segment with ";params";
  *   - repeated slashes merged, "." and ".." segments removed (RFC 3986
- *     §5.2.4; ".." never climbs above "/").
+ *     section 5.2.4; ".." never climbs above "/").
  * Case, ";params" and a trailing slash are kept here: routing looks past
  * them (config_route), the backend gets them as sent.
  * 0, or -1 with the reason in *why.

@@ -88,7 +88,7 @@ hc_pool_t *hc_pool_new(struct event_base *base, const hc_pool_opts_t *o, char *e
 void hc_pool_free(hc_pool_t *p);
 size_t hc_pool_idle(const hc_pool_t *p);
 
-/* Methods whose repetition changes nothing (RFC 9110 §9.2.2). */
+/* Methods whose repetition changes nothing (RFC 9110 section 9.2.2). */
 int hc_idempotent(const char *method);
 
 /*

@@ -412,7 +412,7 @@ static int step(h1_conn_t *c)
             c->head_start_ms = now_ms(c);
         int late = c->head_start_ms &&
                    now_ms(c) - c->head_start_ms > c->srv->lim.timeout_ms;
-        /* Empty lines before a request are allowed (RFC 9112 §2.2). */
+        /* Empty lines before a request are allowed (RFC 9112 section 2.2). */
         while (c->ipos < c->ilen && (c->ibuf[c->ipos] == '\r' || c->ibuf[c->ipos] == '\n'))
             c->ipos++;
         size_t avail = c->ilen - c->ipos;

@@ -16,7 +16,7 @@
  *
  * Strictness (RFC 9112), for requests and responses alike:
  *  - lines end in CRLF; a bare LF is taken as a line end in a head (RFC
- *    9112 §2.2), a bare CR anywhere is an error;
+ *    9112 section 2.2), a bare CR anywhere is an error;
  *  - field names are tokens, with no space before the colon; folded lines
  *    (obs-fold) are errors; a value holds no control byte but HTAB;
  *  - Content-Length is digits only, every copy equal; with
@@ -94,7 +94,7 @@ typedef struct hp_response {
 
 /*
  * Parse a request head at buf[0..len). Empty lines before the request line
- * are skipped (RFC 9112 §2.2). Returns the bytes the head took (the empty
+ * are skipped (RFC 9112 section 2.2). Returns the bytes the head took (the empty
  * line included), HP_NEED, or an error. `req->n_fields` is the capacity of
  * `req->fields` on entry.
  */
@@ -106,7 +106,7 @@ int hp_parse_request(const char *buf, size_t len, hp_request_t *req);
  */
 int hp_parse_response(const char *buf, size_t len, hp_response_t *res);
 
-/* How the body of a response is delimited (RFC 9112 §6.3), given the
+/* How the body of a response is delimited (RFC 9112 section 6.3), given the
  * request's method being HEAD and the response's status and framing. */
 enum hp_body { HP_BODY_NONE, HP_BODY_LENGTH, HP_BODY_CHUNKED, HP_BODY_CLOSE };
 enum hp_body hp_response_body(int is_head, const hp_response_t *res);
