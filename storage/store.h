@@ -1,7 +1,7 @@
 /*
  * storage/store.h: the one seam between the gateway and wherever counters
  * live. Two implementations fill the same table: memory.c (embedded, one
- * process) and redis.c (a fleet sharing one Redis).
+ * process) and redis/ (a fleet sharing one Redis).
  *
  * Model: a store_t is created once per process; each worker thread attaches
  * with its own event_base and gets a store_worker_t that it alone uses.
@@ -176,7 +176,7 @@ size_t store_memory_count(store_t *s);
  * The Redis store's fallback starts each outage from zero with it. */
 void store_memory_drop_counters(store_t *s);
 
-/* The Redis store (storage/redis.c). Strings are copied. */
+/* The Redis store (storage/redis/). Strings are copied. */
 typedef struct store_redis_opts {
     const char *host;         /* default 127.0.0.1 */
     uint16_t port;            /* default 6379 */
