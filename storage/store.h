@@ -188,6 +188,13 @@ typedef struct store_redis_opts {
     store_clock_fn clock;     /* tests only: NULL uses Redis TIME */
     void *clock_arg;
     void (*log)(const char *line); /* operational messages; may be NULL */
+    /* Non-NULL: host and port are not used; the primary is asked of these
+     * Redis Sentinels (in turn) by its master name, and followed through
+     * failovers. */
+    const char *sentinel_master;
+    const char *const *sentinel_hosts;
+    const uint16_t *sentinel_ports;
+    size_t n_sentinels;
 } store_redis_opts_t;
 
 /* Counters for metrics, updated atomically by the workers. */

@@ -176,6 +176,11 @@ typedef struct config {
         int64_t timeout_ms; /* 50 */
         int on_error;       /* CFG_ON_ERROR_* (deny) */
         char *key_prefix;   /* "rl:" */
+        /* sentinel: the primary is asked of these (NULL master: address). */
+        char *sentinel_master;
+        char **sentinel_hosts;
+        uint16_t *sentinel_ports;
+        size_t n_sentinels;
     } storage;
 
     cfg_backend_t *backends;   size_t n_backends;

@@ -11,7 +11,6 @@
 
 #include "internal.h"
 
-static void schedule_reconnect(redis_worker_t *rw);
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 /* ---- calls in flight ---------------------------------------------------- */
@@ -161,11 +160,10 @@ static void held_send_all(redis_worker_t *rw)
 
 
 /* One line per outage, saying what decisions do meanwhile. */
-static void note_down(redis_worker_t *rw, const char *why)
+void rds_note_down(redis_worker_t *rw, const char *why)
 {
     if (!rw->was_down)
-        rds_rlog(rw->rs, "redis %s:%u: %s; until it is back, decisions %s", rw->rs->o.host,
-             rw->rs->o.port, why,
+        rds_rlog(rw->rs, "redis %s: %s; until it is back, decisions %s", rw->addr, why,
              rw->fallback ? "are counted in this instance's memory: each instance enforces "
                             "the limits alone"
                           : "are refused with 503 LIMITER_UNAVAILABLE");
@@ -174,12 +172,12 @@ static void note_down(redis_worker_t *rw, const char *why)
 
 /* Drop the connection: every call not yet answered is answered now; hiredis
  * then hands each one back to on_reply() with NULL, which frees it. */
-static void connection_drop(redis_worker_t *rw, const char *why)
+void rds_connection_drop(redis_worker_t *rw, const char *why)
 {
     redisAsyncContext *ac = rw->ac;
     if (!ac)
         return;
-    note_down(rw, why);
+    rds_note_down(rw, why);
     rw->ac = NULL;
     rw->connected = 0;
     rw->ready = 0;
@@ -188,7 +186,7 @@ static void connection_drop(redis_worker_t *rw, const char *why)
         rds_call_answer_unavailable(c);
     rds_held_fail_all(rw);
     redisAsyncFree(ac); /* on_reply(NULL) for each call, then on_disconnect */
-    schedule_reconnect(rw);
+    rds_schedule_reconnect(rw);
 }
 
 void rds_on_timer(evutil_socket_t fd, short what, void *arg)
@@ -220,12 +218,12 @@ void rds_on_timer(evutil_socket_t fd, short what, void *arg)
         char why[96];
         snprintf(why, sizeof why, "no answer within %lld ms",
                  (long long)rw->rs->o.timeout_ms);
-        note_down(rw, why);
+        rds_note_down(rw, why);
     }
     if (rw->head && now - rw->head->sent >= drop_after(rw)) {
         char why[96];
         snprintf(why, sizeof why, "no reply at all for %lld ms", (long long)drop_after(rw));
-        connection_drop(rw, why);
+        rds_connection_drop(rw, why);
         return;
     }
     arm_timer(rw);
@@ -425,11 +423,19 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             if (rds_queue(rw, c) == 0)
                 return;
         }
+        if (rw->rs->o.sentinel_master && strncmp(r->str, "READONLY", 8) == 0) {
+            /* The primary we knew is a replica now (a failover): answer this
+             * call unavailable and ask the sentinels again. */
+            rds_call_answer_unavailable(c);
+            rds_call_free(c);
+            rds_connection_drop(rw, "the server is a replica now");
+            return;
+        }
         if (c->kind == RC_SETUP) {
             char why[300];
             snprintf(why, sizeof why, "setup failed: %s", r->str);
             rds_call_free(c);
-            connection_drop(rw, why);
+            rds_connection_drop(rw, why);
             return;
         }
         rds_rlog(rw->rs, "redis: %s", r->str);
@@ -450,7 +456,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         }
     }
     if (rw->was_down && rw->ready) {
-        rds_rlog(rw->rs, "redis %s:%u: answering again", rw->rs->o.host, rw->rs->o.port);
+        rds_rlog(rw->rs, "redis %s: answering again", rw->addr);
         rw->was_down = 0;
     }
     /* Redis answers: what the fallback admitted meanwhile goes to Redis now,
@@ -554,8 +560,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
             rds_held_fail_all(rw);
             char why[300];
             snprintf(why, sizeof why, "cannot connect: %s", ac->errstr);
-            note_down(rw, why);
-            schedule_reconnect(rw);
+            rds_note_down(rw, why);
+            rds_schedule_reconnect(rw);
         }
         return;
     }
@@ -575,22 +581,33 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     rds_held_fail_all(rw);
     char why[300];
     snprintf(why, sizeof why, "connection lost: %s", ac->errstr[0] ? ac->errstr : "closed");
-    note_down(rw, why);
-    schedule_reconnect(rw);
+    rds_note_down(rw, why);
+    rds_schedule_reconnect(rw);
 }
 
+/* Connect: to the configured server, or (Sentinel) to the primary a
+ * sentinel names now. */
 void rds_connect_now(redis_worker_t *rw)
+{
+    if (rw->rs->o.sentinel_master)
+        rds_sentinel_ask(rw);
+    else
+        rds_connect_to(rw);
+}
+
+/* Connect to rw->host:rw->port. */
+void rds_connect_to(redis_worker_t *rw)
 {
     redis_store_t *rs = rw->rs;
     atomic_fetch_add(&rs->stats.connects, 1);
-    redisAsyncContext *ac = redisAsyncConnect(rs->o.host, rs->o.port);
+    redisAsyncContext *ac = redisAsyncConnect(rw->host, rw->port);
     if (!ac || ac->err) {
         char why[300];
         snprintf(why, sizeof why, "cannot connect: %s", ac ? ac->errstr : "out of memory");
-        note_down(rw, why);
+        rds_note_down(rw, why);
         if (ac)
             redisAsyncFree(ac);
-        schedule_reconnect(rw);
+        rds_schedule_reconnect(rw);
         return;
     }
     ac->data = rw;
@@ -628,7 +645,7 @@ void rds_on_retry(evutil_socket_t fd, short what, void *arg)
         rds_connect_now(rw);
 }
 
-static void schedule_reconnect(redis_worker_t *rw)
+void rds_schedule_reconnect(redis_worker_t *rw)
 {
     if (rw->detaching || evtimer_pending(rw->retry_ev, NULL))
         return;

@@ -193,6 +193,19 @@ struct redis_worker {
     renew_lease_t *renew[RENEW_BUCKETS];
     size_t n_renew;
     struct event *renew_ev;    /* every renew_ms */
+    char host[256];            /* the server connected to (Sentinel: the primary named) */
+    uint16_t port;
+    char addr[320];            /* how log lines name it */
+    /* Sentinel only (sentinel.c): the sentinel being asked for the primary
+     * and the one subscribed to +switch-master. Both contexts are owned by
+     * the worker and freed by it; hiredis frees one itself only after a
+     * failed connect or a disconnect, which the callbacks notice. */
+    redisAsyncContext *ask;    /* NULL: not asking */
+    size_t ask_node, ask_tried;
+    struct event *ask_ev;      /* the ask's timeout */
+    redisAsyncContext *sub;    /* NULL: not subscribed */
+    size_t sub_node;
+    struct event *sub_ev;      /* subscribe again */
 };
 
 static inline int64_t mono_ms(void)
@@ -221,6 +234,10 @@ rcall_t *rds_call_new(redis_worker_t *rw, enum call_kind kind, int argc,
 void rds_on_pending(evutil_socket_t fd, short what, void *arg);
 void rds_connect_now(redis_worker_t *rw);
 void rds_on_retry(evutil_socket_t fd, short what, void *arg);
+void rds_connect_to(redis_worker_t *rw);
+void rds_schedule_reconnect(redis_worker_t *rw);
+void rds_note_down(redis_worker_t *rw, const char *why);
+void rds_connection_drop(redis_worker_t *rw, const char *why);
 
 /* ops.c: the store operations. */
 void rds_answer_unavailable(redis_worker_t *rw, enum call_kind kind,
@@ -255,5 +272,10 @@ void rds_renew_forget(redis_worker_t *rw, const char *id);
 void rds_debt_record(redis_store_t *rs, const lim_check_t *c, int64_t amount,
                      int64_t charged_ms);
 void rds_debt_replay(redis_worker_t *rw);
+
+/* sentinel.c: the primary asked of Redis Sentinel, failovers followed. */
+int rds_sentinel_start(redis_worker_t *rw);  /* at attach; -1: out of memory */
+void rds_sentinel_ask(redis_worker_t *rw);   /* then connect to the primary named */
+void rds_sentinel_stop(redis_worker_t *rw);  /* at detach */
 
 #endif

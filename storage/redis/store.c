@@ -263,8 +263,8 @@ void rds_debt_replay(redis_worker_t *rw)
         free(all[i]);
     free(all);
     if (sent)
-        rds_rlog(rs, "redis %s:%u: added %zu counters charged in local memory during the "
-                 "outage to Redis", rs->o.host, rs->o.port, sent);
+        rds_rlog(rs, "redis %s: added %zu counters charged in local memory during the "
+                     "outage to Redis", rw->addr, sent);
 }
 
 static int redis_ready(store_worker_t *w)
@@ -304,6 +304,22 @@ static store_worker_t *redis_attach(store_t *s, struct event_base *base)
         free(rw);
         return NULL;
     }
+    snprintf(rw->host, sizeof rw->host, "%s", rs->o.host);
+    rw->port = rs->o.port;
+    if (rs->o.sentinel_master)
+        snprintf(rw->addr, sizeof rw->addr, "primary %s", rs->o.sentinel_master);
+    else
+        snprintf(rw->addr, sizeof rw->addr, "%s:%u", rw->host, rw->port);
+    if (rs->o.sentinel_master && rds_sentinel_start(rw) != 0) {
+        event_free(rw->timer);
+        event_free(rw->retry_ev);
+        event_free(rw->pending_ev);
+        event_free(rw->renew_ev);
+        if (rw->fallback)
+            store_detach(rw->fallback);
+        free(rw);
+        return NULL;
+    }
     struct timeval rtv = {.tv_sec = rs->renew_ms / 1000, .tv_usec = (rs->renew_ms % 1000) * 1000};
     evtimer_add(rw->renew_ev, &rtv);
     rds_connect_now(rw);
@@ -325,6 +341,8 @@ static void redis_detach(store_worker_t *w)
         redisAsyncFree(ac);
     }
     rds_held_fail_all(rw);
+    if (rw->rs->o.sentinel_master)
+        rds_sentinel_stop(rw);
     event_free(rw->timer);
     event_free(rw->retry_ev);
     event_free(rw->pending_ev);
@@ -371,6 +389,11 @@ static void redis_destroy(store_t *s)
     free((char *)rs->o.host);
     free((char *)rs->o.password);
     free((char *)rs->o.key_prefix);
+    free((char *)rs->o.sentinel_master);
+    for (size_t i = 0; rs->o.sentinel_hosts && i < rs->o.n_sentinels; i++)
+        free((char *)rs->o.sentinel_hosts[i]);
+    free((void *)rs->o.sentinel_hosts);
+    free((void *)rs->o.sentinel_ports);
     free(rs);
 }
 
@@ -423,6 +446,25 @@ store_t *store_redis_new(const store_redis_opts_t *o)
         rs->o.timeout_ms = 50;
     if (!rs->o.port)
         rs->o.port = 6379;
+    rs->o.sentinel_master = NULL;
+    rs->o.sentinel_hosts = NULL;
+    rs->o.sentinel_ports = NULL;
+    rs->o.n_sentinels = 0;
+    int sentinel_ok = 1;
+    if (o->sentinel_master && o->n_sentinels) {
+        char **hosts = calloc(o->n_sentinels, sizeof *hosts);
+        uint16_t *ports = calloc(o->n_sentinels, sizeof *ports);
+        rs->o.sentinel_master = strdup(o->sentinel_master);
+        rs->o.sentinel_hosts = (const char *const *)hosts;
+        rs->o.sentinel_ports = ports;
+        sentinel_ok = hosts && ports && rs->o.sentinel_master;
+        for (size_t i = 0; sentinel_ok && i < o->n_sentinels; i++) {
+            hosts[i] = strdup(o->sentinel_hosts[i]);
+            ports[i] = o->sentinel_ports[i];
+            rs->o.n_sentinels++;
+            sentinel_ok = hosts[i] != NULL;
+        }
+    }
     sha1_hex(rw_lua_acquire, rs->sha_acquire);
     sha1_hex(rw_lua_release, rs->sha_release);
     sha1_hex(rw_lua_hold, rs->sha_hold);
@@ -438,7 +480,7 @@ store_t *store_redis_new(const store_redis_opts_t *o)
     }
     if (o->on_error_allow)
         rs->fallback = store_memory_new(NULL, NULL);
-    if (!rs->o.host || !rs->o.key_prefix || (o->password && !rs->o.password) ||
+    if (!rs->o.host || !rs->o.key_prefix || !sentinel_ok || (o->password && !rs->o.password) ||
         (o->on_error_allow && !rs->fallback)) {
         redis_destroy(&rs->base);
         return NULL;
