@@ -42,7 +42,9 @@ def replica_in_sync(primary, replica):
     return redis_cli(primary.port, "WAIT", 1, 1000) >= 1
 
 
-def test_failover(env):
+def start_set(env):
+    """A primary, its replica in sync, three sentinels that know both and
+    each other."""
     primary = env.start_redis()
     replica = env.start_redis(extra=["--replicaof", "127.0.0.1", str(primary.port)])
     poll(lambda: replica_in_sync(primary, replica), 20, "the replica in sync")
@@ -57,7 +59,10 @@ def test_failover(env):
         return True
     poll(sentinels_ready, 30, "every sentinel knowing the replica and the other two",
          step=0.2)
+    return primary, replica, sentinels
 
+
+def start_gateway(env, sentinels, limit):
     env.start_mock()
     cfg = base_config(env.mock_port, free_port())
     dead = free_port()
@@ -65,14 +70,17 @@ def test_failover(env):
                       "sentinel": {"master": MASTER,
                                    "nodes": ["127.0.0.1:%d" % dead] +
                                             ["127.0.0.1:%d" % s.port for s in sentinels]}}
-    cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": 6}]}
+    cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": limit}]}
     cfg["accounts"] = {"acme": {"tier": "t"}}
     env.add_key(cfg, "k1", "acme")
     env.start_gateway(cfg)
     key = env.keys["k1"]
+    return lambda: env.req("POST", "/v3/img2img", key=key, body={}).status
 
-    def call():
-        return env.req("POST", "/v3/img2img", key=key, body={}).status
+
+def test_failover(env):
+    primary, replica, sentinels = start_set(env)
+    call = start_gateway(env, sentinels, 6)
     # The first decision may come before the worker has found the primary.
     poll(lambda: call() == 200, 10, "a decision through the primary")
     statuses = [call() for _ in range(2)]
@@ -109,4 +117,33 @@ def test_failover(env):
     assert "failover" in out, "the log tells of the failover:\n" + out[-3000:]
 
 
-run([test_failover])
+def test_switch_live_primary(env):
+    """SENTINEL FAILOVER: the old primary lives on (and is made a replica);
+    the gateway leaves it for the new primary on +switch-master."""
+    primary, replica, sentinels = start_set(env)
+    call = start_gateway(env, sentinels, 4)
+    poll(lambda: call() == 200, 10, "a decision through the primary")
+    eq(redis_cli(primary.port, "WAIT", 1, 2000), 1, "the counter replicated")
+    eq(redis_cli(sentinels[1].port, "SENTINEL", "failover", MASTER), "OK", "failover asked")
+    poll(lambda: redis_cli(sentinels[0].port, "SENTINEL", "get-master-addr-by-name", MASTER)
+         == ["127.0.0.1", str(replica.port)], 20, "the replica promoted", step=0.05)
+    t0 = time.time()
+    admitted, seen = 1, []
+    while time.time() - t0 < 20:
+        st = call()
+        seen.append(st)
+        assert st in (200, 503, 429), "during a failover only 200, 503 or 429: %r" % st
+        admitted += st == 200
+        if st == 429:
+            break
+        if st == 503:
+            time.sleep(0.05)
+    eq(seen[-1], 429, "the limit reached on the new primary (seen %r)" % seen[-20:])
+    eq(admitted, 4, "exactly the limit admitted, across the switch")
+    for _ in range(10):
+        eq(call(), 429, "over the limit on every worker after the switch")
+    keys = redis_cli(replica.port, "KEYS", "sen:*")
+    assert keys, "the counters live on the new primary: %r" % keys
+
+
+run([test_failover, test_switch_live_primary])
