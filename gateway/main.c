@@ -173,6 +173,12 @@ static int same_sentinels(const config_t *x, const config_t *y)
         if (!same_str(x->storage.sentinel_hosts[i], y->storage.sentinel_hosts[i]) ||
             x->storage.sentinel_ports[i] != y->storage.sentinel_ports[i])
             return 0;
+    if (x->storage.n_cluster != y->storage.n_cluster)
+        return 0;
+    for (size_t i = 0; i < x->storage.n_cluster; i++)
+        if (!same_str(x->storage.cluster_hosts[i], y->storage.cluster_hosts[i]) ||
+            x->storage.cluster_ports[i] != y->storage.cluster_ports[i])
+            return 0;
     return 1;
 }
 
@@ -346,6 +352,9 @@ static int run(const char *path)
             .sentinel_hosts = (const char *const *)c->storage.sentinel_hosts,
             .sentinel_ports = c->storage.sentinel_ports,
             .n_sentinels = c->storage.n_sentinels,
+            .cluster_hosts = (const char *const *)c->storage.cluster_hosts,
+            .cluster_ports = c->storage.cluster_ports,
+            .n_cluster = c->storage.n_cluster,
         };
         a.store = store_redis_new(&ro);
     } else {

@@ -195,6 +195,11 @@ typedef struct store_redis_opts {
     const char *const *sentinel_hosts;
     const uint16_t *sentinel_ports;
     size_t n_sentinels;
+    /* Non-zero: a Redis Cluster, its slot map asked of these seed nodes;
+     * host and port are not used. */
+    const char *const *cluster_hosts;
+    const uint16_t *cluster_ports;
+    size_t n_cluster;
 } store_redis_opts_t;
 
 /* Counters for metrics, updated atomically by the workers. */

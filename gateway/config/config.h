@@ -181,6 +181,10 @@ typedef struct config {
         char **sentinel_hosts;
         uint16_t *sentinel_ports;
         size_t n_sentinels;
+        /* cluster: seed nodes of a Redis Cluster (0: not a cluster). */
+        char **cluster_hosts;
+        uint16_t *cluster_ports;
+        size_t n_cluster;
     } storage;
 
     cfg_backend_t *backends;   size_t n_backends;

@@ -162,6 +162,8 @@ static void held_send_all(redis_worker_t *rw)
 /* One line per outage, saying what decisions do meanwhile. */
 void rds_note_down(redis_worker_t *rw, const char *why)
 {
+    if (rw->parent)
+        rds_cluster_node_down(rw);
     if (!rw->was_down)
         rds_rlog(rw->rs, "redis %s: %s; until it is back, decisions %s", rw->addr, why,
              rw->fallback ? "are counted in this instance's memory: each instance enforces "
@@ -423,6 +425,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             if (rds_queue(rw, c) == 0)
                 return;
         }
+        if (rw->parent && rds_cluster_redirect(c, r->str))
+            return; /* sent to the node the cluster named */
         if (rw->rs->o.sentinel_master && strncmp(r->str, "READONLY", 8) == 0) {
             /* The primary we knew is a replica now (a failover): answer this
              * call unavailable and ask the sentinels again. */

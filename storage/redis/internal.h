@@ -125,6 +125,7 @@ typedef struct rcall {
     void (*done_cb)(void *arg, int found); /* RC_JOB_DONE, RC_JOB_FIND */
     int answered;
     int retried;               /* NOSCRIPT: loaded and sent again once */
+    int redirects;             /* cluster: -MOVED / -ASK followed */
     int64_t deadline;          /* monotonic ms */
     int64_t sent;              /* monotonic ms */
     char *cmd;                 /* formatted command (hiredis format) */
@@ -206,6 +207,14 @@ struct redis_worker {
     redisAsyncContext *sub;    /* NULL: not subscribed */
     size_t sub_node;
     struct event *sub_ev;      /* subscribe again */
+    /* Cluster only (cluster.c). The worker attached (the parent) owns one
+     * node worker per master, each a full worker with its own connection;
+     * nodes point back at it and it routes every command by slot. */
+    redis_worker_t *parent;    /* node: its parent; NULL otherwise */
+    redis_worker_t **nodes;    /* parent: the masters */
+    size_t n_nodes;
+    uint16_t *slots;           /* parent: slot -> node index + 1 (0: unknown) */
+    struct event *map_ev;      /* parent: ask for the slot map again */
 };
 
 static inline int64_t mono_ms(void)
@@ -272,6 +281,21 @@ void rds_renew_forget(redis_worker_t *rw, const char *id);
 void rds_debt_record(redis_store_t *rs, const lim_check_t *c, int64_t amount,
                      int64_t charged_ms);
 void rds_debt_replay(redis_worker_t *rw);
+
+/* store.c */
+redis_worker_t *rds_worker_new(redis_store_t *rs, struct event_base *base, const char *host,
+                               uint16_t port);
+
+/* cluster.c: Redis Cluster routing. */
+int rds_cluster_start(redis_worker_t *rw);  /* at attach; -1: out of memory */
+void rds_cluster_stop(redis_worker_t *rw);  /* at detach */
+/* The worker that sends a command on key (with prefix): rw itself but in a
+ * cluster, where it is the node of the key's slot (rw's parent's map). */
+redis_worker_t *rds_route(redis_worker_t *rw, const char *key);
+/* A call answered -MOVED or -ASK: sent to the node named; 1 if so. */
+int rds_cluster_redirect(rcall_t *c, const char *err);
+/* A node's connection is down: the parent reads the slot map again soon. */
+void rds_cluster_node_down(redis_worker_t *rw);
 
 /* sentinel.c: the primary asked of Redis Sentinel, failovers followed. */
 int rds_sentinel_start(redis_worker_t *rw);  /* at attach; -1: out of memory */

@@ -208,10 +208,23 @@ rcall_t *rds_decision_call(redis_worker_t *rw, enum call_kind kind,
     return call;
 }
 
+/* The worker whose connection takes a command on checks' keys (all of one
+ * hash tag): w itself but in a cluster. */
+static redis_worker_t *route_checks(store_worker_t *w, const lim_check_t *checks, size_t n)
+{
+    redis_worker_t *rw = (redis_worker_t *)w;
+    if (!rw->slots && !rw->parent)
+        return rw;
+    char key[LIM_KEY_MAX + 64];
+    if (n)
+        snprintf(key, sizeof key, "%s%s", rw->rs->o.key_prefix, checks[0].key);
+    return rds_route(rw, n ? key : NULL);
+}
+
 static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *checks,
                    size_t n, const char *lease_id, store_acquire_cb cb, void *arg)
 {
-    redis_worker_t *rw = (redis_worker_t *)w;
+    redis_worker_t *rw = route_checks(w, checks, n);
     if (rw->ac && kind == RC_ACQUIRE && !rw->rs->o.clock && !rw->offset_known) {
         /* No deadline on Redis's clock yet: wait for the connection's TIME
          * (within this decision's own deadline), then send. */
@@ -274,7 +287,7 @@ static int format_release(redis_worker_t *rw, const lim_check_t *checks, size_t 
 void redis_release(store_worker_t *w, const lim_check_t *checks, size_t n,
                    const char *lease_id)
 {
-    redis_worker_t *rw = (redis_worker_t *)w;
+    redis_worker_t *rw = route_checks(w, checks, n);
     if (rw->fallback && rds_lease_forget(rw, lease_id)) {
         store_release(rw->fallback, checks, n, lease_id);
         return;
@@ -296,7 +309,7 @@ static void fallback_found(void *arg, int found)
 void redis_adjust(store_worker_t *w, const lim_check_t *checks, size_t n,
                   const int64_t *deltas, int64_t charged_ms)
 {
-    redis_worker_t *rw = (redis_worker_t *)w;
+    redis_worker_t *rw = route_checks(w, checks, n);
     if (!rw->ac && rw->fallback) {
         /* Redis away (allow): counted here, and owed to Redis. */
         store_adjust(rw->fallback, checks, n, deltas, charged_ms);
@@ -346,6 +359,8 @@ void rds_on_renew(evutil_socket_t fd, short what, void *arg)
                 k++;
             }
             l = l->next;
+            if (rw->parent)
+                break; /* a cluster: one lease (one slot) per call */
         }
         if (k == 0)
             break;
@@ -405,7 +420,7 @@ void redis_job_hold(store_worker_t *w, const lim_check_t *checks, size_t n,
                     const char *lease_id, const char *account, const char *job,
                     int64_t ttl_ms)
 {
-    redis_worker_t *rw = (redis_worker_t *)w;
+    redis_worker_t *rw = route_checks(w, checks, n);
     redis_store_t *rs = rw->rs;
     if (rw->fallback && rds_lease_forget(rw, lease_id)) {
         store_job_hold(rw->fallback, checks, n, lease_id, account, job, ttl_ms);
@@ -426,7 +441,7 @@ void redis_job_hold(store_worker_t *w, const lim_check_t *checks, size_t n,
     char index[1][LIM_KEY_MAX + 64];
     job_index_key(rw, job, index[0], sizeof index[0]);
     const char *iargs[] = {"index", now, account, ttl};
-    send_script(rw, rs->sha_hold, index, 1, iargs, 4);
+    send_script(rds_route(rw, index[0]), rs->sha_hold, index, 1, iargs, 4);
 }
 
 /* The done of (account, job): one script on the record, the index told. */
@@ -436,6 +451,7 @@ static void job_done_account(redis_worker_t *rw, const char *account, const char
     redis_store_t *rs = rw->rs;
     char rec[1][LIM_KEY_MAX + 64];
     job_record_key(rw, account, job, rec[0], sizeof rec[0]);
+    rw = rds_route(rw, rec[0]);
     char now[24];
     job_now(rw, now);
     const char *args[] = {"done", now};
@@ -452,7 +468,7 @@ static void job_done_account(redis_worker_t *rw, const char *account, const char
             char index[1][LIM_KEY_MAX + 64];
             job_index_key(rw, job, index[0], sizeof index[0]);
             const char *uargs[] = {"unindex", now, account};
-            send_script(rw, rs->sha_hold, index, 1, uargs, 3);
+            send_script(rds_route(rw, index[0]), rs->sha_hold, index, 1, uargs, 3);
             return;
         }
         rds_call_free(c);
@@ -505,6 +521,7 @@ void redis_job_done(store_worker_t *w, const char *account, const char *job,
     }
     char index[1][LIM_KEY_MAX + 64];
     job_index_key(rw, job, index[0], sizeof index[0]);
+    rw = rds_route(rw, index[0]);
     char now[24];
     job_now(rw, now);
     const char *args[] = {"find", now};

@@ -257,6 +257,7 @@ int rds_sentinel_start(redis_worker_t *rw)
             event_free(rw->ask_ev);
         if (rw->sub_ev)
             event_free(rw->sub_ev);
+        rw->ask_ev = rw->sub_ev = NULL;
         return -1;
     }
     rw->host[0] = '\0';

@@ -254,8 +254,14 @@ void rds_debt_replay(redis_worker_t *rw)
             deltas[nc] = all[i]->amount;
             nc++;
         }
-        rcall_t *c = rds_decision_call(rw, RC_ADJUST, checks, nc, "", deltas, 0, NULL);
-        if (c && rds_queue(rw, c) != 0)
+        /* In a cluster, on the node of this hash tag's slot. */
+        char key[LIM_KEY_MAX + 64] = "";
+        if (nc)
+            snprintf(key, sizeof key, "%s%s", rs->o.key_prefix, checks[0].key);
+        redis_worker_t *to = nc ? rds_route(rw, key) : rw;
+        rcall_t *c = to->ac ? rds_decision_call(to, RC_ADJUST, checks, nc, "", deltas, 0, NULL)
+                            : NULL;
+        if (c && rds_queue(to, c) != 0)
             rds_call_free(c);
         sent += nc;
     }
@@ -270,16 +276,25 @@ void rds_debt_replay(redis_worker_t *rw)
 static int redis_ready(store_worker_t *w)
 {
     redis_worker_t *rw = (redis_worker_t *)w;
+    if (rw->rs->o.n_cluster && !rw->parent) {
+        for (size_t i = 0; i < rw->n_nodes; i++)
+            if (!redis_ready(&rw->nodes[i]->base))
+                return 0;
+        return rw->n_nodes > 0;
+    }
     return rw->ac != NULL && rw->ready;
 }
 
-static store_worker_t *redis_attach(store_t *s, struct event_base *base)
+static void redis_detach(store_worker_t *w);
+
+/* A worker for the server at host:port, not connected yet. */
+redis_worker_t *rds_worker_new(redis_store_t *rs, struct event_base *base, const char *host,
+                               uint16_t port)
 {
-    redis_store_t *rs = (redis_store_t *)s;
     redis_worker_t *rw = calloc(1, sizeof *rw);
     if (!rw)
         return NULL;
-    rw->base.store = s;
+    rw->base.store = &rs->base;
     rw->rs = rs;
     rw->evb = base;
     rw->backoff_ms = BACKOFF_MIN_MS;
@@ -304,24 +319,34 @@ static store_worker_t *redis_attach(store_t *s, struct event_base *base)
         free(rw);
         return NULL;
     }
-    snprintf(rw->host, sizeof rw->host, "%s", rs->o.host);
-    rw->port = rs->o.port;
-    if (rs->o.sentinel_master)
-        snprintf(rw->addr, sizeof rw->addr, "primary %s", rs->o.sentinel_master);
-    else
-        snprintf(rw->addr, sizeof rw->addr, "%s:%u", rw->host, rw->port);
-    if (rs->o.sentinel_master && rds_sentinel_start(rw) != 0) {
-        event_free(rw->timer);
-        event_free(rw->retry_ev);
-        event_free(rw->pending_ev);
-        event_free(rw->renew_ev);
-        if (rw->fallback)
-            store_detach(rw->fallback);
-        free(rw);
-        return NULL;
-    }
+    snprintf(rw->host, sizeof rw->host, "%s", host);
+    rw->port = port;
+    snprintf(rw->addr, sizeof rw->addr, "%s:%u", rw->host, rw->port);
     struct timeval rtv = {.tv_sec = rs->renew_ms / 1000, .tv_usec = (rs->renew_ms % 1000) * 1000};
     evtimer_add(rw->renew_ev, &rtv);
+    return rw;
+}
+
+static store_worker_t *redis_attach(store_t *s, struct event_base *base)
+{
+    redis_store_t *rs = (redis_store_t *)s;
+    redis_worker_t *rw = rds_worker_new(rs, base, rs->o.host, rs->o.port);
+    if (!rw)
+        return NULL;
+    if (rs->o.sentinel_master) {
+        snprintf(rw->addr, sizeof rw->addr, "primary %s", rs->o.sentinel_master);
+        if (rds_sentinel_start(rw) != 0) {
+            redis_detach(&rw->base);
+            return NULL;
+        }
+    }
+    if (rs->o.n_cluster) {
+        if (rds_cluster_start(rw) != 0) {
+            redis_detach(&rw->base);
+            return NULL;
+        }
+        return &rw->base;
+    }
     rds_connect_now(rw);
     return &rw->base;
 }
@@ -341,8 +366,10 @@ static void redis_detach(store_worker_t *w)
         redisAsyncFree(ac);
     }
     rds_held_fail_all(rw);
-    if (rw->rs->o.sentinel_master)
+    if (rw->ask_ev)
         rds_sentinel_stop(rw);
+    if (rw->slots)
+        rds_cluster_stop(rw);
     event_free(rw->timer);
     event_free(rw->retry_ev);
     event_free(rw->pending_ev);
@@ -394,12 +421,18 @@ static void redis_destroy(store_t *s)
         free((char *)rs->o.sentinel_hosts[i]);
     free((void *)rs->o.sentinel_hosts);
     free((void *)rs->o.sentinel_ports);
+    for (size_t i = 0; rs->o.cluster_hosts && i < rs->o.n_cluster; i++)
+        free((char *)rs->o.cluster_hosts[i]);
+    free((void *)rs->o.cluster_hosts);
+    free((void *)rs->o.cluster_ports);
     free(rs);
 }
 
 static void redis_flush(store_worker_t *w)
 {
     redis_worker_t *rw = (redis_worker_t *)w;
+    for (size_t i = 0; i < rw->n_nodes; i++)
+        redis_flush(&rw->nodes[i]->base);
     /* Not from inside hiredis' own callbacks: the loop writes soon after. */
     if (rw->ac && rw->connected && !rw->detaching && !(rw->ac->c.flags & REDIS_IN_CALLBACK))
         redisAsyncHandleWrite(rw->ac);
@@ -480,6 +513,22 @@ store_t *store_redis_new(const store_redis_opts_t *o)
     }
     if (o->on_error_allow)
         rs->fallback = store_memory_new(NULL, NULL);
+    rs->o.cluster_hosts = NULL;
+    rs->o.cluster_ports = NULL;
+    rs->o.n_cluster = 0;
+    if (o->n_cluster) {
+        char **hosts = calloc(o->n_cluster, sizeof *hosts);
+        uint16_t *ports = calloc(o->n_cluster, sizeof *ports);
+        rs->o.cluster_hosts = (const char *const *)hosts;
+        rs->o.cluster_ports = ports;
+        sentinel_ok = sentinel_ok && hosts && ports;
+        for (size_t i = 0; sentinel_ok && i < o->n_cluster; i++) {
+            hosts[i] = strdup(o->cluster_hosts[i]);
+            ports[i] = o->cluster_ports[i];
+            rs->o.n_cluster++;
+            sentinel_ok = hosts[i] != NULL;
+        }
+    }
     if (!rs->o.host || !rs->o.key_prefix || !sentinel_ok || (o->password && !rs->o.password) ||
         (o->on_error_allow && !rs->fallback)) {
         redis_destroy(&rs->base);
