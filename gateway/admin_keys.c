@@ -350,6 +350,13 @@ static int sync_write(const char *kind, const char *id, const json_t *obj)
 
 static int store_down(h1_conn_t *req)
 {
+    if (registry_redis_on() && registry_redis_unsupported()) {
+        fail(req, 501, "Not Implemented", "api_error", "NOT_SUPPORTED",
+             "Keys and accounts cannot be changed through the admin API with "
+             "storage.sentinel or storage.cluster yet; change the configuration file.",
+             NULL);
+        return 1;
+    }
     if (registry_redis_on() && !registry_redis_ready()) {
         fail(req, 503, "Service Unavailable", "service_unavailable", "LIMITER_UNAVAILABLE",
              "The store cannot be reached: keys and accounts cannot be changed now.", NULL);

@@ -169,6 +169,24 @@ static int same_str(const char *x, const char *y)
     return (!x && !y) || (x && y && strcmp(x, y) == 0);
 }
 
+static int same_sentinels(const config_t *x, const config_t *y)
+{
+    if (!same_str(x->storage.sentinel_master, y->storage.sentinel_master) ||
+        x->storage.n_sentinels != y->storage.n_sentinels)
+        return 0;
+    for (size_t i = 0; i < x->storage.n_sentinels; i++)
+        if (!same_str(x->storage.sentinel_hosts[i], y->storage.sentinel_hosts[i]) ||
+            x->storage.sentinel_ports[i] != y->storage.sentinel_ports[i])
+            return 0;
+    if (x->storage.n_cluster != y->storage.n_cluster)
+        return 0;
+    for (size_t i = 0; i < x->storage.n_cluster; i++)
+        if (!same_str(x->storage.cluster_hosts[i], y->storage.cluster_hosts[i]) ||
+            x->storage.cluster_ports[i] != y->storage.cluster_ports[i])
+            return 0;
+    return 1;
+}
+
 static int same_storage(const config_t *x, const config_t *y)
 {
     return x->storage.driver == y->storage.driver && same_str(x->storage.host, y->storage.host) &&
@@ -176,7 +194,7 @@ static int same_storage(const config_t *x, const config_t *y)
            same_str(x->storage.password, y->storage.password) && x->storage.db == y->storage.db &&
            x->storage.timeout_ms == y->storage.timeout_ms &&
            x->storage.on_error == y->storage.on_error &&
-           same_str(x->storage.key_prefix, y->storage.key_prefix);
+           same_str(x->storage.key_prefix, y->storage.key_prefix) && same_sentinels(x, y);
 }
 
 static void free_ssl_ctx(void *ctx)
@@ -382,6 +400,13 @@ static int run(const char *path)
             .on_error_allow = c->storage.on_error == CFG_ON_ERROR_ALLOW,
             .key_prefix = c->storage.key_prefix,
             .log = store_log,
+            .sentinel_master = c->storage.sentinel_master,
+            .sentinel_hosts = (const char *const *)c->storage.sentinel_hosts,
+            .sentinel_ports = c->storage.sentinel_ports,
+            .n_sentinels = c->storage.n_sentinels,
+            .cluster_hosts = (const char *const *)c->storage.cluster_hosts,
+            .cluster_ports = c->storage.cluster_ports,
+            .n_cluster = c->storage.n_cluster,
         };
         a.store = store_redis_new(&ro);
     } else {

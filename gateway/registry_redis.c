@@ -20,6 +20,7 @@
  * (freed by hiredis after on_disconnect), the timer and the strings. */
 static struct {
     int on;
+    int unsupported;     /* storage.sentinel or cluster: not kept (registry_redis.h) */
     struct event_base *base;
     struct event *timer;
     redisAsyncContext *cmd, *sub;
@@ -258,6 +259,15 @@ int registry_redis_start(struct event_base *base, const config_t *cfg)
 {
     R.on = 1;
     R.base = base;
+    if (cfg->storage.sentinel_master || cfg->storage.n_cluster) {
+        /* The registry talks to one Redis; it does not follow a Sentinel
+         * failover nor a Cluster's slots yet. */
+        R.unsupported = 1;
+        log_msg(LOG_WARN, "storage.%s: keys and accounts cannot be changed through the admin "
+                          "API with this store (they can in the configuration file)",
+                cfg->storage.sentinel_master ? "sentinel" : "cluster");
+        return 0;
+    }
     R.port = cfg->storage.port;
     R.db = cfg->storage.db;
     R.host = strdup(cfg->storage.host);
@@ -298,6 +308,7 @@ void registry_redis_stop(void)
     free(R.prefix);
     R.host = R.password = R.prefix = NULL;
     R.on = 0;
+    R.unsupported = 0;
 }
 
 int registry_redis_on(void)
@@ -305,9 +316,14 @@ int registry_redis_on(void)
     return R.on;
 }
 
+int registry_redis_unsupported(void)
+{
+    return R.unsupported;
+}
+
 int registry_redis_ready(void)
 {
-    return R.cmd && (R.cmd->c.flags & REDIS_CONNECTED);
+    return !R.unsupported && R.cmd && (R.cmd->c.flags & REDIS_CONNECTED);
 }
 
 int registry_redis_write(const char *kind, const char *id, const json_t *obj)

@@ -25,6 +25,9 @@
 
 int registry_redis_start(struct event_base *base, const config_t *cfg);
 void registry_redis_stop(void);
+/* With storage.sentinel or storage.cluster the registry is not kept:
+ * changes through the admin API are refused (501). */
+int registry_redis_unsupported(void);
 /* 1 when the registry runs on Redis (whether connected or not). */
 int registry_redis_on(void);
 /* 1 when the command connection is up. */

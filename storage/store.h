@@ -1,7 +1,7 @@
 /*
  * storage/store.h: the one seam between the gateway and wherever counters
  * live. Two implementations fill the same table: memory.c (embedded, one
- * process) and redis.c (a fleet sharing one Redis).
+ * process) and redis/ (a fleet sharing one Redis).
  *
  * Model: a store_t is created once per process; each worker thread attaches
  * with its own event_base and gets a store_worker_t that it alone uses.
@@ -176,7 +176,7 @@ size_t store_memory_count(store_t *s);
  * The Redis store's fallback starts each outage from zero with it. */
 void store_memory_drop_counters(store_t *s);
 
-/* The Redis store (storage/redis.c). Strings are copied. */
+/* The Redis store (storage/redis/). Strings are copied. */
 typedef struct store_redis_opts {
     const char *host;         /* default 127.0.0.1 */
     uint16_t port;            /* default 6379 */
@@ -188,6 +188,18 @@ typedef struct store_redis_opts {
     store_clock_fn clock;     /* tests only: NULL uses Redis TIME */
     void *clock_arg;
     void (*log)(const char *line); /* operational messages; may be NULL */
+    /* Non-NULL: host and port are not used; the primary is asked of these
+     * Redis Sentinels (in turn) by its master name, and followed through
+     * failovers. */
+    const char *sentinel_master;
+    const char *const *sentinel_hosts;
+    const uint16_t *sentinel_ports;
+    size_t n_sentinels;
+    /* Non-zero: a Redis Cluster, its slot map asked of these seed nodes;
+     * host and port are not used. */
+    const char *const *cluster_hosts;
+    const uint16_t *cluster_ports;
+    size_t n_cluster;
 } store_redis_opts_t;
 
 /* Counters for metrics, updated atomically by the workers. */

@@ -188,6 +188,15 @@ typedef struct config {
         char *key_prefix;   /* "rl:" */
         char *state_file;   /* memory store: API-made keys and accounts;
                              * default ratewall-state.json beside the config */
+        /* sentinel: the primary is asked of these (NULL master: address). */
+        char *sentinel_master;
+        char **sentinel_hosts;
+        uint16_t *sentinel_ports;
+        size_t n_sentinels;
+        /* cluster: seed nodes of a Redis Cluster (0: not a cluster). */
+        char **cluster_hosts;
+        uint16_t *cluster_ports;
+        size_t n_cluster;
     } storage;
 
     cfg_backend_t *backends;   size_t n_backends;

@@ -390,6 +390,29 @@ static const char *parse_hostport(const char *s, char **host, uint16_t *port)
     return NULL;
 }
 
+/* A "HOST:PORT" string value (label names it in messages). */
+int hostport_value(ctx_t *c, json_t *v, const char *where, const char *label, char **host,
+                   uint16_t *port)
+{
+    char *s = NULL;
+    if (str_value(c, v, where, label, &s) != 1)
+        return -1;
+    char *hs = NULL;
+    const char *why = parse_hostport(s, &hs, port);
+    if (why) {
+        cfg_err(c, where, label, "invalid address %s: %s", cfg_quote(c, s), why);
+        free(s);
+        return -1;
+    }
+    free(s);
+    if (!hs) {
+        cfg_nomem(c);
+        return -1;
+    }
+    *host = hs;
+    return 1;
+}
+
 int get_hostport(ctx_t *c, json_t *o, const char *where, const char *name, int required,
                         char **host, uint16_t *port)
 {

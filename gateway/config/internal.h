@@ -180,6 +180,8 @@ int valid_name(const char *s);
 int get_pointer(ctx_t *c, json_t *o, const char *where, const char *name, int required,
                        char **out);
 int valid_header_name(const char *s);
+int hostport_value(ctx_t *c, json_t *v, const char *where, const char *label, char **host,
+                   uint16_t *port);
 int get_hostport(ctx_t *c, json_t *o, const char *where, const char *name, int required,
                         char **host, uint16_t *port);
 const char *parse_url(const char *u, cfg_backend_t *b);

@@ -105,6 +105,15 @@ static void config_free(config_t *cfg)
     free(cfg->storage.password);
     free(cfg->storage.key_prefix);
     free(cfg->storage.state_file);
+    free(cfg->storage.sentinel_master);
+    for (size_t i = 0; i < cfg->storage.n_sentinels; i++)
+        free(cfg->storage.sentinel_hosts[i]);
+    free(cfg->storage.sentinel_hosts);
+    free(cfg->storage.sentinel_ports);
+    for (size_t i = 0; i < cfg->storage.n_cluster; i++)
+        free(cfg->storage.cluster_hosts[i]);
+    free(cfg->storage.cluster_hosts);
+    free(cfg->storage.cluster_ports);
     for (size_t i = 0; i < cfg->n_backends; i++) {
         cfg_backend_t *b = &cfg->backends[i];
         free(b->name);

@@ -80,10 +80,66 @@ void parse_admin(ctx_t *c, json_t *o)
         cfg->admin.has_token = 1;
 }
 
+/* A non-empty array of "HOST:PORT" at o.nodes (W names it). */
+static void parse_nodes(ctx_t *c, json_t *o, const char *W, const char *what, char ***hosts,
+                        uint16_t **ports, size_t *count)
+{
+    json_t *nodes = get_arr(c, o, W, "nodes", 1);
+    size_t n = nodes ? json_array_size(nodes) : 0;
+    if (nodes && n == 0)
+        ferr(c, W, "nodes", "must list at least one %s", what);
+    if (!n)
+        return;
+    *hosts = calloc(n, sizeof **hosts);
+    *ports = calloc(n, sizeof **ports);
+    if (!*hosts || !*ports) {
+        cfg_nomem(c);
+        return;
+    }
+    size_t mk = path_key(c, "nodes");
+    for (size_t i = 0; i < n; i++) {
+        size_t mi = path_index(c, i);
+        if (hostport_value(c, json_array_get(nodes, i), W, "nodes", &(*hosts)[*count],
+                           &(*ports)[*count]) == 1)
+            (*count)++;
+        path_pop(c, mi);
+    }
+    path_pop(c, mk);
+}
+
+/* storage.sentinel: {"master": NAME, "nodes": ["HOST:PORT", ...]}. */
+static void parse_sentinel(ctx_t *c, json_t *o)
+{
+    static const char *const keys[] = {"master", "nodes", NULL};
+    config_t *cfg = c->cfg;
+    const char *W = "storage.sentinel";
+    size_t m = path_key(c, "sentinel");
+    check_keys(c, o, keys, W);
+    if (get_str(c, o, W, "master", 1, &cfg->storage.sentinel_master) == 1 &&
+        !*cfg->storage.sentinel_master)
+        ferr(c, W, "master", "must not be empty");
+    parse_nodes(c, o, W, "sentinel", &cfg->storage.sentinel_hosts,
+                &cfg->storage.sentinel_ports, &cfg->storage.n_sentinels);
+    path_pop(c, m);
+}
+
+/* storage.cluster: {"nodes": ["HOST:PORT", ...]}, seed nodes. */
+static void parse_cluster(ctx_t *c, json_t *o)
+{
+    static const char *const keys[] = {"nodes", NULL};
+    config_t *cfg = c->cfg;
+    const char *W = "storage.cluster";
+    size_t m = path_key(c, "cluster");
+    check_keys(c, o, keys, W);
+    parse_nodes(c, o, W, "seed node", &cfg->storage.cluster_hosts,
+                &cfg->storage.cluster_ports, &cfg->storage.n_cluster);
+    path_pop(c, m);
+}
+
 void parse_storage(ctx_t *c, json_t *o)
 {
-    static const char *const keys[] = {"driver", "address", "password", "db", "timeout_ms",
-        "on_error", "key_prefix", "state_file", NULL};
+    static const char *const keys[] = {"driver", "address", "sentinel", "cluster", "password",
+        "db", "timeout_ms", "on_error", "key_prefix", "state_file", NULL};
     static const char *const drivers[] = {"memory", "redis", NULL};
     static const char *const onerr[] = {"deny", "allow", NULL};
     config_t *cfg = c->cfg;
@@ -110,6 +166,18 @@ void parse_storage(ctx_t *c, json_t *o)
             cfg_nomem(c);
     }
     free(sf);
+    json_t *s = get_obj(c, o, W, "sentinel", 0);
+    json_t *cl = get_obj(c, o, W, "cluster", 0);
+    if (s && json_object_get(o, "address"))
+        ferr(c, W, "sentinel", "give either \"address\" or \"sentinel\", not both");
+    else if (cl && (s || json_object_get(o, "address")))
+        ferr(c, W, "cluster", "give one of \"address\", \"sentinel\" or \"cluster\"");
+    else if (s)
+        parse_sentinel(c, s);
+    else if (cl)
+        parse_cluster(c, cl);
+    if (cl && cfg->storage.db != 0)
+        ferr(c, W, "db", "a Redis Cluster has database 0 only");
 }
 
 /* Collect the names of an object-of-objects section into a table and the

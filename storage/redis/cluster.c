@@ -1,0 +1,254 @@
+/*
+ * storage/redis/cluster.c: counters spread over a Redis Cluster.
+ *
+ * The worker a gateway thread attaches (the parent) never connects itself:
+ * it asks a seed node for CLUSTER SLOTS and makes one node worker per
+ * master, each a complete worker (its own connection, FIFO, deadlines,
+ * clock offset, scripts loaded at connect, renewals, fallback) on the same
+ * event loop. Every command goes to the node of its first key's slot (the
+ * CRC16 of the key's hash tag): all keys of one decision carry the same
+ * account tag, so one decision is one script on one slot. A -MOVED reply
+ * moves the slot in the map and the call to the node named; -ASK sends
+ * ASKING and the call to the node named, the map unchanged.
+ *
+ * The slot map is read with a blocking connection (bounded by 1 s or
+ * timeout_ms per node asked) at attach, again every second while no node
+ * answered, and a second after a master's connection is lost (a failover
+ * may have given its slots to a replica).
+ *
+ * Ownership: the parent owns its nodes (freed at detach, after the
+ * parent's own calls: it has none) and the slot map. A node is never freed
+ * before detach, so a redirected call's new worker outlives it.
+ */
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define SLOTS 16384
+#define MAX_NODES 1024
+
+/* CRC16-CCITT (XMODEM), as Redis Cluster hashes keys. */
+static unsigned crc16(const char *s, size_t n)
+{
+    unsigned crc = 0;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= (unsigned)(unsigned char)s[i] << 8;
+        for (int b = 0; b < 8; b++)
+            crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+    }
+    return crc;
+}
+
+/* The slot of a key: of its hash tag's content when it has a non-empty
+ * one ("{...}", the first), else of the whole key. */
+static unsigned key_slot(const char *key)
+{
+    const char *open = strchr(key, '{');
+    if (open) {
+        const char *close = strchr(open + 1, '}');
+        if (close && close > open + 1)
+            return crc16(open + 1, (size_t)(close - open - 1)) % SLOTS;
+    }
+    return crc16(key, strlen(key)) % SLOTS;
+}
+
+/* The node worker for host:port, made (and connecting) if new; NULL when
+ * out of memory or too many. */
+static redis_worker_t *node_for(redis_worker_t *p, const char *host, unsigned port)
+{
+    for (size_t i = 0; i < p->n_nodes; i++)
+        if (p->nodes[i]->port == port && strcmp(p->nodes[i]->host, host) == 0)
+            return p->nodes[i];
+    if (p->n_nodes >= MAX_NODES || p->detaching)
+        return NULL;
+    redis_worker_t **grown = realloc(p->nodes, (p->n_nodes + 1) * sizeof *grown);
+    if (!grown)
+        return NULL;
+    p->nodes = grown;
+    redis_worker_t *n = rds_worker_new(p->rs, p->evb, host, (uint16_t)port);
+    if (!n)
+        return NULL;
+    n->parent = p;
+    p->nodes[p->n_nodes++] = n;
+    rds_connect_now(n);
+    return n;
+}
+
+static size_t node_index(const redis_worker_t *p, const redis_worker_t *n)
+{
+    for (size_t i = 0; i < p->n_nodes; i++)
+        if (p->nodes[i] == n)
+            return i;
+    return 0;
+}
+
+/* CLUSTER SLOTS of one seed into the map; 0 if it answered. */
+static int read_map(redis_worker_t *p, const char *host, uint16_t port)
+{
+    int64_t ms = p->rs->o.timeout_ms > 1000 ? p->rs->o.timeout_ms : 1000;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(host, port, tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return -1;
+    }
+    redisSetTimeout(c, tv);
+    int rc = -1;
+    const char *pw = p->rs->o.password;
+    redisReply *r = pw && *pw ? redisCommand(c, "AUTH %s", pw) : NULL;
+    if (r)
+        freeReplyObject(r);
+    r = redisCommand(c, "CLUSTER SLOTS");
+    if (r && r->type == REDIS_REPLY_ARRAY) {
+        rc = 0;
+        for (size_t i = 0; i < r->elements; i++) {
+            redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+                e->element[0]->type != REDIS_REPLY_INTEGER ||
+                e->element[1]->type != REDIS_REPLY_INTEGER ||
+                e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
+                e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
+                e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+                continue;
+            long long lo = e->element[0]->integer, hi = e->element[1]->integer;
+            const char *h = e->element[2]->element[0]->str;
+            long long pt = e->element[2]->element[1]->integer;
+            if (lo < 0 || hi >= SLOTS || lo > hi || pt < 1 || pt > 65535)
+                continue;
+            /* An empty host: the node we asked. */
+            redis_worker_t *n = node_for(p, *h ? h : host, (unsigned)pt);
+            if (!n)
+                continue;
+            for (long long s = lo; s <= hi; s++)
+                p->slots[s] = (uint16_t)(node_index(p, n) + 1);
+        }
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        rds_rlog(p->rs, "redis cluster %s:%u: %s", host, port, r->str);
+    }
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return rc;
+}
+
+static void refresh_map(redis_worker_t *p)
+{
+    const store_redis_opts_t *o = &p->rs->o;
+    for (size_t i = 0; i < o->n_cluster; i++)
+        if (read_map(p, o->cluster_hosts[i], o->cluster_ports[i]) == 0 && p->n_nodes)
+            return;
+    /* The seeds are gone: any master known may answer. */
+    for (size_t i = 0; i < p->n_nodes; i++) {
+        char host[256];
+        snprintf(host, sizeof host, "%s", p->nodes[i]->host);
+        if (read_map(p, host, p->nodes[i]->port) == 0)
+            return;
+    }
+    rds_rlog(p->rs, "redis cluster: no seed node answered CLUSTER SLOTS; asking again in 1 s");
+    struct timeval tv = {1, 0};
+    evtimer_add(p->map_ev, &tv);
+}
+
+static void on_map(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    refresh_map(arg);
+}
+
+void rds_cluster_node_down(redis_worker_t *rw)
+{
+    redis_worker_t *p = rw->parent;
+    if (p && !p->detaching && p->map_ev && !evtimer_pending(p->map_ev, NULL)) {
+        /* A master away: its slots may have a new master (a failover).
+         * Read the map again soon, at most once a second. */
+        struct timeval tv = {1, 0};
+        evtimer_add(p->map_ev, &tv);
+    }
+}
+
+int rds_cluster_start(redis_worker_t *rw)
+{
+    rw->slots = calloc(SLOTS, sizeof *rw->slots);
+    rw->map_ev = evtimer_new(rw->evb, on_map, rw);
+    if (!rw->slots || !rw->map_ev) {
+        free(rw->slots);
+        rw->slots = NULL;
+        if (rw->map_ev)
+            event_free(rw->map_ev);
+        rw->map_ev = NULL;
+        return -1;
+    }
+    snprintf(rw->addr, sizeof rw->addr, "cluster");
+    refresh_map(rw);
+    return 0;
+}
+
+void rds_cluster_stop(redis_worker_t *rw)
+{
+    for (size_t i = 0; i < rw->n_nodes; i++)
+        store_detach(&rw->nodes[i]->base);
+    free(rw->nodes);
+    rw->nodes = NULL;
+    rw->n_nodes = 0;
+    free(rw->slots);
+    rw->slots = NULL;
+    if (rw->map_ev)
+        event_free(rw->map_ev);
+    rw->map_ev = NULL;
+}
+
+redis_worker_t *rds_route(redis_worker_t *rw, const char *key)
+{
+    redis_worker_t *p = rw->parent ? rw->parent : rw;
+    if (!p->slots)
+        return rw;
+    unsigned idx = key ? p->slots[key_slot(key)] : 0;
+    if (idx)
+        return p->nodes[idx - 1];
+    /* A slot no master serves (yet): the first node answers CLUSTERDOWN or
+     * MOVED, or nothing when there is none. */
+    return p->n_nodes ? p->nodes[0] : rw;
+}
+
+int rds_cluster_redirect(rcall_t *c, const char *err)
+{
+    redis_worker_t *from = c->rw, *p = from->parent;
+    int ask = strncmp(err, "ASK ", 4) == 0;
+    if (!p || (!ask && strncmp(err, "MOVED ", 6) != 0) || c->redirects >= 5)
+        return 0;
+    unsigned slot, port;
+    char host[256];
+    const char *sp = strchr(err, ' ');
+    if (!sp || sscanf(sp + 1, "%u %255[^ ]", &slot, host) != 2 || slot >= SLOTS)
+        return 0;
+    char *colon = strrchr(host, ':');
+    if (!colon)
+        return 0;
+    *colon = '\0';
+    port = (unsigned)strtoul(colon + 1, NULL, 10);
+    if (port < 1 || port > 65535)
+        return 0;
+    redis_worker_t *to = node_for(p, *host ? host : from->host, port);
+    if (!to)
+        return 0;
+    if (!ask)
+        p->slots[slot] = (uint16_t)(node_index(p, to) + 1);
+    c->redirects++;
+    if (ask) {
+        const char *a[] = {"ASKING"};
+        size_t l[] = {6};
+        rcall_t *k = rds_call_new(to, RC_RELEASE, 1, a, l);
+        if (!k || rds_queue(to, k) != 0) {
+            if (k)
+                rds_call_free(k);
+            return 0;
+        }
+    }
+    c->rw = to;
+    return rds_queue(to, c) == 0;
+}
