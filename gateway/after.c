@@ -532,3 +532,35 @@ void reconcile_abandon(request_t *r)
     free(x);
     r->rec = NULL;
 }
+
+/* stream_include_usage: a JSON body whose "stream" is true gets
+ * "stream_options": {"include_usage": true} (merged into an existing
+ * stream_options object), so that an OpenAI-compatible backend ends its
+ * stream with the usage chunk. The body is rewritten (compact JSON) only
+ * when that changes it; root is the body already parsed (borrowed, and
+ * changed). Returns -1 with a message when it cannot be rewritten. */
+int reconcile_ask_for_usage(struct evbuffer *body, json_t *root, char *err, size_t errlen)
+{
+    size_t len = evbuffer_get_length(body);
+    int rc = 0;
+    if (json_is_object(root) && json_is_true(json_object_get(root, "stream"))) {
+        json_t *so = json_object_get(root, "stream_options");
+        if (!json_is_object(so) || !json_is_true(json_object_get(so, "include_usage"))) {
+            if (!json_is_object(so)) {
+                so = json_object();
+                json_object_set_new(root, "stream_options", so);
+            }
+            json_object_set_new(so, "include_usage", json_true());
+            char *text = json_dumps(root, JSON_COMPACT);
+            if (!text) {
+                snprintf(err, errlen, "The request body could not be rewritten.");
+                rc = -1;
+            } else {
+                evbuffer_drain(body, len);
+                evbuffer_add(body, text, strlen(text));
+                free(text);
+            }
+        }
+    }
+    return rc;
+}

@@ -41,4 +41,10 @@ void reconcile_end(request_t *r, const char *header_value);
  * cut) is counted as missed; frees r->rec. */
 void reconcile_abandon(request_t *r);
 
+/* stream_include_usage: a JSON request body whose "stream" is true gets
+ * "stream_options": {"include_usage": true} (root is the parsed body;
+ * body is rewritten only when that changes it). -1 with a message in err
+ * when it cannot be rewritten. */
+int reconcile_ask_for_usage(struct evbuffer *body, json_t *root, char *err, size_t errlen);
+
 #endif

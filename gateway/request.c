@@ -23,6 +23,7 @@
 #include "errjson.h"
 #include "after.h"
 #include "log.h"
+#include "path.h"
 #include "request.h"
 #include "units.h"
 #include "metrics.h"
@@ -86,124 +87,6 @@ void request_freelist_clear(void)
 {
     while (n_free > 0)
         request_destroy(freelist[--n_free]);
-}
-
-static int hex_digit(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
-static int unreserved(unsigned char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           ch == '-' || ch == '_' || ch == '~';
-}
-
-/*
- * The one form of a request path that is routed and forwarded, so that the
- * gateway and a backend that decodes paths see the same one:
- *   - percent-encoded unreserved characters decoded (%74 is t), every other
- *     encoding kept with upper-case hex (%2a -> %2A);
- *   - an encoded "/", "\", "." or NUL, a raw "\", or a "%" not followed by
- *     two hex digits refused: each would mean one path here and another
- *     behind a backend; so is a "." or ".." segment with ";params";
- *   - repeated slashes merged, "." and ".." segments removed (RFC 3986
- *     section 5.2.4; ".." never climbs above "/").
- * Case, ";params" and a trailing slash are kept here: routing looks past
- * them (config_route), the backend gets them as sent.
- * 0, or -1 with the reason in *why.
- */
-static int normalize_path(const char *in, char *out, size_t len, const char **why)
-{
-    char dec[sizeof ((request_t *)0)->path];
-    size_t d = 0;
-    *why = "The path is too long.";
-    if (*in != '/') {
-        *why = "The path must start with \"/\".";
-        return -1;
-    }
-    for (const char *p = in; *p; p++) {
-        unsigned char ch = (unsigned char)*p;
-        if (ch == '\\') {
-            *why = "The path must not hold a backslash.";
-            return -1;
-        }
-        if (ch != '%') {
-            if (d + 1 >= sizeof dec)
-                return -1;
-            dec[d++] = (char)ch;
-            continue;
-        }
-        int hi = hex_digit(p[1]), lo = hi < 0 ? -1 : hex_digit(p[2]);
-        if (hi < 0 || lo < 0) {
-            *why = "The path holds a \"%\" that is not followed by two hex digits.";
-            return -1;
-        }
-        unsigned char v = (unsigned char)(hi * 16 + lo);
-        if (v == '/' || v == '\\' || v == '.' || v == 0) {
-            *why = "The path must not hold an encoded slash, backslash, dot or NUL.";
-            return -1;
-        }
-        if (unreserved(v)) {
-            if (d + 1 >= sizeof dec)
-                return -1;
-            dec[d++] = (char)v;
-        } else {
-            if (d + 3 >= sizeof dec)
-                return -1;
-            dec[d++] = '%';
-            dec[d++] = "0123456789ABCDEF"[hi];
-            dec[d++] = "0123456789ABCDEF"[lo];
-        }
-        p += 2;
-    }
-    dec[d] = '\0';
-
-    size_t o = 0;
-    const char *p = dec;
-    while (*p) {
-        /* p points at a '/' */
-        const char *seg = p + 1;
-        const char *end = strchr(seg, '/');
-        size_t n = end ? (size_t)(end - seg) : strlen(seg);
-        size_t bare = strcspn(seg, ";/");
-        if (bare < n && ((bare == 1 && seg[0] == '.') ||
-                         (bare == 2 && seg[0] == '.' && seg[1] == '.'))) {
-            /* "..;x" is ".." to a backend that drops path parameters */
-            *why = "The path must not hold a dot segment with parameters.";
-            return -1;
-        }
-        if (n == 0 && end) {
-            /* an empty segment: "//" is "/" */
-        } else if (n == 1 && seg[0] == '.') {
-            if (!end && o + 1 < len)
-                out[o++] = '/';
-        } else if (n == 2 && seg[0] == '.' && seg[1] == '.') {
-            while (o > 0 && out[o - 1] != '/')
-                o--;
-            if (o > 0)
-                o--; /* drop the segment and its slash */
-            if (!end && o + 1 < len)
-                out[o++] = '/';
-        } else {
-            if (o + 1 + n >= len)
-                return -1;
-            out[o++] = '/';
-            memcpy(out + o, seg, n);
-            o += n;
-        }
-        p = end ? end : seg + n;
-    }
-    if (o == 0)
-        out[o++] = '/';
-    out[o] = '\0';
-    return 0;
 }
 
 static unsigned method_bit(enum h1_method t)
@@ -1029,38 +912,6 @@ void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
     usage_start(r);
 }
 
-/* stream_include_usage: a JSON body whose "stream" is true gets
- * "stream_options": {"include_usage": true} (merged into an existing
- * stream_options object), so that an OpenAI-compatible backend ends its
- * stream with the usage chunk. The body is rewritten (compact JSON) only
- * when that changes it; root is the body already parsed (borrowed, and
- * changed). Returns -1 with a message when it cannot be rewritten. */
-static int ask_for_usage(struct evbuffer *body, json_t *root, char *err, size_t errlen)
-{
-    size_t len = evbuffer_get_length(body);
-    int rc = 0;
-    if (json_is_object(root) && json_is_true(json_object_get(root, "stream"))) {
-        json_t *so = json_object_get(root, "stream_options");
-        if (!json_is_object(so) || !json_is_true(json_object_get(so, "include_usage"))) {
-            if (!json_is_object(so)) {
-                so = json_object();
-                json_object_set_new(root, "stream_options", so);
-            }
-            json_object_set_new(so, "include_usage", json_true());
-            char *text = json_dumps(root, JSON_COMPACT);
-            if (!text) {
-                snprintf(err, errlen, "The request body could not be rewritten.");
-                rc = -1;
-            } else {
-                evbuffer_drain(body, len);
-                evbuffer_add(body, text, strlen(text));
-                free(text);
-            }
-        }
-    }
-    return rc;
-}
-
 static void on_body(h1_conn_t *req, void *arg);
 
 void request_start(worker_t *w, h1_conn_t *req)
@@ -1072,7 +923,7 @@ void request_start(worker_t *w, h1_conn_t *req)
 
     const char *raw = h1_path(req);
     const char *why;
-    if (normalize_path(raw, r->path, sizeof r->path, &why) != 0) {
+    if (path_normalize(raw, r->path, sizeof r->path, &why) != 0) {
         snprintf(r->path, sizeof r->path, "%s", raw);
         answer_error(r, 400, "invalid_request_error", "INVALID_REQUEST", why, NULL);
         return;
@@ -1231,7 +1082,7 @@ static void on_body(h1_conn_t *req, void *arg)
     }
 
     int bad = units_from_json(r->ep, doc, &r->units, err, sizeof err) != 0 ||
-              (usage_chunk && ask_for_usage(body, doc, err, sizeof err) != 0);
+              (usage_chunk && reconcile_ask_for_usage(body, doc, err, sizeof err) != 0);
     json_decref(doc);
     if (bad) {
         answer_error(r, 400, "invalid_request_error", "INVALID_BODY", err, NULL);

@@ -10,6 +10,7 @@
 
 #include "../limiter/limits.h"
 #include "config/config.h"
+#include "path.h"
 #include "http/server.h"
 #include "proxy.h"
 #include "worker.h"
@@ -103,7 +104,7 @@ typedef struct request {
     /* Last: only the first n_checks are ever written or read, so a
      * recycled context is cleared only up to here. */
     lim_check_t checks[LIM_MAX_CHECKS];
-    char path[2048];     /* the normalized path (routed and forwarded) */
+    char path[PATH_NORMAL_MAX]; /* the normalized path (routed and forwarded) */
     /* The backend exchange (proxy.c's fields; kept, with its buffers, by
      * the recycled context and reset for each request). */
     proxy_exchange_t px;
