@@ -484,6 +484,25 @@ static void key_list(worker_t *w, h1_conn_t *req)
     reply(req, 200, "OK", json_pack("{s:o}", "keys", list));
 }
 
+
+/* A PATCH body with only the fields it may change, or NULL when the
+ * request was answered (unreadable body, or 400 with the fields wrong). */
+static json_t *read_patch(h1_conn_t *req, const char *const fields[])
+{
+    json_t *body = read_body(req);
+    if (!body)
+        return NULL;
+    json_t *errs = json_array();
+    check_fields(body, fields, errs);
+    if (json_array_size(errs)) {
+        json_decref(body);
+        bad(req, errs);
+        return NULL;
+    }
+    json_decref(errs);
+    return body;
+}
+
 static void key_one(worker_t *w, h1_conn_t *req, const char *id, enum h1_method m)
 {
     const config_t *c = w->cfg;
@@ -507,16 +526,8 @@ static void key_one(worker_t *w, h1_conn_t *req, const char *id, enum h1_method 
     }
     json_t *body = NULL;
     if (m == H1_PATCH) {
-        if (!(body = read_body(req)))
+        if (!(body = read_patch(req, key_patch_fields)))
             return;
-        json_t *errs = json_array();
-        check_fields(body, key_patch_fields, errs);
-        if (json_array_size(errs)) {
-            json_decref(body);
-            bad(req, errs);
-            return;
-        }
-        json_decref(errs);
     }
     if (store_down(req)) {
         json_decref(body);
@@ -675,16 +686,8 @@ static void account_one(worker_t *w, h1_conn_t *req, const char *id, enum h1_met
     }
     json_t *body = NULL;
     if (m == H1_PATCH) {
-        if (!(body = read_body(req)))
+        if (!(body = read_patch(req, acct_patch_fields)))
             return;
-        json_t *errs = json_array();
-        check_fields(body, acct_patch_fields, errs);
-        if (json_array_size(errs)) {
-            json_decref(body);
-            bad(req, errs);
-            return;
-        }
-        json_decref(errs);
     } else {
         json_t *users = json_array();
         for (size_t i = 0; i < c->n_keys; i++)
