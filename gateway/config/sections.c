@@ -80,14 +80,14 @@ void parse_admin(ctx_t *c, json_t *o)
         cfg->admin.has_token = 1;
 }
 
-/* A non-empty array of "HOST:PORT" at o.nodes (W names it). */
-static void parse_nodes(ctx_t *c, json_t *o, const char *W, const char *what, char ***hosts,
-                        uint16_t **ports, size_t *count)
+/* A non-empty array of "HOST:PORT" at o[name] (W names o). */
+static void parse_nodes(ctx_t *c, json_t *o, const char *W, const char *name, const char *what,
+                        char ***hosts, uint16_t **ports, size_t *count)
 {
-    json_t *nodes = get_arr(c, o, W, "nodes", 1);
+    json_t *nodes = get_arr(c, o, W, name, 1);
     size_t n = nodes ? json_array_size(nodes) : 0;
     if (nodes && n == 0)
-        ferr(c, W, "nodes", "must list at least one %s", what);
+        ferr(c, W, name, "must list at least one %s", what);
     if (!n)
         return;
     *hosts = calloc(n, sizeof **hosts);
@@ -96,10 +96,10 @@ static void parse_nodes(ctx_t *c, json_t *o, const char *W, const char *what, ch
         cfg_nomem(c);
         return;
     }
-    size_t mk = path_key(c, "nodes");
+    size_t mk = path_key(c, name);
     for (size_t i = 0; i < n; i++) {
         size_t mi = path_index(c, i);
-        if (hostport_value(c, json_array_get(nodes, i), W, "nodes", &(*hosts)[*count],
+        if (hostport_value(c, json_array_get(nodes, i), W, name, &(*hosts)[*count],
                            &(*ports)[*count]) == 1)
             (*count)++;
         path_pop(c, mi);
@@ -107,10 +107,10 @@ static void parse_nodes(ctx_t *c, json_t *o, const char *W, const char *what, ch
     path_pop(c, mk);
 }
 
-/* storage.sentinel: {"master": NAME, "nodes": ["HOST:PORT", ...]}. */
+/* storage.sentinel: {"master": NAME, "addresses": ["HOST:PORT", ...]}. */
 static void parse_sentinel(ctx_t *c, json_t *o)
 {
-    static const char *const keys[] = {"master", "nodes", NULL};
+    static const char *const keys[] = {"master", "addresses", NULL};
     config_t *cfg = c->cfg;
     const char *W = "storage.sentinel";
     size_t m = path_key(c, "sentinel");
@@ -118,21 +118,8 @@ static void parse_sentinel(ctx_t *c, json_t *o)
     if (get_str(c, o, W, "master", 1, &cfg->storage.sentinel_master) == 1 &&
         !*cfg->storage.sentinel_master)
         ferr(c, W, "master", "must not be empty");
-    parse_nodes(c, o, W, "sentinel", &cfg->storage.sentinel_hosts,
+    parse_nodes(c, o, W, "addresses", "sentinel", &cfg->storage.sentinel_hosts,
                 &cfg->storage.sentinel_ports, &cfg->storage.n_sentinels);
-    path_pop(c, m);
-}
-
-/* storage.cluster: {"nodes": ["HOST:PORT", ...]}, seed nodes. */
-static void parse_cluster(ctx_t *c, json_t *o)
-{
-    static const char *const keys[] = {"nodes", NULL};
-    config_t *cfg = c->cfg;
-    const char *W = "storage.cluster";
-    size_t m = path_key(c, "cluster");
-    check_keys(c, o, keys, W);
-    parse_nodes(c, o, W, "seed node", &cfg->storage.cluster_hosts,
-                &cfg->storage.cluster_ports, &cfg->storage.n_cluster);
     path_pop(c, m);
 }
 
@@ -167,7 +154,7 @@ void parse_storage(ctx_t *c, json_t *o)
     }
     free(sf);
     json_t *s = get_obj(c, o, W, "sentinel", 0);
-    json_t *cl = get_obj(c, o, W, "cluster", 0);
+    json_t *cl = get_arr(c, o, W, "cluster", 0);
     if (s && json_object_get(o, "address"))
         ferr(c, W, "sentinel", "give either \"address\" or \"sentinel\", not both");
     else if (cl && (s || json_object_get(o, "address")))
@@ -175,7 +162,9 @@ void parse_storage(ctx_t *c, json_t *o)
     else if (s)
         parse_sentinel(c, s);
     else if (cl)
-        parse_cluster(c, cl);
+        /* storage.cluster: ["HOST:PORT", ...], seed nodes. */
+        parse_nodes(c, o, W, "cluster", "seed node", &cfg->storage.cluster_hosts,
+                    &cfg->storage.cluster_ports, &cfg->storage.n_cluster);
     if (cl && cfg->storage.db != 0)
         ferr(c, W, "db", "a Redis Cluster has database 0 only");
 }

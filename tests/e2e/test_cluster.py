@@ -36,7 +36,7 @@ def start_gateway(env, nodes, limit):
     env.start_mock()
     cfg = base_config(env.mock_port, free_port())
     cfg["storage"] = {"driver": "redis", "timeout_ms": 200, "key_prefix": "cl:",
-                      "cluster": {"nodes": ["127.0.0.1:%d" % nodes[0].port]}}
+                      "cluster": ["127.0.0.1:%d" % nodes[0].port]}
     cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": limit}]}
     cfg["accounts"] = {a: {"tier": "t"} for a in ACCOUNTS}
     for a in ACCOUNTS:

@@ -68,7 +68,7 @@ def start_gateway(env, sentinels, limit):
     dead = free_port()
     cfg["storage"] = {"driver": "redis", "timeout_ms": 200, "key_prefix": "sen:",
                       "sentinel": {"master": MASTER,
-                                   "nodes": ["127.0.0.1:%d" % dead] +
+                                   "addresses": ["127.0.0.1:%d" % dead] +
                                             ["127.0.0.1:%d" % s.port for s in sentinels]}}
     cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": limit}]}
     cfg["accounts"] = {"acme": {"tier": "t"}}
