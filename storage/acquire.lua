@@ -30,17 +30,25 @@
 -- with retry_ms -1 for "never" (the amount alone is over the limit).
 --
 -- Every argument is checked before the first write: a bad one is an error
--- reply and nothing is written (no script stops halfway). Amounts and
--- limits are integers within MAX (LIM_PRICE_MAX of limiter/limits.h, the
--- larger of the two caps), and every counter value written saturates at
--- CAP, so all arithmetic here stays on integers exactly representable in
--- a Lua number (below 2^53): MAX + MAX < CAP, CAP + MAX < 2^53; a
--- window's running total restarts from its base before it would pass CAP.
+-- reply and nothing is written (no script stops halfway). Every number is
+-- an integer (as tonumber reads it: "1e3" is 1000, "1.5", "nan" and "inf"
+-- are refused) within its range. Amounts and limits are within MAX
+-- (LIM_PRICE_MAX of limiter/limits.h, the larger of the two caps), and
+-- every counter value written saturates at CAP, so all arithmetic here
+-- stays on integers exactly representable in a Lua number (below 2^53):
+-- MAX + MAX < CAP, CAP + MAX < 2^53; a window's running total restarts
+-- from its base before it would pass CAP.
 --
 -- Cost: in the steady state a rolling window is one read and one write of
 -- its hash's first three fields, a calendar counter one read and one
 -- write; a refusal's retry moment is the oldest bucket's slot, else a
--- bisection (at most 6 reads), never a walk over the buckets.
+-- bisection (at most 6 reads), never a walk over the buckets. Redis runs
+-- this file's body on every call, so the decision path keeps what it
+-- makes per call small: few functions (a function made at run time costs
+-- in proportion to the outer locals it uses, so the ones made on every
+-- call use none: constants are written out, math.floor is looked up),
+-- one flat table per check, no string scanning. What only an adjust, a
+-- refusal or an old layout needs is made only on that path.
 --
 -- Counters:
 --   r: hash { h = newest bucket index (the head), t = everything charged
@@ -63,49 +71,48 @@
 
 local MAX = 1125899906842624     -- 2^50 = LIM_PRICE_MAX (>= LIM_UNITS_MAX)
 local CAP = 4 * MAX               -- 2^52: the most a counter ever holds
-local FIRST = 5                   -- ARGV index of the first check's values
-local floor = math.floor
+local B, S = 60, 61               -- buckets a window counts: 60 of w/60, plus the current
 
 local function bad(what)
   return redis.error_reply('ERR ratewall acquire: bad argument: ' .. what)
 end
 
 -- ---- validation: nothing is written before all of it has passed ----------
--- Every numeric argument must be an integer written in decimal digits (no
--- exponent, hex, fraction, space, nan or inf) within its range. The
--- characters of all check arguments are looked at once (digits, '-' and
--- the letters of the kinds and periods); tonumber then refuses any other
--- shape ("", "-", "1-2", "d1"), and the ranges bound the rest.
+-- v as an integer within [lo, hi], or nil (nan fails the integer test, inf
+-- the range).
+local function int(v, lo, hi)
+  local x = tonumber(v)
+  if x ~= nil and x == math.floor(x) and x >= lo and x <= hi then return x end
+  return nil
+end
+-- A time: "" (none) or ms since 1970 up to 2^50.
+local function time_ok(v)
+  return v == '' or int(v, 0, 1125899906842624) ~= nil
+end
 local mode = ARGV[3]
 if mode ~= '1' and mode ~= '0' and mode ~= 'a' then return bad('mode') end
 local n = #KEYS
-if #ARGV ~= FIRST - 1 + 4 * n then return bad('count') end
-if n > 0 and string.find(table.concat(ARGV, ',', FIRST), '[^%d,%-rcgdmRCG]') then
-  return bad('a number not written in decimal digits')
-end
-local T_MAX, P_MAX = 1125899906842624, 1099511627776 -- 2^50 ms, 2^40 ms
-local function time_ok(v)
-  if v == '' then return true end
-  local x = tonumber(v)
-  return x ~= nil and x >= 0 and x <= T_MAX and not string.find(v, '%D')
-end
+if #ARGV ~= 4 + 4 * n then return bad('count') end
 if not time_ok(ARGV[1]) then return bad('now') end
 if mode == 'a' and not time_ok(ARGV[2]) then return bad('charged') end
 if mode == '1' and not time_ok(ARGV[4]) then return bad('deadline') end
 local lo = (mode == 'a') and -MAX or 0
--- The values of check i (kind, param, limit, amount), or nil and what is
--- wrong. A decision checks each as it reads its counter (reads write
--- nothing), an adjust all of them before its first write.
-local function check_of(i)
-  local a = FIRST + 4 * (i - 1)
+
+-- The values of check i (kind, param, limit, amount, shadow), or nil and
+-- what is wrong. A decision checks each as it reads its counter (reads
+-- write nothing), an adjust all of them before its first write. A shadow
+-- limit's check comes in capitals: counted, never refusing.
+local function check_of(i, lo)
+  local a = 1 + 4 * i
   local kind, param = ARGV[a], ARGV[a + 1]
-  -- A shadow limit's check comes in capitals: counted, never refusing.
-  local shadow = kind == 'R' or kind == 'C' or kind == 'G'
-  if shadow then kind = string.lower(kind) end
+  local shadow = false
+  if kind == 'R' then kind, shadow = 'r', true
+  elseif kind == 'C' then kind, shadow = 'c', true
+  elseif kind == 'G' then kind, shadow = 'g', true end
   local p = param
   if kind == 'r' or kind == 'g' then
-    p = tonumber(param)
-    if p == nil or p < 1 or p > P_MAX then
+    p = int(param, 1, 1099511627776) -- 2^40 ms
+    if p == nil then
       return nil, (kind == 'r' and 'window' or 'lease ttl') .. ' of check ' .. i
     end
   elseif kind == 'c' then
@@ -113,14 +120,15 @@ local function check_of(i)
   else
     return nil, 'kind of check ' .. i
   end
-  local l, m = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if l == nil or l < 0 or l > MAX then return nil, 'limit of check ' .. i end
-  if m == nil or m < lo or m > MAX then return nil, 'amount of check ' .. i end
+  local l = int(ARGV[a + 2], 0, 1125899906842624)
+  if l == nil then return nil, 'limit of check ' .. i end
+  local m = int(ARGV[a + 3], lo, 1125899906842624)
+  if m == nil then return nil, 'amount of check ' .. i end
   return kind, p, l, m, shadow
 end
 if mode == 'a' then
   for i = 1, n do
-    local kind, why = check_of(i)
+    local kind, why = check_of(i, lo)
     if not kind then return bad(why) end
   end
 end
@@ -131,25 +139,27 @@ if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
 else
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local lease = ARGV[2]
-local charge = mode == '1'
-if charge and ARGV[4] ~= '' and now > tonumber(ARGV[4]) then
+if mode == '1' and ARGV[4] ~= '' and now > tonumber(ARGV[4]) then
   return { -1, now } -- too late: the caller has moved on; nothing written
 end
-local B, S = 60, 61
 
-local function bucket_of(t, w) return floor(t * B / w) end
--- ceil(j * w / 60), without j * w (past 2^53 for second windows).
+-- ceil(j * w / 60): the first ms of bucket j of a window of w ms, without
+-- j * w (past 2^53 for second windows).
 local function bucket_start(j, w)
-  local q = floor(j / B)
-  return q * w + math.ceil((j - q * B) * w / B)
+  local q = math.floor(j / 60)
+  return q * w + math.ceil((j - q * 60) * w / 60)
 end
 
--- Civil date from days since 1970-01-01 (proleptic Gregorian), and back.
-local function civil(z)
-  z = z + 719468
+-- Period id and end (first ms of the next period) of time t.
+local function period(per, t)
+  local floor = math.floor
+  local day = floor(t / 86400000)
+  if per == 'd' then return day, (day + 1) * 86400000 end
+  -- The civil year and month of a day number (days since 1970-01-01,
+  -- proleptic Gregorian), and the day number of the first of the next.
+  local z = day + 719468
   local era = floor(z / 146097)
   local doe = z - era * 146097
   local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524)
@@ -159,197 +169,171 @@ local function civil(z)
   local m = mp < 10 and mp + 3 or mp - 9
   local y = yoe + era * 400
   if m <= 2 then y = y + 1 end
-  return y, m
-end
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
--- Period id and end (first ms of the next period) of time t.
-local function period(per, t)
-  local day = floor(t / 86400000)
-  if per == 'd' then return day, (day + 1) * 86400000 end
-  local y, m = civil(day)
   local ny, nm = y, m + 1
   if nm == 13 then ny, nm = y + 1, 1 end
-  return y * 12 + m - 1, days_from_civil(ny, nm, 1) * 86400000
+  -- days_from_civil(ny, nm, 1)
+  if nm <= 2 then ny = ny - 1 end
+  era = floor(ny / 400)
+  yoe = ny - era * 400
+  mp = (nm + 9) % 12
+  doy = floor((153 * mp + 2) / 5)
+  doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+  return y * 12 + m - 1, (era * 146097 + doe - 719468) * 86400000
 end
 
 -- ---- rolling windows ------------------------------------------------------
+-- The state of check i is one flat table; for a rolling window:
+--   c[1] "r"   c[2] key    c[3] limit   c[4] amount   c[5] used (now)
+--   c[6] ok    c[7] w (window ms)       c[8] cur (the bucket charged)
+--   c[9] head  c[10] total ("t")        c[11] base (the running total at
+--   the end of the last bucket that left)   c[12] fresh (no live state: the
+--   hash starts over on the next write)     c[13] s_head ("s": what the
+--   head's window counts)
+-- for a calendar counter: c[1] "c" ... c[6] as above, c[7] period end,
+-- c[8] period id, c[9] same (the counter is of this period);
+-- for a gauge: c[1] "g" ... c[6], c[7] lease ttl.
 
--- A hash written by the earlier layout (per-bucket amounts, no "t") is
--- rewritten once into running totals, counts unchanged.
-local function convert(key, w)
-  local head = tonumber(redis.call('HGET', key, 'h'))
-  local f = {}
-  for j = head - B, head do f[#f + 1] = tostring(j % S) end
-  local v = redis.call('HMGET', key, unpack(f))
-  local ttl = redis.call('PTTL', key)
-  local out, tot = {}, 0
-  for k = 1, #f do
-    tot = tot + (tonumber(v[k]) or 0)
-    out[#out + 1] = f[k]
-    out[#out + 1] = tot
-  end
-  redis.call('DEL', key)
-  out[#out + 1] = 'h'; out[#out + 1] = head
-  out[#out + 1] = 't'; out[#out + 1] = tot
-  out[#out + 1] = 's'; out[#out + 1] = tot
-  redis.call('HSET', key, unpack(out))
-  redis.call('PEXPIRE', key, ttl > 0 and ttl or w + math.ceil(w / B) + 1000)
-end
-
--- The state of window c.key at now: c.cur (the current bucket), c.head,
--- c.total, c.s_head (what the head's window counts: "s"), c.used (what
--- counts now), c.base (the running total at the end of the last bucket
--- that left), c.fresh (no live state: the hash starts over on the next
--- write). While the head is the current bucket this is one HMGET of three
--- fields; a bucket that just started adds the read of the slot leaving.
-local function roll_read(c)
-  local cur = bucket_of(now, c.w)
-  local v = redis.call('HMGET', c.key, 'h', 't', 's')
+-- Read window c (c[2], c[7] set) at now: fills c[5], c[8] to c[13]. While
+-- the head is the current bucket this is one HMGET of three fields; a
+-- bucket that just started adds the read of the slot leaving.
+local function roll_read(c, now)
+  local key, w = c[2], c[7]
+  local cur = math.floor(now * 60 / w)
+  local v = redis.call('HMGET', key, 'h', 't', 's')
   if v[1] and not v[2] then
-    convert(c.key, c.w)
-    v = redis.call('HMGET', c.key, 'h', 't', 's')
+    -- A hash written by the earlier layout (per-bucket amounts, no "t"):
+    -- rewritten once into running totals, counts unchanged.
+    local head = tonumber(v[1])
+    local f = {}
+    for j = head - 60, head do f[#f + 1] = tostring(j % 61) end
+    local old = redis.call('HMGET', key, unpack(f))
+    local ttl = redis.call('PTTL', key)
+    local out, tot = {}, 0
+    for k = 1, #f do
+      tot = tot + (tonumber(old[k]) or 0)
+      out[#out + 1] = f[k]
+      out[#out + 1] = tot
+    end
+    redis.call('DEL', key)
+    out[#out + 1] = 'h'; out[#out + 1] = head
+    out[#out + 1] = 't'; out[#out + 1] = tot
+    out[#out + 1] = 's'; out[#out + 1] = tot
+    redis.call('HSET', key, unpack(out))
+    redis.call('PEXPIRE', key, ttl > 0 and ttl or w + math.ceil(w / 60) + 1000)
+    v = redis.call('HMGET', key, 'h', 't', 's')
   end
   local head = tonumber(v[1])
-  c.cur = cur
-  if head == nil or cur - head >= S then
-    c.fresh = true
-    c.head, c.total, c.s_head, c.used, c.base = cur, 0, 0, 0, 0
+  c[8] = cur
+  if head == nil or cur - head >= 61 then
+    c[12] = true
+    c[9], c[10], c[13], c[5], c[11] = cur, 0, 0, 0, 0
     return
   end
   local total = tonumber(v[2]) or 0
-  c.head, c.total, c.s_head = head, total, tonumber(v[3]) or 0
+  local s_head = tonumber(v[3]) or 0
+  c[12], c[9], c[10], c[13] = false, head, total, s_head
   if cur <= head then
     -- The current bucket, or a clock that went back: charged to the head
     -- (a later bucket lives longer: never admits late).
-    c.cur = head
-    c.used = c.s_head
-    c.base = total - c.used
+    c[8] = head
+    c[5] = s_head
+    c[11] = total - s_head
   else
-    c.base = tonumber(redis.call('HGET', c.key, tostring(cur % S))) or 0
-    c.used = total - c.base
+    local base = tonumber(redis.call('HGET', key, tostring(cur % 61))) or 0
+    c[11] = base
+    c[5] = total - base
   end
 end
 
--- The running total at the end of bucket j (cur - 60 <= j <= cur). The
--- head's is "t"; its slot is written when the next bucket starts.
-local function roll_total_at(c, j)
-  if j >= c.head then return c.total end
-  return tonumber(redis.call('HGET', c.key, tostring(j % S))) or 0
-end
-
--- Add amt (>= 0) to the current bucket: one HSET of two fields while the
--- head is the current bucket. When a new bucket starts, the old head's
--- slot and the slots of buckets skipped since get the old total, and the
--- expiry is set.
+-- Add amt (>= 0) to the current bucket of window c (read at now): one HSET
+-- of two fields while the head is the current bucket. When a new bucket
+-- starts, the old head's slot and the slots of buckets skipped since get
+-- the old total, and the expiry is set.
 local function roll_write(c, amt)
-  local key, cur = c.key, c.cur
-  if c.fresh then
+  local key, cur, w, fresh = c[2], c[8], c[7], c[12]
+  if fresh then
     redis.call('DEL', key)
-  elseif c.total + amt > CAP then
+  elseif c[10] + amt > 4503599627370496 then -- CAP
     -- Rare (2^52 charged in one hash's life): totals restart from the
     -- base, so every value stays exact.
     local f = {}
-    for k = 0, B do f[#f + 1] = tostring(k) end
+    for k = 0, 60 do f[#f + 1] = tostring(k) end
     local v = redis.call('HMGET', key, unpack(f))
     local out = {}
     for k = 1, #f do
       out[#out + 1] = f[k]
-      out[#out + 1] = math.max(0, (tonumber(v[k]) or 0) - c.base)
+      out[#out + 1] = math.max(0, (tonumber(v[k]) or 0) - c[11])
     end
     redis.call('HSET', key, unpack(out))
-    c.total = c.total - c.base
-    c.base = 0
+    c[10] = c[10] - c[11]
+    c[11] = 0
   end
-  local total = c.total + amt
-  if not c.fresh and cur == c.head then
-    redis.call('HSET', key, 't', total, 's', c.used + amt)
+  local old, total = c[10], c[10] + amt
+  if not fresh and cur == c[9] then
+    redis.call('HSET', key, 't', total, 's', c[5] + amt)
     return
   end
-  local f = { 'h', cur, 't', total, 's', c.used + amt }
-  if not c.fresh then
-    for j = c.head, cur - 1 do
-      f[#f + 1] = tostring(j % S)
-      f[#f + 1] = c.total
+  local f = { 'h', cur, 't', total, 's', c[5] + amt }
+  if not fresh then
+    for j = c[9], cur - 1 do
+      f[#f + 1] = tostring(j % 61)
+      f[#f + 1] = old
     end
   end
   redis.call('HSET', key, unpack(f))
-  redis.call('PEXPIRE', key, c.w + math.ceil(c.w / B) + 1000)
-end
-
--- When amt fits (amt <= limit, used + amt > limit): the first bucket j
--- whose leaving frees enough, found by bisection over the running totals
--- (non-decreasing); the oldest bucket is tried first.
-local function roll_retry(c)
-  local need = c.total + c.amount - c.limit
-  local lo, hi = c.cur - B, c.head
-  if roll_total_at(c, lo) >= need then
-    hi = lo
-  else
-    while hi - lo > 1 do
-      local mid = floor((lo + hi) / 2)
-      if roll_total_at(c, mid) >= need then hi = mid else lo = mid end
-    end
-  end
-  return math.max(bucket_start(hi + S, c.w), now)
-end
-
--- Give back up to -d from bucket j (the charge's), if it still counts.
-local function roll_refund(c, j, d)
-  local head = c.head
-  if c.fresh or j > head or j < c.cur - B then return end
-  local f = {}
-  for k = j - 1, head - 1 do f[#f + 1] = tostring(k % S) end
-  local v = redis.call('HMGET', c.key, unpack(f))
-  -- The totals at the end of bucket j - 1 and j: slots, the head's "t", and
-  -- for the bucket before the head's window, what that window does not
-  -- count.
-  local before = (j - 1 == head - S) and (c.total - c.s_head) or (tonumber(v[1]) or 0)
-  local at = (j == head) and c.total or (tonumber(v[2]) or 0)
-  local take = math.min(-d, at - before)
-  if take <= 0 then return end
-  local out = { 't', c.total - take, 's', math.max(0, c.s_head - take) }
-  for k = 2, #f do
-    out[#out + 1] = f[k]
-    out[#out + 1] = (tonumber(v[k]) or 0) - take
-  end
-  redis.call('HSET', c.key, unpack(out))
+  redis.call('PEXPIRE', key, w + math.ceil(w / 60) + 1000)
 end
 
 if mode == 'a' then
+  -- ---- an adjust (reconcile, debt, refund): whatever the limits ----------
+  -- Give back up to -d from bucket j (the charge's) of window c, if it
+  -- still counts.
+  local function roll_refund(c, j, d, now)
+    local head, total, s_head = c[9], c[10], c[13]
+    if c[12] or j > head or j < c[8] - B then return end
+    local f = {}
+    for k = j - 1, head - 1 do f[#f + 1] = tostring(k % S) end
+    local v = redis.call('HMGET', c[2], unpack(f))
+    -- The totals at the end of bucket j - 1 and j: slots, the head's "t",
+    -- and for the bucket before the head's window, what that window does
+    -- not count.
+    local before = (j - 1 == head - S) and (total - s_head) or (tonumber(v[1]) or 0)
+    local at = (j == head) and total or (tonumber(v[2]) or 0)
+    local take = math.min(-d, at - before)
+    if take <= 0 then return end
+    local out = { 't', total - take, 's', math.max(0, s_head - take) }
+    for k = 2, #f do
+      out[#out + 1] = f[k]
+      out[#out + 1] = (tonumber(v[k]) or 0) - take
+    end
+    redis.call('HSET', c[2], unpack(out))
+  end
   local charged = ARGV[2] ~= '' and tonumber(ARGV[2]) or now
   if ARGV[4] ~= '' then
     local held = false
     for i = 1, n do
-      if string.lower(ARGV[FIRST + 4 * (i - 1)]) == 'g' and redis.call('ZSCORE', KEYS[i], ARGV[4]) then
+      if string.lower(ARGV[1 + 4 * i]) == 'g' and redis.call('ZSCORE', KEYS[i], ARGV[4]) then
         held = true
       end
     end
     if not held then return { 0, now } end
     for i = 1, n do
-      if string.lower(ARGV[FIRST + 4 * (i - 1)]) == 'g' then redis.call('ZREM', KEYS[i], ARGV[4]) end
+      if string.lower(ARGV[1 + 4 * i]) == 'g' then redis.call('ZREM', KEYS[i], ARGV[4]) end
     end
   end
   for i = 1, n do
-    local a = FIRST + 4 * (i - 1)
+    local a = 1 + 4 * i
     local kind, param, d, key = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3]), KEYS[i]
     if kind == 'r' and d ~= 0 then
-      local c = { key = key, w = tonumber(param) }
-      roll_read(c)
+      local c = { 'r', key, 0, 0, 0, false, tonumber(param) }
+      roll_read(c, now)
       if d > 0 then
         -- Debt is added whatever the limits, but never past CAP.
-        d = math.min(d, CAP - c.used)
+        d = math.min(d, CAP - c[5])
         if d < 0 then d = 0 end
         roll_write(c, d)
       else
-        roll_refund(c, bucket_of(charged, c.w), d)
+        roll_refund(c, math.floor(charged * B / c[7]), d, now)
       end
     elseif kind == 'c' and d ~= 0 then
       local pid, pend = period(param, now)
@@ -367,81 +351,120 @@ if mode == 'a' then
 end
 
 -- ---- a decision (mode "1") or a peek (mode "0") ----------------------------
-local st = {}
+local st = { false, false, false, false }
 local admitted = 1
 for i = 1, n do
-  local kind, p, l, m, shadow = check_of(i)
+  local kind, p, l, m, shadow = check_of(i, 0)
   if not kind then return bad(p) end
-  -- Every field a check gets, named at once (one allocation).
-  local c = { kind = kind, limit = l, amount = m, key = KEYS[i], w = p, cur = 0, head = 0,
-              total = 0, s_head = 0, used = 0, base = 0, fresh = false, ok = false,
-              pid = 0, pend = 0, same = false, ttl = p }
+  local c
   if kind == 'r' then
-    roll_read(c)
+    c = { 'r', KEYS[i], l, m, 0, false, p, 0, 0, 0, 0, false, 0 }
+    roll_read(c, now)
   elseif kind == 'c' then
-    c.pid, c.pend = period(p, now)
-    local pv = redis.call('HMGET', c.key, 'p', 'v')
-    c.same = tonumber(pv[1]) == c.pid
-    c.used = c.same and (tonumber(pv[2]) or 0) or 0
+    local pid, pend = period(p, now)
+    local pv = redis.call('HMGET', KEYS[i], 'p', 'v')
+    local same = tonumber(pv[1]) == pid
+    c = { 'c', KEYS[i], l, m, same and (tonumber(pv[2]) or 0) or 0, false, pend, pid, same }
   else
-    c.used = redis.call('ZCOUNT', c.key, '(' .. now, '+inf')
+    c = { 'g', KEYS[i], l, m, redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf'), false, p }
   end
-  c.ok = c.used + m <= l
+  local used = c[5]
+  c[6] = used + m <= l
   if shadow then
     -- Counted past its limit (its refusals are only reported), but
     -- never past CAP; a shadow check has no retry time to give.
-    c.amount = math.max(0, math.min(m, CAP - c.used))
-  elseif not c.ok then
+    c[4] = math.max(0, math.min(m, CAP - used))
+  elseif not c[6] then
     admitted = 0
   end
   st[i] = c
 end
 -- Every argument has passed: from here on nothing fails.
 
-local out = { admitted, now }
-local write = admitted == 1 and charge
+-- When amt fits (amt <= limit, used + amt > limit): the first bucket j
+-- whose leaving frees enough, found by bisection over the running totals
+-- (non-decreasing); the oldest bucket is tried first. Made only for a
+-- refusal.
+local roll_retry
+if admitted == 0 then
+  roll_retry = function(c, now)
+    local key, head, total = c[2], c[9], c[10]
+    -- The running total at the end of bucket j (cur - 60 <= j <= cur). The
+    -- head's is "t"; its slot is written when the next bucket starts.
+    local function total_at(j)
+      if j >= head then return total end
+      return tonumber(redis.call('HGET', key, tostring(j % 61))) or 0
+    end
+    local need = total + c[4] - c[3]
+    local lo, hi = c[8] - 60, head
+    if total_at(lo) >= need then
+      hi = lo
+    else
+      while hi - lo > 1 do
+        local mid = math.floor((lo + hi) / 2)
+        if total_at(mid) >= need then hi = mid else lo = mid end
+      end
+    end
+    return math.max(bucket_start(hi + 61, c[7]), now)
+  end
+end
+
+-- { admitted, now, then per check: ok, used, reset, retry }; made whole at
+-- once for up to four checks (a table grown field by field is rebuilt
+-- each time it doubles).
+local out
+if n <= 4 then
+  out = { admitted, now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+  out[3 + 4 * n] = nil -- the reply ends at the first nil
+else
+  out = { admitted, now }
+end
+local write = admitted == 1 and mode == '1'
 for i = 1, n do
   local c = st[i]
+  local kind, used, ok = c[1], c[5], c[6]
   local reset, retry = 0, now
-  if c.kind == 'r' then
+  if kind == 'r' then
     if write then
-      roll_write(c, c.amount)
-      reset = bucket_start(c.cur + S, c.w)
+      roll_write(c, c[4])
+      reset = bucket_start(c[8] + S, c[7])
     else
       -- Every write goes to the head bucket, so the head is the newest
       -- bucket that counts anything.
       reset = now
-      if c.used > 0 then reset = math.max(bucket_start(c.head + S, c.w), now) end
-      if not c.ok then
-        if c.amount > c.limit then retry = -1 else retry = roll_retry(c) end
+      if used > 0 then reset = math.max(bucket_start(c[9] + S, c[7]), now) end
+      if not ok then
+        if c[4] > c[3] then retry = -1 else retry = roll_retry(c, now) end
       end
     end
-  elseif c.kind == 'c' then
-    reset = c.pend
+  elseif kind == 'c' then
+    reset = c[7]
     if write then
-      redis.call('HSET', c.key, 'p', c.pid, 'v', c.used + c.amount)
-      if not c.same then redis.call('PEXPIRE', c.key, c.pend - now + 60000) end
-    elseif not c.ok then
-      if c.amount > c.limit then retry = -1 else retry = c.pend end
+      redis.call('HSET', c[2], 'p', c[8], 'v', used + c[4])
+      if not c[9] then redis.call('PEXPIRE', c[2], c[7] - now + 60000) end
+    elseif not ok then
+      if c[4] > c[3] then retry = -1 else retry = c[7] end
     end
   else
     if write then
-      redis.call('ZREMRANGEBYSCORE', c.key, '-inf', now)
-      redis.call('ZADD', c.key, now + c.ttl, lease)
+      local key, ttl = c[2], c[7]
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      redis.call('ZADD', key, now + ttl, ARGV[2])
       -- Expiries are relative to the script's clock. A new set has no TTL,
       -- which GT would take for an infinite one.
-      if c.used == 0 then
-        redis.call('PEXPIRE', c.key, c.ttl + 1000)
+      if used == 0 then
+        redis.call('PEXPIRE', key, ttl + 1000)
       else
-        redis.call('PEXPIRE', c.key, c.ttl + 1000, 'GT')
+        redis.call('PEXPIRE', key, ttl + 1000, 'GT')
       end
-    elseif not c.ok then
-      if c.amount > c.limit then retry = -1 else retry = now + 1000 end
+    elseif not ok then
+      if c[4] > c[3] then retry = -1 else retry = now + 1000 end
     end
   end
-  out[#out + 1] = c.ok and 1 or 0
-  out[#out + 1] = c.used
-  out[#out + 1] = reset
-  out[#out + 1] = retry
+  local k = 2 + 4 * (i - 1)
+  out[k + 1] = ok and 1 or 0
+  out[k + 2] = used
+  out[k + 3] = reset
+  out[k + 4] = retry
 end
 return out

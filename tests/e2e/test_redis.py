@@ -800,7 +800,7 @@ def test_acquire_script_validates(env):
     bad = {
         "amount past the cap (1e17) on the second check":
             [good[0], ["c", "d", "100", "100000000000000000"], good[2]],
-        "amount in float notation": [good[0], ["c", "d", "100", "1e3"], good[2]],
+        "fractional amount in float notation": [good[0], ["c", "d", "100", "2e-1"], good[2]],
         "fractional amount": [good[0], ["c", "d", "100", "1.5"], good[2]],
         "negative amount in a charge": [good[0], ["c", "d", "100", "-1"], good[2]],
         "limit not a number": [good[0], good[1], ["g", "31000", "x", "1"]],
