@@ -27,7 +27,9 @@
 --   amount  metric units this request adds
 --
 -- Returns { admitted, now, then per check: ok, used, reset_ms, retry_ms }
--- with retry_ms -1 for "never" (the amount alone is over the limit).
+-- with retry_ms -1 for "never" (the amount alone is over the limit); a
+-- charged decision returns { 1, now, then per check: used, reset_ms }
+-- (each check's ok is used + amount <= limit, its retry now).
 --
 -- Every argument is checked before the first write: a bad one is an error
 -- reply and nothing is written (no script stops halfway). Every number is
@@ -109,8 +111,17 @@ local function check_of(i, lo)
   if kind == 'R' then kind, shadow = 'r', true
   elseif kind == 'C' then kind, shadow = 'c', true
   elseif kind == 'G' then kind, shadow = 'g', true end
+  -- The windows a limit has and the amount of a request counter are
+  -- recognized as strings, without parsing (ARGV strings are interned:
+  -- comparing two is comparing two pointers); any other value is parsed.
   local p = param
-  if kind == 'r' or kind == 'g' then
+  if param == '60000' and kind == 'r' then
+    p = 60000
+  elseif param == '1000' and kind == 'r' then
+    p = 1000
+  elseif param == '3600000' and kind == 'r' then
+    p = 3600000
+  elseif kind == 'r' or kind == 'g' then
     p = int(param, 1, 1099511627776) -- 2^40 ms
     if p == nil then
       return nil, (kind == 'r' and 'window' or 'lease ttl') .. ' of check ' .. i
@@ -122,7 +133,8 @@ local function check_of(i, lo)
   end
   local l = int(ARGV[a + 2], 0, 1125899906842624)
   if l == nil then return nil, 'limit of check ' .. i end
-  local m = int(ARGV[a + 3], lo, 1125899906842624)
+  local m = ARGV[a + 3]
+  if m == '1' then m = 1 else m = int(m, lo, 1125899906842624) end
   if m == nil then return nil, 'amount of check ' .. i end
   return kind, p, l, m, shadow
 end
@@ -139,7 +151,7 @@ if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
 else
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now = t[1] * 1000 + math.floor(t[2] / 1000)
 end
 if mode == '1' and ARGV[4] ~= '' and now > tonumber(ARGV[4]) then
   return { -1, now } -- too late: the caller has moved on; nothing written
@@ -222,15 +234,17 @@ local function roll_read(c, now)
     redis.call('PEXPIRE', key, ttl > 0 and ttl or w + math.ceil(w / 60) + 1000)
     v = redis.call('HMGET', key, 'h', 't', 's')
   end
-  local head = tonumber(v[1])
+  -- Fields this script wrote are integers: read by coercion (v + 0, half
+  -- the cost of tonumber); a missing one is false.
+  local head = v[1] and v[1] + 0
   c[8] = cur
-  if head == nil or cur - head >= 61 then
+  if not head or cur - head >= 61 then
     c[12] = true
     c[9], c[10], c[13], c[5], c[11] = cur, 0, 0, 0, 0
     return
   end
-  local total = tonumber(v[2]) or 0
-  local s_head = tonumber(v[3]) or 0
+  local total = v[2] and v[2] + 0 or 0
+  local s_head = v[3] and v[3] + 0 or 0
   c[12], c[9], c[10], c[13] = false, head, total, s_head
   if cur <= head then
     -- The current bucket, or a clock that went back: charged to the head
@@ -239,7 +253,8 @@ local function roll_read(c, now)
     c[5] = s_head
     c[11] = total - s_head
   else
-    local base = tonumber(redis.call('HGET', key, tostring(cur % 61))) or 0
+    local base = redis.call('HGET', key, cur % 61)
+    base = base and base + 0 or 0
     c[11] = base
     c[5] = total - base
   end
@@ -363,8 +378,8 @@ for i = 1, n do
   elseif kind == 'c' then
     local pid, pend = period(p, now)
     local pv = redis.call('HMGET', KEYS[i], 'p', 'v')
-    local same = tonumber(pv[1]) == pid
-    c = { 'c', KEYS[i], l, m, same and (tonumber(pv[2]) or 0) or 0, false, pend, pid, same }
+    local same = pv[1] and pv[1] + 0 == pid
+    c = { 'c', KEYS[i], l, m, same and pv[2] and pv[2] + 0 or 0, false, pend, pid, same }
   else
     c = { 'g', KEYS[i], l, m, redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf'), false, p }
   end
@@ -381,12 +396,19 @@ for i = 1, n do
 end
 -- Every argument has passed: from here on nothing fails.
 
+-- { admitted, now, then per check: ok, used, reset, retry }, or when
+-- charged { 1, now, then per check: used, reset }; made whole at once for
+-- up to four checks (a table grown field by field is rebuilt each time it
+-- doubles).
+local write = admitted == 1 and mode == '1'
+local per = write and 2 or 4
+
 -- When amt fits (amt <= limit, used + amt > limit): the first bucket j
 -- whose leaving frees enough, found by bisection over the running totals
--- (non-decreasing); the oldest bucket is tried first. Made only for a
--- refusal.
+-- (non-decreasing); the oldest bucket is tried first. Made only when
+-- nothing is charged.
 local roll_retry
-if admitted == 0 then
+if not write then
   roll_retry = function(c, now)
     local key, head, total = c[2], c[9], c[10]
     -- The running total at the end of bucket j (cur - 60 <= j <= cur). The
@@ -409,17 +431,13 @@ if admitted == 0 then
   end
 end
 
--- { admitted, now, then per check: ok, used, reset, retry }; made whole at
--- once for up to four checks (a table grown field by field is rebuilt
--- each time it doubles).
 local out
 if n <= 4 then
   out = { admitted, now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
-  out[3 + 4 * n] = nil -- the reply ends at the first nil
+  out[3 + per * n] = nil -- the reply ends at the first nil
 else
   out = { admitted, now }
 end
-local write = admitted == 1 and mode == '1'
 for i = 1, n do
   local c = st[i]
   local kind, used, ok = c[1], c[5], c[6]
@@ -439,7 +457,11 @@ for i = 1, n do
     end
   elseif kind == 'c' then
     reset = c[7]
-    if write then
+    if write and c[9] then
+      -- The period's counter, added to (an amount of 1 as a string: no
+      -- number to turn into one).
+      redis.call('HINCRBY', c[2], 'v', c[4] == 1 and '1' or c[4])
+    elseif write then
       redis.call('HSET', c[2], 'p', c[8], 'v', used + c[4])
       if not c[9] then redis.call('PEXPIRE', c[2], c[7] - now + 60000) end
     elseif not ok then
@@ -461,10 +483,16 @@ for i = 1, n do
       if c[4] > c[3] then retry = -1 else retry = now + 1000 end
     end
   end
-  local k = 2 + 4 * (i - 1)
-  out[k + 1] = ok and 1 or 0
-  out[k + 2] = used
-  out[k + 3] = reset
-  out[k + 4] = retry
+  if write then
+    local k = 2 * i
+    out[k + 1] = used
+    out[k + 2] = reset
+  else
+    local k = 4 * i - 2
+    out[k + 1] = ok and 1 or 0
+    out[k + 2] = used
+    out[k + 3] = reset
+    out[k + 4] = retry
+  end
 end
 return out

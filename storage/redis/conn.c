@@ -305,15 +305,35 @@ static void offset_learn(redis_worker_t *rw, int64_t redis_ms)
     rw->offset_known = 1;
 }
 
-static int parse_outcome(const redisReply *r, size_t n, lim_outcome_t *o)
+/* The acquire script's answer: { admitted, now, per check ok, used,
+ * reset, retry }, or for a charged decision the shorter { 1, now, per
+ * check used, reset } (a smaller reply is cheaper for Redis to make): each
+ * check's ok is then used + amount <= limit as the script saw them
+ * (clamped as rds_decision_call sends them), its retry now. */
+static int parse_outcome(const redisReply *r, const lim_check_t *checks, size_t n,
+                         lim_outcome_t *o)
 {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 + 4 * n)
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2)
         return -1;
     for (size_t i = 0; i < r->elements; i++)
         if (r->element[i]->type != REDIS_REPLY_INTEGER)
             return -1;
     o->admitted = r->element[0]->integer == 1;
     o->now_ms = r->element[1]->integer;
+    if (n > 0 && o->admitted && r->elements == 2 + 2 * n) {
+        for (size_t i = 0; i < n; i++) {
+            redisReply **e = &r->element[2 + 2 * i];
+            int64_t limit = clamp64(checks[i].limit, 0, LIM_PRICE_MAX);
+            int64_t amount = clamp64(checks[i].amount, 0, LIM_PRICE_MAX);
+            o->res[i].used = e[0]->integer;
+            o->res[i].ok = o->res[i].used <= limit - amount;
+            o->res[i].reset_ms = e[1]->integer;
+            o->res[i].retry_ms = o->now_ms;
+        }
+        return 0;
+    }
+    if (r->elements != 2 + 4 * n)
+        return -1;
     for (size_t i = 0; i < n; i++) {
         redisReply **e = &r->element[2 + 4 * i];
         o->res[i].ok = e[0]->integer == 1;
@@ -532,7 +552,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             /* Ran past its deadline on Redis's clock: nothing charged. */
             offset_learn(rw, r->element[1]->integer);
             rds_call_answer_unavailable(c);
-        } else if (parse_outcome(r, c->n, &o) != 0) {
+        } else if (parse_outcome(r, c->checks, c->n, &o) != 0) {
             rds_rlog(rw->rs, "redis: unexpected reply to a decision");
             rds_call_answer_unavailable(c);
         } else {
