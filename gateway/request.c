@@ -545,26 +545,33 @@ static int64_t mono_us(void)
 
 /* RATEWALL_NO_DENY_CACHE=1 turns the local deny cache off (diagnostics). */
 
-/* A refusal the deny cache still holds: answer it without the store. */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A refusal the deny cache still holds for these checks: answer it
+ * without the store, with every limit's state as the store last reported
+ * it (resets moved on by the time since). */
 static int answer_from_deny_cache(request_t *r)
 {
+    int64_t now_ms = mono_us() / 1000;
     const lim_deny_entry_t *e =
         lim_deny_lookup(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
-                        (uint32_t)r->ep_index, r->units, r->price_micros, mono_us() / 1000);
+                        (uint32_t)r->ep_index, r->checks, r->n_checks, now_ms);
     if (!e)
         return 0;
-    int64_t now_ms = mono_us() / 1000;
-    r->checks[0] = e->check;
-    r->n_checks = 1;
+    int64_t since = now_ms - e->offered_ms, wall = wall_ms();
     r->rep = e->rep;
-    /* The refusing limit's state for the OpenAI and IETF headers, its reset
-     * moved on by the time since the refusal. */
-    r->n_state = 1;
-    r->state_now_ms = 0;
-    r->state_remaining[0] = e->remaining;
-    r->state_reset_ms[0] = e->reset_in_ms - (now_ms - e->offered_ms);
-    if (r->state_reset_ms[0] < 0)
-        r->state_reset_ms[0] = 0;
+    r->n_state = r->n_checks;
+    r->state_now_ms = wall;
+    for (size_t i = 0; i < r->n_checks; i++) {
+        r->state_remaining[i] = e->remaining[i];
+        int64_t in = e->reset_in_ms[i] - since;
+        r->state_reset_ms[i] = wall + (in > 0 ? in : 0);
+    }
     if (!r->rep.never) {
         int64_t left = e->until_ms - now_ms;
         r->rep.retry_after_ms = left > 1 ? left : 1;
@@ -780,7 +787,8 @@ static void on_acquire(void *arg, store_status_t st, const lim_outcome_t *o)
                          rule_reconciled(r->cfg, r->checks[r->rep.refused].rule);
         lim_deny_entry_t *e =
             lim_deny_offer(&r->w->deny, r->cfg->generation, (uintptr_t)r->key,
-                           (uint32_t)r->ep_index, r->checks, o, &r->rep, r->t_sent_us / 1000,
+                           (uint32_t)r->ep_index, r->checks, r->n_checks, o, &r->rep,
+                           r->t_sent_us / 1000,
                            refundable);
         if (e)
             r->deny_keep = &e->body;
@@ -1090,10 +1098,6 @@ static void on_body(h1_conn_t *req, void *arg)
     }
     r->price_micros = price_of(r->ep, r->units);
 
-    /* A queue's requests wait instead of taking a kept refusal. */
-    if (r->w->deny_cache && !r->ep->queue_max_wait_ms && answer_from_deny_cache(r))
-        return;
-
     size_t n = lim_build_checks(r->key->policy, (uint32_t)r->ep_index, r->acct->name,
                                 r->key->id, r->units, r->price_micros, r->checks,
                                 LIM_MAX_CHECKS);
@@ -1109,6 +1113,9 @@ static void on_body(h1_conn_t *req, void *arg)
                              : cfg->backends[r->ep->backend].timeout_ms + 30000;
     for (size_t i = 0; i < n; i++)
         r->checks[i].lease_ttl_ms = ttl;
+    /* A queue's requests wait instead of taking a kept refusal. */
+    if (n && r->w->deny_cache && !r->ep->queue_max_wait_ms && answer_from_deny_cache(r))
+        return;
     if (n == 0) {
         /* No limit applies (enterprise): straight to the backend. */
         r->decision = DEC_UNLIMITED;

@@ -23,8 +23,10 @@ int lim_deny_init(lim_deny_t *d, size_t entries)
 
 void lim_deny_free(lim_deny_t *d)
 {
-    for (size_t i = 0; d->e && i < d->n; i++)
+    for (size_t i = 0; d->e && i < d->n; i++) {
         free(d->e[i].body);
+        free(d->e[i].remaining);
+    }
     free(d->e);
     memset(d, 0, sizeof *d);
 }
@@ -37,11 +39,11 @@ static size_t slot_of(const lim_deny_t *d, uintptr_t key, uint32_t endpoint)
 }
 
 lim_deny_entry_t *lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key,
-                                 uint32_t endpoint, const lim_check_t *checks,
+                                 uint32_t endpoint, const lim_check_t *checks, size_t n,
                                  const lim_outcome_t *o, const lim_report_t *rep,
                                  int64_t sent_ms, int refundable)
 {
-    if (!d->e || o->admitted || rep->refused < 0)
+    if (!d->e || o->admitted || rep->refused < 0 || (size_t)rep->refused >= n)
         return NULL;
     const lim_check_t *c = &checks[rep->refused];
     const lim_result_t *r = &o->res[rep->refused];
@@ -53,36 +55,34 @@ lim_deny_entry_t *lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key,
     if (wait <= 0)
         return NULL;
     lim_deny_entry_t *e = &d->e[slot_of(d, key, endpoint)];
+    int64_t *state = e->n >= n ? e->remaining : realloc(e->remaining, 2 * n * sizeof *state);
     free(e->body);
     e->body = NULL;
+    if (!state) {
+        e->gen = 0;
+        return NULL;
+    }
+    e->remaining = state;
+    e->reset_in_ms = state + n;
     e->gen = gen;
     e->key = key;
     e->endpoint = endpoint;
     e->until_ms = sent_ms + wait;
     e->rep = *rep;
-    e->rep.refused = 0;
-    e->check = *c;
-    e->remaining = c->limit > r->used ? c->limit - r->used : 0;
-    e->reset_in_ms = r->reset_ms > o->now_ms ? r->reset_ms - o->now_ms : 0;
+    e->n = n;
+    e->amount = c->amount;
+    for (size_t i = 0; i < n; i++) {
+        e->remaining[i] = checks[i].limit > o->res[i].used ? checks[i].limit - o->res[i].used : 0;
+        e->reset_in_ms[i] = o->res[i].reset_ms > o->now_ms ? o->res[i].reset_ms - o->now_ms : 0;
+    }
     e->offered_ms = sent_ms;
     d->stored++;
     return e;
 }
 
-/* What a request of these units and price adds to a check of this metric
- * (as lim_build_checks counts it). */
-static int64_t amount_of(lim_metric_t m, int64_t units, int64_t price_micros)
-{
-    switch (m) {
-    case LIM_UNITS: return units;
-    case LIM_SPEND: return price_micros;
-    default: return 1;
-    }
-}
-
 const lim_deny_entry_t *lim_deny_lookup(lim_deny_t *d, uint64_t gen, uintptr_t key,
-                                        uint32_t endpoint, int64_t units, int64_t price_micros,
-                                        int64_t now_ms)
+                                        uint32_t endpoint, const lim_check_t *checks,
+                                        size_t n, int64_t now_ms)
 {
     if (!d->e)
         return NULL;
@@ -93,11 +93,16 @@ const lim_deny_entry_t *lim_deny_lookup(lim_deny_t *d, uint64_t gen, uintptr_t k
         e->gen = 0;
         return NULL;
     }
-    /* A smaller amount may fit before until_ms, and one larger than the
-     * limit alone is told "never": the store answers both. */
-    int64_t amount = amount_of(e->check.rule->metric, units, price_micros);
-    if (amount < e->check.amount || (!e->rep.never && amount > e->check.limit))
+    /* The same generation, key and endpoint give the same checks: only the
+     * amounts differ. A smaller amount for the refusing limit may fit
+     * before until_ms, and an amount larger than a limit alone is told
+     * "never" by that limit: the store answers both. */
+    if (e->n != n || checks[e->rep.refused].amount < e->amount)
         return NULL;
+    for (size_t i = 0; i < n; i++)
+        if (!checks[i].shadow && checks[i].amount > checks[i].limit &&
+            !(e->rep.never && i == (size_t)e->rep.refused))
+            return NULL;
     d->hits++;
     return e;
 }

@@ -10,7 +10,8 @@
  * T, a period ends at T): another request, instance or lease release only
  * adds to it. So a later request of the same key and endpoint whose amount
  * for that limit is at least the refused one cannot pass before T either
- * (a smaller one is asked of the store). A counter that reconcile can give
+ * (a smaller one is asked of the store, and so is one larger than some
+ * limit alone: that limit's "never" is its answer). A counter that reconcile can give
  * back to (the caller says so: `refundable`) can free early and is not
  * kept, nor a concurrency refusal. A config reload starts a new generation
  * and so forgets everything. So the cache never changes a decision, it
@@ -33,10 +34,14 @@ typedef struct lim_deny_entry {
     uintptr_t key;       /* identity of the API key within that generation */
     uint32_t endpoint;
     int64_t until_ms;    /* caller's clock */
-    lim_report_t rep;    /* the refusal as reported; rep.refused == 0 */
-    lim_check_t check;   /* the refusing check (check.amount: the refused amount) */
-    int64_t remaining;   /* its limit less what it counted (>= 0), for headers */
-    int64_t reset_in_ms; /* from the refusal to its reset (store clock) */
+    lim_report_t rep;    /* the refusal as reported; rep.refused indexes the
+                            request's checks */
+    size_t n;            /* how many checks the request had */
+    int64_t amount;      /* the refusing check's amount (what was refused) */
+    int64_t *remaining;  /* n: each check's limit less what it counted (>= 0),
+                            for headers (owned, with reset_in_ms) */
+    int64_t *reset_in_ms; /* n: from the refusal to each check's reset (store
+                             clock); points into the same allocation */
     int64_t offered_ms;  /* the caller's clock when it was offered (sent_ms) */
     char *body;          /* the 429 body as sent, set by the caller (owned,
                             free()d when the entry is overwritten or freed) */
@@ -51,22 +56,18 @@ typedef struct lim_deny {
 int lim_deny_init(lim_deny_t *d, size_t entries);
 void lim_deny_free(lim_deny_t *d);
 
-/*
- * Offer a refusal just answered by the store. sent_ms is the caller's clock
- * when the request was sent to the store (so that `until` is never later
- * than the store's T). refundable: 1 when the refusing check's counter can
- * be given back to before T (reconcile on one of its rule's endpoints).
- * Returns the entry it was kept in (valid until the next offer), or NULL.
- */
+/* Keep the refusal o of checks[0..n) (reported as rep), if it is one the
+ * cache may keep. Returns the entry (its body still NULL) or NULL. */
 lim_deny_entry_t *lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key, uint32_t endpoint,
-                   const lim_check_t *checks, const lim_outcome_t *o,
+                   const lim_check_t *checks, size_t n, const lim_outcome_t *o,
                    const lim_report_t *rep, int64_t sent_ms, int refundable);
 
-/* The kept refusal for this key and endpoint at now_ms that also refuses a
- * request of these units and this price (its amounts), or NULL. The entry
- * stays valid until the next offer. */
+/* The kept refusal that answers a request of checks[0..n) now, or NULL
+ * (ask the store): none kept, expired, a smaller amount for the refusing
+ * limit (it may fit), or an amount larger than some limit alone (that
+ * limit's "never" is the answer, which the store gives). */
 const lim_deny_entry_t *lim_deny_lookup(lim_deny_t *d, uint64_t gen, uintptr_t key,
-                                        uint32_t endpoint, int64_t units, int64_t price_micros,
-                                        int64_t now_ms);
+                                        uint32_t endpoint, const lim_check_t *checks,
+                                        size_t n, int64_t now_ms);
 
 #endif

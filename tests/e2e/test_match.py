@@ -250,6 +250,23 @@ def anthropic_headers(env, store):
     eq(r.h("anthropic-ratelimit-requests-remaining"), "0", "none left on the 429")
     check_reset(r.h("anthropic-ratelimit-requests-reset"), "reset on the 429")
     eq(r.h("request-id"), r.h("x-request-id"), "request-id on a 429")
+    # The next one is refused by the instance itself (the deny cache): the
+    # same fields, the tokens limit's too, and resets in the window ahead.
+    first = r
+    r = chat(env, key, "big-model", max_tokens=100)
+    eq(r.status, 429, "the fifth")
+    for name in ("anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining",
+                 "anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-tokens-remaining",
+                 "x-ratelimit-limit", "x-ratelimit-remaining"):
+        eq(r.h(name), first.h(name), "%s on the kept refusal" % name)
+    check_reset(r.h("anthropic-ratelimit-requests-reset"), "requests reset on the kept refusal")
+    check_reset(r.h("anthropic-ratelimit-tokens-reset"), "tokens reset on the kept refusal")
+    # A request larger than the tokens limit alone is told it never passes,
+    # by that limit, even while a requests refusal is kept.
+    r = chat(env, key, "big-model", max_tokens=5000)
+    eq((r.status, r.h("x-should-retry"), r.h("retry-after")), (429, "false", None),
+       "larger than the tokens limit alone")
+    eq(r.json()["error"]["details"]["metric"], "units", "the limit it is larger than")
     # Every answer, errors too: no key, no endpoint, a bad body, a 404 by match.
     for what, resp in [
             ("401", env.req("POST", CHAT, body={"model": "big-model"})),
