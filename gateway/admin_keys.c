@@ -372,9 +372,29 @@ typedef struct pending_create {
     char account[ID_MAX + 2];
 } pending_create_t;
 
+/* Take back a create that Redis did not confirm: what it added here is
+ * removed now (the registry is read again from Redis as well, which brings
+ * the other instance's item or, if the write did land, this one). */
+static void uncreate(const pending_create_t *p)
+{
+    json_t *doc = registry_get();
+    size_t idx;
+    if (p->key && registry_doc_key(doc, p->id, &idx))
+        json_array_remove(json_object_get(doc, "keys"), idx);
+    else if (!p->key)
+        json_object_del(json_object_get(doc, "accounts"), p->id);
+    cfg_messages_t m = {0};
+    if (registry_put(doc, &m) != 0)
+        log_msg(LOG_ERROR, "admin: the %s \"%s\" Redis did not take could not be taken back "
+                "here (until the registry is read again)", p->key ? "key" : "account", p->id);
+    cfg_messages_free(&m);
+}
+
 static void on_created(void *arg, int result)
 {
     pending_create_t *p = arg;
+    if (result == RR_EXISTS || result == RR_FAILED)
+        uncreate(p);
     if (result == RR_DONE) {
         reply(p->req, 201, "Created", p->ok);
         p->ok = NULL;

@@ -9,11 +9,12 @@ storage.sentinel.password the sentinels require a password of their own
 (requirepass), the primary another one (storage.password): both are used,
 through a failover; a wrong sentinel password is said in the log and
 decisions follow on_error."""
+import hashlib
 import os
 import shutil
 import time
 
-from harness import Proc, base_config, eq, free_port, poll, redis_cli, run, wait_port
+from harness import Proc, base_config, eq, free_port, poll, redis_cli, request, run, wait_port
 
 MASTER = "rwprimary"
 
@@ -256,5 +257,82 @@ def test_sentinel_wrong_password(env):
        "on_error allow: the local memory store decides")
 
 
+ADMIN_TOKEN = "sentinel-admin-token"
+ADMIN = {"Authorization": "Bearer " + ADMIN_TOKEN}
+
+
+def keys_gateway(env, sentinels):
+    """A gateway with the admin API, its registry on the primary the
+    sentinels name (both password-protected)."""
+    if env.mock is None:
+        env.start_mock()
+    cfg = base_config(env.mock_port, free_port())
+    cfg["storage"] = {"driver": "redis", "timeout_ms": 500, "key_prefix": "sen:",
+                      "password": PRIMARY_PASS,
+                      "sentinel": {"master": MASTER, "password": SENTINEL_PASS,
+                                   "addresses": ["127.0.0.1:%d" % s.port for s in sentinels]}}
+    cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": 1000}]}
+    cfg["accounts"] = {"fileacct": {"tier": "t"}}
+    env.add_key(cfg, "filekey", "fileacct")
+    cfg["admin"] = {"listen": "127.0.0.1:%d" % free_port(),
+                    "token_sha256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}
+    g = env.start_gateways(cfg, 1)[0]
+    g.admin = int(cfg["admin"]["listen"].rsplit(":", 1)[1])
+    return g
+
+
+def admin_until_up(g, method, path, body, what, timeout=20):
+    """An admin change, asked again while it answers 503 (no primary yet)."""
+    got = []
+    poll(lambda: got.append(request(g.admin, method, path, body=body, headers=ADMIN))
+         or got[-1].status != 503, timeout, what, step=0.1)
+    return got[-1]
+
+
+def use(g, key):
+    return request(g.port, "POST", "/v3/img2img", body="{}",
+                   headers={"Authorization": "Bearer " + key}).status
+
+
+def test_keys_survive_failover(env):
+    """Keys made through the admin API live on the primary the sentinels
+    name; after a failover the registry moves to the new primary: what was
+    made before is there, new changes go there, and a gateway started after
+    the failover has them all."""
+    primary, replica, sentinels = start_set(env, SENTINEL_PASS, PRIMARY_PASS)
+    a = keys_gateway(env, sentinels)
+    r = admin_until_up(a, "POST", "/admin/accounts", {"id": "acme", "tier": "t"},
+                       "the account made on the primary")
+    eq(r.status, 201, "account made: %r" % r)
+    r = admin_until_up(a, "POST", "/admin/keys", {"id": "k1", "account": "acme"}, "key k1")
+    eq(r.status, 201, "key made before the failover: %r" % r)
+    k1 = r.json()["key"]
+    eq(use(a, k1), 200, "k1 works")
+    assert redis_cli(primary.port, "HGET", "sen:registry:keys", "k1", password=PRIMARY_PASS), \
+        "k1 kept on the primary"
+    eq(redis_cli(primary.port, "WAIT", 1, 2000, password=PRIMARY_PASS), 1, "k1 replicated")
+    primary.p.kill()
+    primary.p.wait()
+    poll(lambda: redis_cli(sentinels[0].port, "SENTINEL", "get-master-addr-by-name", MASTER,
+                           password=SENTINEL_PASS) == ["127.0.0.1", str(replica.port)],
+         20, "the replica promoted", step=0.1)
+    r = admin_until_up(a, "POST", "/admin/keys", {"id": "k2", "account": "acme"},
+                       "a key made after the failover", timeout=10)
+    eq(r.status, 201, "key made after the failover: %r" % r)
+    k2 = r.json()["key"]
+    for kid in ("k1", "k2"):
+        assert redis_cli(replica.port, "HGET", "sen:registry:keys", kid,
+                         password=PRIMARY_PASS), "%s on the new primary" % kid
+    b = keys_gateway(env, sentinels)
+    poll(lambda: use(b, k1) == 200 and use(b, k2) == 200, 5,
+         "a gateway started after the failover takes both keys from the new primary")
+    eq(request(b.admin, "DELETE", "/admin/keys/k1", headers=ADMIN).status, 200, "k1 revoked on B")
+    poll(lambda: all(use(a, k1) == 401 for _ in range(10)), 2,
+         "the revocation on B followed by A (on the new primary too)")
+    eq(use(a, k2), 200, "k2 still works on A")
+    assert "keys and accounts: kept on 127.0.0.1:%d" % replica.port in a.output(), \
+        "A's log says the registry moved:\n" + a.output()[-2000:]
+
+
 run([test_failover, test_switch_live_primary, test_sentinel_password,
-     test_sentinel_wrong_password])
+     test_sentinel_wrong_password, test_keys_survive_failover])
