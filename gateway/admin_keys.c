@@ -537,6 +537,15 @@ static void key_create(worker_t *w, h1_conn_t *req)
         json_object_set(stored, "limits", v);
     json_object_set_new(stored, "created_at", json_integer((json_int_t)time(NULL)));
     json_t *doc = registry_get();
+    if (registry_doc_key(doc, id, NULL)) {
+        /* Made a moment ago (here, or by another instance and read from
+         * Redis), the workers' snapshot not swapped yet. */
+        json_decref(doc);
+        fail(req, 409, "Conflict", "invalid_request_error", "ALREADY_EXISTS",
+             "A key of this id exists already.", json_pack("{s:s}", "id", id));
+        OPENSSL_cleanse(raw, sizeof raw);
+        goto out;
+    }
     json_array_append(json_object_get(doc, "keys"), stored);
     if (commit(req, c, doc) == 0) {
         json_t *out = json_pack("{s:s,s:s,s:s}", "id", id, "account", acct, "sha256", digest);
@@ -730,6 +739,15 @@ static void account_create(worker_t *w, h1_conn_t *req)
     json_object_del(stored, "id");
     json_object_set_new(stored, "created_at", json_integer((json_int_t)time(NULL)));
     json_t *doc = registry_get();
+    if (json_object_get(json_object_get(doc, "accounts"), id)) {
+        /* Made a moment ago, the workers' snapshot not swapped yet. */
+        json_decref(doc);
+        fail(req, 409, "Conflict", "invalid_request_error", "ALREADY_EXISTS",
+             "An account of this id exists already.", json_pack("{s:s}", "id", id));
+        json_decref(stored);
+        json_decref(body);
+        return;
+    }
     json_object_set(json_object_get(doc, "accounts"), id, stored);
     if (commit(req, c, doc) == 0)
         created(req, 0, id, NULL, stored_account_view(id, stored), stored);
