@@ -341,7 +341,7 @@ static int sync_write(const char *kind, const char *id, const json_t *obj)
 {
     if (!registry_redis_on())
         return 0;
-    if (registry_redis_write(kind, id, obj) != 0) {
+    if (registry_redis_write(kind, id, obj, 0, NULL, NULL) != 0) {
         log_msg(LOG_ERROR, "the change of %s \"%s\" could not be written to Redis", kind, id);
         return -1;
     }
@@ -350,19 +350,109 @@ static int sync_write(const char *kind, const char *id, const json_t *obj)
 
 static int store_down(h1_conn_t *req)
 {
-    if (registry_redis_on() && registry_redis_unsupported()) {
-        fail(req, 501, "Not Implemented", "api_error", "NOT_SUPPORTED",
-             "Keys and accounts cannot be changed through the admin API with "
-             "storage.sentinel or storage.cluster yet; change the configuration file.",
-             NULL);
-        return 1;
-    }
     if (registry_redis_on() && !registry_redis_ready()) {
         fail(req, 503, "Service Unavailable", "service_unavailable", "LIMITER_UNAVAILABLE",
              "The store cannot be reached: keys and accounts cannot be changed now.", NULL);
         return 1;
     }
     return 0;
+}
+
+/* A create on the Redis store: applied here already (commit), answered
+ * only once Redis says whether the id was free there, so that of two
+ * instances creating one id at once the second gets 409 as on one
+ * instance. Owned by the write in flight (registry_redis_write's callback
+ * frees it); req stays open until then (the server keeps a connection
+ * whose exchange is open, even when the client left). */
+typedef struct pending_create {
+    h1_conn_t *req;
+    json_t *ok;        /* the 201 body (owned) */
+    int key;           /* 1: a key, 0: an account */
+    char id[ID_MAX + 2];
+    char account[ID_MAX + 2];
+} pending_create_t;
+
+/* Take back a create that Redis did not confirm: what it added here is
+ * removed now (the registry is read again from Redis as well, which brings
+ * the other instance's item or, if the write did land, this one). */
+static void uncreate(const pending_create_t *p)
+{
+    json_t *doc = registry_get();
+    size_t idx;
+    if (p->key && registry_doc_key(doc, p->id, &idx))
+        json_array_remove(json_object_get(doc, "keys"), idx);
+    else if (!p->key)
+        json_object_del(json_object_get(doc, "accounts"), p->id);
+    cfg_messages_t m = {0};
+    if (registry_put(doc, &m) != 0)
+        log_msg(LOG_ERROR, "admin: the %s \"%s\" Redis did not take could not be taken back "
+                "here (until the registry is read again)", p->key ? "key" : "account", p->id);
+    cfg_messages_free(&m);
+}
+
+static void on_created(void *arg, int result)
+{
+    pending_create_t *p = arg;
+    if (result == RR_EXISTS || result == RR_FAILED)
+        uncreate(p);
+    if (result == RR_DONE) {
+        reply(p->req, 201, "Created", p->ok);
+        p->ok = NULL;
+        if (p->key)
+            log_msg(LOG_INFO, "admin: key \"%s\" of account \"%s\" created", p->id,
+                    p->account);
+        else
+            log_msg(LOG_INFO, "admin: account \"%s\" created", p->id);
+    } else if (result == RR_EXISTS) {
+        fail(p->req, 409, "Conflict", "invalid_request_error", "ALREADY_EXISTS",
+             p->key ? "A key of this id exists already." : "An account of this id exists already.",
+             json_pack("{s:s}", "id", p->id));
+    } else if (result == RR_FAILED) {
+        fail(p->req, 503, "Service Unavailable", "service_unavailable", "LIMITER_UNAVAILABLE",
+             "The store did not confirm the change: it may not have been made.", NULL);
+    }
+    if (p->ok && json_object_get(p->ok, "key")) {
+        /* The raw key, never shown: not left in freed memory either. */
+        char *k = (char *)json_string_value(json_object_get(p->ok, "key"));
+        OPENSSL_cleanse(k, strlen(k));
+    }
+    json_decref(p->ok);
+    free(p);
+}
+
+/* Answer a create that commit() applied: 201 at once with the memory
+ * store, after Redis's word with the Redis store. ok (the 201 body) is
+ * taken. */
+static void created(h1_conn_t *req, int key, const char *id, const char *acct, json_t *ok,
+                    const json_t *stored)
+{
+    if (!registry_redis_on()) {
+        reply(req, 201, "Created", ok);
+        if (key)
+            log_msg(LOG_INFO, "admin: key \"%s\" of account \"%s\" created", id, acct);
+        else
+            log_msg(LOG_INFO, "admin: account \"%s\" created", id);
+        return;
+    }
+    pending_create_t *p = calloc(1, sizeof *p);
+    if (p) {
+        p->req = req;
+        p->ok = ok;
+        p->key = key;
+        snprintf(p->id, sizeof p->id, "%s", id);
+        snprintf(p->account, sizeof p->account, "%s", acct ? acct : "");
+    }
+    if (!p || registry_redis_write(key ? "keys" : "accounts", id, stored, 1, on_created, p) != 0) {
+        log_msg(LOG_ERROR, "the creation of %s \"%s\" could not be written to Redis",
+                key ? "key" : "account", id);
+        if (p)
+            on_created(p, RR_FAILED);
+        else
+            json_decref(ok);
+        if (!p)
+            fail(req, 503, "Service Unavailable", "service_unavailable", "LIMITER_UNAVAILABLE",
+                 "The store did not confirm the change: it may not have been made.", NULL);
+    }
 }
 
 static void hex(const unsigned char *d, size_t n, char *out)
@@ -447,14 +537,21 @@ static void key_create(worker_t *w, h1_conn_t *req)
         json_object_set(stored, "limits", v);
     json_object_set_new(stored, "created_at", json_integer((json_int_t)time(NULL)));
     json_t *doc = registry_get();
+    if (registry_doc_key(doc, id, NULL)) {
+        /* Made a moment ago (here, or by another instance and read from
+         * Redis), the workers' snapshot not swapped yet. */
+        json_decref(doc);
+        fail(req, 409, "Conflict", "invalid_request_error", "ALREADY_EXISTS",
+             "A key of this id exists already.", json_pack("{s:s}", "id", id));
+        OPENSSL_cleanse(raw, sizeof raw);
+        goto out;
+    }
     json_array_append(json_object_get(doc, "keys"), stored);
     if (commit(req, c, doc) == 0) {
-        sync_write("keys", id, stored);
         json_t *out = json_pack("{s:s,s:s,s:s}", "id", id, "account", acct, "sha256", digest);
         if (*raw)
             json_object_set_new(out, "key", json_string(raw));
-        reply(req, 201, "Created", out);
-        log_msg(LOG_INFO, "admin: key \"%s\" of account \"%s\" created", id, acct);
+        created(req, 1, id, acct, out, stored);
     }
     OPENSSL_cleanse(raw, sizeof raw);
 out:
@@ -642,12 +739,18 @@ static void account_create(worker_t *w, h1_conn_t *req)
     json_object_del(stored, "id");
     json_object_set_new(stored, "created_at", json_integer((json_int_t)time(NULL)));
     json_t *doc = registry_get();
-    json_object_set(json_object_get(doc, "accounts"), id, stored);
-    if (commit(req, c, doc) == 0) {
-        sync_write("accounts", id, stored);
-        reply(req, 201, "Created", stored_account_view(id, stored));
-        log_msg(LOG_INFO, "admin: account \"%s\" created", id);
+    if (json_object_get(json_object_get(doc, "accounts"), id)) {
+        /* Made a moment ago, the workers' snapshot not swapped yet. */
+        json_decref(doc);
+        fail(req, 409, "Conflict", "invalid_request_error", "ALREADY_EXISTS",
+             "An account of this id exists already.", json_pack("{s:s}", "id", id));
+        json_decref(stored);
+        json_decref(body);
+        return;
     }
+    json_object_set(json_object_get(doc, "accounts"), id, stored);
+    if (commit(req, c, doc) == 0)
+        created(req, 0, id, NULL, stored_account_view(id, stored), stored);
     json_decref(stored);
     json_decref(body);
 }

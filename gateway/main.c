@@ -172,6 +172,7 @@ static int same_str(const char *x, const char *y)
 static int same_sentinels(const config_t *x, const config_t *y)
 {
     if (!same_str(x->storage.sentinel_master, y->storage.sentinel_master) ||
+        !same_str(x->storage.sentinel_password, y->storage.sentinel_password) ||
         x->storage.n_sentinels != y->storage.n_sentinels)
         return 0;
     for (size_t i = 0; i < x->storage.n_sentinels; i++)
@@ -401,6 +402,7 @@ static int run(const char *path)
             .key_prefix = c->storage.key_prefix,
             .log = store_log,
             .sentinel_master = c->storage.sentinel_master,
+            .sentinel_password = c->storage.sentinel_password,
             .sentinel_hosts = (const char *const *)c->storage.sentinel_hosts,
             .sentinel_ports = c->storage.sentinel_ports,
             .n_sentinels = c->storage.n_sentinels,

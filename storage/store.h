@@ -192,6 +192,7 @@ typedef struct store_redis_opts {
      * Redis Sentinels (in turn) by its master name, and followed through
      * failovers. */
     const char *sentinel_master;
+    const char *sentinel_password; /* the sentinels' AUTH (NULL: none) */
     const char *const *sentinel_hosts;
     const uint16_t *sentinel_ports;
     size_t n_sentinels;

@@ -190,6 +190,7 @@ typedef struct config {
                              * default ratewall-state.json beside the config */
         /* sentinel: the primary is asked of these (NULL master: address). */
         char *sentinel_master;
+        char *sentinel_password; /* the sentinels' own requirepass (NULL: none) */
         char **sentinel_hosts;
         uint16_t *sentinel_ports;
         size_t n_sentinels;

@@ -106,6 +106,7 @@ static void config_free(config_t *cfg)
     free(cfg->storage.key_prefix);
     free(cfg->storage.state_file);
     free(cfg->storage.sentinel_master);
+    free(cfg->storage.sentinel_password);
     for (size_t i = 0; i < cfg->storage.n_sentinels; i++)
         free(cfg->storage.sentinel_hosts[i]);
     free(cfg->storage.sentinel_hosts);

@@ -107,10 +107,11 @@ static void parse_nodes(ctx_t *c, json_t *o, const char *W, const char *name, co
     path_pop(c, mk);
 }
 
-/* storage.sentinel: {"master": NAME, "addresses": ["HOST:PORT", ...]}. */
+/* storage.sentinel: {"master": NAME, "addresses": ["HOST:PORT", ...],
+ * "password"?: the sentinels' own (storage.password is the primary's)}. */
 static void parse_sentinel(ctx_t *c, json_t *o)
 {
-    static const char *const keys[] = {"master", "addresses", NULL};
+    static const char *const keys[] = {"master", "addresses", "password", NULL};
     config_t *cfg = c->cfg;
     const char *W = "storage.sentinel";
     size_t m = path_key(c, "sentinel");
@@ -120,6 +121,9 @@ static void parse_sentinel(ctx_t *c, json_t *o)
         ferr(c, W, "master", "must not be empty");
     parse_nodes(c, o, W, "addresses", "sentinel", &cfg->storage.sentinel_hosts,
                 &cfg->storage.sentinel_ports, &cfg->storage.n_sentinels);
+    if (get_str(c, o, W, "password", 0, &cfg->storage.sentinel_password) == 1 &&
+        !*cfg->storage.sentinel_password)
+        ferr(c, W, "password", "must not be empty (leave it out when the sentinels have none)");
     path_pop(c, m);
 }
 

@@ -207,6 +207,7 @@ struct redis_worker {
     redisAsyncContext *sub;    /* NULL: not subscribed */
     size_t sub_node;
     struct event *sub_ev;      /* subscribe again */
+    int sentinel_auth_logged;  /* a refused AUTH was logged (until one is accepted) */
     /* Cluster only (cluster.c). The worker attached (the parent) owns one
      * node worker per master, each a full worker with its own connection;
      * nodes point back at it and it routes every command by slot. */

@@ -9,6 +9,11 @@
  * drops its connection to the old primary at once and asks again. Meanwhile
  * decisions are answered as on_error says (the connection is down).
  *
+ * With storage.sentinel.password both connections to a sentinel begin with
+ * AUTH (the sentinels' own requirepass; storage.password is the primary's).
+ * A sentinel that refuses it is logged once until one accepts again, and
+ * counts as one that did not answer.
+ *
  * Ownership: rw->ask and rw->sub are the worker's. Each is set to NULL
  * before the worker frees it, so the callbacks hiredis then makes (NULL
  * replies, disconnect) see a context that is no longer theirs and return;
@@ -25,6 +30,31 @@
 #define SUB_RETRY_MS 1000
 
 static void ask_next(redis_worker_t *rw);
+
+/* An error from sentinel i: logged, but a refused AUTH only once until a
+ * sentinel accepts one again (every reconnect asks anew). */
+static void sentinel_error(redis_worker_t *rw, size_t i, const char *what, const char *err)
+{
+    redis_store_t *rs = rw->rs;
+    int auth = *what || strncmp(err, "NOAUTH", 6) == 0;
+    if (auth && rw->sentinel_auth_logged)
+        return;
+    if (auth)
+        rw->sentinel_auth_logged = 1;
+    rds_rlog(rs, "redis sentinel %s:%u: %s%s%s", rs->o.sentinel_hosts[i], rs->o.sentinel_ports[i],
+             what, err,
+             !auth                     ? ""
+             : rs->o.sentinel_password ? " (check storage.sentinel.password)"
+                                       : " (set storage.sentinel.password)");
+}
+
+/* Send AUTH first on a new connection to a sentinel, when it has a password. */
+static int sentinel_auth(redisAsyncContext *ac, redis_worker_t *rw, redisCallbackFn *cb)
+{
+    if (!rw->rs->o.sentinel_password)
+        return REDIS_OK;
+    return redisAsyncCommand(ac, cb, rw, "AUTH %s", rw->rs->o.sentinel_password);
+}
 
 /* How long one sentinel may take to answer. */
 static int64_t ask_timeout_ms(const redis_worker_t *rw)
@@ -59,9 +89,7 @@ static void on_ask_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
         if (r && r->type == REDIS_REPLY_ERROR)
-            rds_rlog(rw->rs, "redis sentinel %s:%u: %s",
-                     rw->rs->o.sentinel_hosts[rw->ask_node],
-                     rw->rs->o.sentinel_ports[rw->ask_node], r->str);
+            sentinel_error(rw, rw->ask_node, "", r->str);
         ask_failed(rw);
         return;
     }
@@ -71,6 +99,7 @@ static void on_ask_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     }
     rw->ask = NULL;
+    rw->sentinel_auth_logged = 0;
     evtimer_del(rw->ask_ev);
     redisAsyncFree(ac); /* after this callback: hiredis is inside it */
     if (strcmp(rw->host, r->element[0]->str) != 0 || rw->port != (uint16_t)port) {
@@ -83,6 +112,16 @@ static void on_ask_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
     if (!rw->ac && !rw->detaching)
         rds_connect_to(rw);
+}
+
+/* AUTH refused: the SENTINEL command after it fails too (NOAUTH) and moves
+ * on to the next sentinel; only the reason is said here. */
+static void on_ask_auth(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redis_worker_t *rw = privdata;
+    const redisReply *r = reply;
+    if (rw->ask == ac && r && r->type == REDIS_REPLY_ERROR)
+        sentinel_error(rw, rw->ask_node, "AUTH: ", r->str);
 }
 
 static void on_ask_connect(const redisAsyncContext *ac, int status)
@@ -138,7 +177,8 @@ static void ask_next(redis_worker_t *rw)
     redisAsyncSetConnectCallback(ac, on_ask_connect);
     redisAsyncSetDisconnectCallback(ac, on_ask_disconnect);
     rw->ask = ac;
-    if (redisAsyncCommand(ac, on_ask_reply, rw, "SENTINEL get-master-addr-by-name %s",
+    if (sentinel_auth(ac, rw, on_ask_auth) != REDIS_OK ||
+        redisAsyncCommand(ac, on_ask_reply, rw, "SENTINEL get-master-addr-by-name %s",
                           rs->o.sentinel_master) != REDIS_OK) {
         ask_failed(rw);
         return;
@@ -201,6 +241,17 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
         on_switch(rw, r->element[2]->str);
 }
 
+/* AUTH refused on the subscription: said here; the SUBSCRIBE after it is
+ * refused too, and hiredis drops a connection whose command was refused
+ * in subscribed mode (on_sub_disconnect: tried again a second later). */
+static void on_sub_auth(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redis_worker_t *rw = privdata;
+    const redisReply *r = reply;
+    if (rw->sub == ac && r && r->type == REDIS_REPLY_ERROR)
+        sentinel_error(rw, rw->sub_node, "AUTH: ", r->str);
+}
+
 static void on_sub_connect(const redisAsyncContext *ac, int status)
 {
     redis_worker_t *rw = ac->data;
@@ -234,7 +285,8 @@ static void subscribe(redis_worker_t *rw)
     redisAsyncSetConnectCallback(ac, on_sub_connect);
     redisAsyncSetDisconnectCallback(ac, on_sub_disconnect);
     rw->sub = ac;
-    if (redisAsyncCommand(ac, on_sub_reply, rw, "SUBSCRIBE +switch-master") != REDIS_OK) {
+    if (sentinel_auth(ac, rw, on_sub_auth) != REDIS_OK ||
+        redisAsyncCommand(ac, on_sub_reply, rw, "SUBSCRIBE +switch-master") != REDIS_OK) {
         rw->sub = NULL;
         redisAsyncFree(ac);
         sub_lost(rw);

@@ -417,6 +417,7 @@ static void redis_destroy(store_t *s)
     free((char *)rs->o.password);
     free((char *)rs->o.key_prefix);
     free((char *)rs->o.sentinel_master);
+    free((char *)rs->o.sentinel_password);
     for (size_t i = 0; rs->o.sentinel_hosts && i < rs->o.n_sentinels; i++)
         free((char *)rs->o.sentinel_hosts[i]);
     free((void *)rs->o.sentinel_hosts);
@@ -480,6 +481,7 @@ store_t *store_redis_new(const store_redis_opts_t *o)
     if (!rs->o.port)
         rs->o.port = 6379;
     rs->o.sentinel_master = NULL;
+    rs->o.sentinel_password = NULL;
     rs->o.sentinel_hosts = NULL;
     rs->o.sentinel_ports = NULL;
     rs->o.n_sentinels = 0;
@@ -488,9 +490,11 @@ store_t *store_redis_new(const store_redis_opts_t *o)
         char **hosts = calloc(o->n_sentinels, sizeof *hosts);
         uint16_t *ports = calloc(o->n_sentinels, sizeof *ports);
         rs->o.sentinel_master = strdup(o->sentinel_master);
+        if (o->sentinel_password && !(rs->o.sentinel_password = strdup(o->sentinel_password)))
+            sentinel_ok = 0;
         rs->o.sentinel_hosts = (const char *const *)hosts;
         rs->o.sentinel_ports = ports;
-        sentinel_ok = hosts && ports && rs->o.sentinel_master;
+        sentinel_ok = sentinel_ok && hosts && ports && rs->o.sentinel_master;
         for (size_t i = 0; sentinel_ok && i < o->n_sentinels; i++) {
             hosts[i] = strdup(o->sentinel_hosts[i]);
             ports[i] = o->sentinel_ports[i];

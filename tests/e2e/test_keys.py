@@ -321,6 +321,60 @@ def test_fleet_on_redis(env):
         all_workers(g, other, 200, "a change with no message", timeout=1.5)
 
 
+def test_create_race_on_redis(env):
+    """Two instances creating one new id at the same moment: one 201, the
+    other 409 ALREADY_EXISTS as on one instance (the create is one script
+    in Redis, not last write wins), and both end up with the winner's."""
+    import threading
+    env.start_mock()
+    r = env.start_redis()
+    base = config(env, {"driver": "redis", "address": "127.0.0.1:%d" % r.port,
+                        "timeout_ms": 1000})
+    gws = []
+    for i in range(2):
+        c = copy.deepcopy(base)
+        c["server"]["listen"] = "127.0.0.1:%d" % free_port()
+        c["admin"]["listen"] = "127.0.0.1:%d" % free_port()
+        gws.append(start_gw(env, c, "race-%d.json" % i))
+    made = []
+    poll(lambda: made.append(admin(gws[0], "POST", "/admin/accounts",
+                                   {"id": "acme", "tier": "basic"})) or made[-1].status != 503,
+         5, "the registry connected to Redis")
+    eq(made[-1].status, 201, "the account made")
+    poll(lambda: admin(gws[1], "GET", "/admin/accounts/acme").status == 200, 2,
+         "the account on the second gateway")
+    for n in range(8):
+        kid, acct = "race%d" % n, "team%d" % n
+        keys = [new_key(), new_key()]
+        out = [None, None, None, None]
+        go = threading.Barrier(4)
+
+        def create(i, path, body):
+            go.wait()
+            out[i] = admin(gws[i % 2], "POST", path, body)
+        threads = [threading.Thread(target=create, args=(
+            i, "/admin/keys", {"id": kid, "account": "acme", "sha256": sha256(keys[i])}))
+            for i in range(2)]
+        threads += [threading.Thread(target=create, args=(
+            i, "/admin/accounts", {"id": acct, "tier": "basic"})) for i in (2, 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        eq(sorted(o.status for o in out[:2]), [201, 409],
+           "one create of key %s wins, the other is told it exists (%r)" % (kid, out[:2]))
+        eq(sorted(o.status for o in out[2:]), [201, 409],
+           "one create of account %s wins (%r)" % (acct, out[2:]))
+        lost = [o for o in out if o.status == 409]
+        eq([code(o) for o in lost], ["ALREADY_EXISTS"] * 2, "the loser's code")
+        win = 0 if out[0].status == 201 else 1
+        stored = json.loads(redis_cli(r.port, "HGET", "rl:registry:keys", kid))
+        eq(stored["sha256"], sha256(keys[win]), "Redis holds the winner's key")
+        for g in gws:
+            all_workers(g, keys[win], 200, "the winner's key on every gateway")
+            all_workers(g, keys[1 - win], 401, "the loser's key nowhere")
+
+
 # ---- the command line ------------------------------------------------------------
 
 def cli(env, gw, *args, token_env=True):
@@ -378,4 +432,5 @@ def test_cli(env):
 
 
 run([test_routes_need_the_token, test_key_lifecycle, test_expired_key,
-     test_state_file_survives_restart_and_reload, test_fleet_on_redis, test_cli])
+     test_state_file_survives_restart_and_reload, test_fleet_on_redis,
+     test_create_race_on_redis, test_cli])

@@ -4,17 +4,26 @@ gateway asks a sentinel for the primary (the first node listed is down, so
 it tries the next), a limit holds through it, the primary is killed with
 SIGKILL, the sentinels fail over, and the gateway serves decisions on the
 new primary within seconds, the limit still exact: nothing admitted twice,
-nothing lost that the old primary had replicated."""
+nothing lost that the old primary had replicated. With
+storage.sentinel.password the sentinels require a password of their own
+(requirepass), the primary another one (storage.password): both are used,
+through a failover; a wrong sentinel password is said in the log and
+decisions follow on_error."""
+import hashlib
 import os
 import shutil
 import time
 
-from harness import Proc, base_config, eq, free_port, poll, redis_cli, run, wait_port
+from harness import Proc, base_config, eq, free_port, poll, redis_cli, request, run, wait_port
 
 MASTER = "rwprimary"
 
 
-def start_sentinel(env, primary_port):
+SENTINEL_PASS = "sen-Secret-7"
+PRIMARY_PASS = "prim-Secret-9"
+
+
+def start_sentinel(env, primary_port, password=None, primary_password=None):
     exe = shutil.which("redis-sentinel")
     if not exe:
         raise RuntimeError("redis-sentinel is not installed (Debian package redis-sentinel); "
@@ -28,6 +37,10 @@ def start_sentinel(env, primary_port):
                 "sentinel failover-timeout %s 3000\n"
                 "sentinel parallel-syncs %s 1\n"
                 % (port, env.dir, MASTER, primary_port, MASTER, MASTER, MASTER))
+        if password:  # asked with it; and asks the other sentinels with it
+            f.write("requirepass %s\nsentinel sentinel-pass %s\n" % (password, password))
+        if primary_password:
+            f.write("sentinel auth-pass %s %s\n" % (MASTER, primary_password))
     p = Proc([exe, conf], "sentinel-%d" % port, env.dir)
     p.port = port
     wait_port(port, p.p)
@@ -35,26 +48,30 @@ def start_sentinel(env, primary_port):
     return p
 
 
-def replica_in_sync(primary, replica):
-    info = redis_cli(replica.port, "INFO", "replication")
-    if "master_link_status:up" not in info:
-        return False
-    return redis_cli(primary.port, "WAIT", 1, 1000) >= 1
-
-
-def start_set(env):
+def start_set(env, password=None, primary_password=None):
     """A primary, its replica in sync, three sentinels that know both and
-    each other."""
-    primary = env.start_redis()
-    replica = env.start_redis(extra=["--replicaof", "127.0.0.1", str(primary.port)])
-    poll(lambda: replica_in_sync(primary, replica), 20, "the replica in sync")
-    sentinels = [start_sentinel(env, primary.port) for _ in range(3)]
+    each other. password: the sentinels' requirepass; primary_password: the
+    data nodes' (requirepass and masterauth)."""
+    auth = ["--requirepass", primary_password, "--masterauth", primary_password] \
+        if primary_password else []
+    primary = env.start_redis(extra=auth)
+    replica = env.start_redis(extra=["--replicaof", "127.0.0.1", str(primary.port)] + auth)
+
+    def in_sync():
+        info = redis_cli(replica.port, "INFO", "replication", password=primary_password)
+        return "master_link_status:up" in info and \
+            redis_cli(primary.port, "WAIT", 1, 1000, password=primary_password) >= 1
+    poll(in_sync, 20, "the replica in sync")
+    sentinels = [start_sentinel(env, primary.port, password, primary_password)
+                 for _ in range(3)]
 
     def sentinels_ready():
         for s in sentinels:
-            if len(redis_cli(s.port, "SENTINEL", "replicas", MASTER) or []) < 1:
+            if len(redis_cli(s.port, "SENTINEL", "replicas", MASTER, password=password)
+                   or []) < 1:
                 return False
-            if len(redis_cli(s.port, "SENTINEL", "sentinels", MASTER) or []) < 2:
+            if len(redis_cli(s.port, "SENTINEL", "sentinels", MASTER, password=password)
+                   or []) < 2:
                 return False
         return True
     poll(sentinels_ready, 30, "every sentinel knowing the replica and the other two",
@@ -146,4 +163,176 @@ def test_switch_live_primary(env):
     assert keys, "the counters live on the new primary: %r" % keys
 
 
-run([test_failover, test_switch_live_primary])
+def sentinel_gateway(env, sentinels, sentinel_password, on_error="deny"):
+    """A gateway whose sentinel password comes from the environment."""
+    if env.mock is None:
+        env.start_mock()
+    cfg = base_config(env.mock_port, env.port or free_port())
+    cfg["storage"] = {"driver": "redis", "timeout_ms": 200, "key_prefix": "sen:",
+                      "on_error": on_error, "password": PRIMARY_PASS,
+                      "sentinel": {"master": MASTER, "password": "${RW_SENTINEL_PASS}",
+                                   "addresses": ["127.0.0.1:%d" % s.port for s in sentinels]}}
+    cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": 4}]}
+    cfg["accounts"] = {"acme": {"tier": "t"}}
+    env.add_key(cfg, "k1", "acme")
+    env.start_gateway(cfg, env=dict(os.environ, RW_SENTINEL_PASS=sentinel_password))
+    key = env.keys["k1"]
+    return lambda: env.req("POST", "/v3/img2img", key=key, body={}).status
+
+
+def subscribed_clients(sentinels):
+    """Connections subscribed on the sentinels (only the gateway's: the
+    sentinels subscribe on the Redis servers, not on each other)."""
+    n = 0
+    for s in sentinels:
+        listing = redis_cli(s.port, "CLIENT", "LIST", password=SENTINEL_PASS)
+        n += sum(1 for line in listing.splitlines() if " sub=1 " in line)
+    return n
+
+
+def test_sentinel_password(env):
+    """Sentinels with requirepass, a primary with another password: the
+    gateway AUTHs to each with its own, finds the primary, subscribes to
+    +switch-master and follows a failover."""
+    primary, replica, sentinels = start_set(env, SENTINEL_PASS, PRIMARY_PASS)
+    try:
+        redis_cli(sentinels[0].port, "SENTINEL", "get-master-addr-by-name", MASTER)
+        raise AssertionError("a sentinel answered without the password")
+    except Exception as e:
+        assert "NOAUTH" in str(e), "the sentinels require a password: %s" % e
+    call = sentinel_gateway(env, sentinels, SENTINEL_PASS)
+    poll(lambda: call() == 200, 10, "a decision through the primary the sentinels named")
+    poll(lambda: subscribed_clients(sentinels) >= 1, 10,
+         "the gateway subscribed to +switch-master on a sentinel (after AUTH)")
+    eq(redis_cli(primary.port, "WAIT", 1, 2000, password=PRIMARY_PASS), 1,
+       "the counter replicated")
+    eq(redis_cli(sentinels[1].port, "SENTINEL", "failover", MASTER, password=SENTINEL_PASS),
+       "OK", "failover asked")
+    poll(lambda: redis_cli(sentinels[0].port, "SENTINEL", "get-master-addr-by-name", MASTER,
+                           password=SENTINEL_PASS) == ["127.0.0.1", str(replica.port)],
+         20, "the replica promoted", step=0.05)
+    t0 = time.time()
+    admitted, seen = 1, []
+    while time.time() - t0 < 20:
+        st = call()
+        seen.append(st)
+        assert st in (200, 503, 429), "during a failover only 200, 503 or 429: %r" % st
+        admitted += st == 200
+        if st == 429:
+            break
+        if st == 503:
+            time.sleep(0.05)
+    eq(seen[-1], 429, "the limit reached on the new primary (seen %r)" % seen[-20:])
+    eq(admitted, 4, "exactly the limit admitted, across the switch")
+    keys = redis_cli(replica.port, "KEYS", "sen:*", password=PRIMARY_PASS)
+    assert keys, "the counters live on the new primary: %r" % keys
+    out = env.gw.output()
+    assert "failover of %s" % MASTER in out, \
+        "the +switch-master message reached the gateway:\n" + out[-3000:]
+    assert "AUTH" not in out, "no AUTH refused:\n" + out[-3000:]
+
+
+def test_sentinel_wrong_password(env):
+    """A wrong sentinel password: one clear log line naming the setting;
+    on_error deny answers 503, on_error allow admits from local memory."""
+    primary, replica, sentinels = start_set(env, SENTINEL_PASS)
+    call = sentinel_gateway(env, sentinels, "not-the-password")
+    poll(lambda: "storage.sentinel.password" in env.gw.output(), 10,
+         "the refused AUTH in the log")
+    out = env.gw.output()
+    line = [ln for ln in out.splitlines() if "storage.sentinel.password" in ln][0]
+    assert "AUTH" in line and "redis sentinel 127.0.0.1:" in line, \
+        "the line names AUTH and the sentinel: %s" % line
+    r = env.req("POST", "/v3/img2img", key=env.keys["k1"], body={})
+    eq(r.status, 503, "on_error deny: no decision without the primary")
+    eq(r.json()["error"]["code"], "LIMITER_UNAVAILABLE", "the 503 says the limiter is away")
+    eq(subscribed_clients(sentinels), 0, "nothing subscribed with a refused password")
+    time.sleep(2.5)  # several asks and subscription retries later
+    n = env.gw.output().count("storage.sentinel.password")
+    assert n <= 2, "the refusal logged once per worker, not on every retry (%d lines)" % n
+    env.gw.stop()
+    env.gw = None
+    call = sentinel_gateway(env, sentinels, "not-the-password", on_error="allow")
+    eq([call() for _ in range(5)], [200, 200, 200, 200, 429],
+       "on_error allow: the local memory store decides")
+
+
+ADMIN_TOKEN = "sentinel-admin-token"
+ADMIN = {"Authorization": "Bearer " + ADMIN_TOKEN}
+
+
+def keys_gateway(env, sentinels):
+    """A gateway with the admin API, its registry on the primary the
+    sentinels name (both password-protected)."""
+    if env.mock is None:
+        env.start_mock()
+    cfg = base_config(env.mock_port, free_port())
+    cfg["storage"] = {"driver": "redis", "timeout_ms": 500, "key_prefix": "sen:",
+                      "password": PRIMARY_PASS,
+                      "sentinel": {"master": MASTER, "password": SENTINEL_PASS,
+                                   "addresses": ["127.0.0.1:%d" % s.port for s in sentinels]}}
+    cfg["tiers"]["t"] = {"limits": [{"metric": "requests", "per": "minute", "limit": 1000}]}
+    cfg["accounts"] = {"fileacct": {"tier": "t"}}
+    env.add_key(cfg, "filekey", "fileacct")
+    cfg["admin"] = {"listen": "127.0.0.1:%d" % free_port(),
+                    "token_sha256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}
+    g = env.start_gateways(cfg, 1)[0]
+    g.admin = int(cfg["admin"]["listen"].rsplit(":", 1)[1])
+    return g
+
+
+def admin_until_up(g, method, path, body, what, timeout=20):
+    """An admin change, asked again while it answers 503 (no primary yet)."""
+    got = []
+    poll(lambda: got.append(request(g.admin, method, path, body=body, headers=ADMIN))
+         or got[-1].status != 503, timeout, what, step=0.1)
+    return got[-1]
+
+
+def use(g, key):
+    return request(g.port, "POST", "/v3/img2img", body="{}",
+                   headers={"Authorization": "Bearer " + key}).status
+
+
+def test_keys_survive_failover(env):
+    """Keys made through the admin API live on the primary the sentinels
+    name; after a failover the registry moves to the new primary: what was
+    made before is there, new changes go there, and a gateway started after
+    the failover has them all."""
+    primary, replica, sentinels = start_set(env, SENTINEL_PASS, PRIMARY_PASS)
+    a = keys_gateway(env, sentinels)
+    r = admin_until_up(a, "POST", "/admin/accounts", {"id": "acme", "tier": "t"},
+                       "the account made on the primary")
+    eq(r.status, 201, "account made: %r" % r)
+    r = admin_until_up(a, "POST", "/admin/keys", {"id": "k1", "account": "acme"}, "key k1")
+    eq(r.status, 201, "key made before the failover: %r" % r)
+    k1 = r.json()["key"]
+    eq(use(a, k1), 200, "k1 works")
+    assert redis_cli(primary.port, "HGET", "sen:registry:keys", "k1", password=PRIMARY_PASS), \
+        "k1 kept on the primary"
+    eq(redis_cli(primary.port, "WAIT", 1, 2000, password=PRIMARY_PASS), 1, "k1 replicated")
+    primary.p.kill()
+    primary.p.wait()
+    poll(lambda: redis_cli(sentinels[0].port, "SENTINEL", "get-master-addr-by-name", MASTER,
+                           password=SENTINEL_PASS) == ["127.0.0.1", str(replica.port)],
+         20, "the replica promoted", step=0.1)
+    r = admin_until_up(a, "POST", "/admin/keys", {"id": "k2", "account": "acme"},
+                       "a key made after the failover", timeout=10)
+    eq(r.status, 201, "key made after the failover: %r" % r)
+    k2 = r.json()["key"]
+    for kid in ("k1", "k2"):
+        assert redis_cli(replica.port, "HGET", "sen:registry:keys", kid,
+                         password=PRIMARY_PASS), "%s on the new primary" % kid
+    b = keys_gateway(env, sentinels)
+    poll(lambda: use(b, k1) == 200 and use(b, k2) == 200, 5,
+         "a gateway started after the failover takes both keys from the new primary")
+    eq(request(b.admin, "DELETE", "/admin/keys/k1", headers=ADMIN).status, 200, "k1 revoked on B")
+    poll(lambda: all(use(a, k1) == 401 for _ in range(10)), 2,
+         "the revocation on B followed by A (on the new primary too)")
+    eq(use(a, k2), 200, "k2 still works on A")
+    assert "keys and accounts: kept on 127.0.0.1:%d" % replica.port in a.output(), \
+        "A's log says the registry moved:\n" + a.output()[-2000:]
+
+
+run([test_failover, test_switch_live_primary, test_sentinel_password,
+     test_sentinel_wrong_password, test_keys_survive_failover])
