@@ -173,11 +173,21 @@ long metrics_leases_held(void)
     return atomic_load(&leases_held);
 }
 
-static atomic_long requests_waiting;
+static atomic_long requests_waiting, requests_in_flight, jobs_held;
 
 void metrics_waiting(int delta)
 {
     atomic_fetch_add(&requests_waiting, delta);
+}
+
+void metrics_in_flight(int delta)
+{
+    atomic_fetch_add(&requests_in_flight, delta);
+}
+
+void metrics_jobs_held(long n)
+{
+    atomic_store(&jobs_held, n);
 }
 
 /* ---- access log ------------------------------------------------------------ */
@@ -323,6 +333,17 @@ void metrics_write(struct evbuffer *out)
                         "for requests in flight.\n# TYPE ratewall_leases_held gauge\n"
                         "ratewall_leases_held %ld\n",
                         atomic_load(&leases_held));
+    evbuffer_add_printf(out,
+                        "# HELP ratewall_jobs_held Async jobs whose concurrency leases this "
+                        "instance holds (until a done status, a done call or max_seconds).\n"
+                        "# TYPE ratewall_jobs_held gauge\nratewall_jobs_held %ld\n",
+                        atomic_load(&jobs_held));
+    evbuffer_add_printf(out,
+                        "# HELP ratewall_requests_in_flight Requests this instance is "
+                        "handling (from the head read to the answer's end).\n"
+                        "# TYPE ratewall_requests_in_flight gauge\n"
+                        "ratewall_requests_in_flight %ld\n",
+                        atomic_load(&requests_in_flight));
     evbuffer_add_printf(out,
                         "# HELP ratewall_requests_waiting Requests waiting for room "
                         "(an endpoint's queue).\n# TYPE ratewall_requests_waiting gauge\n"

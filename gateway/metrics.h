@@ -51,6 +51,10 @@ void metrics_lease(int delta);
 long metrics_leases_held(void);
 /* A request began (+1) or stopped (-1) waiting for room. */
 void metrics_waiting(int delta);
+/* A request context began (+1) or ended (-1) on this instance. */
+void metrics_in_flight(int delta);
+/* Jobs this instance holds leases for (the status page's count). */
+void metrics_jobs_held(long n);
 /* A job create answered 2xx with no usable job id (rare: no cache). */
 void metrics_job_id_unusable(const char *endpoint);
 /* A reconcile whose real use could not be known (the estimate stayed):

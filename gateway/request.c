@@ -398,6 +398,7 @@ static void request_finish(request_t *r)
     }
     config_unref(r->cfg);
     w->inflight--;
+    metrics_in_flight(-1);
     request_free(r);
 }
 
@@ -886,6 +887,7 @@ static request_t *request_new(worker_t *w, h1_conn_t *req)
         return NULL;
     }
     w->inflight++;
+    metrics_in_flight(1);
     r->w = w;
     r->req = req;
     r->cfg = config_ref(w->cfg);

@@ -304,6 +304,7 @@ static void jobs_expire(int64_t now)
         if (jobs[i].until_ms > now)
             jobs[k++] = jobs[i];
     n_jobs = k;
+    metrics_jobs_held((long)n_jobs);
 }
 
 void status_job_held(const char *account, const char *job, int64_t max_seconds)
@@ -319,6 +320,7 @@ void status_job_held(const char *account, const char *job, int64_t max_seconds)
     } else {
         jobs_untracked++;
     }
+    metrics_jobs_held((long)n_jobs);
     pthread_mutex_unlock(&jobs_mu);
 }
 
@@ -332,6 +334,7 @@ void status_job_done(const char *account, const char *job)
             i--;
         }
     }
+    metrics_jobs_held((long)n_jobs);
     pthread_mutex_unlock(&jobs_mu);
 }
 

@@ -351,6 +351,7 @@ def client_leaves(env, store):
     socks = [send_and_leave(s.gw().port, s.keys["acme"], {"id": "gone-%d" % i, "delay": 1.0})
              for i in range(4)]
     s.svc.b.wait_busy(4)
+    eq(s.metric("ratewall_requests_in_flight"), 4, "four requests in flight")
     for sk in socks:
         sk.close()
     # Every request has ended (its lease settled) once the gauge of leases
@@ -361,11 +362,14 @@ def client_leaves(env, store):
     eq(s.metric("ratewall_leases_held"), 0, "the four requests have ended")
     eq(len([r for r in s.svc.b.requests if r.path == CREATE]), 4, "the backend took four")
     eq(s.running("acme"), 4, "the four jobs hold their leases")
+    eq(s.metric("ratewall_jobs_held"), 4, "/metrics counts the four jobs")
+    eq(s.metric("ratewall_requests_in_flight"), 0, "no request in flight")
     eq(s.create("acme", {"id": "fifth"}).status, 429, "no fifth job")
     for i in range(4):
         s.svc.finish("gone-%d" % i)
         eq(s.poll("acme", q("gone-%d" % i)).status, 200, "poll gone-%d" % i)
         s.wait_running("acme", 3 - i, what="gone-%d's done frees its lease" % i)
+    eq(s.metric("ratewall_jobs_held"), 0, "/metrics: no job held")
     # A create that the backend refuses holds nothing, client or not.
     sk = send_and_leave(s.gw().port, s.keys["acme"],
                         {"reply": {"error": "overloaded"}, "code": 503, "delay": 0.5})
