@@ -863,11 +863,6 @@ static void usage_next(request_t *r)
     store_usage(r->w->store, r->checks, r->n_checks, on_usage, r);
 }
 
-static void next_request_id(worker_t *w, char *out, size_t len)
-{
-    snprintf(out, len, "%s%016llx", w->rid_prefix, (unsigned long long)w->rid_next++);
-}
-
 static void usage_start(request_t *r)
 {
     r->usage = json_array();
@@ -892,7 +887,7 @@ static request_t *request_new(worker_t *w, h1_conn_t *req)
     r->req = req;
     r->cfg = config_ref(w->cfg);
     clock_gettime(CLOCK_MONOTONIC, &r->t_start);
-    next_request_id(w, r->rid, sizeof r->rid);
+    worker_request_id(w, r->rid, sizeof r->rid);
     r->method = method_name(h1_method(req));
     snprintf(r->peer, sizeof r->peer, "%s", h1_peer(req));
     /* The path as sent until it is normalized (routing replaces it). */

@@ -127,6 +127,23 @@ static h1_limits_t http_limits(const config_t *c)
     return l;
 }
 
+void worker_request_id(worker_t *w, char *out, size_t len)
+{
+    snprintf(out, len, "%s%016llx", w->rid_prefix, (unsigned long long)w->rid_next++);
+}
+
+/* The HTTP layer's own answers carry a request id too (and request-id
+ * where the Anthropic fields are on), like every other answer. */
+static void refusal_fields(h1_conn_t *c, void *arg)
+{
+    worker_t *w = arg;
+    char rid[40];
+    worker_request_id(w, rid, sizeof rid);
+    h1_add_header(c, "X-Request-Id", rid);
+    if (w->cfg && w->cfg->server.anthropic_headers)
+        h1_add_header(c, "request-id", rid);
+}
+
 static void http_log(const char *line)
 {
     log_msg(LOG_WARN, "%s", line);
@@ -266,6 +283,7 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
         return -1;
     }
     h1_server_set_log(w->http, http_log);
+    h1_server_set_refusal_cb(w->http, refusal_fields);
     h1_server_defer_body(w->http, 1); /* 404, 401, 403 before any body is read */
     if (lim_deny_init(&w->deny, 4096) != 0)
         return -1;

@@ -52,6 +52,7 @@ struct h1_server {
     h1_limits_t lim;
     const struct timeval *ctv; /* common timeout of lim.timeout_ms */
     h1_request_cb cb;
+    h1_request_cb refusal_cb;  /* may add fields to the layer's own answers */
     h1_tls_cb tls;
     void *arg;
     h1_conn_t *conns;

@@ -123,6 +123,8 @@ static void refuse(h1_conn_t *c, int status, const char *reason, const char *cod
     c->no_body_out = 0;
     c->olen = 0;
     h1_add_header(c, "Content-Type", "application/json");
+    if (c->srv->refusal_cb)
+        c->srv->refusal_cb(c, c->srv->arg);
     h1_reply(c, status, reason, text ? text : "", text ? strlen(text) : 0);
     free(text);
 }

@@ -238,6 +238,11 @@ h1_server_t *h1_server_new(struct event_base *base, int fd, const h1_limits_t *l
     return s;
 }
 
+void h1_server_set_refusal_cb(h1_server_t *s, h1_request_cb cb)
+{
+    s->refusal_cb = cb;
+}
+
 void h1_server_set_log(h1_server_t *s, void (*log)(const char *line))
 {
     s->log = log;

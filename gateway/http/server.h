@@ -67,6 +67,11 @@ typedef struct h1_limits {
 h1_server_t *h1_server_new(struct event_base *base, int fd, const h1_limits_t *lim,
                            h1_request_cb cb, h1_tls_cb tls, void *arg);
 void h1_server_set_limits(h1_server_t *s, const h1_limits_t *lim);
+/* Called on each answer the HTTP layer sends on its own (a head or body it
+ * refused: 400, 408, 413, 431, 501, ...), before its headers are written,
+ * with the server's arg: it may add fields (the gateway adds its request
+ * id). */
+void h1_server_set_refusal_cb(h1_server_t *s, h1_request_cb cb);
 /* Where the server's operational lines go (accept errors), one a second at
  * most. */
 void h1_server_set_log(h1_server_t *s, void (*log)(const char *line));

@@ -110,6 +110,7 @@ def test_refused_heads(env):
          b"POST /v1/echo HTTP/1.1\r\nHost: x\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n"
          b"2\r\n{}\r\n0\r\nnot a field\r\n\r\n"),
     ]
+    ids = set()
     for what, status, data in cases:
         # A valid request pipelined behind the bad one must never be served.
         out = exchange(env.port, data + ok)
@@ -119,6 +120,10 @@ def test_refused_heads(env):
         err = json.loads(body)["error"]
         assert err["code"] and err["message"], "a JSON error for %s: %r" % (what, body)
         eq(len(re.findall(rb"(?:^|\n)HTTP/1\.1 \d{3} ", out)), 1, "one answer only for %s" % what)
+        assert re.match(r"^[0-9a-f]{32}$", fields.get("x-request-id", "")), \
+            "X-Request-Id on the refusal of %s: %r" % (what, fields)
+        ids.add(fields["x-request-id"])
+    eq(len(ids), len(cases), "a new request id on every refusal")
     eq(len(be.requests), 0, "nothing the HTTP layer refused reached the backend")
 
 
