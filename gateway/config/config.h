@@ -49,13 +49,13 @@ typedef struct cfg_backend {
 
 typedef struct cfg_map_entry {
     char *name;
-    int64_t value;
+    double value;       /* >= 0, fractions allowed */
 } cfg_map_entry_t;
 
 /* One factor of units: read at `pointer` in the request body. */
 typedef struct cfg_factor {
     char *pointer;      /* RFC 6901, validated */
-    int64_t dflt;       /* when absent (default 1) */
+    double dflt;        /* when absent (default 1; >= 0, fractions allowed) */
     double min;         /* a smaller value counts as this (default 1, >= 0) */
     cfg_map_entry_t *map; /* string value -> number; NULL if none */
     size_t n_map;

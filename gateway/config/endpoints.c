@@ -20,6 +20,36 @@
 static const char *const method_names[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD",
     "OPTIONS", NULL};
 
+
+/* A number of units a factor may take (a default, a min, a map value):
+ * >= 0 and at most LIM_UNITS_MAX, fractions allowed (the product is
+ * rounded up). name is the field; key, when not NULL, the map entry it
+ * is for. Returns 1 (set), 0 (absent) or -1 (reported). */
+static int units_number(ctx_t *c, json_t *v, const char *W, const char *name, const char *key,
+                        double *out)
+{
+    if (!v)
+        return 0;
+    char why[200];
+    if (!json_is_number(v))
+        snprintf(why, sizeof why, "expected a number, got %s", json_kind(v));
+    else if (json_number_value(v) < 0)
+        snprintf(why, sizeof why, "must not be negative, got %g", json_number_value(v));
+    else if (json_number_value(v) > (double)LIM_UNITS_MAX)
+        snprintf(why, sizeof why, "must be at most %" PRId64 ", got %g",
+                 (int64_t)LIM_UNITS_MAX, json_number_value(v));
+    else {
+        *out = json_number_value(v);
+        return 1;
+    }
+    /* A field is reported at its value; a map entry at its own path. */
+    if (key)
+        cfg_err(c, W, name, "%s: %s", cfg_quote(c, key), why);
+    else
+        ferr(c, W, name, "%s", why);
+    return -1;
+}
+
 static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *epW)
 {
     size_t n = json_array_size(arr);
@@ -47,17 +77,8 @@ static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *ep
         }
         check_keys(c, f, keys, W);
         get_pointer(c, f, W, "pointer", 1, &fa->pointer);
-        get_int(c, f, W, "default", 0, 0, INT64_MAX, &fa->dflt);
-        json_t *mv = json_object_get(f, "min");
-        if (mv && !json_is_number(mv))
-            type_err(c, W, "min", mv, "a number");
-        else if (mv && json_number_value(mv) < 0)
-            ferr(c, W, "min", "must not be negative, got %g", json_number_value(mv));
-        else if (mv && json_number_value(mv) > (double)LIM_UNITS_MAX)
-            ferr(c, W, "min", "must be at most %" PRId64 ", got %g", (int64_t)LIM_UNITS_MAX,
-                 json_number_value(mv));
-        else if (mv)
-            fa->min = json_number_value(mv);
+        units_number(c, json_object_get(f, "default"), W, "default", NULL, &fa->dflt);
+        units_number(c, json_object_get(f, "min"), W, "min", NULL, &fa->min);
         json_t *map = get_obj(c, f, W, "map", 0);
         if (map) {
             size_t mm = path_key(c, "map");
@@ -71,15 +92,10 @@ static void parse_units(ctx_t *c, json_t *arr, cfg_endpoint_t *e, const char *ep
                 json_t *v;
                 json_object_foreach(map, k, v) {
                     size_t mk = path_key(c, k);
-                    if (!json_is_integer(v))
-                        cfg_err(c, W, "map", "%s: expected an integer, got %s", cfg_quote(c, k),
-                            json_kind(v));
-                    else if (json_integer_value(v) < 0)
-                        cfg_err(c, W, "map", "%s: must not be negative, got %" PRId64, cfg_quote(c, k),
-                            (int64_t)json_integer_value(v));
-                    else {
+                    double x;
+                    if (units_number(c, v, W, "map", k, &x) == 1) {
                         fa->map[fa->n_map].name = cfg_strdup(c, k);
-                        fa->map[fa->n_map].value = (int64_t)json_integer_value(v);
+                        fa->map[fa->n_map].value = x;
                         fa->n_map++;
                     }
                     path_pop(c, mk);

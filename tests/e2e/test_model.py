@@ -29,8 +29,8 @@ def config(env, store, tiers, accounts, keys, **endpoints):
     cfg["endpoints"].update({
         "video": {"method": "POST", "path": "/v3/video", "backend": "models",
                   "units": [{"pointer": "/duration", "default": 5},
-                            {"pointer": "/resolution", "default": 1,
-                             "map": {"720p": 1, "1080p": 2, "4k": 4}}]},
+                            {"pointer": "/resolution", "default": 1, "min": 0.5,
+                             "map": {"480p": 0.5, "720p": 1, "1080p": 2, "4k": 4}}]},
         "llm": {"method": "POST", "path": "/v1/llm", "backend": "models",
                 "units": [{"pointer": "/max_tokens", "default": 16}],
                 "reconcile": {"response_pointer": "/usage/total_tokens"},
@@ -92,6 +92,9 @@ def units_map(env, store):
         "x-ratelimit-remaining"), "95", "default duration 5 x 720p")
     eq(env.req("POST", "/v3/video", key=key, body={"duration": 10, "resolution": "1080p"}).h(
         "x-ratelimit-remaining"), "75", "10 x 1080p")
+    # A fractional factor: 5 s of 480p = 2.5, rounded up to 3.
+    eq(env.req("POST", "/v3/video", key=key, body={"duration": 5, "resolution": "480p"}).h(
+        "x-ratelimit-remaining"), "72", "5 x 480p (0.5 a second)")
     eq(env.req("POST", "/v3/video", key=key, body={"duration": 20, "resolution": "4k"}).status,
        429, "80 more do not fit")
     r = env.req("POST", "/v3/video", key=key, body={"duration": 2, "resolution": "8k"})
