@@ -1,8 +1,10 @@
 /* gateway/auth.c: credentials on a request (auth.h). */
+#include <pthread.h>
 #include <string.h>
 #include <strings.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 
 #include "auth.h"
@@ -37,9 +39,21 @@ const char *auth_client_key(const h1_conn_t *c, size_t *len)
     return NULL;
 }
 
+/* SHA256() looks the algorithm up by name on every call; every request
+ * hashes its key, so it is fetched once (kept for the process's life). */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void auth_digest(const char *s, size_t n, unsigned char out[AUTH_DIGEST_LEN])
 {
-    SHA256((const unsigned char *)s, n, out);
+    pthread_once(&sha256_once, sha256_fetch);
+    if (!sha256_md || !EVP_Digest(s, n, out, NULL, sha256_md, NULL))
+        SHA256((const unsigned char *)s, n, out);
 }
 
 int auth_digest_equal(const unsigned char *a, const unsigned char *b)

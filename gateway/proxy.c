@@ -113,6 +113,8 @@ void proxy_worker_init(proxy_worker_t *pw, struct event_base *base)
     pw->base = base;
     pw->pools = NULL;
     pw->kept = NULL;
+    pw->head = NULL;
+    pw->head_cap = 0;
 }
 
 static void forget_kept(proxy_exchange_t *x)
@@ -162,6 +164,9 @@ void proxy_worker_free(proxy_worker_t *pw)
         p = next;
     }
     pw->pools = NULL;
+    free(pw->head);
+    pw->head = NULL;
+    pw->head_cap = 0;
 }
 
 void proxy_exchange_init(proxy_exchange_t *x)
@@ -245,59 +250,75 @@ static int same_header_name(const char *a, const char *b)
     }
 }
 
-/* Whether name starts with prefix, compared as same_header_name does. */
-static int header_name_has_prefix(const char *name, const char *prefix)
+/* The first cap - 1 bytes of name (n long) folded as same_header_name
+ * compares them (lower case, `_` as `-`) into buf; returns n. Every name
+ * and prefix of the lists below is shorter than the buffers given. */
+static size_t fold_name(const char *name, size_t n, char *buf, size_t cap)
 {
-    size_t n = strlen(prefix);
-    if (strlen(name) < n)
-        return 0;
-    char head[64];
-    if (n >= sizeof head)
-        return 0;
-    memcpy(head, name, n);
-    head[n] = '\0';
-    return same_header_name(head, prefix);
+    size_t k = n < cap ? n : cap - 1;
+    for (size_t i = 0; i < k; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        buf[i] = ch == '_' ? '-' : ch >= 'A' && ch <= 'Z' ? (char)(ch - 'A' + 'a') : (char)ch;
+    }
+    buf[k] = '\0';
+    return n;
 }
 
-/* Hop-by-hop headers (RFC 9110 section 7.6.1) and what the gateway sets itself. */
+typedef struct {
+    const char *s;
+    size_t n;
+} lit_t;
+#define LIT(x) {x, sizeof x - 1}
+
+/* Whether the folded name f (n bytes) is one of t (folded), or starts with
+ * prefix (folded, may be NULL). */
+static int folded_in(const char *f, size_t n, const lit_t *t, size_t nt, const char *prefix)
+{
+    for (size_t i = 0; i < nt; i++)
+        if (t[i].n == n && memcmp(t[i].s, f, n) == 0)
+            return 1;
+    return prefix && n >= strlen(prefix) && memcmp(f, prefix, strlen(prefix)) == 0;
+}
+
+/* Hop-by-hop headers (RFC 9110 section 7.6.1) and what the gateway sets
+ * itself; and the gateway's own namespace: nothing a client sends there is
+ * true. */
 static int skip_request_header(const char *name)
 {
-    static const char *const skip[] = {
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-        "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
-        "Host", "Content-Length", "Authorization", "X-API-Key", "Expect",
-        "X-Request-Id", "X-Gateway-Key-Id", "X-Gateway-Account", "X-Forwarded-For",
+    static const lit_t skip[] = {
+        LIT("connection"), LIT("keep-alive"), LIT("proxy-authenticate"),
+        LIT("proxy-authorization"), LIT("proxy-connection"), LIT("te"), LIT("trailer"),
+        LIT("transfer-encoding"), LIT("upgrade"), LIT("host"), LIT("content-length"),
+        LIT("authorization"), LIT("x-api-key"), LIT("expect"), LIT("x-request-id"),
+        LIT("x-gateway-key-id"), LIT("x-gateway-account"), LIT("x-forwarded-for"),
     };
-    for (size_t i = 0; i < sizeof skip / sizeof *skip; i++)
-        if (same_header_name(name, skip[i]))
-            return 1;
-    /* The gateway's own namespace: nothing a client sends there is true. */
-    return header_name_has_prefix(name, "X-Gateway-");
+    char f[64];
+    size_t n = fold_name(name, strlen(name), f, sizeof f);
+    return folded_in(f, n, skip, sizeof skip / sizeof *skip, "x-gateway-");
 }
 
-static int skip_response_header(const char *name)
+static int skip_response_header(const char *name, size_t len)
 {
-    static const char *const skip[] = {
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-        "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
-        "X-Request-Id", "Date",
+    static const lit_t skip[] = {
+        LIT("connection"), LIT("keep-alive"), LIT("proxy-authenticate"),
+        LIT("proxy-authorization"), LIT("proxy-connection"), LIT("te"), LIT("trailer"),
+        LIT("transfer-encoding"), LIT("upgrade"), LIT("x-request-id"), LIT("date"),
+        LIT("content-length"),
     };
-    for (size_t i = 0; i < sizeof skip / sizeof *skip; i++)
-        if (same_header_name(name, skip[i]))
-            return 1;
-    if (!strchr(name, '_'))
-        return 0;
     /* A backend header spelt with `_` that a client reading `_` as `-`
      * would take for one of the gateway's own answers' headers. */
-    static const char *const ours[] = {
-        "Content-Length", "Request-Id", "Retry-After", "Retry-After-Ms", "X-Should-Retry",
-        "RateLimit", "RateLimit-Policy",
+    static const lit_t ours[] = {
+        LIT("request-id"), LIT("retry-after"), LIT("retry-after-ms"), LIT("x-should-retry"),
+        LIT("ratelimit"), LIT("ratelimit-policy"),
     };
-    for (size_t i = 0; i < sizeof ours / sizeof *ours; i++)
-        if (same_header_name(name, ours[i]))
-            return 1;
-    return header_name_has_prefix(name, "X-RateLimit-") ||
-           header_name_has_prefix(name, "Anthropic-RateLimit-");
+    char f[64];
+    size_t n = fold_name(name, len, f, sizeof f);
+    if (folded_in(f, n, skip, sizeof skip / sizeof *skip, NULL))
+        return 1;
+    if (!memchr(name, '_', len))
+        return 0;
+    return folded_in(f, n, ours, sizeof ours / sizeof *ours, "x-ratelimit-") ||
+           folded_in(f, n, NULL, 0, "anthropic-ratelimit-");
 }
 
 /* name with `_` read as `-`, for looking it up among the headers the
@@ -344,28 +365,71 @@ static int client_connection_names(h1_conn_t *c, const char *name)
     return 0;
 }
 
-static void add_str(struct evbuffer *b, const char *s)
+/* A request head being written: one buffer, handed to the wire whole
+ * (one copy instead of a libevent call per piece). */
+typedef struct head {
+    char *p;
+    size_t n, cap;
+    int failed; /* out of memory: the head is not sent */
+} head_t;
+
+static void put(head_t *h, const char *s, size_t n)
 {
-    evbuffer_add(b, s, strlen(s));
+    if (h->failed)
+        return;
+    if (h->n + n > h->cap) {
+        size_t cap = h->cap ? h->cap : 2048;
+        while (cap < h->n + n)
+            cap *= 2;
+        char *p = realloc(h->p, cap);
+        if (!p) {
+            h->failed = 1;
+            return;
+        }
+        h->p = p;
+        h->cap = cap;
+    }
+    memcpy(h->p + h->n, s, n);
+    h->n += n;
 }
 
-static void add_field(struct evbuffer *b, const char *name, const char *value)
+static void put_str(head_t *h, const char *s)
 {
-    add_str(b, name);
-    evbuffer_add(b, ": ", 2);
-    add_str(b, value);
-    evbuffer_add(b, "\r\n", 2);
+    put(h, s, strlen(s));
+}
+
+static void put_uint(head_t *h, uint64_t v)
+{
+    char d[20];
+    size_t i = sizeof d;
+    do
+        d[--i] = (char)('0' + v % 10);
+    while (v /= 10);
+    put(h, d + i, sizeof d - i);
+}
+
+static void put_field(head_t *h, const char *name, const char *value)
+{
+    put_str(h, name);
+    put(h, ": ", 2);
+    put_str(h, value);
+    put(h, "\r\n", 2);
 }
 
 /* The request line and the fields for the backend. */
-static void request_head(const proxy_request_t *q, struct evbuffer *out, const char *target)
+static void request_head(const proxy_request_t *q, head_t *out, const char *query)
 {
     h1_conn_t *in = q->client;
     const cfg_backend_t *be = q->backend;
-    add_str(out, method_name(in));
-    evbuffer_add(out, " ", 1);
-    add_str(out, target);
-    evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    put_str(out, method_name(in));
+    put(out, " ", 1);
+    put_str(out, be->base_path);
+    put_str(out, q->path && *q->path ? q->path : "/");
+    if (query) {
+        put(out, "?", 1);
+        put_str(out, query);
+    }
+    put(out, " HTTP/1.1\r\n", 11);
     size_t nh = h1_header_count(in);
     for (size_t k = 0; k < nh; k++) {
         const char *key, *value;
@@ -376,38 +440,37 @@ static void request_head(const proxy_request_t *q, struct evbuffer *out, const c
         for (size_t i = 0; i < be->n_headers && !configured; i++)
             configured = same_header_name(be->headers[i].name, key);
         if (!configured)
-            add_field(out, key, value);
+            put_field(out, key, value);
     }
     for (size_t i = 0; i < be->n_headers; i++)
-        add_field(out, be->headers[i].name, be->headers[i].value);
+        put_field(out, be->headers[i].name, be->headers[i].value);
 
     int default_port = be->port == (be->tls ? 443 : 80);
     int v6 = strchr(be->host, ':') != NULL;
-    add_str(out, "Host: ");
+    put_str(out, "Host: ");
     if (v6)
-        evbuffer_add(out, "[", 1);
-    add_str(out, be->host);
+        put(out, "[", 1);
+    put_str(out, be->host);
     if (v6)
-        evbuffer_add(out, "]", 1);
+        put(out, "]", 1);
     if (!default_port) {
-        char port[8];
-        snprintf(port, sizeof port, ":%u", be->port);
-        add_str(out, port);
+        put(out, ":", 1);
+        put_uint(out, be->port);
     }
-    evbuffer_add(out, "\r\n", 2);
+    put(out, "\r\n", 2);
 
     /* The peer is always the last entry: never cut off by a long client value. */
     const char *xff = h1_header(in, "X-Forwarded-For");
-    add_str(out, "X-Forwarded-For: ");
+    put_str(out, "X-Forwarded-For: ");
     if (xff && *xff && strlen(xff) < 4096) {
-        add_str(out, xff);
-        evbuffer_add(out, ", ", 2);
+        put_str(out, xff);
+        put(out, ", ", 2);
     }
-    add_str(out, h1_peer(in));
-    evbuffer_add(out, "\r\n", 2);
-    add_field(out, "X-Request-Id", q->request_id);
-    add_field(out, "X-Gateway-Key-Id", q->key_id);
-    add_field(out, "X-Gateway-Account", q->account);
+    put_str(out, h1_peer(in));
+    put(out, "\r\n", 2);
+    put_field(out, "X-Request-Id", q->request_id);
+    put_field(out, "X-Gateway-Key-Id", q->key_id);
+    put_field(out, "X-Gateway-Account", q->account);
 }
 
 static void backend_failed(proxy_exchange_t *x, enum hc_error err)
@@ -426,6 +489,9 @@ static void reply_headers(proxy_exchange_t *x, const hp_response_t *res)
     h1_conn_t *out = x->client;
     x->hooks->fields(x->arg, out, x->backend_status);
     size_t ours = h1_headers_mark(out);
+    /* Only an answer with a Connection field can name more hop-by-hop
+     * fields. */
+    int has_connection = hp_find(res->fields, res->n_fields, "Connection") != NULL;
     for (size_t i = 0; i < res->n_fields; i++) {
         const hp_field_t *f = &res->fields[i];
         char name[256];
@@ -433,10 +499,9 @@ static void reply_headers(proxy_exchange_t *x, const hp_response_t *res)
             continue;
         memcpy(name, f->name, f->name_len);
         name[f->name_len] = '\0';
-        if (strcasecmp(name, "Content-Length") == 0)
-            continue;
         char dbuf[256];
-        if (!skip_response_header(name) && !named_by_any_connection(res, f->name, f->name_len) &&
+        if (!skip_response_header(name, f->name_len) &&
+            !(has_connection && named_by_any_connection(res, f->name, f->name_len)) &&
             !h1_has_header(out, dashed(name, dbuf, sizeof dbuf), ours))
             h1_add_header_n(out, f->name, f->name_len, f->value, f->value_len);
     }
@@ -466,13 +531,25 @@ static void hold_fields(proxy_exchange_t *x, const hp_response_t *res)
         x->held_head = evbuffer_new();
     if (!x->held_head)
         return;
+    size_t total = 0;
+    for (size_t i = 0; i < res->n_fields; i++)
+        total += res->fields[i].name_len + res->fields[i].value_len + 2;
+    struct evbuffer_iovec v;
+    if (!total || evbuffer_reserve_space(x->held_head, (ev_ssize_t)total, &v, 1) != 1 ||
+        v.iov_len < total)
+        return;
+    char *p = v.iov_base;
     for (size_t i = 0; i < res->n_fields; i++) {
         const hp_field_t *f = &res->fields[i];
-        evbuffer_add(x->held_head, f->name, f->name_len);
-        evbuffer_add(x->held_head, ":", 1);
-        evbuffer_add(x->held_head, f->value, f->value_len);
-        evbuffer_add(x->held_head, "\n", 1);
+        memcpy(p, f->name, f->name_len);
+        p += f->name_len;
+        *p++ = ':';
+        memcpy(p, f->value, f->value_len);
+        p += f->value_len;
+        *p++ = '\n';
     }
+    v.iov_len = total;
+    evbuffer_commit_space(x->held_head, &v, 1);
 }
 
 /* reply_headers for an answer whose fields were held. */
@@ -642,32 +719,26 @@ int proxy_start(proxy_exchange_t *x, proxy_worker_t *pw, const proxy_request_t *
         *why = "No connection to the backend could be made.";
         return -1;
     }
-    const char *path = in->path;
-    const char *query = h1_query(in->client);
-    size_t need = strlen(be->base_path) + strlen(path ? path : "/") +
-                  (query ? strlen(query) + 1 : 0) + 1;
-    char stackbuf[1024];
-    char *target = need <= sizeof stackbuf ? stackbuf : malloc(need);
-    if (!target) {
-        evbuffer_free(req);
-        *why = "Out of memory.";
-        return -1;
-    }
-    snprintf(target, need, "%s%s%s%s", be->base_path, path && *path ? path : "/",
-             query ? "?" : "", query ? query : "");
-    request_head(in, req, target);
-    if (target != stackbuf)
-        free(target);
+    /* The head goes into the worker's scratch buffer, then into req. */
+    head_t h = {pw->head, 0, pw->head_cap, 0};
+    request_head(in, &h, h1_query(in->client));
     /* Content-Length for any body, and for the methods that carry one. */
     struct evbuffer *body = h1_body(in->client);
     size_t blen = evbuffer_get_length(body);
     enum h1_method m = h1_method(in->client);
     if (blen || m == H1_POST || m == H1_PUT || m == H1_PATCH) {
-        char cl[40];
-        snprintf(cl, sizeof cl, "Content-Length: %zu\r\n", blen);
-        add_str(req, cl);
+        put_str(&h, "Content-Length: ");
+        put_uint(&h, blen);
+        put(&h, "\r\n", 2);
     }
-    evbuffer_add(req, "\r\n", 2);
+    put(&h, "\r\n", 2);
+    pw->head = h.p;
+    pw->head_cap = h.cap;
+    if (h.failed || evbuffer_add(req, h.p, h.n) != 0) {
+        evbuffer_free(req);
+        *why = "Out of memory.";
+        return -1;
+    }
     evbuffer_add_buffer(req, body);
 
     x->pw = pw;

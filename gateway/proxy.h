@@ -30,6 +30,8 @@ typedef struct proxy_worker {
     struct event_base *base;
     struct proxy_pool *pools;
     struct proxy_exchange *kept;
+    char *head;          /* scratch for request heads (owned, reused) */
+    size_t head_cap;
 } proxy_worker_t;
 
 /* How an exchange ended (proxy_hooks_t.ended). */

@@ -872,6 +872,17 @@ static void usage_start(request_t *r)
     usage_next(r);
 }
 
+/* s into dst (cap > 0 bytes), cut to fit (snprintf "%s" at a fraction of
+ * the cost, on every request). */
+static void copy_cut(char *dst, size_t cap, const char *s)
+{
+    size_t n = strlen(s);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
 /* A new request context for req on worker w (NULL: out of memory, and
  * req has been answered). */
 static request_t *request_new(worker_t *w, h1_conn_t *req)
@@ -889,9 +900,9 @@ static request_t *request_new(worker_t *w, h1_conn_t *req)
     clock_gettime(CLOCK_MONOTONIC, &r->t_start);
     worker_request_id(w, r->rid, sizeof r->rid);
     r->method = method_name(h1_method(req));
-    snprintf(r->peer, sizeof r->peer, "%s", h1_peer(req));
+    copy_cut(r->peer, sizeof r->peer, h1_peer(req));
     /* The path as sent until it is normalized (routing replaces it). */
-    snprintf(r->path, sizeof r->path, "%s", h1_path(req));
+    copy_cut(r->path, sizeof r->path, h1_path(req));
     return r;
 }
 
