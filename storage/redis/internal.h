@@ -230,6 +230,38 @@ static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
+/* v in decimal with its NUL into buf (24 bytes hold any); its length.
+ * Every decision formats a dozen numbers: by hand, not snprintf. */
+static inline size_t rds_fmt_i64(char *buf, int64_t v)
+{
+    char d[24];
+    size_t i = sizeof d, n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do
+        d[--i] = (char)('0' + u % 10);
+    while (u /= 10);
+    if (v < 0)
+        buf[n++] = '-';
+    memcpy(buf + n, d + i, sizeof d - i);
+    n += sizeof d - i;
+    buf[n] = '\0';
+    return n;
+}
+
+/* a then b into buf (cap bytes, cut to fit); its length. */
+static inline size_t rds_join2(char *buf, size_t cap, const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    if (na >= cap)
+        na = cap - 1;
+    if (nb >= cap - na)
+        nb = cap - na - 1;
+    memcpy(buf, a, na);
+    memcpy(buf + na, b, nb);
+    buf[na + nb] = '\0';
+    return na + nb;
+}
+
 void rds_rlog(redis_store_t *rs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* conn.c: the connection, calls in flight and their replies. */

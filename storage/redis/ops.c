@@ -148,53 +148,64 @@ rcall_t *rds_decision_call(redis_worker_t *rw, enum call_kind kind,
     if (local_deadline == 0)
         local_deadline = mono_ms() + rs->o.timeout_ms;
     int a = 0;
-    argv[a++] = "EVALSHA";
-    argv[a++] = rs->sha_acquire;
-    snprintf(numkeys, sizeof numkeys, "%zu", n);
-    argv[a++] = numkeys;
+    argv[a] = "EVALSHA";
+    len[a++] = 7;
+    argv[a] = rs->sha_acquire;
+    len[a++] = strlen(rs->sha_acquire);
+    argv[a] = numkeys;
+    len[a++] = rds_fmt_i64(numkeys, (int64_t)n);
     for (size_t i = 0; i < n; i++) {
-        snprintf(keys[i], sizeof keys[i], "%s%s", rs->o.key_prefix, checks[i].key);
-        argv[a++] = keys[i];
+        argv[a] = keys[i];
+        len[a++] = rds_join2(keys[i], sizeof keys[i], rs->o.key_prefix, checks[i].key);
     }
     now[0] = '\0';
-    if (rs->o.clock)
-        snprintf(now, sizeof now, "%lld", (long long)rs->o.clock(rs->o.clock_arg));
-    argv[a++] = now;
-    argv[a++] = lease_id ? lease_id : "";
-    argv[a++] = kind == RC_ACQUIRE ? "1" : kind == RC_ADJUST ? "a" : "0";
+    argv[a] = now;
+    len[a++] = rs->o.clock ? rds_fmt_i64(now, rs->o.clock(rs->o.clock_arg)) : 0;
+    argv[a] = lease_id ? lease_id : "";
+    len[a] = strlen(argv[a]);
+    a++;
+    argv[a] = kind == RC_ACQUIRE ? "1" : kind == RC_ADJUST ? "a" : "0";
+    len[a++] = 1;
     deadline[0] = '\0';
+    size_t dl = 0;
     if (kind == RC_ACQUIRE && !rs->o.clock && rw->offset_known)
-        snprintf(deadline, sizeof deadline, "%lld",
-                 (long long)(local_deadline + rw->offset_ms - deadline_margin(rw)));
-    argv[a++] = kind == RC_ADJUST && refund_of ? refund_of : deadline;
+        dl = rds_fmt_i64(deadline, local_deadline + rw->offset_ms - deadline_margin(rw));
+    if (kind == RC_ADJUST && refund_of) {
+        argv[a] = refund_of;
+        len[a++] = strlen(refund_of);
+    } else {
+        argv[a] = deadline;
+        len[a++] = dl;
+    }
     for (size_t i = 0; i < n; i++) {
         const lim_check_t *c = &checks[i];
         switch (c->kind) {
         case LIM_CK_ROLLING:
-            argv[a++] = c->shadow ? "R" : "r";
-            snprintf(nums[i][0], sizeof nums[i][0], "%lld", (long long)c->window_ms);
+            argv[a] = c->shadow ? "R" : "r";
+            len[a++] = 1;
+            argv[a] = nums[i][0];
+            len[a++] = rds_fmt_i64(nums[i][0], c->window_ms);
             break;
         case LIM_CK_CALENDAR:
-            argv[a++] = c->shadow ? "C" : "c";
-            snprintf(nums[i][0], sizeof nums[i][0], "%s", c->per == LIM_PER_MONTH ? "m" : "d");
+            argv[a] = c->shadow ? "C" : "c";
+            len[a++] = 1;
+            argv[a] = c->per == LIM_PER_MONTH ? "m" : "d";
+            len[a++] = 1;
             break;
         case LIM_CK_GAUGE:
-            argv[a++] = c->shadow ? "G" : "g";
-            snprintf(nums[i][0], sizeof nums[i][0], "%lld",
-                     (long long)(c->lease_ttl_ms > 0 ? c->lease_ttl_ms : 90000));
+            argv[a] = c->shadow ? "G" : "g";
+            len[a++] = 1;
+            argv[a] = nums[i][0];
+            len[a++] = rds_fmt_i64(nums[i][0], c->lease_ttl_ms > 0 ? c->lease_ttl_ms : 90000);
             break;
         }
-        argv[a++] = nums[i][0];
-        snprintf(nums[i][1], sizeof nums[i][1], "%lld",
-                 (long long)clamp64(c->limit, 0, LIM_PRICE_MAX));
-        argv[a++] = nums[i][1];
+        argv[a] = nums[i][1];
+        len[a++] = rds_fmt_i64(nums[i][1], clamp64(c->limit, 0, LIM_PRICE_MAX));
         int64_t amount = deltas ? clamp64(deltas[i], -LIM_PRICE_MAX, LIM_PRICE_MAX)
                                 : clamp64(c->amount, 0, LIM_PRICE_MAX);
-        snprintf(nums[i][2], sizeof nums[i][2], "%lld", (long long)amount);
-        argv[a++] = nums[i][2];
+        argv[a] = nums[i][2];
+        len[a++] = rds_fmt_i64(nums[i][2], amount);
     }
-    for (int i = 0; i < a; i++)
-        len[i] = strlen(argv[i]);
     rcall_t *call = rds_call_new(rw, kind, a, argv, len);
     if (call)
         call->deadline = local_deadline;
