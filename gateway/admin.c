@@ -263,9 +263,14 @@ static void metrics(worker_t *w, h1_conn_t *req)
             "ratewall_store_local_decisions_total %lu\n"
             "# HELP ratewall_store_connects_total Connection attempts to Redis.\n"
             "# TYPE ratewall_store_connects_total counter\n"
-            "ratewall_store_connects_total %lu\n",
+            "ratewall_store_connects_total %lu\n"
+            "# HELP ratewall_store_debt_dropped_total Charges counted locally while Redis "
+            "was away that will not reach Redis (more counters than one outage keeps).\n"
+            "# TYPE ratewall_store_debt_dropped_total counter\n"
+            "ratewall_store_debt_dropped_total %lu\n",
             atomic_load(&rs->decisions), atomic_load(&rs->unavailable),
-            atomic_load(&rs->fallback_decisions), atomic_load(&rs->connects));
+            atomic_load(&rs->fallback_decisions), atomic_load(&rs->connects),
+            atomic_load(&rs->debt_dropped));
     evbuffer_add_printf(b, "# HELP ratewall_store_ready 1 when the store answers.\n"
                            "# TYPE ratewall_store_ready gauge\nratewall_store_ready %d\n",
                         store_ready(w->store));

@@ -209,6 +209,9 @@ typedef struct store_redis_stats {
     atomic_ulong unavailable;        /* calls Redis could not answer */
     atomic_ulong fallback_decisions; /* answered by local memory (allow) */
     atomic_ulong connects;           /* connection attempts */
+    atomic_ulong debt_dropped;       /* local charges (on_error allow) that
+                                        could not be kept to add to Redis: more
+                                        counters than the outage bound */
 } store_redis_stats_t;
 
 store_t *store_redis_new(const store_redis_opts_t *o);

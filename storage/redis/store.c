@@ -163,10 +163,14 @@ void rds_debt_record(redis_store_t *rs, const lim_check_t *c, int64_t amount,
         rs->debt[b] = d;
         rs->n_debt++;
         atomic_store(&rs->debt_hint, rs->n_debt);
-    } else if (amount > 0 && !rs->debt_full) {
-        rs->debt_full = 1;
-        rds_rlog(rs, "redis: more than %d counters charged while Redis is away: the rest "
-                 "will not be added to Redis when it is back", DEBT_MAX);
+    } else if (amount > 0) {
+        atomic_fetch_add(&rs->stats.debt_dropped, 1);
+        if (!rs->debt_full) {
+            rs->debt_full = 1;
+            rds_rlog(rs, "redis: more than %d counters charged while Redis is away: the rest "
+                     "will not be added to Redis when it is back "
+                     "(ratewall_store_debt_dropped_total counts them)", DEBT_MAX);
+        }
     }
     pthread_mutex_unlock(&rs->debt_mu);
 }
