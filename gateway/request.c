@@ -183,39 +183,49 @@ static struct timeval ms_tv(int64_t ms)
     return tv;
 }
 
-/* Decide the head of q again, when its timer says room is due. */
-static void wq_timer(evutil_socket_t fd, short what, void *arg)
+/* r's wake-up: it is the head and room is due, or the one before it left,
+ * or a slot it waits for was given back. Decide it again. */
+static void wq_wake_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    waitq_t *q = arg;
-    request_t *r = q->head;
-    if (!r || r->state != RQ_QUEUED)
+    request_t *r = arg;
+    if (r->state != RQ_QUEUED) {
+        r->wq_kick = 1; /* being decided: room may have come after the store looked */
         return;
+    }
     r->state = RQ_STORE;
     r->t_sent_us = mono_us();
     store_acquire(r->w->store, r->checks, r->n_checks, r->rid, on_acquire, r);
 }
 
-/* r stops waiting (admitted, refused, gone): out of its queue, whose next
- * request is decided at once if r was the head. */
+/* r stops waiting (admitted, refused, gone, drained): out of its queue,
+ * whose next request is woken if r was the head, and out of its worker's
+ * list. Every request that ends passes here (request_finish), so each
+ * waiter gives its place back exactly once. */
 static void queue_leave(request_t *r)
 {
     if (r->wq_deadline) {
         event_free(r->wq_deadline);
         r->wq_deadline = NULL;
     }
-    waitq_t *q = r->wq;
-    if (!q)
-        return;
-    r->waited = 1;
-    r->waited_ms = (mono_us() - r->wq_since_us) / 1000;
-    metrics_waiting(-1);
-    int kick = q->head == r && q->n > 1;
-    waitq_remove(q, r);
-    if (kick) {
-        struct timeval now = {0, 0};
-        evtimer_add(q->timer, &now);
+    if (r->wq) {
+        r->waited = 1;
+        r->waited_ms = (mono_us() - r->wq_since_us) / 1000;
+        metrics_waiting(-1);
+        waitq_leave(r);
+        if (r->wl_prev)
+            r->wl_prev->wl_next = r->wl_next;
+        else
+            r->w->waiting = r->wl_next;
+        if (r->wl_next)
+            r->wl_next->wl_prev = r->wl_prev;
+        r->wl_next = r->wl_prev = NULL;
+    }
+    /* After the leave: nobody else can reach it now. */
+    if (r->wq_wake) {
+        event_free(r->wq_wake);
+        r->wq_wake = NULL;
     }
 }
 
@@ -270,7 +280,8 @@ static int room_due(const request_t *r, const lim_outcome_t *o, int64_t left_ms,
 }
 
 /* A refusal by the store: 1 if r waits for room instead of its 429 (it is
- * then RQ_QUEUED, behind the earlier waiters of its key and endpoint). */
+ * then RQ_QUEUED, behind the earlier waiters of its key and endpoint on
+ * every worker). */
 static int queue_wait(request_t *r, const lim_outcome_t *o)
 {
     const cfg_endpoint_t *ep = r->ep;
@@ -285,71 +296,101 @@ static int queue_wait(request_t *r, const lim_outcome_t *o)
     if (left <= 0 || !room_due(r, o, left, &delay))
         return 0;
     if (!r->wq) {
-        waitq_t *q = waitq_find(w, r->key, r->ep_index, 0, NULL);
-        if (q && (int64_t)q->n >= ep->queue_max_waiting)
-            return 0; /* full: the 429 at once */
+        int head = 0, rc = -1;
         r->wq_deadline = evtimer_new(w->base, wq_deadline_cb, r);
-        if (!r->wq_deadline || !(q = waitq_find(w, r->key, r->ep_index, 1, wq_timer))) {
-            queue_leave(r);
+        r->wq_wake = evtimer_new(w->base, wq_wake_cb, r);
+        if (r->wq_deadline && r->wq_wake)
+            rc = waitq_join(r, r->key->id, ep->name, (size_t)ep->queue_max_waiting, &head);
+        if (rc != 0) {
+            queue_leave(r); /* full (the 429 at once) or out of memory */
             return 0;
         }
-        waitq_push(q, r);
+        r->wl_prev = NULL;
+        r->wl_next = w->waiting;
+        if (w->waiting)
+            w->waiting->wl_prev = r;
+        w->waiting = r;
         metrics_waiting(1);
         r->wq_since_us = now;
         struct timeval tv = ms_tv(left);
         evtimer_add(r->wq_deadline, &tv);
         request_watch_client(r);
-        if (q->head != r) {
-            r->state = RQ_QUEUED; /* decided when the ones before it are */
+        if (!head) {
+            r->state = RQ_QUEUED; /* woken when the ones before it are gone */
             return 1;
         }
     }
+    int g = r->rep.refused;
+    waitq_set_gauge(r, g >= 0 && r->checks[g].kind == LIM_CK_GAUGE
+                           ? waitq_hash(r->checks[g].key) : 0);
+    if (r->wq_kick) {
+        r->wq_kick = 0;
+        delay = 0;
+    }
     r->state = RQ_QUEUED;
     struct timeval tv = ms_tv(delay);
-    evtimer_add(r->wq->timer, &tv);
+    evtimer_add(r->wq_wake, &tv);
     return 1;
 }
 
-/* r gave its concurrency leases back: a head of this worker waiting on
+/* A newcomer of an endpoint whose key has waiters asked the store without
+ * a charge: it takes its place behind them even when there is room now (a
+ * refusal that cannot turn into room in time gets its 429 at once, as on
+ * any first decision). Room now counts as a refusal by its fullest
+ * enforcing limit, due at once, so that the 429 of a wait that ends
+ * before its turn names that limit. */
+static void on_peek(void *arg, store_status_t st, const lim_outcome_t *o)
+{
+    request_t *r = arg;
+    if (st != STORE_OK || !o->admitted) {
+        on_acquire(r, st, o);
+        return;
+    }
+    int tight = -1;
+    double best = -1;
+    for (size_t i = 0; i < r->n_checks; i++) {
+        const lim_check_t *c = &r->checks[i];
+        if (c->shadow || c->limit <= 0)
+            continue;
+        double f = (double)(o->res[i].used + c->amount) / (double)c->limit;
+        if (f > best) {
+            best = f;
+            tight = (int)i;
+        }
+    }
+    if (tight < 0) { /* nothing that refuses: nothing to wait for */
+        r->t_sent_us = mono_us();
+        store_acquire(r->w->store, r->checks, r->n_checks, r->rid, on_acquire, r);
+        return;
+    }
+    lim_outcome_t behind = *o;
+    behind.admitted = 0;
+    behind.res[tight].ok = 0;
+    behind.res[tight].retry_ms = o->now_ms + 1;
+    on_acquire(r, st, &behind);
+}
+
+/* r gave its concurrency leases back: a head (of any worker) waiting on
  * one of those counters is decided again at once. */
 static void wake_gauge_waiters(const request_t *r)
 {
-    worker_t *w = r->w;
-    for (size_t b = 0; b < WAITQ_BUCKETS; b++) {
-        for (waitq_t *q = w->waitq[b]; q; q = q->next) {
-            const request_t *h = q->head;
-            if (!h || h->state != RQ_QUEUED || h->rep.refused < 0)
-                continue;
-            const lim_check_t *hc = &h->checks[h->rep.refused];
-            if (hc->kind != LIM_CK_GAUGE)
-                continue;
-            for (size_t i = 0; i < r->n_checks; i++) {
-                if (r->checks[i].kind == LIM_CK_GAUGE && strcmp(r->checks[i].key, hc->key) == 0) {
-                    struct timeval now = {0, 0};
-                    evtimer_add(q->timer, &now);
-                    break;
-                }
-            }
-        }
-    }
+    uint64_t g[LIM_MAX_CHECKS];
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_checks; i++)
+        if (r->checks[i].kind == LIM_CK_GAUGE)
+            g[n++] = waitq_hash(r->checks[i].key);
+    waitq_wake_gauge(g, n);
 }
 
 void request_drain_waiters(worker_t *w)
 {
-    for (size_t b = 0; b < WAITQ_BUCKETS; b++) {
-        waitq_t *q = w->waitq[b];
-        while (q) {
-            waitq_t *next = q->next;
-            request_t *r = q->head;
-            while (r) {
-                request_t *rn = r->wq_next; /* q is freed with its last one */
-                r->wq_expired = 1;
-                if (r->state == RQ_QUEUED)
-                    queue_refuse(r);
-                r = rn;
-            }
-            q = next;
-        }
+    request_t *r = w->waiting;
+    while (r) {
+        request_t *rn = r->wl_next;
+        r->wq_expired = 1;
+        if (r->state == RQ_QUEUED)
+            queue_refuse(r);
+        r = rn;
     }
 }
 
@@ -1136,5 +1177,10 @@ static void on_body(h1_conn_t *req, void *arg)
     if (!store_answers_inline(w->store))
         request_watch_client(r);
     r->t_sent_us = mono_us();
-    store_acquire(w->store, r->checks, r->n_checks, r->rid, on_acquire, r);
+    /* Others of its key wait: it asks without a charge, to wait behind
+     * them (on_peek) rather than pass them. */
+    if (r->ep->queue_max_wait_ms && waitq_busy(r->key->id, r->ep->name))
+        store_usage(w->store, r->checks, r->n_checks, on_peek, r);
+    else
+        store_acquire(w->store, r->checks, r->n_checks, r->rid, on_acquire, r);
 }

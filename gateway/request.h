@@ -92,11 +92,20 @@ typedef struct request {
     char **deny_keep;      /* a 429 just kept by the deny cache: its body slot */
     struct timespec t_start;
     int64_t t_sent_us;  /* monotonic us when the decision was asked for */
-    /* Waiting for room (an endpoint's queue): the queue it is in (NULL:
-     * none), its neighbours there, and its own deadline (owned event). */
+    /* Waiting for room (an endpoint's queue, waitq.h): the process-wide
+     * queue it is in (NULL: none) and its neighbours there (both under
+     * waitq.c's mutex), the concurrency counter it waits for as the head
+     * (a waitq_hash, 0: none; under that mutex too), its own deadline and
+     * its wake-up (owned events: the wake-up is activated by the worker
+     * whose waiter leaves the head before it, or gives a slot back), and
+     * its neighbours in its worker's list of waiters (worker thread only). */
     struct waitq *wq;
     struct request *wq_next, *wq_prev;
+    uint64_t wq_gauge;
     struct event *wq_deadline;
+    struct event *wq_wake;
+    struct request *wl_next, *wl_prev;
+    int wq_kick;          /* woken while being decided: decide again at once */
     int64_t wq_since_us;  /* monotonic us when it began to wait */
     int wq_expired;       /* its max_wait_ms has passed: no more waiting */
     int waited;           /* it waited: X-RateLimit-Waited-Ms = waited_ms */

@@ -42,7 +42,7 @@ typedef struct worker {
     struct timespec drain_deadline;
     /* Touched by the worker's own thread only. */
     int inflight;   /* request contexts alive */
-    struct waitq *waitq[64]; /* waiting requests by key and endpoint (waitq.h) */
+    struct request *waiting; /* its waiting requests (their wl_ list; waitq.h) */
     /* X-Request-Id: random per-worker prefix + counter. */
     char rid_prefix[17];
     uint64_t rid_next;
