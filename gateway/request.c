@@ -190,6 +190,8 @@ static void wq_wake_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     request_t *r = arg;
+    if (what & EV_READ)
+        r->wq_slot = 1; /* a slot was given back (waitq_wake_gauge) */
     if (r->state != RQ_QUEUED) {
         r->wq_kick = 1; /* being decided: room may have come after the store looked */
         return;
@@ -324,9 +326,13 @@ static int queue_wait(request_t *r, const lim_outcome_t *o)
     waitq_set_gauge(r, g >= 0 && r->checks[g].kind == LIM_CK_GAUGE
                            ? waitq_hash(r->checks[g].key) : 0);
     if (r->wq_kick) {
-        r->wq_kick = 0;
         delay = 0;
+    } else if (r->wq_slot && g >= 0 && r->checks[g].kind == LIM_CK_GAUGE && delay > 50) {
+        /* Woken by a slot given back through another store connection,
+         * which the store may not have applied yet: soon once more. */
+        delay = 50;
     }
+    r->wq_kick = r->wq_slot = 0;
     r->state = RQ_QUEUED;
     struct timeval tv = ms_tv(delay);
     evtimer_add(r->wq_wake, &tv);
@@ -400,18 +406,23 @@ static void request_settle(request_t *r)
         return;
     r->settled = 1;
     count_and_log(r);
+    int released = 0;
     if (r->admitted && lim_checks_have_gauge(r->checks, r->n_checks)) {
         metrics_lease(-1);
         if (!r->lease_moved) {
             store_release(r->w->store, r->checks, r->n_checks, r->rid);
             r->store_sent = 1;
-            wake_gauge_waiters(r);
+            released = 1;
         }
     }
     r->admitted = 0;
     /* The answer goes out right after this: the store hears first. */
     if (r->store_sent)
         store_flush(r->w->store);
+    /* After the flush: the release is on its way before a waiter of
+     * another worker (another store connection) asks again. */
+    if (released)
+        wake_gauge_waiters(r);
 }
 
 static void request_finish(request_t *r)

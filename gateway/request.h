@@ -106,6 +106,7 @@ typedef struct request {
     struct event *wq_wake;
     struct request *wl_next, *wl_prev;
     int wq_kick;          /* woken while being decided: decide again at once */
+    int wq_slot;          /* woken by a slot given back since its last decision */
     int64_t wq_since_us;  /* monotonic us when it began to wait */
     int wq_expired;       /* its max_wait_ms has passed: no more waiting */
     int waited;           /* it waited: X-RateLimit-Waited-Ms = waited_ms */

@@ -148,7 +148,7 @@ void waitq_wake_gauge(const uint64_t *g, size_t n)
                 continue;
             for (size_t i = 0; i < n; i++) {
                 if (g[i] == h->wq_gauge) {
-                    event_active(h->wq_wake, EV_TIMEOUT, 1);
+                    event_active(h->wq_wake, EV_READ, 1); /* EV_READ: a slot */
                     break;
                 }
             }
