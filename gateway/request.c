@@ -343,8 +343,8 @@ static int queue_wait(request_t *r, const lim_outcome_t *o)
  * a charge: it takes its place behind them even when there is room now (a
  * refusal that cannot turn into room in time gets its 429 at once, as on
  * any first decision). Room now counts as a refusal by its fullest
- * enforcing limit, due at once, so that the 429 of a wait that ends
- * before its turn names that limit. */
+ * window or concurrency limit, due at once, so that the 429 of a wait
+ * that ends before its turn names that limit. */
 static void on_peek(void *arg, store_status_t st, const lim_outcome_t *o)
 {
     request_t *r = arg;
@@ -356,15 +356,15 @@ static void on_peek(void *arg, store_status_t st, const lim_outcome_t *o)
     double best = -1;
     for (size_t i = 0; i < r->n_checks; i++) {
         const lim_check_t *c = &r->checks[i];
-        if (c->shadow || c->limit <= 0)
-            continue;
+        if (c->shadow || c->limit <= 0 || c->kind == LIM_CK_CALENDAR)
+            continue; /* (a calendar period would not let it wait) */
         double f = (double)(o->res[i].used + c->amount) / (double)c->limit;
         if (f > best) {
             best = f;
             tight = (int)i;
         }
     }
-    if (tight < 0) { /* nothing that refuses: nothing to wait for */
+    if (tight < 0) { /* no limit that a waiter waits for */
         r->t_sent_us = mono_us();
         store_acquire(r->w->store, r->checks, r->n_checks, r->rid, on_acquire, r);
         return;
