@@ -188,7 +188,6 @@ static struct timeval ms_tv(int64_t ms)
 static void wq_wake_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
-    (void)what;
     request_t *r = arg;
     if (what & EV_READ)
         r->wq_slot = 1; /* a slot was given back (waitq_wake_gauge) */
