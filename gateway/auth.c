@@ -39,20 +39,38 @@ const char *auth_client_key(const h1_conn_t *c, size_t *len)
     return NULL;
 }
 
-/* SHA256() looks the algorithm up by name on every call; every request
- * hashes its key, so it is fetched once (kept for the process's life). */
+/* SHA256() looks the algorithm up by name and makes a context on every
+ * call; every request hashes its key, so the algorithm is fetched once
+ * (kept for the process's life) and each thread keeps one context, freed
+ * when the thread ends. */
 static EVP_MD *sha256_md;
+static pthread_key_t ctx_key;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void ctx_free(void *ctx)
+{
+    EVP_MD_CTX_free(ctx);
+}
 
 static void sha256_fetch(void)
 {
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (pthread_key_create(&ctx_key, ctx_free) != 0) {
+        EVP_MD_free(sha256_md);
+        sha256_md = NULL;
+    }
 }
 
 void auth_digest(const char *s, size_t n, unsigned char out[AUTH_DIGEST_LEN])
 {
     pthread_once(&sha256_once, sha256_fetch);
-    if (!sha256_md || !EVP_Digest(s, n, out, NULL, sha256_md, NULL))
+    EVP_MD_CTX *ctx = sha256_md ? pthread_getspecific(ctx_key) : NULL;
+    if (sha256_md && !ctx && (ctx = EVP_MD_CTX_new()) && pthread_setspecific(ctx_key, ctx)) {
+        EVP_MD_CTX_free(ctx);
+        ctx = NULL;
+    }
+    if (!ctx || !EVP_DigestInit_ex2(ctx, sha256_md, NULL) || !EVP_DigestUpdate(ctx, s, n) ||
+        !EVP_DigestFinal_ex(ctx, out, NULL))
         SHA256((const unsigned char *)s, n, out);
 }
 

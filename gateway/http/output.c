@@ -337,7 +337,10 @@ void h1_add_header(h1_conn_t *c, const char *name, const char *value)
     h1_add_header_n(c, name, strlen(name), value, strlen(value));
 }
 
-void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl)
+/* Room for a field line of nl + vl bytes of name and value at the end of
+ * the answer's fields: where it starts, or NULL (out of memory: the field
+ * is left out). */
+static char *field_room(h1_conn_t *c, size_t nl, size_t vl)
 {
     size_t need = c->olen + nl + vl + 4;
     if (need > c->ocap) {
@@ -346,11 +349,20 @@ void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *valu
             cap *= 2;
         char *p = realloc(c->obuf, cap);
         if (!p)
-            return;
+            return NULL;
         c->obuf = p;
         c->ocap = cap;
     }
     char *p = c->obuf + c->olen;
+    c->olen = need;
+    return p;
+}
+
+void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl)
+{
+    char *p = field_room(c, nl, vl);
+    if (!p)
+        return;
     memcpy(p, name, nl);
     p[nl] = ':';
     p[nl + 1] = ' ';
@@ -359,9 +371,10 @@ void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *valu
         p[nl + 2 + i] = value[i] == '\r' || value[i] == '\n' ? ' ' : value[i];
     p[nl + 2 + vl] = '\r';
     p[nl + 3 + vl] = '\n';
-    c->olen = need;
 }
 
+/* A number needs no CR/LF check: written straight into the fields (a
+ * proxied answer carries half a dozen). */
 void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
 {
     char buf[24];
@@ -372,8 +385,16 @@ void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
     } else {
         n += put_uint(buf, (uint64_t)value);
     }
-    buf[n] = '\0';
-    h1_add_header(c, name, buf);
+    size_t nl = strlen(name);
+    char *p = field_room(c, nl, n);
+    if (!p)
+        return;
+    memcpy(p, name, nl);
+    p[nl] = ':';
+    p[nl + 1] = ' ';
+    memcpy(p + nl + 2, buf, n);
+    p[nl + 2 + n] = '\r';
+    p[nl + 3 + n] = '\n';
 }
 
 void h1_headers_reset(h1_conn_t *c)
