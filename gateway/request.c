@@ -597,13 +597,6 @@ static int64_t mono_us(void)
 
 /* RATEWALL_NO_DENY_CACHE=1 turns the local deny cache off (diagnostics). */
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A refusal the deny cache still holds for these checks: answer it
  * without the store, with every limit's state as the store last reported
  * it (resets moved on by the time since). */
@@ -615,14 +608,15 @@ static int answer_from_deny_cache(request_t *r)
                         (uint32_t)r->ep_index, r->checks, r->n_checks, now_ms);
     if (!e)
         return 0;
-    int64_t since = now_ms - e->offered_ms, wall = wall_ms();
+    /* On the store's clock, as a store answer is: its time at the refusal
+     * moved on by the time since, the resets where the store put them. */
+    int64_t since = now_ms - e->offered_ms;
     r->rep = e->rep;
     r->n_state = r->n_checks;
-    r->state_now_ms = wall;
+    r->state_now_ms = e->store_now_ms + (since > 0 ? since : 0);
     for (size_t i = 0; i < r->n_checks; i++) {
         r->state_remaining[i] = e->remaining[i];
-        int64_t in = e->reset_in_ms[i] - since;
-        r->state_reset_ms[i] = wall + (in > 0 ? in : 0);
+        r->state_reset_ms[i] = e->store_now_ms + e->reset_in_ms[i];
     }
     if (!r->rep.never) {
         int64_t left = e->until_ms - now_ms;

@@ -76,6 +76,7 @@ lim_deny_entry_t *lim_deny_offer(lim_deny_t *d, uint64_t gen, uintptr_t key,
         e->reset_in_ms[i] = o->res[i].reset_ms > o->now_ms ? o->res[i].reset_ms - o->now_ms : 0;
     }
     e->offered_ms = sent_ms;
+    e->store_now_ms = o->now_ms;
     d->stored++;
     return e;
 }

@@ -43,6 +43,7 @@ typedef struct lim_deny_entry {
     int64_t *reset_in_ms; /* n: from the refusal to each check's reset (store
                              clock); points into the same allocation */
     int64_t offered_ms;  /* the caller's clock when it was offered (sent_ms) */
+    int64_t store_now_ms; /* the store's clock in the refusal (o->now_ms) */
     char *body;          /* the 429 body as sent, set by the caller (owned,
                             free()d when the entry is overwritten or freed) */
 } lim_deny_entry_t;
