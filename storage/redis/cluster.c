@@ -24,11 +24,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "internal.h"
 
 #define SLOTS 16384
 #define MAX_NODES 1024
+
+static void on_again(evutil_socket_t fd, short what, void *arg);
 
 /* CRC16-CCITT (XMODEM), as Redis Cluster hashes keys. */
 static unsigned crc16(const char *s, size_t n)
@@ -175,12 +178,16 @@ int rds_cluster_start(redis_worker_t *rw)
 {
     rw->slots = calloc(SLOTS, sizeof *rw->slots);
     rw->map_ev = evtimer_new(rw->evb, on_map, rw);
-    if (!rw->slots || !rw->map_ev) {
+    rw->again_ev = evtimer_new(rw->evb, on_again, rw);
+    if (!rw->slots || !rw->map_ev || !rw->again_ev) {
         free(rw->slots);
         rw->slots = NULL;
         if (rw->map_ev)
             event_free(rw->map_ev);
         rw->map_ev = NULL;
+        if (rw->again_ev)
+            event_free(rw->again_ev);
+        rw->again_ev = NULL;
         return -1;
     }
     snprintf(rw->addr, sizeof rw->addr, "cluster");
@@ -190,6 +197,16 @@ int rds_cluster_start(redis_worker_t *rw)
 
 void rds_cluster_stop(redis_worker_t *rw)
 {
+    /* Calls waiting to be sent again: in no node's FIFO, answered here. */
+    while (rw->again) {
+        rcall_t *c = rw->again;
+        rw->again = c->again_next;
+        rds_call_answer_unavailable(c);
+        rds_call_free(c);
+    }
+    if (rw->again_ev)
+        event_free(rw->again_ev);
+    rw->again_ev = NULL;
     for (size_t i = 0; i < rw->n_nodes; i++)
         store_detach(&rw->nodes[i]->base);
     free(rw->nodes);
@@ -213,6 +230,105 @@ redis_worker_t *rds_route(redis_worker_t *rw, const char *key)
     /* A slot no master serves (yet): the first node answers CLUSTERDOWN or
      * MOVED, or nothing when there is none. */
     return p->n_nodes ? p->nodes[0] : rw;
+}
+
+/* The first key of a formatted EVALSHA (its fourth argument) into out;
+ * 0 if the command has one. */
+static int cmd_first_key(const rcall_t *c, char *out, size_t size)
+{
+    const char *p = c->cmd, *end = c->cmd + c->cmdlen;
+    if (p >= end || *p != '*')
+        return -1;
+    p = memchr(p, '\n', (size_t)(end - p));
+    for (int arg = 0; p && ++p < end && *p == '$'; arg++) {
+        long len = strtol(p + 1, NULL, 10);
+        const char *v = memchr(p, '\n', (size_t)(end - p));
+        if (!v || len < 0 || ++v + len > end)
+            return -1;
+        if (arg == 0 && (len != 7 || strncasecmp(v, "EVALSHA", 7) != 0))
+            return -1;
+        if (arg == 2 && (len < 1 || *v == '0'))
+            return -1; /* no keys */
+        if (arg == 3) {
+            if ((size_t)len >= size)
+                return -1;
+            memcpy(out, v, (size_t)len);
+            out[len] = '\0';
+            return 0;
+        }
+        p = v + len + 1; /* past "\r": at "\n" */
+    }
+    return -1;
+}
+
+static void again_arm(redis_worker_t *p)
+{
+    int64_t first = INT64_MAX;
+    for (rcall_t *c = p->again; c; c = c->again_next)
+        if (c->again_at < first)
+            first = c->again_at;
+    if (first == INT64_MAX)
+        return;
+    int64_t wait = clamp64(first - mono_ms(), 1, 1000);
+    struct timeval tv = {.tv_sec = wait / 1000, .tv_usec = (wait % 1000) * 1000};
+    evtimer_add(p->again_ev, &tv);
+}
+
+/* The calls due: sent again to the node the map names for their key now
+ * (the slot's owner, which answers or sends -ASK again). */
+static void on_again(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    redis_worker_t *p = arg;
+    int64_t now = mono_ms();
+    rcall_t *due = NULL;
+    for (rcall_t **pp = &p->again; *pp;) {
+        rcall_t *c = *pp;
+        if (c->again_at <= now) {
+            *pp = c->again_next;
+            c->again_next = due;
+            due = c;
+        } else {
+            pp = &c->again_next;
+        }
+    }
+    while (due) {
+        rcall_t *c = due;
+        due = c->again_next;
+        c->again_next = NULL;
+        char key[LIM_KEY_MAX + 64];
+        redis_worker_t *to = cmd_first_key(c, key, sizeof key) == 0 ? rds_route(p, key) : c->rw;
+        c->redirects = 0;
+        c->rw = to;
+        if ((c->answered && c->kind == RC_ACQUIRE) || now >= c->deadline ||
+            rds_queue(to, c) != 0) {
+            rds_call_answer_unavailable(c);
+            rds_call_free(c);
+        }
+    }
+    again_arm(p);
+}
+
+int rds_cluster_tryagain(rcall_t *c, const char *err)
+{
+    redis_worker_t *p = c->rw->parent;
+    if (!p || !p->again_ev || p->detaching || strncmp(err, "TRYAGAIN", 8) != 0)
+        return 0;
+    /* A decision already answered (it ran out): nothing ran, nothing to do. */
+    if (c->answered && c->kind == RC_ACQUIRE)
+        return 0;
+    /* 2, 4, 8 ... ms, at most 32, and only while the deadline allows. */
+    int64_t wait = (int64_t)2 << (c->tries < 4 ? c->tries : 4);
+    int64_t at = mono_ms() + wait;
+    if (at >= c->deadline)
+        return 0;
+    c->tries++;
+    c->again_at = at;
+    c->again_next = p->again;
+    p->again = c;
+    again_arm(p);
+    return 1;
 }
 
 int rds_cluster_redirect(rcall_t *c, const char *err)

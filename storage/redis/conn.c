@@ -481,6 +481,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         }
         if (rw->parent && rds_cluster_redirect(c, r->str))
             return; /* sent to the node the cluster named */
+        if (rw->parent && rds_cluster_tryagain(c, r->str))
+            return; /* sent again in a moment */
         if (rw->rs->o.sentinel_master && strncmp(r->str, "READONLY", 8) == 0) {
             /* The primary we knew is a replica now (a failover): answer this
              * call unavailable and ask the sentinels again. */

@@ -125,7 +125,10 @@ typedef struct rcall {
     void (*done_cb)(void *arg, int found); /* RC_JOB_DONE, RC_JOB_FIND */
     int answered;
     int retried;               /* NOSCRIPT: loaded and sent again once */
-    int redirects;             /* cluster: -MOVED / -ASK followed */
+    int redirects;             /* cluster: -MOVED / -ASK followed since last sent */
+    int tries;                 /* cluster: -TRYAGAIN answered so far */
+    int64_t again_at;          /* cluster: when it is sent again (monotonic ms) */
+    struct rcall *again_next;  /* cluster: in the parent's list to send again */
     int64_t deadline;          /* monotonic ms */
     int64_t sent;              /* monotonic ms */
     char *cmd;                 /* formatted command (hiredis format) */
@@ -216,6 +219,8 @@ struct redis_worker {
     size_t n_nodes;
     uint16_t *slots;           /* parent: slot -> node index + 1 (0: unknown) */
     struct event *map_ev;      /* parent: ask for the slot map again */
+    rcall_t *again;            /* parent: calls answered -TRYAGAIN, sent again soon */
+    struct event *again_ev;    /* parent: when the first of them is due */
 };
 
 static inline int64_t mono_ms(void)
@@ -327,6 +332,10 @@ void rds_cluster_stop(redis_worker_t *rw);  /* at detach */
 redis_worker_t *rds_route(redis_worker_t *rw, const char *key);
 /* A call answered -MOVED or -ASK: sent to the node named; 1 if so. */
 int rds_cluster_redirect(rcall_t *c, const char *err);
+/* A call answered -TRYAGAIN (a script whose keys are split between the two
+ * nodes of a slot being migrated): sent again through the map after a short
+ * backoff, within its deadline; 1 if so (the call is then the parent's). */
+int rds_cluster_tryagain(rcall_t *c, const char *err);
 /* A node's connection is down: the parent reads the slot map again soon. */
 void rds_cluster_node_down(redis_worker_t *rw);
 
