@@ -33,6 +33,13 @@
 
 static void on_again(evutil_socket_t fd, short what, void *arg);
 
+/* How long one node is given to answer CLUSTER SLOTS before the next is
+ * asked. */
+static int64_t map_wait_ms(const redis_worker_t *p)
+{
+    return p->rs->o.timeout_ms > 500 ? p->rs->o.timeout_ms : 500;
+}
+
 /* CRC16-CCITT (XMODEM), as Redis Cluster hashes keys. */
 static unsigned crc16(const char *s, size_t n)
 {
@@ -62,9 +69,19 @@ static unsigned key_slot(const char *key)
  * out of memory or too many. */
 static redis_worker_t *node_for(redis_worker_t *p, const char *host, unsigned port)
 {
-    for (size_t i = 0; i < p->n_nodes; i++)
-        if (p->nodes[i]->port == port && strcmp(p->nodes[i]->host, host) == 0)
-            return p->nodes[i];
+    for (size_t i = 0; i < p->n_nodes; i++) {
+        redis_worker_t *n = p->nodes[i];
+        if (n->port != port || strcmp(n->host, host) != 0)
+            continue;
+        if (n->idle) {
+            /* Named again (a failback, a slot moved back): connect again. */
+            n->idle = 0;
+            n->backoff_ms = BACKOFF_MIN_MS;
+            if (!n->ac && !evtimer_pending(n->retry_ev, NULL))
+                rds_connect_now(n);
+        }
+        return n;
+    }
     if (p->n_nodes >= MAX_NODES || p->detaching)
         return NULL;
     redis_worker_t **grown = realloc(p->nodes, (p->n_nodes + 1) * sizeof *grown);
@@ -88,72 +105,188 @@ static size_t node_index(const redis_worker_t *p, const redis_worker_t *n)
     return 0;
 }
 
-/* CLUSTER SLOTS of one seed into the map; 0 if it answered. */
-static int read_map(redis_worker_t *p, const char *host, uint16_t port)
+/* ---- the slot map ------------------------------------------------------- */
+
+/* A CLUSTER SLOTS reply into the map (an empty host is the node asked, at
+ * host); 0 if it named at least one master. */
+static int apply_map(redis_worker_t *p, const redisReply *r, const char *host)
 {
-    int64_t ms = p->rs->o.timeout_ms > 1000 ? p->rs->o.timeout_ms : 1000;
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(host, port, tv);
-    if (!c || c->err) {
-        if (c)
-            redisFree(c);
+    if (r->type == REDIS_REPLY_ERROR) {
+        rds_rlog(p->rs, "redis cluster %s:%u: %s", host, p->map_port, r->str);
         return -1;
     }
-    redisSetTimeout(c, tv);
-    int rc = -1;
-    const char *pw = p->rs->o.password;
-    redisReply *r = pw && *pw ? redisCommand(c, "AUTH %s", pw) : NULL;
-    if (r)
-        freeReplyObject(r);
-    r = redisCommand(c, "CLUSTER SLOTS");
-    if (r && r->type == REDIS_REPLY_ARRAY) {
-        rc = 0;
-        for (size_t i = 0; i < r->elements; i++) {
-            redisReply *e = r->element[i];
-            if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
-                e->element[0]->type != REDIS_REPLY_INTEGER ||
-                e->element[1]->type != REDIS_REPLY_INTEGER ||
-                e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
-                e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
-                e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
-                continue;
-            long long lo = e->element[0]->integer, hi = e->element[1]->integer;
-            const char *h = e->element[2]->element[0]->str;
-            long long pt = e->element[2]->element[1]->integer;
-            if (lo < 0 || hi >= SLOTS || lo > hi || pt < 1 || pt > 65535)
-                continue;
-            /* An empty host: the node we asked. */
-            redis_worker_t *n = node_for(p, *h ? h : host, (unsigned)pt);
-            if (!n)
-                continue;
-            for (long long s = lo; s <= hi; s++)
-                p->slots[s] = (uint16_t)(node_index(p, n) + 1);
-        }
-    } else if (r && r->type == REDIS_REPLY_ERROR) {
-        rds_rlog(p->rs, "redis cluster %s:%u: %s", host, port, r->str);
+    if (r->type != REDIS_REPLY_ARRAY)
+        return -1;
+    int named = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+            e->element[0]->type != REDIS_REPLY_INTEGER ||
+            e->element[1]->type != REDIS_REPLY_INTEGER ||
+            e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
+            e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+            continue;
+        long long lo = e->element[0]->integer, hi = e->element[1]->integer;
+        const char *h = e->element[2]->element[0]->str;
+        long long pt = e->element[2]->element[1]->integer;
+        if (lo < 0 || hi >= SLOTS || lo > hi || pt < 1 || pt > 65535)
+            continue;
+        redis_worker_t *n = node_for(p, *h ? h : host, (unsigned)pt);
+        if (!n)
+            continue;
+        named = 1;
+        for (long long s = lo; s <= hi; s++)
+            p->slots[s] = (uint16_t)(node_index(p, n) + 1);
     }
-    if (r)
-        freeReplyObject(r);
-    redisFree(c);
-    return rc;
+    if (!named)
+        return -1;
+    /* A node that serves no slot now (a master failed over, or emptied by
+     * a reshard) is not reconnected to; node_for() wakes it when a map or
+     * a redirect names it again. */
+    unsigned char *used = calloc(p->n_nodes ? p->n_nodes : 1, 1);
+    if (used) {
+        for (size_t s = 0; s < SLOTS; s++)
+            if (p->slots[s])
+                used[p->slots[s] - 1] = 1;
+        for (size_t i = 0; i < p->n_nodes; i++) {
+            redis_worker_t *n = p->nodes[i];
+            if (!used[i] && !n->idle) {
+                n->idle = 1;
+                if (!n->ac)
+                    evtimer_del(n->retry_ev);
+            }
+        }
+        free(used);
+    }
+    return 0;
 }
 
-static void refresh_map(redis_worker_t *p)
+static void map_ask_next(redis_worker_t *p);
+
+/* Stop asking the node asked now. Its callbacks, run by the free, see that
+ * it is no longer p->map_ac and do nothing. */
+static void map_close(redis_worker_t *p)
+{
+    redisAsyncContext *ac = p->map_ac;
+    if (!ac)
+        return;
+    p->map_ac = NULL;
+    evtimer_del(p->map_to);
+    redisAsyncFree(ac); /* deferred by hiredis when inside ac's own callback */
+}
+
+static void on_slots(redisAsyncContext *ac, void *reply, void *arg)
+{
+    redis_worker_t *p = arg;
+    if (ac != p->map_ac)
+        return; /* closed on purpose (timed out, detach) */
+    const redisReply *r = reply;
+    if (!r) {
+        /* Cannot connect, or the connection lost: hiredis frees it. */
+        p->map_ac = NULL;
+        evtimer_del(p->map_to);
+        map_ask_next(p);
+        return;
+    }
+    char host[256];
+    snprintf(host, sizeof host, "%s", p->map_host);
+    int ok = apply_map(p, r, host) == 0;
+    map_close(p);
+    if (!ok) {
+        map_ask_next(p);
+        return;
+    }
+    if (p->map_failing)
+        rds_rlog(p->rs, "redis cluster: slot map read from %s:%u", host, p->map_port);
+    p->map_failing = 0;
+    /* Decisions that came before the first map: to their nodes now. */
+    rds_held_redispatch(p);
+}
+
+static void on_map_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    redis_worker_t *p = arg;
+    if (!p->map_failing)
+        rds_rlog(p->rs, "redis cluster %s:%u: no answer to CLUSTER SLOTS within %lld ms",
+                 p->map_host, p->map_port, (long long)map_wait_ms(p));
+    map_close(p);
+    map_ask_next(p);
+}
+
+/* Ask host:port for CLUSTER SLOTS on the worker's own event loop; 0 if
+ * asked (the answer, an error or the timeout comes later). */
+static int map_ask(redis_worker_t *p, const char *host, unsigned port)
+{
+    redisAsyncContext *ac = redisAsyncConnect(host, (int)port);
+    if (!ac || ac->err) {
+        if (ac)
+            redisAsyncFree(ac);
+        return -1;
+    }
+    ac->data = p;
+    if (redisLibeventAttach(ac, p->evb) != REDIS_OK) {
+        redisAsyncFree(ac);
+        return -1;
+    }
+    snprintf(p->map_host, sizeof p->map_host, "%s", host);
+    p->map_port = (uint16_t)port;
+    p->map_ac = ac;
+    const char *pw = p->rs->o.password;
+    if (pw && *pw)
+        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", pw); /* an error shows in the next */
+    if (redisAsyncCommand(ac, on_slots, p, "CLUSTER SLOTS") != REDIS_OK) {
+        map_close(p);
+        return -1;
+    }
+    int64_t ms = map_wait_ms(p);
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(p->map_to, &tv);
+    return 0;
+}
+
+/* The next node to ask: the seeds in turn, then (the seeds gone) every
+ * master known. None answered: again in a second. */
+static void map_ask_next(redis_worker_t *p)
 {
     const store_redis_opts_t *o = &p->rs->o;
-    for (size_t i = 0; i < o->n_cluster; i++)
-        if (read_map(p, o->cluster_hosts[i], o->cluster_ports[i]) == 0 && p->n_nodes)
-            return;
-    /* The seeds are gone: any master known may answer. */
-    for (size_t i = 0; i < p->n_nodes; i++) {
+    while (!p->detaching && !p->map_ac) {
+        size_t i = p->map_next++;
         char host[256];
-        snprintf(host, sizeof host, "%s", p->nodes[i]->host);
-        if (read_map(p, host, p->nodes[i]->port) == 0)
+        unsigned port;
+        if (i < o->n_cluster) {
+            snprintf(host, sizeof host, "%s", o->cluster_hosts[i]);
+            port = o->cluster_ports[i];
+        } else if (i - o->n_cluster < p->n_nodes) {
+            snprintf(host, sizeof host, "%s", p->nodes[i - o->n_cluster]->host);
+            port = p->nodes[i - o->n_cluster]->port;
+        } else {
+            break;
+        }
+        if (map_ask(p, host, port) == 0)
             return;
     }
-    rds_rlog(p->rs, "redis cluster: no seed node answered CLUSTER SLOTS; asking again in 1 s");
+    if (p->detaching || p->map_ac)
+        return;
+    if (!p->map_failing)
+        rds_rlog(p->rs, "redis cluster: no node answered CLUSTER SLOTS; asking again every "
+                        "second");
+    p->map_failing = 1;
+    /* Decisions waiting for a first map: none is coming soon. */
+    rds_held_fail_all(p);
     struct timeval tv = {1, 0};
     evtimer_add(p->map_ev, &tv);
+}
+
+/* Read the map again (at attach, and from map_ev: at most once a second). */
+static void refresh_map(redis_worker_t *p)
+{
+    if (p->map_ac || p->detaching)
+        return;
+    p->map_next = 0;
+    map_ask_next(p);
 }
 
 static void on_map(evutil_socket_t fd, short what, void *arg)
@@ -166,7 +299,8 @@ static void on_map(evutil_socket_t fd, short what, void *arg)
 void rds_cluster_node_down(redis_worker_t *rw)
 {
     redis_worker_t *p = rw->parent;
-    if (p && !p->detaching && p->map_ev && !evtimer_pending(p->map_ev, NULL)) {
+    if (p && !rw->idle && !p->detaching && p->map_ev && !p->map_ac &&
+        !evtimer_pending(p->map_ev, NULL)) {
         /* A master away: its slots may have a new master (a failover).
          * Read the map again soon, at most once a second. */
         struct timeval tv = {1, 0};
@@ -179,7 +313,8 @@ int rds_cluster_start(redis_worker_t *rw)
     rw->slots = calloc(SLOTS, sizeof *rw->slots);
     rw->map_ev = evtimer_new(rw->evb, on_map, rw);
     rw->again_ev = evtimer_new(rw->evb, on_again, rw);
-    if (!rw->slots || !rw->map_ev || !rw->again_ev) {
+    rw->map_to = evtimer_new(rw->evb, on_map_timeout, rw);
+    if (!rw->slots || !rw->map_ev || !rw->again_ev || !rw->map_to) {
         free(rw->slots);
         rw->slots = NULL;
         if (rw->map_ev)
@@ -188,6 +323,9 @@ int rds_cluster_start(redis_worker_t *rw)
         if (rw->again_ev)
             event_free(rw->again_ev);
         rw->again_ev = NULL;
+        if (rw->map_to)
+            event_free(rw->map_to);
+        rw->map_to = NULL;
         return -1;
     }
     snprintf(rw->addr, sizeof rw->addr, "cluster");
@@ -197,6 +335,10 @@ int rds_cluster_start(redis_worker_t *rw)
 
 void rds_cluster_stop(redis_worker_t *rw)
 {
+    map_close(rw);
+    if (rw->map_to)
+        event_free(rw->map_to);
+    rw->map_to = NULL;
     /* Calls waiting to be sent again: in no node's FIFO, answered here. */
     while (rw->again) {
         rcall_t *c = rw->again;

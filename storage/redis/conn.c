@@ -707,7 +707,7 @@ void rds_on_retry(evutil_socket_t fd, short what, void *arg)
 
 void rds_schedule_reconnect(redis_worker_t *rw)
 {
-    if (rw->detaching || evtimer_pending(rw->retry_ev, NULL))
+    if (rw->detaching || rw->idle || evtimer_pending(rw->retry_ev, NULL))
         return;
     struct timeval tv = {.tv_sec = rw->backoff_ms / 1000,
                          .tv_usec = (rw->backoff_ms % 1000) * 1000};

@@ -219,6 +219,13 @@ struct redis_worker {
     size_t n_nodes;
     uint16_t *slots;           /* parent: slot -> node index + 1 (0: unknown) */
     struct event *map_ev;      /* parent: ask for the slot map again */
+    redisAsyncContext *map_ac; /* parent: the node asked for CLUSTER SLOTS (owned) */
+    struct event *map_to;      /* parent: that ask's timeout */
+    size_t map_next;           /* parent: the next seed (then known master) to ask */
+    char map_host[256];        /* parent: the node asked */
+    uint16_t map_port;
+    int map_failing;           /* parent: no node answered (logged once) */
+    int idle;                  /* node: serves no slot; not reconnected */
     rcall_t *again;            /* parent: calls answered -TRYAGAIN, sent again soon */
     struct event *again_ev;    /* parent: when the first of them is due */
 };
@@ -307,6 +314,9 @@ void redis_job_hold(store_worker_t *w, const lim_check_t *checks, size_t n,
                     const char *lease_id, const char *account, const char *job,
                     int64_t ttl_ms);
 void rds_job_found(rcall_t *c, const redisReply *r);
+/* Cluster: decisions held by the parent until the first slot map, sent
+ * to their nodes now (or held there until the node's clock is known). */
+void rds_held_redispatch(redis_worker_t *p);
 void redis_job_done(store_worker_t *w, const char *account, const char *job,
                     void (*cb)(void *arg, int found), void *arg);
 

@@ -236,7 +236,10 @@ static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *ch
                    size_t n, const char *lease_id, store_acquire_cb cb, void *arg)
 {
     redis_worker_t *rw = route_checks(w, checks, n);
-    if (rw->ac && kind == RC_ACQUIRE && !rw->rs->o.clock && !rw->offset_known) {
+    /* A cluster whose first slot map is on its way: held by the parent
+     * (within the decision's deadline), then sent to the slot's node. */
+    int wait_map = rw->slots && rw->n_nodes == 0 && rw->map_ac;
+    if (wait_map || (rw->ac && kind == RC_ACQUIRE && !rw->rs->o.clock && !rw->offset_known)) {
         /* No deadline on Redis's clock yet: wait for the connection's TIME
          * (within this decision's own deadline), then send. */
         rcall_t *h = calloc(1, sizeof *h);
@@ -270,6 +273,48 @@ static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *ch
         rds_call_free(c);
     }
     rds_answer_unavailable(rw, kind, checks, n, lease_id, cb, arg);
+}
+
+void rds_held_redispatch(redis_worker_t *p)
+{
+    rcall_t *h = p->held;
+    p->held = p->held_tail = NULL;
+    int64_t now = mono_ms();
+    while (h) {
+        rcall_t *next = h->held_next;
+        h->held_next = NULL;
+        redis_worker_t *to = route_checks(&p->base, h->checks, h->n);
+        if (to != p && to->ac && h->deadline > now && h->kind == RC_ACQUIRE &&
+            !to->rs->o.clock && !to->offset_known) {
+            /* Its node's clock is not known yet: held there. */
+            h->rw = to;
+            if (to->held_tail)
+                to->held_tail->held_next = h;
+            else
+                to->held = h;
+            to->held_tail = h;
+            rds_arm_timer_for(to, h->deadline);
+            h = next;
+            continue;
+        }
+        if (to != p && to->ac && h->deadline > now) {
+            rcall_t *c = rds_decision_call(to, h->kind, h->checks, h->n, h->lease_id, NULL,
+                                           h->deadline, NULL);
+            if (c) {
+                c->cb = h->cb;
+                c->arg = h->arg;
+                c->checks = h->checks;
+                c->n = h->n;
+                if (rds_queue(to, c) == 0)
+                    h->answered = 1; /* c's to answer now */
+                else
+                    rds_call_free(c);
+            }
+        }
+        rds_call_answer_unavailable(h);
+        rds_call_free(h);
+        h = next;
+    }
 }
 
 void redis_acquire(store_worker_t *w, const lim_check_t *checks, size_t n,

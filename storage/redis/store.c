@@ -281,10 +281,16 @@ static int redis_ready(store_worker_t *w)
 {
     redis_worker_t *rw = (redis_worker_t *)w;
     if (rw->rs->o.n_cluster && !rw->parent) {
-        for (size_t i = 0; i < rw->n_nodes; i++)
+        /* Every master that serves slots (not one failed over). */
+        size_t serving = 0;
+        for (size_t i = 0; i < rw->n_nodes; i++) {
+            if (rw->nodes[i]->idle)
+                continue;
             if (!redis_ready(&rw->nodes[i]->base))
                 return 0;
-        return rw->n_nodes > 0;
+            serving++;
+        }
+        return serving > 0;
     }
     return rw->ac != NULL && rw->ready;
 }

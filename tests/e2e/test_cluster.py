@@ -19,6 +19,7 @@ account's counters live on the master of its hash tag's slot.
 - moved: a slot moved after the gateway read the slot map is followed
   through -MOVED."""
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -400,6 +401,45 @@ def test_reshard_under_load(env):
     eq(keys_on(src, account), [], "none left on the old one")
 
 
+def test_stopped_seed_no_stall(env):
+    """A master stopped (SIGSTOP: the kernel still accepts connections, no
+    answer comes) is the first seed: every time its connection drops, the
+    slot map is read again, and the seed asked first never answers. The
+    map is read on the worker's own event loop, so the other masters'
+    accounts on the same workers never wait for it."""
+    nodes = start_cluster(env, extra=["--cluster-require-full-coverage", "no"])
+    by_master = pick_accounts(nodes, 2)
+    stopped = nodes[0]
+    others = [a for port, v in by_master.items() if port != stopped.port for a in v]
+    timeout_ms = 200
+    cfg = fleet_config(env, [stopped] + nodes[1:], others + by_master[stopped.port],
+                       [{"metric": "requests", "per": "minute", "limit": 100000}],
+                       timeout_ms=timeout_ms)
+    cfg["server"]["workers"] = 1  # every account on the worker that reads the map
+    gws = start_fleet(env, cfg, others + by_master[stopped.port], n=1)
+    stopped.signal(signal.SIGSTOP)
+    load = Load(env, gws * 2, others, pause=0.005)
+    # Requests for the stopped master's accounts: its connection times out
+    # and drops, again and again (503 meanwhile, under deny).
+    lost = Load(env, gws, by_master[stopped.port], pause=0.05)
+    time.sleep(4)
+    records = load.stop()
+    lost_sts = {r[4] for r in lost.stop()}
+    stopped.signal(signal.SIGCONT)
+    eq(lost_sts, {503}, "the stopped master's accounts refused with 503")
+    worst = max(r[1] - r[0] for r in records)
+    sts = [r[4] for r in records]
+    print("stopped seed: %d requests on the other masters, slowest %.0f ms" % (
+        len(sts), worst * 1000))
+    assert len(sts) > 100, "requests kept coming: %d" % len(sts)
+    eq(set(sts), {200}, "the other masters' accounts all admitted")
+    assert worst < timeout_ms / 1000 + 0.3, \
+        "no request on the other masters stalled (slowest %.0f ms)" % (worst * 1000)
+    out = gws[0].output()
+    assert "no answer to CLUSTER SLOTS" in out, \
+        "the stopped seed was asked for the map (and did not answer):\n" + out[-2000:]
+
+
 def test_moved(env):
     nodes = start_cluster(env)
     cfg = fleet_config(env, [nodes[0]], ["acme", "globex"],
@@ -424,4 +464,4 @@ def test_moved(env):
 
 
 run([test_fleet, test_failover_manual, test_failover_kill, test_reshard_under_load,
-     test_moved])
+     test_stopped_seed_no_stall, test_moved])
