@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 
-from harness import base_config, eq, free_port, poll, redis_cli, run
+from harness import base_config, eq, free_port, poll, redis_cli, request, run
 
 NODE_TIMEOUT_MS = 1000
 
@@ -260,7 +260,12 @@ def failover(env, kill):
     # the masters the gateway knows.
     cfg = fleet_config(env, [victim_master], [victim] + others,
                        [{"metric": "requests", "per": "minute", "limit": limit}])
+    cfg["admin"] = {"listen": "127.0.0.1:1"}  # each gateway gets its own
     gws = start_fleet(env, cfg, [victim] + others)
+
+    def readyz(g):
+        return request(g.admin_port, "GET", "/readyz").status
+    poll(lambda: all(readyz(g) == 200 for g in gws), 10, "every gateway ready")
     before = 0
     for k in range(6):
         st, _ = decide(env, gws[k % 3], victim)
@@ -320,6 +325,9 @@ def failover(env, kill):
         eq(seen[a].count(503), 0, "%s, on another master, never refused" % a)
     admitted = before + seen.get(victim, []).count(200)
     assert admitted <= limit, "never over the limit (%d admitted of %d)" % (admitted, limit)
+    # The lost master serves no slot now: the gateways are ready without it.
+    poll(lambda: all(readyz(g) == 200 for g in gws), 5,
+         "every gateway ready again after the failover")
     # NOSCRIPT on the promoted master: answered by loading the scripts.
     eq(redis_cli(replica.port, "SCRIPT", "FLUSH"), "OK", "scripts flushed on the new master")
     admitted += drive_to_limit(env, gws, victim, limit - admitted + 1)
