@@ -637,6 +637,12 @@ size_t store_memory_count(store_t *s)
 
 void store_memory_drop_counters(store_t *s)
 {
+    store_memory_drop_counters_if(s, NULL, NULL);
+}
+
+void store_memory_drop_counters_if(store_t *s, int (*drop)(const char *key, void *arg),
+                                   void *arg)
+{
     mem_store_t *m = (mem_store_t *)s;
     for (int i = 0; i < NSHARDS; i++) {
         shard_t *sh = &m->shard[i];
@@ -644,7 +650,7 @@ void store_memory_drop_counters(store_t *s)
         for (size_t j = 0; j < sh->nb; j++) {
             for (entry_t **pp = &sh->b[j]; *pp;) {
                 entry_t *e = *pp;
-                if (e->kind != LIM_CK_GAUGE) {
+                if (e->kind != LIM_CK_GAUGE && (!drop || drop(e->key, arg))) {
                     *pp = e->next;
                     free(e);
                     sh->count--;

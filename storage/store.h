@@ -175,6 +175,10 @@ size_t store_memory_count(store_t *s);
 /* Forget every rolling and calendar counter; leases (gauges) and jobs stay.
  * The Redis store's fallback starts each outage from zero with it. */
 void store_memory_drop_counters(store_t *s);
+/* The same for the counters whose key drop(key, arg) is true for (called
+ * under the store's locks: it must not call the store). */
+void store_memory_drop_counters_if(store_t *s, int (*drop)(const char *key, void *arg),
+                                   void *arg);
 
 /* The Redis store (storage/redis/). Strings are copied. */
 typedef struct store_redis_opts {

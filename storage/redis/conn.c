@@ -503,7 +503,9 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         rds_call_free(c);
         return;
     }
+    int first = 0;
     if (rw->connected && !rw->ready) {
+        first = 1;
         /* The first answer on this connection: Redis is really back (a
          * TCP connect alone proves nothing: the kernel accepts for a
          * stopped Redis). */
@@ -521,8 +523,17 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
     /* Redis answers: what the fallback admitted meanwhile goes to Redis now,
      * whether or not traffic comes. */
-    if (atomic_load(&rw->rs->debt_hint) > 0)
-        rds_debt_replay(rw);
+    if (atomic_load(&rw->rs->debt_hint) > 0) {
+        /* In a cluster some debt may wait for a master away: looked at on
+         * a node's first answer, and at most once a second otherwise. */
+        redis_worker_t *p = rw->parent;
+        int64_t now = mono_ms();
+        if (!p || first || now - p->debt_at >= 1000) {
+            if (p)
+                p->debt_at = now;
+            rds_debt_replay(rw);
+        }
+    }
     if (c->kind == RC_TIME) {
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
             r->element[0]->type == REDIS_REPLY_STRING &&

@@ -226,6 +226,7 @@ struct redis_worker {
     uint16_t map_port;
     int map_failing;           /* parent: no node answered (logged once) */
     int idle;                  /* node: serves no slot; not reconnected */
+    int64_t debt_at;           /* parent: when the debt was last looked at */
     rcall_t *again;            /* parent: calls answered -TRYAGAIN, sent again soon */
     struct event *again_ev;    /* parent: when the first of them is due */
 };

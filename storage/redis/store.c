@@ -191,6 +191,17 @@ static size_t tag_of(const char *key, const char **tag)
 }
 
 
+/* Cluster: whether the master of key's slot answers on rw's side now (its
+ * debt can be paid, its local counters dropped). */
+static int payable(const char *key, void *arg)
+{
+    redis_worker_t *rw = arg;
+    char k[LIM_KEY_MAX + 64];
+    snprintf(k, sizeof k, "%s%s", rw->rs->o.key_prefix, key);
+    redis_worker_t *to = rds_route(rw, k);
+    return to->ac && to->ready && !to->idle && !to->slots;
+}
+
 /* Redis answers again: add what the fallback charged meanwhile to Redis's
  * counters (one adjust per hash tag, whatever the limits: an outage never
  * hands out a second allowance), and start the next outage from zero. */
@@ -206,16 +217,30 @@ void rds_debt_replay(redis_worker_t *rw)
         pthread_mutex_unlock(&rs->debt_mu);
         return; /* tried again at the next reply */
     }
+    /* In a cluster, only what the masters now answering for its slots can
+     * take: the rest waits (its master away, or the replica that takes
+     * over not promoted yet). */
+    int cluster = rw->parent || rw->slots;
     size_t m = 0;
     for (int b = 0; b < DEBT_BUCKETS; b++) {
-        for (debt_t *d = rs->debt[b]; d; d = d->next)
-            all[m++] = d;
-        rs->debt[b] = NULL;
+        for (debt_t **pp = &rs->debt[b]; *pp;) {
+            debt_t *d = *pp;
+            if (!cluster || payable(d->ck.key, rw)) {
+                *pp = d->next;
+                all[m++] = d;
+            } else {
+                pp = &d->next;
+            }
+        }
     }
-    rs->n_debt = 0;
-    rs->debt_full = 0;
-    atomic_store(&rs->debt_hint, 0);
-    store_memory_drop_counters(rs->fallback);
+    rs->n_debt -= m;
+    if (rs->n_debt == 0)
+        rs->debt_full = 0;
+    atomic_store(&rs->debt_hint, rs->n_debt);
+    if (!cluster)
+        store_memory_drop_counters(rs->fallback);
+    else if (m)
+        store_memory_drop_counters_if(rs->fallback, payable, rw);
     pthread_mutex_unlock(&rs->debt_mu);
 
     /* Keep what still counts now: a rolling bucket still inside its

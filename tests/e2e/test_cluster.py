@@ -348,6 +348,63 @@ def test_failover_kill(env):
     failover(env, kill=True)
 
 
+def test_outage_debt_failover(env):
+    """on_error allow: while a killed master's replica is not promoted yet,
+    its accounts are decided in the gateway's memory (the other masters
+    answering all along), and what was admitted meanwhile is owed. The
+    debt waits for the master that serves the slot next (the promoted
+    replica) and is added there: the limit counts the outage's admits."""
+    nodes = start_cluster(env, replicas=1, extra=["--cluster-require-full-coverage", "no"])
+    by_master = pick_accounts(nodes, 1)
+    masters = [n for n in nodes if role(n) == "master"]
+    dead = masters[0]
+    victim = by_master[dead.port][0]
+    others = [by_master[m.port][0] for m in masters[1:]]
+    replica = next(n for n in nodes if role(n) == "slave" and
+                   int(redis_cli(n.port, "ROLE")[2]) == dead.port)
+    limit = 8
+    cfg = fleet_config(env, masters[1:], [victim] + others,
+                       [{"metric": "requests", "per": "minute", "limit": limit}],
+                       timeout_ms=200, on_error="allow")
+    cfg["tiers"]["big"] = {"limits": [{"metric": "requests", "per": "minute",
+                                       "limit": 100000}]}
+    for a in others:
+        cfg["accounts"][a] = {"tier": "big"}
+    gw = start_fleet(env, cfg, [victim] + others, n=1)[0]
+    for _ in range(3):
+        eq(decide(env, gw, victim)[0], 200, "admitted on its master before the outage")
+    eq(redis_cli(dead.port, "WAIT", 1, 2000), 1, "the counters replicated")
+    dead.p.kill()
+    dead.p.wait()
+    live = [n for n in nodes if n is not dead]
+    slot = slot_of(live, victim)
+    # Until the replica is promoted: the victim decided in local memory,
+    # the other accounts by their masters (whose answers must not pay, nor
+    # drop, the victim's debt).
+    outage = []
+    while role(replica) != "master":
+        outage.append(decide(env, gw, victim)[0])
+        for a in others:
+            eq(decide(env, gw, a)[0], 200, "%s decided by its master meanwhile" % a)
+    eq(set(outage) <= {200, 429}, True, "the outage's decisions made locally: %r" % outage)
+    admitted = outage.count(200)
+    print("outage: %d decisions for %s in local memory, %d admitted" % (
+        len(outage), victim, admitted))
+    assert len(outage) > limit, "more requests in the outage than the limit: %d" % len(outage)
+    eq(admitted, limit, "the local memory kept its own count through the outage")
+    poll(lambda: all(master_of_slot(nodes, slot, ask=n) is replica for n in live), 20,
+         "every node naming the promoted replica", step=0.05)
+    poll(lambda: "added" in gw.output() and "during the outage" in gw.output(), 10,
+         "the debt added to Redis")
+    # 3 + 8 charged now on the promoted replica: over the limit already.
+    for _ in range(4):
+        eq(decide(env, gw, victim)[0], 429, "the outage's admits counted on the new master")
+    out = gw.output()
+    paid = [l for l in out.splitlines() if "during the outage" in l]
+    assert any(str(replica.port) in l for l in paid), \
+        "the debt paid to the promoted replica: %r" % paid
+
+
 def test_reshard_under_load(env):
     """The slot of an account with counters (two of them: a minute and a
     day) moves to another master, one key first, while the fleet decides
@@ -472,4 +529,4 @@ def test_moved(env):
 
 
 run([test_fleet, test_failover_manual, test_failover_kill, test_reshard_under_load,
-     test_stopped_seed_no_stall, test_moved])
+     test_stopped_seed_no_stall, test_outage_debt_failover, test_moved])
