@@ -11,14 +11,28 @@
  * moves the slot in the map and the call to the node named; -ASK sends
  * ASKING and the call to the node named, the map unchanged.
  *
- * The slot map is read with a blocking connection (bounded by 1 s or
- * timeout_ms per node asked) at attach, again every second while no node
+ * -TRYAGAIN (a script whose keys a migration split between the two nodes)
+ * puts the call in the parent's list, sent again after 2, 4 ... 32 ms to
+ * the node the map names, as long as its deadline allows.
+ *
+ * The slot map is read asynchronously on the worker's own event loop
+ * (hiredis async, like every other connection): one node asked at a time,
+ * the seeds in turn and then every master known, each given
+ * max(timeout_ms, 500) ms, so a node that is down or stopped never stalls
+ * the worker. It is read at attach (decisions that come before it are
+ * held, within their deadline), again every second while no node
  * answered, and a second after a master's connection is lost (a failover
- * may have given its slots to a replica).
+ * may have given its slots to a replica). A node that serves no slot in a
+ * new map (a master failed over) is left idle: not reconnected to, not
+ * counted by ready(), woken when a map or a redirect names it again.
  *
  * Ownership: the parent owns its nodes (freed at detach, after the
- * parent's own calls: it has none) and the slot map. A node is never freed
- * before detach, so a redirected call's new worker outlives it.
+ * decisions it held waiting for the first map are answered), the slot map, the context asking for
+ * it (map_ac: freed by map_close(), or by hiredis after a failed connect
+ * or a lost connection, which on_slots() sees as a NULL reply) and the
+ * calls waiting to be sent again (again: in no node's FIFO meanwhile,
+ * answered unavailable at detach). A node is never freed before detach,
+ * so a redirected call's new worker outlives it.
  */
 #include <hiredis/hiredis.h>
 #include <stdio.h>

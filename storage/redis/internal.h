@@ -34,7 +34,10 @@
  * what it charged is recorded per counter (the debt table, shared by the
  * workers). As soon as Redis answers again the debt is added to Redis with
  * the adjust mode of acquire.lua, one call per hash tag, and the memory
- * store's counters are dropped, so the next outage starts from zero.
+ * store's counters are dropped, so the next outage starts from zero. In a
+ * cluster only the debt (and the local counters) of the slots whose
+ * master answers now is paid (and dropped); the rest waits for the master
+ * that serves those slots next, a promoted replica after a failover.
  *
  * Ownership:
  *  - rcall_t: allocated per command, owned by conn.c. hiredis calls
@@ -49,6 +52,8 @@
  *  - renew_lease_t: owned by the worker's renewal set, from the admitting
  *    reply to release() (or until renew.lua reports the lease gone).
  *  - debt_t: owned by the store's debt table (debt_mu), until replayed.
+ *  - Cluster: a call answered -TRYAGAIN is owned by its parent's `again`
+ *    list until sent again (or answered at its deadline or at detach).
  */
 #ifndef RATEWALL_STORAGE_REDIS_INTERNAL_H
 #define RATEWALL_STORAGE_REDIS_INTERNAL_H
