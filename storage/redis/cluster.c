@@ -126,7 +126,8 @@ static size_t node_index(const redis_worker_t *p, const redis_worker_t *n)
 static int apply_map(redis_worker_t *p, const redisReply *r, const char *host)
 {
     if (r->type == REDIS_REPLY_ERROR) {
-        rds_rlog(p->rs, "redis cluster %s:%u: %s", host, p->map_port, r->str);
+        if (!p->map_failing) /* once per outage, not every second */
+            rds_rlog(p->rs, "redis cluster %s:%u: %s", host, p->map_port, r->str);
         return -1;
     }
     if (r->type != REDIS_REPLY_ARRAY)
@@ -457,8 +458,13 @@ static void on_again(evutil_socket_t fd, short what, void *arg)
         redis_worker_t *to = cmd_first_key(c, key, sizeof key) == 0 ? rds_route(p, key) : c->rw;
         c->redirects = 0;
         c->rw = to;
-        if ((c->answered && c->kind == RC_ACQUIRE) || now >= c->deadline ||
+        if ((c->answered && (c->kind == RC_ACQUIRE || c->kind == RC_USAGE)) ||
+            now >= c->deadline ||
             rds_queue(to, c) != 0) {
+            if (c->debt) { /* a debt's adjust that never ran: owed still */
+                rds_debt_return(c->rw->rs, c->debt);
+                c->debt = NULL;
+            }
             rds_call_answer_unavailable(c);
             rds_call_free(c);
         }
@@ -472,7 +478,7 @@ int rds_cluster_tryagain(rcall_t *c, const char *err)
     if (!p || !p->again_ev || p->detaching || strncmp(err, "TRYAGAIN", 8) != 0)
         return 0;
     /* A decision already answered (it ran out): nothing ran, nothing to do. */
-    if (c->answered && c->kind == RC_ACQUIRE)
+    if (c->answered && (c->kind == RC_ACQUIRE || c->kind == RC_USAGE))
         return 0;
     /* 2, 4, 8 ... ms, at most 32, and only while the deadline allows. */
     int64_t wait = (int64_t)2 << (c->tries < 4 ? c->tries : 4);

@@ -114,6 +114,11 @@ void rds_call_answer_unavailable(rcall_t *c)
 
 void rds_call_free(rcall_t *c)
 {
+    while (c->debt) {
+        debt_t *d = c->debt;
+        c->debt = d->next;
+        free(d);
+    }
     free(c->cmd);
     free(c->release_cmd);
     free(c->refund_cmd);
@@ -381,7 +386,7 @@ static int parse_outcome(const redisReply *r, const lim_check_t *checks, size_t 
 
 static void pending_arm(redis_worker_t *rw)
 {
-    if (rw->pending && !evtimer_pending(rw->pending_ev, NULL)) {
+    if ((rw->pending || rw->cluster_down) && !evtimer_pending(rw->pending_ev, NULL)) {
         struct timeval tv = {1, 0};
         evtimer_add(rw->pending_ev, &tv);
     }
@@ -426,6 +431,15 @@ void rds_on_pending(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     redis_worker_t *rw = arg;
+    if (rw->ready && rw->cluster_down) {
+        /* Whether the cluster serves again, traffic or not (a local deny
+         * cache may keep every request away): then its debt is paid. */
+        const char *a[] = {"CLUSTER", "INFO"};
+        size_t l[] = {7, 4};
+        rcall_t *c = rds_call_new(rw, RC_PROBE, 2, a, l);
+        if (c && rds_queue(rw, c) != 0)
+            rds_call_free(c);
+    }
     if (rw->ready) {
         for (pending_t **pp = &rw->pending; *pp;) {
             pending_t *p = *pp;
@@ -456,6 +470,18 @@ void rds_on_pending(evutil_socket_t fd, short what, void *arg)
     pending_arm(rw);
 }
 
+/* An error reply that says the command did not run for a passing reason
+ * (the cluster down or moving, a replica, Redis loading or busy). */
+int rds_refused_unrun(const char *err)
+{
+    static const char *const passing[] = {"CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK ",
+                                          "LOADING", "READONLY", "MASTERDOWN", "BUSY"};
+    for (size_t i = 0; i < sizeof passing / sizeof *passing; i++)
+        if (strncmp(err, passing[i], strlen(passing[i])) == 0)
+            return 1;
+    return 0;
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     rcall_t *c = privdata;
@@ -483,6 +509,22 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             return; /* sent to the node the cluster named */
         if (rw->parent && rds_cluster_tryagain(c, r->str))
             return; /* sent again in a moment */
+        if (c->debt && rds_refused_unrun(r->str)) {
+            /* A debt's adjust refused (nothing ran): owed still. */
+            rds_debt_return(rw->rs, c->debt);
+            c->debt = NULL;
+        }
+        if (rw->parent && strncmp(r->str, "CLUSTERDOWN", 11) == 0) {
+            /* The cluster refuses (a master lost, its replica not promoted
+             * yet): one line per outage, not one per call, and the map
+             * read again soon. */
+            rds_call_answer_unavailable(c);
+            rds_call_free(c);
+            rds_note_down(rw, "the cluster is down (CLUSTERDOWN)");
+            rw->cluster_down = 1;
+            pending_arm(rw);
+            return;
+        }
         if (rw->rs->o.sentinel_master && strncmp(r->str, "READONLY", 8) == 0) {
             /* The primary we knew is a replica now (a failover): answer this
              * call unavailable and ask the sentinels again. */
@@ -503,6 +545,13 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         rds_call_free(c);
         return;
     }
+    if (c->kind == RC_PROBE && !(r->type == REDIS_REPLY_STRING &&
+                                 strstr(r->str, "cluster_state:ok"))) {
+        rds_call_free(c); /* still down: asked again in a second */
+        return;
+    }
+    if (c->kind != RC_TIME && c->kind != RC_SETUP)
+        rw->cluster_down = 0; /* a keyed command served, or the probe saw ok */
     int first = 0;
     if (rw->connected && !rw->ready) {
         first = 1;
@@ -517,9 +566,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             evtimer_add(rw->pending_ev, &now_tv);
         }
     }
-    if (rw->was_down && rw->ready) {
+    if (rw->was_down && rw->ready && !rw->cluster_down) {
         rds_rlog(rw->rs, "redis %s: answering again", rw->addr);
         rw->was_down = 0;
+        first = 1; /* its debt, if any, paid now */
     }
     /* Redis answers: what the fallback admitted meanwhile goes to Redis now,
      * whether or not traffic comes. */

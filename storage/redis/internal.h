@@ -51,7 +51,9 @@
  *    freed when it is sent (a new call is made), answered or failed.
  *  - renew_lease_t: owned by the worker's renewal set, from the admitting
  *    reply to release() (or until renew.lua reports the lease gone).
- *  - debt_t: owned by the store's debt table (debt_mu), until replayed.
+ *  - debt_t: owned by the store's debt table (debt_mu), until replayed;
+ *    then by the adjust call that pays it (freed with it, or given back
+ *    to the table when Redis answers that call with an error).
  *  - Cluster: a call answered -TRYAGAIN is owned by its parent's `again`
  *    list until sent again (or answered at its deadline or at detach).
  */
@@ -116,7 +118,7 @@ typedef struct redis_store {
 typedef struct redis_worker redis_worker_t;
 
 enum call_kind { RC_ACQUIRE, RC_USAGE, RC_RELEASE, RC_SETUP, RC_ADJUST, RC_JOB_DONE,
-                 RC_JOB_FIND, RC_TIME, RC_RENEW };
+                 RC_JOB_FIND, RC_TIME, RC_RENEW, RC_PROBE };
 
 typedef struct rcall {
     struct rcall *prev, *next; /* in the worker's FIFO of calls sent */
@@ -144,6 +146,7 @@ typedef struct rcall {
     int refund_len;
     int refund_conditional;    /* refund_cmd applies only if the lease is held */
     int sent_to_redis;         /* queued on the connection (not held) */
+    struct debt *debt;         /* RC_ADJUST of a debt replay: its entries (owned) */
     struct rcall *held_next;   /* in the worker's held list */
 } rcall_t;
 
@@ -231,6 +234,8 @@ struct redis_worker {
     uint16_t map_port;
     int map_failing;           /* parent: no node answered (logged once) */
     int idle;                  /* node: serves no slot; not reconnected */
+    int cluster_down;          /* node: answered CLUSTERDOWN; CLUSTER INFO once a
+                                * second until a keyed command is served again */
     int64_t debt_at;           /* parent: when the debt was last looked at */
     rcall_t *again;            /* parent: calls answered -TRYAGAIN, sent again soon */
     struct event *again_ev;    /* parent: when the first of them is due */
@@ -298,6 +303,7 @@ void rds_connect_to(redis_worker_t *rw);
 void rds_schedule_reconnect(redis_worker_t *rw);
 void rds_note_down(redis_worker_t *rw, const char *why);
 void rds_connection_drop(redis_worker_t *rw, const char *why);
+int rds_refused_unrun(const char *err);
 
 /* ops.c: the store operations. */
 void rds_answer_unavailable(redis_worker_t *rw, enum call_kind kind,
@@ -335,6 +341,7 @@ void rds_renew_forget(redis_worker_t *rw, const char *id);
 void rds_debt_record(redis_store_t *rs, const lim_check_t *c, int64_t amount,
                      int64_t charged_ms);
 void rds_debt_replay(redis_worker_t *rw);
+void rds_debt_return(redis_store_t *rs, debt_t *list);
 
 /* store.c */
 redis_worker_t *rds_worker_new(redis_store_t *rs, struct event_base *base, const char *host,

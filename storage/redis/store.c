@@ -191,6 +191,34 @@ static size_t tag_of(const char *key, const char **tag)
 }
 
 
+/* Entries of an adjust that did not run (an error reply): back into the
+ * table, added to what was recorded meanwhile. Frees the list. */
+void rds_debt_return(redis_store_t *rs, debt_t *list)
+{
+    pthread_mutex_lock(&rs->debt_mu);
+    while (list) {
+        debt_t *d = list;
+        list = d->next;
+        unsigned b = (str_hash(d->ck.key) ^ (unsigned)d->slot) % DEBT_BUCKETS;
+        debt_t *e = rs->debt[b];
+        while (e && (e->slot != d->slot || e->ck.kind != d->ck.kind ||
+                     strcmp(e->ck.key, d->ck.key) != 0))
+            e = e->next;
+        if (e) {
+            e->amount = clamp64(e->amount + d->amount, 0, LIM_PRICE_MAX);
+            free(d);
+        } else if (rs->n_debt < DEBT_MAX) {
+            d->next = rs->debt[b];
+            rs->debt[b] = d;
+            rs->n_debt++;
+        } else {
+            free(d);
+        }
+    }
+    atomic_store(&rs->debt_hint, rs->n_debt);
+    pthread_mutex_unlock(&rs->debt_mu);
+}
+
 /* Cluster: whether the master of key's slot answers on rw's side now (its
  * debt can be paid, its local counters dropped). */
 static int payable(const char *key, void *arg)
@@ -199,7 +227,9 @@ static int payable(const char *key, void *arg)
     char k[LIM_KEY_MAX + 64];
     snprintf(k, sizeof k, "%s%s", rw->rs->o.key_prefix, key);
     redis_worker_t *to = rds_route(rw, k);
-    return to->ac && to->ready && !to->idle && !to->slots;
+    /* was_down: refusing (CLUSTERDOWN) or late since its last answer. */
+    return to->ac && to->ready && !to->was_down && !to->cluster_down && !to->idle &&
+           !to->slots;
 }
 
 /* Redis answers again: add what the fallback charged meanwhile to Redis's
@@ -264,7 +294,7 @@ void rds_debt_replay(redis_worker_t *rw)
     size_t sent = 0;
     for (size_t i = 0; i < k;) {
         /* Sorted by key, so one hash tag's counters are next to each other. */
-        size_t nc = 0;
+        size_t nc = 0, first = i;
         const char *gtag;
         size_t glen = tag_of(all[i]->ck.key, &gtag);
         for (; i < k; i++) {
@@ -290,16 +320,26 @@ void rds_debt_replay(redis_worker_t *rw)
         redis_worker_t *to = nc ? rds_route(rw, key) : rw;
         rcall_t *c = to->ac ? rds_decision_call(to, RC_ADJUST, checks, nc, "", deltas, 0, NULL)
                             : NULL;
-        if (c && rds_queue(to, c) != 0)
-            rds_call_free(c);
-        sent += nc;
+        /* The call owns its entries: an error reply (nothing ran) gives
+         * them back to the table, to be paid later. */
+        debt_t *owned = NULL;
+        for (size_t j = first; j < i; j++) {
+            all[j]->next = owned;
+            owned = all[j];
+        }
+        if (c && rds_queue(to, c) == 0) {
+            c->debt = owned;
+            sent += nc;
+        } else {
+            if (c)
+                rds_call_free(c);
+            rds_debt_return(rs, owned);
+        }
     }
-    for (size_t i = 0; i < k; i++)
-        free(all[i]);
     free(all);
     if (sent)
         rds_rlog(rs, "redis %s: added %zu counters charged in local memory during the "
-                     "outage to Redis", rw->addr, sent);
+                     "outage to Redis", cluster ? "cluster" : rw->addr, sent);
 }
 
 static int redis_ready(store_worker_t *w)
