@@ -212,6 +212,7 @@ void rds_debt_return(redis_store_t *rs, debt_t *list)
             rs->debt[b] = d;
             rs->n_debt++;
         } else {
+            atomic_fetch_add(&rs->stats.debt_dropped, 1);
             free(d);
         }
     }

@@ -417,8 +417,7 @@ class Env:
 
     def start_gateways(self, cfg, n, env=None):
         """n gateway processes on copies of cfg, each listening on its own free
-        port (cfg's own server.listen is not used; nor admin.listen, when
-        cfg has an admin listener: each gets its own). env: one dict for all, or
+        port (cfg's own server.listen is not used). env: one dict for all, or
         a list of n dicts (None for none). Returns the Procs; each has .port
         and .config_path. close() stops every one by PID and checks each for
         exit 0 and no sanitizer report."""
@@ -428,14 +427,10 @@ class Env:
             c = copy.deepcopy(cfg)
             port = free_port()
             c["server"]["listen"] = "127.0.0.1:%d" % port
-            if "admin" in c:  # an admin listener of its own too (.admin_port)
-                admin_port = free_port()
-                c["admin"]["listen"] = "127.0.0.1:%d" % admin_port
             path = self.write_config(c, "ratewall-%d.json" % len(self.gws))
             p = Proc([self.args.gateway, "-c", path], "gateway-%d" % len(self.gws),
                      self.dir, env=envs[i])
             p.port = port
-            p.admin_port = admin_port if "admin" in c else None
             p.config_path = path
             self.gws.append(p)
             procs.append(p)

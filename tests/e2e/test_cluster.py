@@ -18,6 +18,7 @@ account's counters live on the master of its hash tag's slot.
   and exact afterwards.
 - moved: a slot moved after the gateway read the slot map is followed
   through -MOVED."""
+import copy
 import shutil
 import signal
 import subprocess
@@ -109,7 +110,14 @@ def fleet_config(env, seeds, accounts, limits, timeout_ms=500, on_error="deny"):
 def start_fleet(env, cfg, accounts, n=3):
     """n gateways on cfg, each answering usage for every account (the slot
     map read and every master connected; usage charges nothing)."""
-    gws = env.start_gateways(cfg, n)
+    gws = []
+    for _ in range(n):
+        c = copy.deepcopy(cfg)
+        if "admin" in c:  # an admin listener of its own
+            c["admin"]["listen"] = "127.0.0.1:%d" % free_port()
+        g = env.start_gateways(c, 1)[0]
+        g.admin_port = int(c["admin"]["listen"].rsplit(":", 1)[1]) if "admin" in c else None
+        gws.append(g)
 
     def all_usage():
         return all(env.req_at(g.port, "GET", "/v1/usage", key=env.keys["k-" + a]).status == 200
@@ -267,7 +275,7 @@ def failover(env, kill):
     # the masters the gateway knows.
     cfg = fleet_config(env, [victim_master], [victim] + others,
                        [{"metric": "requests", "per": "minute", "limit": limit}])
-    cfg["admin"] = {"listen": "127.0.0.1:1"}  # each gateway gets its own
+    cfg["admin"] = {"listen": "127.0.0.1:1"}  # start_fleet gives each its own
     gws = start_fleet(env, cfg, [victim] + others)
 
     def readyz(g):
