@@ -321,6 +321,13 @@ static int skip_response_header(const char *name, size_t len)
            folded_in(f, n, NULL, 0, "anthropic-ratelimit-");
 }
 
+/* The first byte of a field name, lower case. */
+static unsigned char fold_first(const char *name)
+{
+    unsigned char ch = (unsigned char)name[0];
+    return ch >= 'A' && ch <= 'Z' ? (unsigned char)(ch - 'A' + 'a') : ch;
+}
+
 /* name with `_` read as `-`, for looking it up among the headers the
  * gateway has set (those never contain `_`). */
 static const char *dashed(const char *name, char *buf, size_t len)
@@ -431,10 +438,13 @@ static void request_head(const proxy_request_t *q, head_t *out, const char *quer
     }
     put(out, " HTTP/1.1\r\n", 11);
     size_t nh = h1_header_count(in);
+    /* Only a request with a Connection field can name more hop-by-hop
+     * fields (looked for once, not per field). */
+    int has_connection = h1_header(in, "Connection") != NULL;
     for (size_t k = 0; k < nh; k++) {
         const char *key, *value;
         h1_header_at(in, k, &key, &value);
-        if (skip_request_header(key) || client_connection_names(in, key))
+        if (skip_request_header(key) || (has_connection && client_connection_names(in, key)))
             continue;
         int configured = 0;
         for (size_t i = 0; i < be->n_headers && !configured; i++)
@@ -492,6 +502,10 @@ static void reply_headers(proxy_exchange_t *x, const hp_response_t *res)
     /* Only an answer with a Connection field can name more hop-by-hop
      * fields. */
     int has_connection = hp_find(res->fields, res->n_fields, "Connection") != NULL;
+    /* The first letters (folded) of the gateway's own fields: a backend
+     * field starting otherwise is not one of them, unlooked for. */
+    unsigned char first[256] = {0};
+    h1_header_initials(out, ours, first);
     for (size_t i = 0; i < res->n_fields; i++) {
         const hp_field_t *f = &res->fields[i];
         char name[256];
@@ -502,7 +516,7 @@ static void reply_headers(proxy_exchange_t *x, const hp_response_t *res)
         char dbuf[256];
         if (!skip_response_header(name, f->name_len) &&
             !(has_connection && named_by_any_connection(res, f->name, f->name_len)) &&
-            !h1_has_header(out, dashed(name, dbuf, sizeof dbuf), ours))
+            !(first[fold_first(name)] && h1_has_header(out, dashed(name, dbuf, sizeof dbuf), ours)))
             h1_add_header_n(out, f->name, f->name_len, f->value, f->value_len);
     }
     x->reply_started = 1;

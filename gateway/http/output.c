@@ -424,6 +424,17 @@ int h1_has_header_n(const h1_conn_t *c, const char *name, size_t nl, size_t mark
     return 0;
 }
 
+void h1_header_initials(const h1_conn_t *c, size_t mark, unsigned char first[256])
+{
+    const char *p = c->obuf, *end = c->obuf + (mark < c->olen ? mark : c->olen);
+    while (p && p < end) {
+        unsigned char ch = (unsigned char)*p;
+        first[ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch] = 1;
+        const char *e = memchr(p, '\n', (size_t)(end - p));
+        p = e ? e + 1 : end;
+    }
+}
+
 void h1_reply(h1_conn_t *c, int status, const char *reason, const void *body, size_t len)
 {
     if (!c->open)

@@ -144,6 +144,9 @@ size_t h1_headers_mark(const h1_conn_t *c);
 /* Whether a header of this name was added before mark. */
 int h1_has_header(const h1_conn_t *c, const char *name, size_t mark);
 int h1_has_header_n(const h1_conn_t *c, const char *name, size_t name_len, size_t mark);
+/* first[b] = 1 for the first byte b (lower case) of each field added
+ * before mark: a name starting otherwise is not among them. */
+void h1_header_initials(const h1_conn_t *c, size_t mark, unsigned char first[256]);
 
 /* A whole answer: status line, the added headers, Date, Content-Length (and
  * Connection when it closes), then body. Ends the exchange. */
