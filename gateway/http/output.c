@@ -358,7 +358,10 @@ static char *field_room(h1_conn_t *c, size_t nl, size_t vl)
     return p;
 }
 
-void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl)
+/* "name: value" CRLF at the end of the answer's fields; with clean, CR
+ * and LF in the value become spaces (a value never breaks the head). */
+static void add_line(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl,
+                     int clean)
 {
     char *p = field_room(c, nl, vl);
     if (!p)
@@ -366,15 +369,21 @@ void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *valu
     memcpy(p, name, nl);
     p[nl] = ':';
     p[nl + 1] = ' ';
-    /* A value never breaks the head: CR and LF become spaces. */
-    for (size_t i = 0; i < vl; i++)
-        p[nl + 2 + i] = value[i] == '\r' || value[i] == '\n' ? ' ' : value[i];
+    if (clean)
+        for (size_t i = 0; i < vl; i++)
+            p[nl + 2 + i] = value[i] == '\r' || value[i] == '\n' ? ' ' : value[i];
+    else
+        memcpy(p + nl + 2, value, vl);
     p[nl + 2 + vl] = '\r';
     p[nl + 3 + vl] = '\n';
 }
 
-/* A number needs no CR/LF check: written straight into the fields (a
- * proxied answer carries half a dozen). */
+void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl)
+{
+    add_line(c, name, nl, value, vl, 1);
+}
+
+/* A number needs no CR/LF check (a proxied answer carries half a dozen). */
 void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
 {
     char buf[24];
@@ -385,16 +394,7 @@ void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
     } else {
         n += put_uint(buf, (uint64_t)value);
     }
-    size_t nl = strlen(name);
-    char *p = field_room(c, nl, n);
-    if (!p)
-        return;
-    memcpy(p, name, nl);
-    p[nl] = ':';
-    p[nl + 1] = ' ';
-    memcpy(p + nl + 2, buf, n);
-    p[nl + 2 + n] = '\r';
-    p[nl + 3 + n] = '\n';
+    add_line(c, name, strlen(name), buf, n, 0);
 }
 
 void h1_headers_reset(h1_conn_t *c)

@@ -48,6 +48,26 @@ def start_sentinel(env, primary_port, password=None, primary_password=None):
     return p
 
 
+def count_through_failover(call, admitted, limit, within=20):
+    """Requests until the limit refuses, through a failover: only 200, 503
+    or 429 is ever seen, and exactly the limit is admitted across it.
+    Returns the seconds it took."""
+    t0 = time.time()
+    seen = []
+    while time.time() - t0 < within:
+        st = call()
+        seen.append(st)
+        assert st in (200, 503, 429), "during a failover only 200, 503 or 429: %r" % st
+        admitted += st == 200
+        if st == 429:
+            break
+        if st == 503:
+            time.sleep(0.05)
+    eq(seen[-1], 429, "the limit reached on the new primary (seen %r)" % seen[-20:])
+    eq(admitted, limit, "exactly the limit admitted, across the switch")
+    return time.time() - t0
+
+
 def start_set(env, password=None, primary_password=None):
     """A primary, its replica in sync, three sentinels that know both and
     each other. password: the sentinels' requirepass; primary_password: the
@@ -109,21 +129,7 @@ def test_failover(env):
 
     primary.p.kill()
     primary.p.wait()
-    t0 = time.time()
-    admitted, seen = 3, []
-    while time.time() - t0 < 30:
-        st = call()
-        seen.append(st)
-        assert st in (200, 503, 429), "during a failover only 200, 503 or 429: %r" % st
-        if st == 200:
-            admitted += 1
-        if st == 429:
-            break
-        if st == 503:
-            time.sleep(0.05)
-    took = time.time() - t0
-    eq(seen[-1], 429, "the limit reached again on the new primary (seen %r)" % seen[-20:])
-    eq(admitted, 6, "exactly the limit admitted, across the failover")
+    took = count_through_failover(call, admitted=3, limit=6, within=30)
     assert took < 20, "decisions served again within seconds (%.1f s)" % took
     eq(redis_cli(sentinels[0].port, "SENTINEL", "get-master-addr-by-name", MASTER),
        ["127.0.0.1", str(replica.port)], "the replica is the primary now")
@@ -144,19 +150,7 @@ def test_switch_live_primary(env):
     eq(redis_cli(sentinels[1].port, "SENTINEL", "failover", MASTER), "OK", "failover asked")
     poll(lambda: redis_cli(sentinels[0].port, "SENTINEL", "get-master-addr-by-name", MASTER)
          == ["127.0.0.1", str(replica.port)], 20, "the replica promoted", step=0.05)
-    t0 = time.time()
-    admitted, seen = 1, []
-    while time.time() - t0 < 20:
-        st = call()
-        seen.append(st)
-        assert st in (200, 503, 429), "during a failover only 200, 503 or 429: %r" % st
-        admitted += st == 200
-        if st == 429:
-            break
-        if st == 503:
-            time.sleep(0.05)
-    eq(seen[-1], 429, "the limit reached on the new primary (seen %r)" % seen[-20:])
-    eq(admitted, 4, "exactly the limit admitted, across the switch")
+    count_through_failover(call, admitted=1, limit=4)
     for _ in range(10):
         eq(call(), 429, "over the limit on every worker after the switch")
     keys = redis_cli(replica.port, "KEYS", "sen:*")
@@ -211,19 +205,7 @@ def test_sentinel_password(env):
     poll(lambda: redis_cli(sentinels[0].port, "SENTINEL", "get-master-addr-by-name", MASTER,
                            password=SENTINEL_PASS) == ["127.0.0.1", str(replica.port)],
          20, "the replica promoted", step=0.05)
-    t0 = time.time()
-    admitted, seen = 1, []
-    while time.time() - t0 < 20:
-        st = call()
-        seen.append(st)
-        assert st in (200, 503, 429), "during a failover only 200, 503 or 429: %r" % st
-        admitted += st == 200
-        if st == 429:
-            break
-        if st == 503:
-            time.sleep(0.05)
-    eq(seen[-1], 429, "the limit reached on the new primary (seen %r)" % seen[-20:])
-    eq(admitted, 4, "exactly the limit admitted, across the switch")
+    count_through_failover(call, admitted=1, limit=4)
     keys = redis_cli(replica.port, "KEYS", "sen:*", password=PRIMARY_PASS)
     assert keys, "the counters live on the new primary: %r" % keys
     out = env.gw.output()
