@@ -917,6 +917,24 @@ static void usage_start(request_t *r)
     usage_next(r);
 }
 
+void request_next_id(worker_t *w, char *out, size_t len)
+{
+    /* The prefix and the counter in 16 hex digits, written by hand (every
+     * request has one). */
+    static const char hex[] = "0123456789abcdef";
+    size_t p = strlen(w->rid_prefix);
+    if (len < p + 17) {
+        if (len)
+            out[0] = '\0';
+        return;
+    }
+    memcpy(out, w->rid_prefix, p);
+    uint64_t v = w->rid_next++;
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        out[p + (size_t)i] = hex[v & 15];
+    out[p + 16] = '\0';
+}
+
 /* s into dst (cap > 0 bytes), cut to fit (snprintf "%s" at a fraction of
  * the cost, on every request). */
 static void copy_cut(char *dst, size_t cap, const char *s)
@@ -943,7 +961,7 @@ static request_t *request_new(worker_t *w, h1_conn_t *req)
     r->req = req;
     r->cfg = config_ref(w->cfg);
     clock_gettime(CLOCK_MONOTONIC, &r->t_start);
-    worker_request_id(w, r->rid, sizeof r->rid);
+    request_next_id(w, r->rid, sizeof r->rid);
     r->method = method_name(h1_method(req));
     copy_cut(r->peer, sizeof r->peer, h1_peer(req));
     /* The path as sent until it is normalized (routing replaces it). */

@@ -122,6 +122,10 @@ typedef struct request {
 
 /* request.c */
 void request_start(worker_t *w, h1_conn_t *req);
+/* The next X-Request-Id of worker w (its random prefix and a counter, 32
+ * hex digits) into out: every request's, and the HTTP layer's own
+ * refusals'. */
+void request_next_id(worker_t *w, char *out, size_t len);
 /* Usage of a key by id, or of an account's account-scope limits (admin). */
 void request_usage_start(worker_t *w, h1_conn_t *req, const char *key_id,
                          const char *account);

@@ -127,31 +127,13 @@ static h1_limits_t http_limits(const config_t *c)
     return l;
 }
 
-void worker_request_id(worker_t *w, char *out, size_t len)
-{
-    /* The prefix and the counter in 16 hex digits, written by hand (every
-     * request has one). */
-    static const char hex[] = "0123456789abcdef";
-    size_t p = strlen(w->rid_prefix);
-    if (len < p + 17) {
-        if (len)
-            out[0] = '\0';
-        return;
-    }
-    memcpy(out, w->rid_prefix, p);
-    uint64_t v = w->rid_next++;
-    for (int i = 15; i >= 0; i--, v >>= 4)
-        out[p + (size_t)i] = hex[v & 15];
-    out[p + 16] = '\0';
-}
-
 /* The HTTP layer's own answers carry a request id too (and request-id
  * where the Anthropic fields are on), like every other answer. */
 static void refusal_fields(h1_conn_t *c, void *arg)
 {
     worker_t *w = arg;
     char rid[40];
-    worker_request_id(w, rid, sizeof rid);
+    request_next_id(w, rid, sizeof rid);
     h1_add_header(c, "X-Request-Id", rid);
     if (w->cfg && w->cfg->server.anthropic_headers)
         h1_add_header(c, "request-id", rid);

@@ -48,7 +48,4 @@ typedef struct worker {
     uint64_t rid_next;
 } worker_t;
 
-/* The next X-Request-Id of worker w (32 hex digits) into out. */
-void worker_request_id(worker_t *w, char *out, size_t len);
-
 #endif
