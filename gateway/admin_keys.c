@@ -201,20 +201,6 @@ static json_t *account_view(const config_t *c, const cfg_account_t *a, json_t *d
  * Bodies.
  * ------------------------------------------------------------------------ */
 
-static const char *kind_of(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    default: return "null";
-    }
-}
-
 static void add_err(json_t *errs, const char *fmt, const char *a, const char *b)
 {
     char line[300];
@@ -273,7 +259,7 @@ static json_t *read_body(h1_conn_t *req)
         return NULL;
     }
     if (!json_is_object(o)) {
-        bad1(req, "the body must be a JSON object, got %s", kind_of(o));
+        bad1(req, "the body must be a JSON object, got %s", json_kind(o));
         json_decref(o);
         return NULL;
     }
@@ -600,6 +586,25 @@ static json_t *read_patch(h1_conn_t *req, const char *const fields[])
     return body;
 }
 
+/* The 409 for a change to a key or account the config file defines. */
+static void managed_by_file(h1_conn_t *req, const char *what, const char *id)
+{
+    char msg[96];
+    snprintf(msg, sizeof msg, "The configuration file defines this %s: change it there.", what);
+    fail(req, 409, "Conflict", "invalid_request_error", "MANAGED_BY_FILE", msg,
+         json_pack("{s:s}", "id", id));
+}
+
+/* The fields of a PATCH body (checked already) set on the stored entry. */
+static void take_fields(json_t *stored, const json_t *body, const char *const fields[])
+{
+    for (size_t i = 0; fields[i]; i++) {
+        json_t *v = json_object_get(body, fields[i]);
+        if (v)
+            json_object_set(stored, fields[i], v);
+    }
+}
+
 static void key_one(worker_t *w, h1_conn_t *req, const char *id, enum h1_method m)
 {
     const config_t *c = w->cfg;
@@ -616,9 +621,7 @@ static void key_one(worker_t *w, h1_conn_t *req, const char *id, enum h1_method 
         return;
     }
     if (!k->from_api) {
-        fail(req, 409, "Conflict", "invalid_request_error", "MANAGED_BY_FILE",
-             "The configuration file defines this key: change it there.",
-             json_pack("{s:s}", "id", id));
+        managed_by_file(req, "key", id);
         return;
     }
     json_t *body = NULL;
@@ -658,12 +661,8 @@ static void key_one(worker_t *w, h1_conn_t *req, const char *id, enum h1_method 
         return;
     }
     json_decref(errs);
-    const char *f[] = {"disabled", "limits", "account"};
-    for (size_t i = 0; i < 3; i++) {
-        json_t *v = json_object_get(body, f[i]);
-        if (v)
-            json_object_set(stored, f[i], v);
-    }
+    static const char *const f[] = {"disabled", "limits", "account", NULL};
+    take_fields(stored, body, f);
     json_decref(body);
     json_t *copy = json_deep_copy(stored);
     if (commit(req, c, doc) == 0) {
@@ -782,9 +781,7 @@ static void account_one(worker_t *w, h1_conn_t *req, const char *id, enum h1_met
         return;
     }
     if (!a->from_api) {
-        fail(req, 409, "Conflict", "invalid_request_error", "MANAGED_BY_FILE",
-             "The configuration file defines this account: change it there.",
-             json_pack("{s:s}", "id", id));
+        managed_by_file(req, "account", id);
         return;
     }
     json_t *body = NULL;
@@ -827,12 +824,8 @@ static void account_one(worker_t *w, h1_conn_t *req, const char *id, enum h1_met
         }
         return;
     }
-    const char *f[] = {"tier", "limits", "disabled"};
-    for (size_t i = 0; i < 3; i++) {
-        json_t *v = json_object_get(body, f[i]);
-        if (v)
-            json_object_set(stored, f[i], v);
-    }
+    static const char *const f[] = {"tier", "limits", "disabled", NULL};
+    take_fields(stored, body, f);
     json_decref(body);
     json_t *copy = json_deep_copy(stored);
     if (commit(req, c, doc) == 0) {

@@ -217,19 +217,6 @@ int64_t proxy_upstream_us(const proxy_exchange_t *x)
     return x->t_backend.tv_sec ? x->upstream_us : -1;
 }
 
-static const char *method_name(h1_conn_t *req)
-{
-    switch (h1_method(req)) {
-    case H1_GET: return "GET";
-    case H1_POST: return "POST";
-    case H1_PUT: return "PUT";
-    case H1_DELETE: return "DELETE";
-    case H1_PATCH: return "PATCH";
-    case H1_HEAD: return "HEAD";
-    case H1_OPTIONS: return "OPTIONS";
-    }
-    return "GET";
-}
 
 /* Header names compared as CGI-style backends see them: case-insensitive,
  * with `_` read as `-` (X_Gateway_Key_Id and X-Gateway-Key-Id are one
@@ -428,7 +415,7 @@ static void request_head(const proxy_request_t *q, head_t *out, const char *quer
 {
     h1_conn_t *in = q->client;
     const cfg_backend_t *be = q->backend;
-    put_str(out, method_name(in));
+    put_str(out, h1_method_name(h1_method(in)));
     put(out, " ", 1);
     put_str(out, be->base_path);
     put_str(out, q->path && *q->path ? q->path : "/");
@@ -761,7 +748,7 @@ int proxy_start(proxy_exchange_t *x, proxy_worker_t *pw, const proxy_request_t *
     x->client = in->client;
     x->units_header = in->units_header;
     clock_gettime(CLOCK_MONOTONIC, &x->t_backend);
-    x->bx = hc_request(pool->hc, req, m == H1_HEAD, hc_idempotent(method_name(in->client)),
+    x->bx = hc_request(pool->hc, req, m == H1_HEAD, hc_idempotent(h1_method_name(m)),
                        &backend_cbs, x);
     if (!x->bx) {
         x->client = NULL;

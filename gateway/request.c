@@ -110,19 +110,6 @@ static int64_t us_since(const struct timespec *t0)
     return (int64_t)(now.tv_sec - t0->tv_sec) * 1000000 + (now.tv_nsec - t0->tv_nsec) / 1000;
 }
 
-static const char *method_name(enum h1_method t)
-{
-    switch (t) {
-    case H1_GET: return "GET";
-    case H1_POST: return "POST";
-    case H1_PUT: return "PUT";
-    case H1_DELETE: return "DELETE";
-    case H1_PATCH: return "PATCH";
-    case H1_HEAD: return "HEAD";
-    case H1_OPTIONS: return "OPTIONS";
-    }
-    return "OTHER";
-}
 
 static void count_and_log(const request_t *r)
 {
@@ -962,7 +949,7 @@ static request_t *request_new(worker_t *w, h1_conn_t *req)
     r->cfg = config_ref(w->cfg);
     clock_gettime(CLOCK_MONOTONIC, &r->t_start);
     request_next_id(w, r->rid, sizeof r->rid);
-    r->method = method_name(h1_method(req));
+    r->method = h1_method_name(h1_method(req));
     copy_cut(r->peer, sizeof r->peer, h1_peer(req));
     /* The path as sent until it is normalized (routing replaces it). */
     copy_cut(r->path, sizeof r->path, h1_path(req));

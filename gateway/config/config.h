@@ -280,4 +280,9 @@ int config_route_value(const config_t *c, int ep, const json_t *v);
  * method mismatch); -1 if none. */
 int config_route_any(const config_t *c, const char *path);
 
+/* What a JSON value is, as error messages name it ("an object", "an
+ * array", "a string", "an integer", "a number", "a boolean", "null"):
+ * the config's errors and the admin API's use the same words. */
+const char *json_kind(const json_t *v);
+
 #endif

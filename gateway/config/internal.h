@@ -154,8 +154,7 @@ void ferr(ctx_t *c, const char *where, const char *name, const char *fmt, ...);
 void kerr(ctx_t *c, const char *where, const char *fmt, ...);
 int emit_all(ctx_t *c, cfg_messages_t *out);
 
-/* fields.c */
-const char *json_kind(const json_t *v);
+/* fields.c (json_kind is in config.h) */
 void missing_field(ctx_t *c, const char *where, const char *name);
 void type_err(ctx_t *c, const char *where, const char *name, const json_t *v,
                      const char *expected);

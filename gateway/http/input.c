@@ -129,18 +129,27 @@ static void refuse(h1_conn_t *c, int status, const char *reason, const char *cod
     free(text);
 }
 
+static const struct {
+    const char *name;
+    int m;
+} methods[] = {{"GET", H1_GET},       {"POST", H1_POST},   {"PUT", H1_PUT},
+               {"DELETE", H1_DELETE}, {"PATCH", H1_PATCH}, {"HEAD", H1_HEAD},
+               {"OPTIONS", H1_OPTIONS}};
+
 static int method_of(const char *m, size_t n)
 {
-    static const struct {
-        const char *name;
-        int m;
-    } t[] = {{"GET", H1_GET},     {"POST", H1_POST}, {"PUT", H1_PUT},
-             {"DELETE", H1_DELETE}, {"PATCH", H1_PATCH}, {"HEAD", H1_HEAD},
-             {"OPTIONS", H1_OPTIONS}};
-    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
-        if (strlen(t[i].name) == n && memcmp(t[i].name, m, n) == 0)
-            return t[i].m;
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
+        if (strlen(methods[i].name) == n && memcmp(methods[i].name, m, n) == 0)
+            return methods[i].m;
     return 0;
+}
+
+const char *h1_method_name(enum h1_method m)
+{
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
+        if (methods[i].m == (int)m)
+            return methods[i].name;
+    return "GET"; /* none other is parsed */
 }
 
 int h1_list_has(const char *v, const char *t)

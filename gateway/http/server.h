@@ -48,6 +48,9 @@ enum h1_method {
     H1_OPTIONS,
 };
 
+/* "GET", "POST", ... */
+const char *h1_method_name(enum h1_method m);
+
 typedef void (*h1_request_cb)(h1_conn_t *c, void *arg);
 typedef void (*h1_event_cb)(h1_conn_t *c, void *arg);
 /* The TLS context for a new connection, or NULL for plain HTTP. */

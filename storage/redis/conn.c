@@ -180,12 +180,10 @@ void rds_note_down(redis_worker_t *rw, const char *why)
 
 /* Drop the connection: every call not yet answered is answered now; hiredis
  * then hands each one back to on_reply() with NULL, which frees it. */
-void rds_connection_drop(redis_worker_t *rw, const char *why)
+/* The connection is gone (or going): no context, nothing known of the
+ * server's clock, every call in flight or held answered "unavailable". */
+static void forget_connection(redis_worker_t *rw)
 {
-    redisAsyncContext *ac = rw->ac;
-    if (!ac)
-        return;
-    rds_note_down(rw, why);
     rw->ac = NULL;
     rw->connected = 0;
     rw->ready = 0;
@@ -193,6 +191,15 @@ void rds_connection_drop(redis_worker_t *rw, const char *why)
     for (rcall_t *c = rw->head; c; c = c->next)
         rds_call_answer_unavailable(c);
     rds_held_fail_all(rw);
+}
+
+void rds_connection_drop(redis_worker_t *rw, const char *why)
+{
+    redisAsyncContext *ac = rw->ac;
+    if (!ac)
+        return;
+    rds_note_down(rw, why);
+    forget_connection(rw);
     redisAsyncFree(ac); /* on_reply(NULL) for each call, then on_disconnect */
     rds_schedule_reconnect(rw);
 }
@@ -672,13 +679,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         /* hiredis frees the context after this callback. */
         if (rw->ac == ac) {
-            rw->ac = NULL;
-            rw->connected = 0;
-            rw->ready = 0;
-            rw->offset_known = 0;
-            for (rcall_t *c = rw->head; c; c = c->next)
-                rds_call_answer_unavailable(c);
-            rds_held_fail_all(rw);
+            forget_connection(rw);
             char why[300];
             snprintf(why, sizeof why, "cannot connect: %s", ac->errstr);
             rds_note_down(rw, why);

@@ -570,6 +570,21 @@ def day_bound(fn):
     return fn
 
 
+def for_both(fn):
+    """fn(env, store) as two cases, one on the memory store and one on
+    Redis (named fn[memory] and fn[redis]; a day_bound mark is kept)."""
+    def memory(env):
+        fn(env, "memory")
+
+    def redis(env):
+        fn(env, "redis")
+    memory.__name__ = fn.__name__ + "[memory]"
+    redis.__name__ = fn.__name__ + "[redis]"
+    if getattr(fn, "day_bound", False):
+        memory, redis = day_bound(memory), day_bound(redis)
+    return [memory, redis]
+
+
 def _run_case(t, args):
     env = Env(args)
     ok = False

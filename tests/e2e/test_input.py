@@ -16,21 +16,10 @@ import time
 import urllib.parse
 
 from backend import Reply
-from harness import Proc, base_config, eq, free_port, redis_cli, request, run, wait_port
+from harness import Proc, base_config, eq, for_both, free_port, redis_cli, request, run, wait_port
 
 
 ADMIN_TOKEN = "input-admin-token"
-
-
-def for_both(fn):
-    def memory(env):
-        fn(env, "memory")
-
-    def redis(env):
-        fn(env, "redis")
-    memory.__name__ = fn.__name__ + "[memory]"
-    redis.__name__ = fn.__name__ + "[redis]"
-    return [memory, redis]
 
 
 def echo(req):

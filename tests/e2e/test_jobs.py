@@ -23,7 +23,7 @@ import time
 import urllib.parse
 
 from backend import Reply
-from harness import base_config, eq, free_port, request, run
+from harness import base_config, eq, for_both, free_port, request, run
 
 ADMIN_TOKEN = "jobs-admin-token"
 CREATE = "/v3/async/txt2video"
@@ -169,17 +169,6 @@ class Setup:
 def q(jid):
     """The status query naming jid, encoded as a client library would."""
     return "task_id=" + urllib.parse.quote(str(jid), safe="")
-
-
-def for_both(fn):
-    def memory(env):
-        fn(env, "memory")
-
-    def redis(env):
-        fn(env, "redis")
-    memory.__name__ = fn.__name__ + "[memory]"
-    redis.__name__ = fn.__name__ + "[redis]"
-    return [memory, redis]
 
 
 def variant_attack(env, store):

@@ -19,7 +19,7 @@ import re
 import socket
 
 import backend
-from harness import base_config, eq, free_port, run
+from harness import base_config, eq, for_both, free_port, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(HERE, "..", "..", "deploy", "examples")
@@ -73,16 +73,6 @@ def setup(env, store, limits, anthropic=False, args=()):
     env.add_key(cfg, "k", "acme")
     env.start_gateway(cfg, args=args)
     return env.keys["k"]
-
-
-def for_both(fn):
-    def memory(env):
-        fn(env, "memory")
-    def redis(env):
-        fn(env, "redis")
-    memory.__name__ = fn.__name__ + "[memory]"
-    redis.__name__ = fn.__name__ + "[redis]"
-    return [memory, redis]
 
 
 def chat(env, key, model, **extra):

@@ -7,7 +7,8 @@ import threading
 import time
 
 import backend
-from harness import Proc, base_config, day_bound, eq, free_port, poll, request, run, wait_gateway
+from harness import (Proc, base_config, day_bound, eq, for_both, free_port, poll, request, run,
+                     wait_gateway)
 
 
 ADMIN_TOKEN = "admin-secret-token"
@@ -64,18 +65,6 @@ def admin(env, cfg, method, path, token=ADMIN_TOKEN):
     port = int(cfg["admin"]["listen"].rsplit(":", 1)[1])
     h = {"Authorization": "Bearer " + token} if token else {}
     return request(port, method, path, headers=h)
-
-
-def for_both(fn):
-    def memory(env):
-        fn(env, "memory")
-    def redis(env):
-        fn(env, "redis")
-    memory.__name__ = fn.__name__ + "[memory]"
-    redis.__name__ = fn.__name__ + "[redis]"
-    if getattr(fn, "day_bound", False):
-        memory, redis = day_bound(memory), day_bound(redis)
-    return [memory, redis]
 
 
 def units_map(env, store):

@@ -21,18 +21,7 @@ import threading
 import time
 
 from backend import Reply
-from harness import base_config, eq, free_port, poll, request, run, wait_port
-
-
-def for_both(fn):
-    def memory(env):
-        fn(env, "memory")
-
-    def redis(env):
-        fn(env, "redis")
-    memory.__name__ = fn.__name__ + "[memory]"
-    redis.__name__ = fn.__name__ + "[redis]"
-    return [memory, redis]
+from harness import base_config, eq, for_both, free_port, poll, request, run, wait_port
 
 
 def start(env, store, limits, handler, max_wait_ms=3000, max_waiting=64, admin=False,

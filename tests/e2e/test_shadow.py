@@ -7,21 +7,11 @@ import json
 import os
 import re
 
-from harness import Proc, base_config, eq, free_port, poll, request, run, wait_gateway, wait_port
+from harness import (Proc, base_config, eq, for_both, free_port, poll, request, run,
+                     wait_gateway, wait_port)
 
 TOKEN = "shadow-admin-token"
 SHADOW_ID = "requests:minute:key:*:shadow"
-
-
-def for_both(fn):
-    def memory(env):
-        fn(env, "memory")
-
-    def redis(env):
-        fn(env, "redis")
-    memory.__name__ = fn.__name__ + "[memory]"
-    redis.__name__ = fn.__name__ + "[redis]"
-    return [memory, redis]
 
 
 def start(env, store, limits):

@@ -23,7 +23,7 @@ import threading
 import time
 
 import backend
-from harness import Proc, base_config, eq, free_port, request, run, wait_port
+from harness import Proc, base_config, eq, for_both, free_port, request, run, wait_port
 
 ADMIN_TOKEN = "stream-admin-token"
 
@@ -84,17 +84,6 @@ def setup(env, store, limits, openai_headers=False):
     wait_port(env.admin_port, env.gw.p)
     env.backend = b
     return cfg
-
-
-def for_both(fn):
-    def memory(env):
-        fn(env, "memory")
-
-    def redis(env):
-        fn(env, "redis")
-    memory.__name__ = fn.__name__ + "[memory]"
-    redis.__name__ = fn.__name__ + "[redis]"
-    return [memory, redis]
 
 
 def money_micros(v):
