@@ -21,6 +21,21 @@ static const char *const method_names[] = {"GET", "POST", "PUT", "DELETE", "PATC
     "OPTIONS", NULL};
 
 
+/* s (owned) appended to list[0..*n) (room for it made by the caller),
+ * or reported as listed twice (field of W) and freed. */
+static void add_unique(ctx_t *c, const char *W, const char *field, char **list, size_t *n,
+                       char *s)
+{
+    for (size_t k = 0; k < *n; k++) {
+        if (strcmp(list[k], s) == 0) {
+            cfg_err(c, W, field, "%s is listed twice", cfg_quote(c, s));
+            free(s);
+            return;
+        }
+    }
+    list[(*n)++] = s;
+}
+
 /* A number of units a factor may take (a default, a min, a map value):
  * >= 0 and at most LIM_UNITS_MAX, fractions allowed (the product is
  * rounded up). name is the field; key, when not NULL, the map entry it
@@ -186,15 +201,7 @@ static void parse_reconcile(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *
                     cfg_err(c, W, "response_pointer", "invalid JSON pointer %s: %s", cfg_quote(c, s), why);
                     free(s);
                 } else {
-                    for (size_t k = 0; k < r->n_pointers && s; k++) {
-                        if (strcmp(r->pointers[k], s) == 0) {
-                            cfg_err(c, W, "response_pointer", "%s is listed twice", cfg_quote(c, s));
-                            free(s);
-                            s = NULL;
-                        }
-                    }
-                    if (s)
-                        r->pointers[r->n_pointers++] = s;
+                    add_unique(c, W, "response_pointer", r->pointers, &r->n_pointers, s);
                 }
                 path_pop(c, mi);
             }
@@ -251,17 +258,8 @@ static void parse_match(ctx_t *c, json_t *o, cfg_endpoint_t *e, const char *epW)
     for (size_t i = 0; i < n; i++) {
         size_t mi = path_index(c, i);
         char *s = NULL;
-        if (str_value(c, json_array_get(vs, i), W, "values", &s) == 1) {
-            for (size_t k = 0; k < mt->n_values && s; k++) {
-                if (strcmp(mt->values[k], s) == 0) {
-                    cfg_err(c, W, "values", "%s is listed twice", cfg_quote(c, s));
-                    free(s);
-                    s = NULL;
-                }
-            }
-            if (s)
-                mt->values[mt->n_values++] = s;
-        }
+        if (str_value(c, json_array_get(vs, i), W, "values", &s) == 1)
+            add_unique(c, W, "values", mt->values, &mt->n_values, s);
         path_pop(c, mi);
     }
     path_pop(c, m);
