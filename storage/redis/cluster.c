@@ -215,6 +215,18 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *arg)
     if (p->map_failing)
         rds_rlog(p->rs, "redis cluster: slot map read from %s:%u", host, p->map_port);
     p->map_failing = 0;
+    /* A map read while a failover was still under way can name a master
+     * that is down (its replica not promoted yet), and no node may go down
+     * again to ask for another read: while a master of the map is not
+     * connected, read it again in a second. */
+    for (size_t i = 0; i < p->n_nodes; i++) {
+        const redis_worker_t *n = p->nodes[i];
+        if (!n->idle && !n->connected && !evtimer_pending(p->map_ev, NULL)) {
+            struct timeval tv = {1, 0};
+            evtimer_add(p->map_ev, &tv);
+            break;
+        }
+    }
     /* Decisions that came before the first map: to their nodes now. */
     rds_held_redispatch(p);
 }
@@ -317,7 +329,8 @@ void rds_cluster_node_down(redis_worker_t *rw)
     if (p && !rw->idle && !p->detaching && p->map_ev && !p->map_ac &&
         !evtimer_pending(p->map_ev, NULL)) {
         /* A master away: its slots may have a new master (a failover).
-         * Read the map again soon, at most once a second. */
+         * Read the map again soon, at most once a second (a read under way
+         * now arms the next one itself if this master is still in it). */
         struct timeval tv = {1, 0};
         evtimer_add(p->map_ev, &tv);
     }
