@@ -690,7 +690,14 @@ static int start_on(hc_exchange_t *x, hc_conn_t *c)
     c->x = x;
     x->state = X_SEND;
     arm_timeout(c, x->pool->o.timeout_ms);
-    if (c->connected)
+    /* A plain connection writes once the event loop has run the rest of
+     * what is ready now: the requests of one loop turn reach the backend
+     * back to back, so a backend on the same CPU is woken (and switched
+     * to) about once per turn rather than once per request. conn_close's
+     * event_del takes the write back out if the connection goes first. */
+    if (c->connected && !c->bev)
+        event_active(&c->wev, EV_WRITE, 1);
+    else if (c->connected)
         write_some(c);
     else if (!c->bev)
         event_add(&c->wev, NULL);
