@@ -9,8 +9,11 @@
 --           ("" in mode "a": now)
 -- ARGV[3]   "1": charge if all fit; "0": peek only; "a": adjust (reconcile):
 --           add each amount (negative gives back, only from the bucket or
---           period of the charge) whatever the limits; returns {1, now}
--- ARGV[4]   mode "1" only: the latest time (ms, this script's clock) at
+--           period of the charge) whatever the limits; returns {1, now};
+--           "b": a batch of decisions on the same checks, each decided
+--           (and charged if all fit) in turn as if by its own "1" call, in
+--           one read and one write of each counter (no gauge check)
+-- ARGV[4]   modes "1" and "b": the latest time (ms, this script's clock) at
 --           which the caller still waits for the answer, or "" for none.
 --           Run later (a stalled Redis waking up), the script writes
 --           nothing and returns {-1, now}: the caller was already told
@@ -25,11 +28,14 @@
 --   param   r: window ms | c: "d" or "m" | g: lease ttl ms
 --   limit   metric units
 --   amount  metric units this request adds
+-- and in mode "b", for each further decision of the batch: its deadline
+-- (as ARGV[4]) and one amount per check.
 --
 -- Returns { admitted, now, then per check: ok, used, reset_ms, retry_ms }
 -- with retry_ms -1 for "never" (the amount alone is over the limit); a
 -- charged decision returns { 1, now, then per check: used, reset_ms }
--- (each check's ok is used + amount <= limit, its retry now).
+-- (each check's ok is used + amount <= limit, its retry now). A batch
+-- returns one such reply per decision, in order, as an array of them.
 --
 -- Every argument is checked before the first write: a bad one is an error
 -- reply and nothing is written (no script stops halfway). Every number is
@@ -92,12 +98,20 @@ local function time_ok(v)
   return v == '' or int(v, 0, 1125899906842624) ~= nil
 end
 local mode = ARGV[3]
-if mode ~= '1' and mode ~= '0' and mode ~= 'a' then return bad('mode') end
+if mode ~= '1' and mode ~= '0' and mode ~= 'a' and mode ~= 'b' then return bad('mode') end
 local n = #KEYS
-if #ARGV ~= 4 + 4 * n then return bad('count') end
+-- Decisions in this call (more than one only in a batch).
+local K = 1
+if mode == 'b' then
+  local rest = #ARGV - 4 - 4 * n
+  if rest < 0 or rest % (n + 1) ~= 0 then return bad('count') end
+  K = 1 + rest / (n + 1)
+elseif #ARGV ~= 4 + 4 * n then
+  return bad('count')
+end
 if not time_ok(ARGV[1]) then return bad('now') end
 if mode == 'a' and not time_ok(ARGV[2]) then return bad('charged') end
-if mode == '1' and not time_ok(ARGV[4]) then return bad('deadline') end
+if mode ~= 'a' and mode ~= '0' and not time_ok(ARGV[4]) then return bad('deadline') end
 local lo = (mode == 'a') and -MAX or 0
 
 -- The values of check i (kind, param, limit, amount, shadow), or nil and
@@ -142,6 +156,15 @@ if mode == 'a' then
   for i = 1, n do
     local kind, why = check_of(i, lo)
     if not kind then return bad(why) end
+  end
+end
+-- The further decisions of a batch: a deadline and n amounts each.
+for k = 2, K do
+  local b = 5 + 4 * n + (k - 2) * (n + 1)
+  if not time_ok(ARGV[b]) then return bad('deadline of decision ' .. k) end
+  for i = 1, n do
+    local m = ARGV[b + i]
+    if m ~= '1' and int(m, 0, MAX) == nil then return bad('amount of decision ' .. k) end
   end
 end
 -- ---------------------------------------------------------------------------
@@ -365,134 +388,192 @@ if mode == 'a' then
   return { 1, now }
 end
 
--- ---- a decision (mode "1") or a peek (mode "0") ----------------------------
+-- ---- decisions (modes "1", "b") or a peek (mode "0") ---------------------
+-- Every counter is read once. Each decision then sees the counts as the
+-- decisions before it in the batch left them: c[14] is what those charged
+-- and is not written yet (written once, at the end, or before a refusal
+-- needs the counters as they stand: its reset and retry read them).
 local st = { false, false, false, false }
-local admitted = 1
 for i = 1, n do
   local kind, p, l, m, shadow = check_of(i, 0)
   if not kind then return bad(p) end
+  if kind == 'g' and mode == 'b' then return bad('gauge in a batch') end
   local c
   if kind == 'r' then
-    c = { 'r', KEYS[i], l, m, 0, false, p, 0, 0, 0, 0, false, 0 }
+    c = { 'r', KEYS[i], l, m, 0, false, p, 0, 0, 0, 0, false, 0, 0, shadow }
     roll_read(c, now)
   elseif kind == 'c' then
     local pid, pend = period(p, now)
     local pv = redis.call('HMGET', KEYS[i], 'p', 'v')
     local same = pv[1] and pv[1] + 0 == pid
-    c = { 'c', KEYS[i], l, m, same and pv[2] and pv[2] + 0 or 0, false, pend, pid, same }
+    c = { 'c', KEYS[i], l, m, same and pv[2] and pv[2] + 0 or 0, false, pend, pid, same,
+          0, 0, 0, 0, 0, shadow }
   else
-    c = { 'g', KEYS[i], l, m, redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf'), false, p }
-  end
-  local used = c[5]
-  c[6] = used + m <= l
-  if shadow then
-    -- Counted past its limit (its refusals are only reported), but
-    -- never past CAP; a shadow check has no retry time to give.
-    c[4] = math.max(0, math.min(m, CAP - used))
-  elseif not c[6] then
-    admitted = 0
+    c = { 'g', KEYS[i], l, m, redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf'), false, p,
+          0, 0, 0, 0, 0, 0, 0, shadow }
   end
   st[i] = c
 end
 -- Every argument has passed: from here on nothing fails.
 
--- { admitted, now, then per check: ok, used, reset, retry }, or when
--- charged { 1, now, then per check: used, reset }; made whole at once for
--- up to four checks (a table grown field by field is rebuilt each time it
--- doubles).
-local write = admitted == 1 and mode == '1'
-local per = write and 2 or 4
+-- Write what check c's decisions charged since its last write (c[14]),
+-- then read it again if more decisions follow.
+local function flush(c, again)
+  local amt, kind = c[14], c[1]
+  if amt == 0 and kind ~= 'g' then return end -- a lease is held whatever its amount
+  if kind == 'r' then
+    roll_write(c, amt)
+    if again then roll_read(c, now) end
+  elseif kind == 'c' then
+    if c[9] then
+      -- The period's counter, added to (an amount of 1 as a string: no
+      -- number to turn into one).
+      redis.call('HINCRBY', c[2], 'v', amt == 1 and '1' or amt)
+    else
+      redis.call('HSET', c[2], 'p', c[8], 'v', c[5] + amt)
+      redis.call('PEXPIRE', c[2], c[7] - now + 60000)
+      c[9] = true
+    end
+    c[5] = c[5] + amt
+  else
+    local key, ttl = c[2], c[7]
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    redis.call('ZADD', key, now + ttl, ARGV[2])
+    -- Expiries are relative to the script's clock. A new set has no TTL,
+    -- which GT would take for an infinite one.
+    if c[5] == 0 then
+      redis.call('PEXPIRE', key, ttl + 1000)
+    else
+      redis.call('PEXPIRE', key, ttl + 1000, 'GT')
+    end
+  end
+  c[14] = 0
+end
 
 -- When amt fits (amt <= limit, used + amt > limit): the first bucket j
 -- whose leaving frees enough, found by bisection over the running totals
 -- (non-decreasing); the oldest bucket is tried first. Made only when
--- nothing is charged.
+-- something is refused.
 local roll_retry
-if not write then
-  roll_retry = function(c, now)
-    local key, head, total = c[2], c[9], c[10]
-    -- The running total at the end of bucket j (cur - 60 <= j <= cur). The
-    -- head's is "t"; its slot is written when the next bucket starts.
-    local function total_at(j)
-      if j >= head then return total end
-      return tonumber(redis.call('HGET', key, tostring(j % 61))) or 0
-    end
-    local need = total + c[4] - c[3]
-    local lo, hi = c[8] - 60, head
-    if total_at(lo) >= need then
-      hi = lo
-    else
-      while hi - lo > 1 do
-        local mid = math.floor((lo + hi) / 2)
-        if total_at(mid) >= need then hi = mid else lo = mid end
-      end
-    end
-    return math.max(bucket_start(hi + 61, c[7]), now)
-  end
-end
 
-local out
-if n <= 4 then
-  out = { admitted, now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
-  out[3 + per * n] = nil -- the reply ends at the first nil
-else
-  out = { admitted, now }
-end
-for i = 1, n do
-  local c = st[i]
-  local kind, used, ok = c[1], c[5], c[6]
-  local reset, retry = 0, now
-  if kind == 'r' then
-    if write then
-      roll_write(c, c[4])
-      reset = bucket_start(c[8] + S, c[7])
+local replies = mode == 'b' and {} or nil
+local pending = false -- something charged and not written yet
+for k = 1, K do
+  local late = false
+  if k > 1 then
+    local b = 5 + 4 * n + (k - 2) * (n + 1)
+    late = ARGV[b] ~= '' and now > tonumber(ARGV[b])
+    for i = 1, n do
+      local m = ARGV[b + i]
+      st[i][4] = m == '1' and 1 or tonumber(m)
+    end
+  elseif mode == 'b' then
+    late = ARGV[4] ~= '' and now > tonumber(ARGV[4])
+  end
+  local admitted = 1
+  for i = 1, n do
+    local c = st[i]
+    c[6] = c[5] + c[14] + c[4] <= c[3]
+    if not c[6] and not c[15] then admitted = 0 end
+  end
+  if late then
+    replies[k] = { -1, now } -- this decision's caller has moved on
+    admitted = -1
+  elseif admitted == 0 and pending then
+    -- The counters as they stand, for the refusal's reset and retry.
+    for i = 1, n do flush(st[i], true) end
+    pending = false
+  end
+  local write = admitted == 1 and mode ~= '0'
+  -- { admitted, now, then per check: ok, used, reset, retry }, or when
+  -- charged { 1, now, then per check: used, reset }; made whole at once
+  -- for up to four checks (a table grown field by field is rebuilt each
+  -- time it doubles).
+  local out
+  if admitted >= 0 then
+    local per = write and 2 or 4
+    if n <= 4 then
+      out = { admitted, now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+      out[3 + per * n] = nil -- the reply ends at the first nil
     else
-      -- Every write goes to the head bucket, so the head is the newest
-      -- bucket that counts anything.
-      reset = now
-      if used > 0 then reset = math.max(bucket_start(c[9] + S, c[7]), now) end
-      if not ok then
-        if c[4] > c[3] then retry = -1 else retry = roll_retry(c, now) end
-      end
-    end
-  elseif kind == 'c' then
-    reset = c[7]
-    if write and c[9] then
-      -- The period's counter, added to (an amount of 1 as a string: no
-      -- number to turn into one).
-      redis.call('HINCRBY', c[2], 'v', c[4] == 1 and '1' or c[4])
-    elseif write then
-      redis.call('HSET', c[2], 'p', c[8], 'v', used + c[4])
-      if not c[9] then redis.call('PEXPIRE', c[2], c[7] - now + 60000) end
-    elseif not ok then
-      if c[4] > c[3] then retry = -1 else retry = c[7] end
-    end
-  else
-    if write then
-      local key, ttl = c[2], c[7]
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-      redis.call('ZADD', key, now + ttl, ARGV[2])
-      -- Expiries are relative to the script's clock. A new set has no TTL,
-      -- which GT would take for an infinite one.
-      if used == 0 then
-        redis.call('PEXPIRE', key, ttl + 1000)
-      else
-        redis.call('PEXPIRE', key, ttl + 1000, 'GT')
-      end
-    elseif not ok then
-      if c[4] > c[3] then retry = -1 else retry = now + 1000 end
+      out = { admitted, now }
     end
   end
-  if write then
-    local k = 2 * i
-    out[k + 1] = used
-    out[k + 2] = reset
+  if not write and admitted >= 0 and not roll_retry then
+    roll_retry = function(c, now)
+      local key, head, total = c[2], c[9], c[10]
+      -- The running total at the end of bucket j (cur - 60 <= j <= cur).
+      -- The head's is "t"; its slot is written when the next bucket
+      -- starts.
+      local function total_at(j)
+        if j >= head then return total end
+        return tonumber(redis.call('HGET', key, tostring(j % 61))) or 0
+      end
+      local need = total + c[4] - c[3]
+      local lo, hi = c[8] - 60, head
+      if total_at(lo) >= need then
+        hi = lo
+      else
+        while hi - lo > 1 do
+          local mid = math.floor((lo + hi) / 2)
+          if total_at(mid) >= need then hi = mid else lo = mid end
+        end
+      end
+      return math.max(bucket_start(hi + 61, c[7]), now)
+    end
+  end
+  for i = 1, (admitted >= 0) and n or 0 do
+    local c = st[i]
+    local kind, used, ok = c[1], c[5] + c[14], c[6]
+    local reset, retry = 0, now
+    if write then
+      local m = c[4]
+      if c[15] then
+        -- A shadow limit is counted past its limit (its refusals are only
+        -- reported), but never past CAP; it has no retry time to give.
+        m = math.max(0, math.min(m, CAP - used))
+      end
+      c[14] = c[14] + m
+      pending = true
+      if kind == 'r' then
+        reset = bucket_start(c[8] + S, c[7])
+      elseif kind == 'c' then
+        reset = c[7]
+      end
+      local j = 2 * i
+      out[j + 1] = used
+      out[j + 2] = reset
+    else
+      if kind == 'r' then
+        -- Every write goes to the head bucket, so the head is the newest
+        -- bucket that counts anything.
+        reset = now
+        if used > 0 then reset = math.max(bucket_start(c[9] + S, c[7]), now) end
+        if not ok then
+          if c[4] > c[3] then retry = -1 else retry = roll_retry(c, now) end
+        end
+      elseif kind == 'c' then
+        reset = c[7]
+        if not ok then
+          if c[4] > c[3] then retry = -1 else retry = c[7] end
+        end
+      elseif not ok then
+        if c[4] > c[3] then retry = -1 else retry = now + 1000 end
+      end
+      local j = 4 * i - 2
+      out[j + 1] = ok and 1 or 0
+      out[j + 2] = used
+      out[j + 3] = reset
+      out[j + 4] = retry
+    end
+  end
+  if replies then
+    if out then replies[k] = out end
   else
-    local k = 4 * i - 2
-    out[k + 1] = ok and 1 or 0
-    out[k + 2] = used
-    out[k + 3] = reset
-    out[k + 4] = retry
+    replies = out
   end
 end
-return out
+if pending then
+  for i = 1, n do flush(st[i], false) end
+end
+return replies

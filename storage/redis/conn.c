@@ -104,6 +104,9 @@ void rds_call_answer_unavailable(rcall_t *c)
     if (c->answered)
         return;
     c->answered = 1;
+    if (c->kind == RC_BATCH)
+        for (rcall_t *ch = c->children; ch; ch = ch->child_next)
+            rds_call_answer_unavailable(ch);
     if (c->kind == RC_ACQUIRE && c->sent_to_redis)
         prepare_refund(c); /* while the caller's checks are still valid */
     if ((c->kind == RC_JOB_DONE || c->kind == RC_JOB_FIND) && c->done_cb)
@@ -114,6 +117,11 @@ void rds_call_answer_unavailable(rcall_t *c)
 
 void rds_call_free(rcall_t *c)
 {
+    while (c->children) {
+        rcall_t *ch = c->children;
+        c->children = ch->child_next;
+        rds_call_free(ch);
+    }
     while (c->debt) {
         debt_t *d = c->debt;
         c->debt = d->next;
@@ -146,18 +154,7 @@ static void held_send_all(redis_worker_t *rw)
     rw->held = rw->held_tail = NULL;
     while (c) {
         rcall_t *next = c->held_next;
-        rcall_t *nc = rds_decision_call(rw, c->kind, c->checks, c->n, c->lease_id, NULL,
-                                    c->deadline, NULL);
-        if (nc) {
-            nc->cb = c->cb;
-            nc->arg = c->arg;
-            nc->checks = c->checks;
-            nc->n = c->n;
-            if (rds_queue(rw, nc) == 0)
-                c->answered = 1; /* now nc's to answer */
-            else
-                rds_call_free(nc);
-        }
+        rds_send_decision(rw, c);
         rds_call_answer_unavailable(c);
         rds_call_free(c);
         c = next;
@@ -489,6 +486,70 @@ int rds_refused_unrun(const char *err)
     return 0;
 }
 
+/* The reply r to call c (not an error reply): its caller answered, or,
+ * for a decision already answered unavailable that Redis admitted after
+ * all, what it charged given back. */
+static void answer_call(redis_worker_t *rw, rcall_t *c, const redisReply *r)
+{
+    if (c->answered && c->kind == RC_ACQUIRE && r->type == REDIS_REPLY_ARRAY &&
+        r->elements >= 1 && r->element[0]->type == REDIS_REPLY_INTEGER &&
+        r->element[0]->integer == 1) {
+        /* Admitted after the request was told 503 (its deadline had not
+         * passed on Redis's clock, but the reply came too late): give the
+         * leases and the charges back. */
+        /* The refund first: with leases it is conditional on them. */
+        char **cmds[] = {&c->refund_cmd, &c->release_cmd};
+        int lens[] = {c->refund_len, c->release_len};
+        for (int i = 0; i < 2; i++) {
+            if (!*cmds[i])
+                continue;
+            rcall_t *back = calloc(1, sizeof *back);
+            if (!back)
+                continue;
+            back->rw = rw;
+            back->kind = RC_RELEASE;
+            back->sent = mono_ms();
+            back->deadline = back->sent + rw->rs->o.timeout_ms;
+            back->cmd = *cmds[i];
+            back->cmdlen = lens[i];
+            *cmds[i] = NULL;
+            if (rds_queue(rw, back) != 0)
+                rds_call_free(back);
+        }
+    }
+    if (c->kind == RC_JOB_DONE) {
+        /* The leases are gone even when the caller was already told
+         * "unavailable". */
+        if (!c->answered && c->done_cb)
+            c->done_cb(c->arg, r->type == REDIS_REPLY_INTEGER && r->integer > 0);
+        c->answered = 1;
+    } else if (c->kind == RC_JOB_FIND) {
+        if (!c->answered)
+            rds_job_found(c, r);
+        c->answered = 1;
+    } else if (!c->answered && (c->kind == RC_ACQUIRE || c->kind == RC_USAGE)) {
+        lim_outcome_t o;
+        memset(&o, 0, sizeof o);
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_INTEGER && r->element[0]->integer == -1 &&
+            r->element[1]->type == REDIS_REPLY_INTEGER) {
+            /* Ran past its deadline on Redis's clock: nothing charged. */
+            offset_learn(rw, r->element[1]->integer);
+            rds_call_answer_unavailable(c);
+        } else if (parse_outcome(r, c->checks, c->n, &o) != 0) {
+            rds_rlog(rw->rs, "redis: unexpected reply to a decision");
+            rds_call_answer_unavailable(c);
+        } else {
+            c->answered = 1;
+            offset_learn(rw, o.now_ms);
+            atomic_fetch_add(&rw->rs->stats.decisions, 1);
+            if (c->kind == RC_ACQUIRE && o.admitted)
+                rds_renew_add(rw, c->lease_id, c->checks, c->n);
+            c->cb(c->arg, STORE_OK, &o);
+        }
+    }
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     rcall_t *c = privdata;
@@ -611,62 +672,18 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         rds_call_free(c);
         return;
     }
-    if (c->answered && c->kind == RC_ACQUIRE && r->type == REDIS_REPLY_ARRAY &&
-        r->elements >= 1 && r->element[0]->type == REDIS_REPLY_INTEGER &&
-        r->element[0]->integer == 1) {
-        /* Admitted after the request was told 503 (its deadline had not
-         * passed on Redis's clock, but the reply came too late): give the
-         * leases and the charges back. */
-        /* The refund first: with leases it is conditional on them. */
-        char **cmds[] = {&c->refund_cmd, &c->release_cmd};
-        int lens[] = {c->refund_len, c->release_len};
-        for (int i = 0; i < 2; i++) {
-            if (!*cmds[i])
-                continue;
-            rcall_t *back = calloc(1, sizeof *back);
-            if (!back)
-                continue;
-            back->rw = rw;
-            back->kind = RC_RELEASE;
-            back->sent = mono_ms();
-            back->deadline = back->sent + rw->rs->o.timeout_ms;
-            back->cmd = *cmds[i];
-            back->cmdlen = lens[i];
-            *cmds[i] = NULL;
-            if (rds_queue(rw, back) != 0)
-                rds_call_free(back);
-        }
-    }
-    if (c->kind == RC_JOB_DONE) {
-        /* The leases are gone even when the caller was already told
-         * "unavailable". */
-        if (!c->answered && c->done_cb)
-            c->done_cb(c->arg, r->type == REDIS_REPLY_INTEGER && r->integer > 0);
-        c->answered = 1;
-    } else if (c->kind == RC_JOB_FIND) {
-        if (!c->answered)
-            rds_job_found(c, r);
-        c->answered = 1;
-    } else if (!c->answered && (c->kind == RC_ACQUIRE || c->kind == RC_USAGE)) {
-        lim_outcome_t o;
-        memset(&o, 0, sizeof o);
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-            r->element[0]->type == REDIS_REPLY_INTEGER && r->element[0]->integer == -1 &&
-            r->element[1]->type == REDIS_REPLY_INTEGER) {
-            /* Ran past its deadline on Redis's clock: nothing charged. */
-            offset_learn(rw, r->element[1]->integer);
-            rds_call_answer_unavailable(c);
-        } else if (parse_outcome(r, c->checks, c->n, &o) != 0) {
-            rds_rlog(rw->rs, "redis: unexpected reply to a decision");
-            rds_call_answer_unavailable(c);
+    if (c->kind == RC_BATCH) {
+        /* One reply per decision, in the batch's order. */
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == c->n_children) {
+            size_t k = 0;
+            for (rcall_t *ch = c->children; ch; ch = ch->child_next)
+                answer_call(rw, ch, r->element[k++]);
         } else {
-            c->answered = 1;
-            offset_learn(rw, o.now_ms);
-            atomic_fetch_add(&rw->rs->stats.decisions, 1);
-            if (c->kind == RC_ACQUIRE && o.admitted)
-                rds_renew_add(rw, c->lease_id, c->checks, c->n);
-            c->cb(c->arg, STORE_OK, &o);
+            rds_rlog(rw->rs, "redis: unexpected reply to a batch of decisions");
+            rds_call_answer_unavailable(c);
         }
+    } else {
+        answer_call(rw, c, r);
     }
     rds_call_free(c);
 }

@@ -130,21 +130,38 @@ static int64_t deadline_margin(const redis_worker_t *rw)
 /* EVALSHA sha numkeys KEYS... ARGV... for the acquire script. A charging
  * decision (RC_ACQUIRE) answered by local_deadline (monotonic ms; 0: now +
  * timeout_ms) carries that deadline on Redis's clock once the offset is
- * known. Amounts and limits are clamped to what the script accepts. */
-rcall_t *rds_decision_call(redis_worker_t *rw, enum call_kind kind,
-                           const lim_check_t *checks, size_t n, const char *lease_id,
-                           const int64_t *deltas, int64_t local_deadline,
-                           const char *refund_of)
+ * known. Amounts and limits are clamped to what the script accepts. With
+ * more (kind RC_BATCH), the further decisions of a batch on the same
+ * checks follow, each with its own deadline and amounts. */
+static rcall_t *format_decision(redis_worker_t *rw, enum call_kind kind,
+                                const lim_check_t *checks, size_t n, const char *lease_id,
+                                const int64_t *deltas, int64_t local_deadline,
+                                const char *refund_of, const rcall_t *more, size_t n_more)
 {
     redis_store_t *rs = rw->rs;
     enum { FIXED = 7, PER = 5 };
-    const char *argv[FIXED + PER * LIM_MAX_CHECKS];
-    size_t len[FIXED + PER * LIM_MAX_CHECKS];
-    char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
-    char nums[LIM_MAX_CHECKS][3][24];
-    char numkeys[24], now[24], deadline[24];
-    if (n > LIM_MAX_CHECKS)
+    if (n > LIM_MAX_CHECKS || n_more >= BATCH_MAX)
         return NULL;
+    /* Room for every argument and the numbers they are made of. */
+    size_t argc_max = FIXED + PER * n + n_more * (1 + n);
+    size_t nums_max = 3 * n + 2 + n_more * (1 + n);
+    const char *argv_s[FIXED + PER * LIM_MAX_CHECKS];
+    size_t len_s[FIXED + PER * LIM_MAX_CHECKS];
+    char nums_s[3 * LIM_MAX_CHECKS + 2][24];
+    const char **argv = argv_s;
+    size_t *len = len_s;
+    char(*nums)[24] = nums_s;
+    void *heap = NULL;
+    if (n_more) {
+        heap = malloc(argc_max * (sizeof *argv + sizeof *len) + nums_max * 24);
+        if (!heap)
+            return NULL;
+        argv = heap;
+        len = (size_t *)(argv + argc_max);
+        nums = (char(*)[24])(len + argc_max);
+    }
+    char keys[LIM_MAX_CHECKS][LIM_KEY_MAX + 64];
+    size_t u = 0; /* numbers used */
     if (local_deadline == 0)
         local_deadline = mono_ms() + rs->o.timeout_ms;
     int a = 0;
@@ -152,30 +169,35 @@ rcall_t *rds_decision_call(redis_worker_t *rw, enum call_kind kind,
     len[a++] = 7;
     argv[a] = rs->sha_acquire;
     len[a++] = strlen(rs->sha_acquire);
-    argv[a] = numkeys;
-    len[a++] = rds_fmt_i64(numkeys, (int64_t)n);
+    argv[a] = nums[u];
+    len[a++] = rds_fmt_i64(nums[u++], (int64_t)n);
     for (size_t i = 0; i < n; i++) {
         argv[a] = keys[i];
         len[a++] = rds_join2(keys[i], sizeof keys[i], rs->o.key_prefix, checks[i].key);
     }
-    now[0] = '\0';
-    argv[a] = now;
-    len[a++] = rs->o.clock ? rds_fmt_i64(now, rs->o.clock(rs->o.clock_arg)) : 0;
+    argv[a] = "";
+    len[a] = 0;
+    if (rs->o.clock) {
+        argv[a] = nums[u];
+        len[a] = rds_fmt_i64(nums[u++], rs->o.clock(rs->o.clock_arg));
+    }
+    a++;
     argv[a] = lease_id ? lease_id : "";
     len[a] = strlen(argv[a]);
     a++;
-    argv[a] = kind == RC_ACQUIRE ? "1" : kind == RC_ADJUST ? "a" : "0";
+    argv[a] = kind == RC_ACQUIRE ? "1" : kind == RC_BATCH ? "b" : kind == RC_ADJUST ? "a" : "0";
     len[a++] = 1;
-    deadline[0] = '\0';
-    size_t dl = 0;
-    if (kind == RC_ACQUIRE && !rs->o.clock && rw->offset_known)
-        dl = rds_fmt_i64(deadline, local_deadline + rw->offset_ms - deadline_margin(rw));
+    int charging = kind == RC_ACQUIRE || kind == RC_BATCH;
+    int with_deadline = charging && !rs->o.clock && rw->offset_known;
+    int64_t margin = deadline_margin(rw);
     if (kind == RC_ADJUST && refund_of) {
         argv[a] = refund_of;
         len[a++] = strlen(refund_of);
     } else {
-        argv[a] = deadline;
-        len[a++] = dl;
+        argv[a] = nums[u];
+        len[a++] = with_deadline
+                       ? rds_fmt_i64(nums[u++], local_deadline + rw->offset_ms - margin)
+                       : 0;
     }
     for (size_t i = 0; i < n; i++) {
         const lim_check_t *c = &checks[i];
@@ -183,8 +205,8 @@ rcall_t *rds_decision_call(redis_worker_t *rw, enum call_kind kind,
         case LIM_CK_ROLLING:
             argv[a] = c->shadow ? "R" : "r";
             len[a++] = 1;
-            argv[a] = nums[i][0];
-            len[a++] = rds_fmt_i64(nums[i][0], c->window_ms);
+            argv[a] = nums[u];
+            len[a++] = rds_fmt_i64(nums[u++], c->window_ms);
             break;
         case LIM_CK_CALENDAR:
             argv[a] = c->shadow ? "C" : "c";
@@ -195,18 +217,35 @@ rcall_t *rds_decision_call(redis_worker_t *rw, enum call_kind kind,
         case LIM_CK_GAUGE:
             argv[a] = c->shadow ? "G" : "g";
             len[a++] = 1;
-            argv[a] = nums[i][0];
-            len[a++] = rds_fmt_i64(nums[i][0], c->lease_ttl_ms > 0 ? c->lease_ttl_ms : 90000);
+            argv[a] = nums[u];
+            len[a++] = rds_fmt_i64(nums[u++], c->lease_ttl_ms > 0 ? c->lease_ttl_ms : 90000);
             break;
         }
-        argv[a] = nums[i][1];
-        len[a++] = rds_fmt_i64(nums[i][1], clamp64(c->limit, 0, LIM_PRICE_MAX));
+        argv[a] = nums[u];
+        len[a++] = rds_fmt_i64(nums[u++], clamp64(c->limit, 0, LIM_PRICE_MAX));
         int64_t amount = deltas ? clamp64(deltas[i], -LIM_PRICE_MAX, LIM_PRICE_MAX)
                                 : clamp64(c->amount, 0, LIM_PRICE_MAX);
-        argv[a] = nums[i][2];
-        len[a++] = rds_fmt_i64(nums[i][2], amount);
+        argv[a] = nums[u];
+        len[a++] = rds_fmt_i64(nums[u++], amount);
+    }
+    for (const rcall_t *m = more; m; m = m->child_next) {
+        argv[a] = nums[u];
+        len[a++] = with_deadline
+                       ? rds_fmt_i64(nums[u++], m->deadline + rw->offset_ms - margin)
+                       : 0;
+        for (size_t i = 0; i < n; i++) {
+            int64_t amount = clamp64(m->checks[i].amount, 0, LIM_PRICE_MAX);
+            if (amount == 1) {
+                argv[a] = "1";
+                len[a++] = 1;
+            } else {
+                argv[a] = nums[u];
+                len[a++] = rds_fmt_i64(nums[u++], amount);
+            }
+        }
     }
     rcall_t *call = rds_call_new(rw, kind, a, argv, len);
+    free(heap);
     if (call)
         call->deadline = local_deadline;
     if (call && lease_id)
@@ -217,6 +256,15 @@ rcall_t *rds_decision_call(redis_worker_t *rw, enum call_kind kind,
             call->release_cmd = NULL;
     }
     return call;
+}
+
+rcall_t *rds_decision_call(redis_worker_t *rw, enum call_kind kind,
+                           const lim_check_t *checks, size_t n, const char *lease_id,
+                           const int64_t *deltas, int64_t local_deadline,
+                           const char *refund_of)
+{
+    return format_decision(rw, kind, checks, n, lease_id, deltas, local_deadline, refund_of,
+                           NULL, 0);
 }
 
 /* The worker whose connection takes a command on checks' keys (all of one
@@ -232,6 +280,150 @@ static redis_worker_t *route_checks(store_worker_t *w, const lim_check_t *checks
     return rds_route(rw, n ? key : NULL);
 }
 
+/* A decision not sent yet (held for the clock, or gathered for a batch):
+ * what is needed to send or answer it, its deadline from now. */
+static rcall_t *unsent_decision(redis_worker_t *rw, enum call_kind kind,
+                                const lim_check_t *checks, size_t n, const char *lease_id,
+                                store_acquire_cb cb, void *arg)
+{
+    rcall_t *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->rw = rw;
+    h->kind = kind;
+    h->cb = cb;
+    h->arg = arg;
+    h->checks = checks;
+    h->n = n;
+    snprintf(h->lease_id, sizeof h->lease_id, "%s", lease_id ? lease_id : "");
+    h->sent = mono_ms();
+    h->deadline = h->sent + rw->rs->o.timeout_ms;
+    return h;
+}
+
+void rds_send_decision(redis_worker_t *to, rcall_t *h)
+{
+    rcall_t *c = rds_decision_call(to, h->kind, h->checks, h->n, h->lease_id, NULL,
+                                   h->deadline, NULL);
+    if (!c)
+        return;
+    c->cb = h->cb;
+    c->arg = h->arg;
+    c->checks = h->checks;
+    c->n = h->n;
+    if (rds_queue(to, c) == 0)
+        h->answered = 1; /* c's to answer now */
+    else
+        rds_call_free(c);
+}
+
+/* Two decisions go in one batch when their checks are the same counters
+ * with the same limits (their amounts may differ). */
+static int same_checks(const lim_check_t *a, const lim_check_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i].kind != b[i].kind || a[i].per != b[i].per ||
+            a[i].window_ms != b[i].window_ms || a[i].limit != b[i].limit ||
+            a[i].shadow != b[i].shadow || strcmp(a[i].key, b[i].key) != 0)
+            return 0;
+    return 1;
+}
+
+/* A decision gathered into this loop turn's batch on its checks (sent when
+ * the turn ends, rds_on_flush): 0, or -1 when it is to be sent on its own
+ * (a cluster, a lease to take, no room). */
+static int gather(redis_worker_t *rw, const lim_check_t *checks, size_t n,
+                  store_acquire_cb cb, void *arg)
+{
+    if (rw->parent || rw->slots || !rw->flush_ev || n == 0 ||
+        (!rw->rs->o.clock && !rw->offset_known) || lim_checks_have_gauge(checks, n))
+        return -1;
+    rcall_t *g = NULL;
+    for (size_t i = 0; i < rw->n_groups && !g; i++)
+        if (rw->groups[i]->n == n && rw->groups[i]->n_children < BATCH_MAX &&
+            same_checks(rw->groups[i]->checks, checks, n))
+            g = rw->groups[i];
+    if (!g && rw->n_groups == GROUPS_MAX)
+        return -1;
+    rcall_t *c = unsent_decision(rw, RC_ACQUIRE, checks, n, NULL, cb, arg);
+    if (!c)
+        return -1;
+    if (!g) {
+        if (!(g = calloc(1, sizeof *g))) {
+            free(c);
+            return -1;
+        }
+        g->rw = rw;
+        g->kind = RC_BATCH;
+        g->checks = checks;
+        g->n = n;
+        rw->groups[rw->n_groups++] = g;
+        if (rw->n_groups == 1)
+            event_active(rw->flush_ev, EV_WRITE, 1);
+    }
+    if (g->children_tail)
+        g->children_tail->child_next = c;
+    else
+        g->children = c;
+    g->children_tail = c;
+    g->n_children++;
+    return 0;
+}
+
+/* Send the group g gathered: a decision of its own when it is alone, else
+ * one batch; the decisions are answered unavailable if it cannot go. */
+static void send_group(redis_worker_t *rw, rcall_t *g)
+{
+    rcall_t *first = g->children, *c = NULL;
+    if (rw->ac && g->n_children == 1) {
+        rds_send_decision(rw, first);
+    } else if (rw->ac) {
+        c = format_decision(rw, RC_BATCH, first->checks, first->n, NULL, NULL,
+                            first->deadline, NULL, first->child_next, g->n_children - 1);
+        if (c) {
+            c->children = g->children;
+            c->children_tail = g->children_tail;
+            c->n_children = g->n_children;
+            g->children = g->children_tail = NULL;
+            g->n_children = 0;
+            for (rcall_t *ch = c->children; ch; ch = ch->child_next)
+                if (ch->deadline < c->deadline)
+                    c->deadline = ch->deadline;
+            if (rds_queue(rw, c) == 0) {
+                for (rcall_t *ch = c->children; ch; ch = ch->child_next)
+                    ch->sent_to_redis = 1;
+                rds_call_free(g);
+                return;
+            }
+            /* Not sent: its decisions are answered from g below. */
+            g->children = c->children;
+            g->children_tail = c->children_tail;
+            g->n_children = c->n_children;
+            c->children = c->children_tail = NULL;
+        }
+    }
+    if (c)
+        rds_call_free(c);
+    for (rcall_t *ch = g->children; ch; ch = ch->child_next)
+        if (!ch->answered)
+            rds_call_answer_unavailable(ch);
+    rds_call_free(g);
+}
+
+void rds_on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    redis_worker_t *rw = arg;
+    /* Answers may make new decisions: they gather for the next flush. */
+    rcall_t *groups[GROUPS_MAX];
+    size_t n = rw->n_groups;
+    memcpy(groups, rw->groups, n * sizeof *groups);
+    rw->n_groups = 0;
+    for (size_t i = 0; i < n; i++)
+        send_group(rw, groups[i]);
+}
+
 static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *checks,
                    size_t n, const char *lease_id, store_acquire_cb cb, void *arg)
 {
@@ -242,17 +434,8 @@ static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *ch
     if (wait_map || (rw->ac && kind == RC_ACQUIRE && !rw->rs->o.clock && !rw->offset_known)) {
         /* No deadline on Redis's clock yet: wait for the connection's TIME
          * (within this decision's own deadline), then send. */
-        rcall_t *h = calloc(1, sizeof *h);
+        rcall_t *h = unsent_decision(rw, kind, checks, n, lease_id, cb, arg);
         if (h) {
-            h->rw = rw;
-            h->kind = kind;
-            h->cb = cb;
-            h->arg = arg;
-            h->checks = checks;
-            h->n = n;
-            snprintf(h->lease_id, sizeof h->lease_id, "%s", lease_id ? lease_id : "");
-            h->sent = mono_ms();
-            h->deadline = h->sent + rw->rs->o.timeout_ms;
             if (rw->held_tail)
                 rw->held_tail->held_next = h;
             else
@@ -262,6 +445,8 @@ static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *ch
             return;
         }
     }
+    if (rw->ac && kind == RC_ACQUIRE && gather(rw, checks, n, cb, arg) == 0)
+        return;
     rcall_t *c = rw->ac ? rds_decision_call(rw, kind, checks, n, lease_id, NULL, 0, NULL) : NULL;
     if (c) {
         c->cb = cb;
@@ -297,20 +482,8 @@ void rds_held_redispatch(redis_worker_t *p)
             h = next;
             continue;
         }
-        if (to != p && to->ac && h->deadline > now) {
-            rcall_t *c = rds_decision_call(to, h->kind, h->checks, h->n, h->lease_id, NULL,
-                                           h->deadline, NULL);
-            if (c) {
-                c->cb = h->cb;
-                c->arg = h->arg;
-                c->checks = h->checks;
-                c->n = h->n;
-                if (rds_queue(to, c) == 0)
-                    h->answered = 1; /* c's to answer now */
-                else
-                    rds_call_free(c);
-            }
-        }
+        if (to != p && to->ac && h->deadline > now)
+            rds_send_decision(to, h);
         rds_call_answer_unavailable(h);
         rds_call_free(h);
         h = next;

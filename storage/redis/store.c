@@ -378,9 +378,10 @@ redis_worker_t *rds_worker_new(redis_store_t *rs, struct event_base *base, const
     rw->retry_ev = evtimer_new(base, rds_on_retry, rw);
     rw->pending_ev = evtimer_new(base, rds_on_pending, rw);
     rw->renew_ev = event_new(base, -1, EV_PERSIST, rds_on_renew, rw);
+    rw->flush_ev = event_new(base, -1, 0, rds_on_flush, rw);
     if (rs->fallback)
         rw->fallback = store_attach(rs->fallback, base);
-    if (!rw->timer || !rw->retry_ev || !rw->pending_ev || !rw->renew_ev ||
+    if (!rw->timer || !rw->retry_ev || !rw->pending_ev || !rw->renew_ev || !rw->flush_ev ||
         (rs->fallback && !rw->fallback)) {
         if (rw->timer)
             event_free(rw->timer);
@@ -390,6 +391,8 @@ redis_worker_t *rds_worker_new(redis_store_t *rs, struct event_base *base, const
             event_free(rw->pending_ev);
         if (rw->renew_ev)
             event_free(rw->renew_ev);
+        if (rw->flush_ev)
+            event_free(rw->flush_ev);
         if (rw->fallback)
             store_detach(rw->fallback);
         free(rw);
@@ -431,6 +434,8 @@ static void redis_detach(store_worker_t *w)
 {
     redis_worker_t *rw = (redis_worker_t *)w;
     rw->detaching = 1;
+    /* Decisions gathered for a batch not sent yet: answered now. */
+    rds_on_flush(-1, 0, rw);
     if (rw->ac) {
         redisAsyncContext *ac = rw->ac;
         rw->ac = NULL;
@@ -450,6 +455,7 @@ static void redis_detach(store_worker_t *w)
     event_free(rw->retry_ev);
     event_free(rw->pending_ev);
     event_free(rw->renew_ev);
+    event_free(rw->flush_ev);
     for (int i = 0; i < RENEW_BUCKETS; i++) {
         while (rw->renew[i]) {
             renew_lease_t *l = rw->renew[i];

@@ -17,6 +17,10 @@ processes, the mock-backend.
 - acquire.lua's rolling windows answer as a plain bucket model does, step
   for step (admits, refusals and their retry moments, debt, refunds), and
   a window kept in the earlier layout keeps its count;
+- a batch of decisions (mode "b") answers and writes exactly what the same
+  decisions made one call at a time do, and refuses a bad one before
+  writing anything; a burst that one gateway worker reads in one loop turn
+  goes to Redis as one batch and keeps the limits exact;
 - a Redis on deploy/redis.conf killed with SIGKILL and restarted keeps the
   day counters.
 """
@@ -989,6 +993,148 @@ def test_acquire_script_model(env):
     eq(out[0:1] + out[3:4], [0, 7], "then full")
 
 
+def test_acquire_script_batch(env):
+    """Mode "b" (a batch of decisions on the same checks) against the same
+    decisions sent one call at a time, on twin keys and the same clock:
+    every reply and every counter left in Redis are the same, over random
+    limits, amounts, shadow checks, deadlines already passed and gaps in
+    time. A bad decision anywhere in a batch is refused before any write."""
+    import random
+    r = env.start_redis()
+    src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                            "storage", "acquire.lua")).read()
+    sha = redis_cli(r.port, "SCRIPT", "LOAD", src)
+    rnd = random.Random(2026)
+    seen = {"admitted": 0, "refused": 0, "late": 0}
+    for trial in range(150):
+        redis_cli(r.port, "FLUSHDB")
+        specs = []
+        for _ in range(rnd.randint(1, 3)):
+            kind = rnd.choice(["r", "r", "c", "R", "C"])
+            param = rnd.choice(["1000", "60000", "7000"]) if kind in "rR" else \
+                rnd.choice(["d", "m"])
+            specs.append((kind, param, str(rnd.randint(0, 12))))
+        now = 1_800_000_000_000 + rnd.randrange(10 ** 9)
+        one = ["b:{one}:%d" % i for i in range(len(specs))]
+        many = ["b:{many}:%d" % i for i in range(len(specs))]
+        for step in range(rnd.randint(1, 6)):
+            now += rnd.choice([0, 1, 17, 500, 1500, 30000])
+            decisions = []
+            for _ in range(rnd.randint(1, 9)):
+                deadline = rnd.choice(["", "", str(now + 5), str(now - 1)])
+                decisions.append((deadline, [rnd.choice(["1", "1", "2", "0", "5", "20"])
+                                             for _ in specs]))
+            singles = []
+            for deadline, amounts in decisions:
+                args = [str(now), "", "1", deadline]
+                for (kind, param, limit), a in zip(specs, amounts):
+                    args += [kind, param, limit, a]
+                singles.append(redis_cli(r.port, "EVALSHA", sha, str(len(specs)), *one,
+                                         *args))
+            args = [str(now), "", "b", decisions[0][0]]
+            for (kind, param, limit), a in zip(specs, decisions[0][1]):
+                args += [kind, param, limit, a]
+            for deadline, amounts in decisions[1:]:
+                args += [deadline] + amounts
+            batch = redis_cli(r.port, "EVALSHA", sha, str(len(specs)), *many, *args)
+            eq(batch, singles, "trial %d step %d: %r at %d, decisions %r" % (
+                trial, step, specs, now, decisions))
+            for x in singles:
+                seen["late" if x[0] == -1 else "admitted" if x[0] == 1 else "refused"] += 1
+            for a, b in zip(one, many):
+                eq(redis_cli(r.port, "HGETALL", b), redis_cli(r.port, "HGETALL", a),
+                   "trial %d step %d: counter %s" % (trial, step, a))
+    for what, n in seen.items():
+        assert n > 200, "decisions %s: only %d (%r)" % (what, n, seen)
+
+    # Refused whole, nothing written: a lease check, a count that does not
+    # divide, a bad amount or deadline in a later decision.
+    redis_cli(r.port, "FLUSHDB")
+    w = ["r", "60000", "10", "1"]
+    bad = {
+        "a lease check": (["x:{a}:g"], ["", "L", "b", "", "g", "31000", "2", "1"]),
+        "a count that does not divide": (["x:{a}:w"], ["", "", "b", ""] + w + ["", "1", "1"]),
+        "a fractional amount in decision 2": (["x:{a}:w"], ["", "", "b", ""] + w + ["", "1.5"]),
+        "a bad deadline in decision 3": (["x:{a}:w"], ["", "", "b", ""] + w +
+                                         ["", "1", "soon", "1"]),
+    }
+    for what, (keys, args) in bad.items():
+        try:
+            out = redis_cli(r.port, "EVALSHA", sha, str(len(keys)), *keys, *args)
+        except RuntimeError as e:
+            assert "bad argument" in str(e), "%s: error %r" % (what, e)
+        else:
+            raise AssertionError("%s: accepted, answered %r" % (what, out))
+        eq(keys_of(r.port, "x:*"), [], "keys written by a refused batch (%s)" % what)
+
+
+def test_burst_in_one_batch(env):
+    """40 requests that one gateway worker reads in the same loop turn (the
+    gateway is stopped while they are sent, then continued): one key, a
+    minute limit of 25 and a day limit of 30. Exactly 25 are admitted and
+    their X-RateLimit-Remaining counts down 24..0 (each decision saw the
+    ones before it), the day counter says 25, and Redis ran far fewer
+    calls than decisions (the burst went as a batch)."""
+    r, gws, _ = redis_env(env, {
+        "burst": {"limits": [
+            {"metric": "requests", "per": "minute", "limit": 25},
+            {"metric": "requests", "per": "day", "limit": 30}]}},
+        {"acme": {"tier": "burst"}}, [("k1", "acme")], workers=1)
+    gw = gws[0]
+    wait_gateways_connected(r.port, 1)
+    n = 40
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        # One answer first, so that the connection is accepted and read.
+        s.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append((s, s.makefile("rb")))
+    for s, f in socks:
+        eq(read_answer(f)[0], 404, "warm-up answer")
+    body = b"{}"
+    req = ("POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+           "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
+               PATH, env.keys["k1"], len(body))).encode() + body
+    redis_cli(r.port, "CONFIG", "RESETSTAT")
+    os.kill(gw.p.pid, signal.SIGSTOP)
+    try:
+        for s, _ in socks:
+            s.sendall(req)
+        time.sleep(0.3)
+    finally:
+        os.kill(gw.p.pid, signal.SIGCONT)
+    answers = [read_answer(f) for _, f in socks]
+    for s, _ in socks:
+        s.close()
+    statuses = sorted(a[0] for a in answers)
+    eq(statuses, [200] * 25 + [429] * 15, "statuses")
+    left = sorted(int(h["x-ratelimit-remaining"]) for st, h in answers if st == 200)
+    eq(left, list(range(25)), "X-RateLimit-Remaining of the admitted")
+    daily = sorted(int(h["x-ratelimit-daily-remaining"]) for st, h in answers if st == 200)
+    eq(daily, list(range(5, 30)), "X-RateLimit-Daily-Remaining of the admitted")
+    calls = evalsha_calls(r.port)
+    assert 1 <= calls <= 4, "EVALSHA calls for a burst of %d decisions: %d" % (n, calls)
+    assert_rate_429(env.req_at(gw.port, "POST", PATH, key=env.keys["k1"], body={}))
+    u = env.req_at(gw.port, "GET", "/v1/usage", key=env.keys["k1"]).json()
+    by = {(x["metric"], x["per"]): x["used"] for x in u["limits"]}
+    eq(by, {("requests", "minute"): 25, ("requests", "day"): 25}, "counters after the burst")
+
+
+def read_answer(f):
+    """(status, headers with lower-case names) of one HTTP/1.1 answer with a
+    Content-Length, read from f."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while True:
+        line = f.readline().rstrip(b"\r\n")
+        if not line:
+            break
+        k, v = line.decode().split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    f.read(int(headers.get("content-length", "0")))
+    return status, headers
+
+
 def start_shipped_redis(env, port, workdir):
     """redis-server on deploy/redis.conf (append-only file, fsync every
     second) on port, its files in workdir; stopped by env.close()."""
@@ -1047,4 +1193,5 @@ if __name__ == "__main__":
     run([test_fleet_exact_and_one_clock, test_one_round_trip_per_decision,
          test_redis_killed_deny, test_redis_killed_allow, test_redis_hang,
          test_keys_expire, test_leases_shared, test_acquire_script_validates,
-         test_acquire_script_model, test_durable_restart])
+         test_acquire_script_model, test_acquire_script_batch, test_burst_in_one_batch,
+         test_durable_restart])
