@@ -47,6 +47,10 @@ struct hc_pool {
     socklen_t addrlen;
     hc_conn_t *idle; /* most recently used first */
     size_t n_idle;
+    /* libevent common timeouts of timeout_ms and idle_timeout_ms (NULL:
+     * none left): re-armed on every exchange, kept in a queue per length
+     * rather than in the timer heap. */
+    const struct timeval *ctv_exchange, *ctv_idle;
 };
 
 struct hc_conn {
@@ -176,8 +180,12 @@ static void reading(hc_conn_t *c, int on)
 
 static void arm_timeout(hc_conn_t *c, int64_t ms)
 {
+    hc_pool_t *p = c->pool;
+    const struct timeval *ctv = ms == p->o.timeout_ms      ? p->ctv_exchange
+                                : ms == p->o.idle_timeout_ms ? p->ctv_idle
+                                                             : NULL;
     struct timeval tv = tv_of(ms);
-    event_add(&c->tmo, &tv);
+    event_add(&c->tmo, ctv ? ctv : &tv);
 }
 
 /* ---- ending exchanges ----------------------------------------------------- */
@@ -801,6 +809,10 @@ hc_pool_t *hc_pool_new(struct event_base *base, const hc_pool_opts_t *o, char *e
         p->o.max_idle = 256;
     if (!p->o.idle_timeout_ms)
         p->o.idle_timeout_ms = 30000;
+    struct timeval tv = tv_of(p->o.timeout_ms);
+    p->ctv_exchange = p->o.timeout_ms > 0 ? event_base_init_common_timeout(base, &tv) : NULL;
+    tv = tv_of(p->o.idle_timeout_ms);
+    p->ctv_idle = event_base_init_common_timeout(base, &tv);
     char port[8];
     snprintf(port, sizeof port, "%u", o->port);
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
