@@ -422,6 +422,11 @@ void rds_on_flush(evutil_socket_t fd, short what, void *arg)
     rw->n_groups = 0;
     for (size_t i = 0; i < n; i++)
         send_group(rw, groups[i]);
+    /* The turn's work is done: written now, not after another epoll_wait
+     * (and the add and removal of write interest that would take). */
+    if (n && rw->ac && rw->connected && !rw->detaching &&
+        !(rw->ac->c.flags & REDIS_IN_CALLBACK))
+        redisAsyncHandleWrite(rw->ac);
 }
 
 static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *checks,
