@@ -258,6 +258,30 @@ int rds_queue(redis_worker_t *rw, rcall_t *c)
     return 0;
 }
 
+void rds_send_owned(redis_worker_t *rw, char *cmd, int len)
+{
+    rcall_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        free(cmd);
+        return;
+    }
+    c->rw = rw;
+    c->kind = RC_RELEASE;
+    c->sent = mono_ms();
+    c->deadline = c->sent + rw->rs->o.timeout_ms;
+    c->cmd = cmd;
+    c->cmdlen = len;
+    if (rds_queue(rw, c) != 0)
+        rds_call_free(c);
+}
+
+void rds_write_now(redis_worker_t *rw)
+{
+    /* Not from inside hiredis' own callbacks: the loop writes soon after. */
+    if (rw->ac && rw->connected && !rw->detaching && !(rw->ac->c.flags & REDIS_IN_CALLBACK))
+        redisAsyncHandleWrite(rw->ac);
+}
+
 /* argv as a RESP array of bulk strings into *out (malloc'd, the caller
  * frees); its length, or -1. hiredis's redisFormatCommandArgv does the
  * same with a sprintf per argument, which on the decision path (a dozen
@@ -447,18 +471,10 @@ void rds_on_pending(evutil_socket_t fd, short what, void *arg)
     if (rw->ready) {
         for (pending_t **pp = &rw->pending; *pp;) {
             pending_t *p = *pp;
-            rcall_t *c = calloc(1, sizeof *c);
-            if (c && (c->cmd = malloc((size_t)p->len))) {
-                memcpy(c->cmd, p->cmd, (size_t)p->len);
-                c->cmdlen = p->len;
-                c->rw = rw;
-                c->kind = RC_RELEASE;
-                c->sent = mono_ms();
-                c->deadline = c->sent + rw->rs->o.timeout_ms;
-                if (rds_queue(rw, c) != 0)
-                    rds_call_free(c);
-            } else {
-                free(c);
+            char *cmd = malloc((size_t)p->len);
+            if (cmd) {
+                memcpy(cmd, p->cmd, (size_t)p->len);
+                rds_send_owned(rw, cmd, p->len);
             }
             p->sends_left--;
             if (p->sends_left <= 0) {
@@ -501,20 +517,9 @@ static void answer_call(redis_worker_t *rw, rcall_t *c, const redisReply *r)
         char **cmds[] = {&c->refund_cmd, &c->release_cmd};
         int lens[] = {c->refund_len, c->release_len};
         for (int i = 0; i < 2; i++) {
-            if (!*cmds[i])
-                continue;
-            rcall_t *back = calloc(1, sizeof *back);
-            if (!back)
-                continue;
-            back->rw = rw;
-            back->kind = RC_RELEASE;
-            back->sent = mono_ms();
-            back->deadline = back->sent + rw->rs->o.timeout_ms;
-            back->cmd = *cmds[i];
-            back->cmdlen = lens[i];
+            if (*cmds[i])
+                rds_send_owned(rw, *cmds[i], lens[i]);
             *cmds[i] = NULL;
-            if (rds_queue(rw, back) != 0)
-                rds_call_free(back);
         }
     }
     if (c->kind == RC_JOB_DONE) {

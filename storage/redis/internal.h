@@ -315,6 +315,11 @@ void rds_call_free(rcall_t *c);
 void rds_held_fail_all(redis_worker_t *rw);
 void rds_on_timer(evutil_socket_t fd, short what, void *arg);
 int rds_queue(redis_worker_t *rw, rcall_t *c);
+/* Fire and forget the formatted command cmd (owned from here on). */
+void rds_send_owned(redis_worker_t *rw, char *cmd, int len);
+/* Write what is queued on the connection now rather than on the loop's
+ * next write event (not from inside a hiredis callback). */
+void rds_write_now(redis_worker_t *rw);
 rcall_t *rds_call_new(redis_worker_t *rw, enum call_kind kind, int argc,
                       const char **argv, const size_t *argvlen);
 void rds_on_pending(evutil_socket_t fd, short what, void *arg);

@@ -92,16 +92,10 @@ static void send_script(redis_worker_t *rw, const char *sha, char keys[][LIM_KEY
 {
     if (!rw->ac)
         return;
-    rcall_t *c = calloc(1, sizeof *c);
-    if (!c)
-        return;
-    c->rw = rw;
-    c->kind = RC_RELEASE;
-    c->sent = mono_ms();
-    c->deadline = c->sent + rw->rs->o.timeout_ms;
-    c->cmdlen = format_script(sha, keys, k, args, nargs, &c->cmd);
-    if (c->cmdlen < 0 || rds_queue(rw, c) != 0)
-        rds_call_free(c);
+    char *cmd;
+    int len = format_script(sha, keys, k, args, nargs, &cmd);
+    if (len >= 0)
+        rds_send_owned(rw, cmd, len);
 }
 
 /* Gauge keys (with prefix) of checks, into keys[]; returns how many. */
@@ -335,7 +329,7 @@ static int same_checks(const lim_check_t *a, const lim_check_t *b, size_t n)
 static int gather(redis_worker_t *rw, const lim_check_t *checks, size_t n,
                   store_acquire_cb cb, void *arg)
 {
-    if (rw->parent || rw->slots || !rw->flush_ev || n == 0 ||
+    if (rw->parent || rw->slots || n == 0 ||
         (!rw->rs->o.clock && !rw->offset_known) || lim_checks_have_gauge(checks, n))
         return -1;
     rcall_t *g = NULL;
@@ -371,39 +365,28 @@ static int gather(redis_worker_t *rw, const lim_check_t *checks, size_t n,
 }
 
 /* Send the group g gathered: a decision of its own when it is alone, else
- * one batch; the decisions are answered unavailable if it cannot go. */
+ * one batch (its deadline the first decision's, the earliest); the
+ * decisions are answered unavailable if it cannot go. */
 static void send_group(redis_worker_t *rw, rcall_t *g)
 {
-    rcall_t *first = g->children, *c = NULL;
+    rcall_t *first = g->children;
     if (rw->ac && g->n_children == 1) {
         rds_send_decision(rw, first);
     } else if (rw->ac) {
-        c = format_decision(rw, RC_BATCH, first->checks, first->n, NULL, NULL,
-                            first->deadline, NULL, first->child_next, g->n_children - 1);
-        if (c) {
+        rcall_t *c = format_decision(rw, RC_BATCH, first->checks, first->n, NULL, NULL,
+                                     first->deadline, NULL, first->child_next,
+                                     g->n_children - 1);
+        if (c && rds_queue(rw, c) == 0) {
             c->children = g->children;
             c->children_tail = g->children_tail;
             c->n_children = g->n_children;
             g->children = g->children_tail = NULL;
-            g->n_children = 0;
             for (rcall_t *ch = c->children; ch; ch = ch->child_next)
-                if (ch->deadline < c->deadline)
-                    c->deadline = ch->deadline;
-            if (rds_queue(rw, c) == 0) {
-                for (rcall_t *ch = c->children; ch; ch = ch->child_next)
-                    ch->sent_to_redis = 1;
-                rds_call_free(g);
-                return;
-            }
-            /* Not sent: its decisions are answered from g below. */
-            g->children = c->children;
-            g->children_tail = c->children_tail;
-            g->n_children = c->n_children;
-            c->children = c->children_tail = NULL;
+                ch->sent_to_redis = 1;
+        } else if (c) {
+            rds_call_free(c);
         }
     }
-    if (c)
-        rds_call_free(c);
     for (rcall_t *ch = g->children; ch; ch = ch->child_next)
         if (!ch->answered)
             rds_call_answer_unavailable(ch);
@@ -424,9 +407,8 @@ void rds_on_flush(evutil_socket_t fd, short what, void *arg)
         send_group(rw, groups[i]);
     /* The turn's work is done: written now, not after another epoll_wait
      * (and the add and removal of write interest that would take). */
-    if (n && rw->ac && rw->connected && !rw->detaching &&
-        !(rw->ac->c.flags & REDIS_IN_CALLBACK))
-        redisAsyncHandleWrite(rw->ac);
+    if (n)
+        rds_write_now(rw);
 }
 
 static void decide(store_worker_t *w, enum call_kind kind, const lim_check_t *checks,

@@ -516,9 +516,7 @@ static void redis_flush(store_worker_t *w)
     redis_worker_t *rw = (redis_worker_t *)w;
     for (size_t i = 0; i < rw->n_nodes; i++)
         redis_flush(&rw->nodes[i]->base);
-    /* Not from inside hiredis' own callbacks: the loop writes soon after. */
-    if (rw->ac && rw->connected && !rw->detaching && !(rw->ac->c.flags & REDIS_IN_CALLBACK))
-        redisAsyncHandleWrite(rw->ac);
+    rds_write_now(rw);
     if (rw->fallback)
         store_flush(rw->fallback);
 }
