@@ -33,9 +33,11 @@
 --
 -- Returns { admitted, now, then per check: ok, used, reset_ms, retry_ms }
 -- with retry_ms -1 for "never" (the amount alone is over the limit); a
--- charged decision returns { 1, now, then per check: used, reset_ms }
--- (each check's ok is used + amount <= limit, its retry now). A batch
--- returns one such reply per decision, in order, as an array of them.
+-- charged decision returns { 1, now, then per check: used } (what it
+-- counted before this charge; each check's ok is used + amount <= limit,
+-- its retry now, its reset what the caller computes from now: the end of
+-- the bucket of now's window, the end of now's period). A batch returns
+-- one such reply per decision, in order, as an array of them.
 --
 -- Every argument is checked before the first write: a bad one is an error
 -- reply and nothing is written (no script stops halfway). Every number is
@@ -77,41 +79,42 @@
 --   g: sorted set of lease ids scored by their expiry; expired leases are
 --      not counted and are removed on the next charge.
 
+local ARGV, KEYS, call, fmt = ARGV, KEYS, redis.call, string.format
 local MAX = 1125899906842624     -- 2^50 = LIM_PRICE_MAX (>= LIM_UNITS_MAX)
 local CAP = 4 * MAX               -- 2^52: the most a counter ever holds
 local B, S = 60, 61               -- buckets a window counts: 60 of w/60, plus the current
 
-local function bad(what)
-  return redis.error_reply('ERR ratewall acquire: bad argument: ' .. what)
-end
+local BAD = 'ERR ratewall acquire: bad argument: '
 
 -- ---- validation: nothing is written before all of it has passed ----------
--- v as an integer within [lo, hi], or nil (nan fails the integer test, inf
--- the range).
+-- v as an integer within [lo, hi], or nil (x % 1 is nan for nan and inf).
 local function int(v, lo, hi)
   local x = tonumber(v)
-  if x ~= nil and x == math.floor(x) and x >= lo and x <= hi then return x end
+  if x and x % 1 == 0 and x >= lo and x <= hi then return x end
   return nil
 end
--- A time: "" (none) or ms since 1970 up to 2^50.
-local function time_ok(v)
-  return v == '' or int(v, 0, 1125899906842624) ~= nil
-end
 local mode = ARGV[3]
-if mode ~= '1' and mode ~= '0' and mode ~= 'a' and mode ~= 'b' then return bad('mode') end
+if mode ~= '1' and mode ~= '0' and mode ~= 'a' and mode ~= 'b' then
+  return redis.error_reply(BAD .. 'mode')
+end
 local n = #KEYS
 -- Decisions in this call (more than one only in a batch).
 local K = 1
 if mode == 'b' then
   local rest = #ARGV - 4 - 4 * n
-  if rest < 0 or rest % (n + 1) ~= 0 then return bad('count') end
+  if rest < 0 or rest % (n + 1) ~= 0 then return redis.error_reply(BAD .. 'count') end
   K = 1 + rest / (n + 1)
 elseif #ARGV ~= 4 + 4 * n then
-  return bad('count')
+  return redis.error_reply(BAD .. 'count')
 end
-if not time_ok(ARGV[1]) then return bad('now') end
-if mode == 'a' and not time_ok(ARGV[2]) then return bad('charged') end
-if mode ~= 'a' and mode ~= '0' and not time_ok(ARGV[4]) then return bad('deadline') end
+-- Times: "" (none) or ms since 1970 up to 2^50.
+if ARGV[1] ~= '' and not int(ARGV[1], 0, MAX) then return redis.error_reply(BAD .. 'now') end
+if mode == 'a' and ARGV[2] ~= '' and not int(ARGV[2], 0, MAX) then
+  return redis.error_reply(BAD .. 'charged')
+end
+if mode ~= 'a' and mode ~= '0' and ARGV[4] ~= '' and not int(ARGV[4], 0, MAX) then
+  return redis.error_reply(BAD .. 'deadline')
+end
 local lo = (mode == 'a') and -MAX or 0
 
 -- The values of check i (kind, param, limit, amount, shadow), or nil and
@@ -122,49 +125,57 @@ local function check_of(i, lo)
   local a = 1 + 4 * i
   local kind, param = ARGV[a], ARGV[a + 1]
   local shadow = false
-  if kind == 'R' then kind, shadow = 'r', true
-  elseif kind == 'C' then kind, shadow = 'c', true
-  elseif kind == 'G' then kind, shadow = 'g', true end
+  if kind ~= 'r' and kind ~= 'c' and kind ~= 'g' then
+    if kind == 'R' then kind = 'r'
+    elseif kind == 'C' then kind = 'c'
+    elseif kind == 'G' then kind = 'g'
+    else return nil, 'kind of check ' .. i end
+    shadow = true
+  end
   -- The windows a limit has and the amount of a request counter are
   -- recognized as strings, without parsing (ARGV strings are interned:
   -- comparing two is comparing two pointers); any other value is parsed.
   local p = param
-  if param == '60000' and kind == 'r' then
+  if kind == 'c' then
+    if param ~= 'd' and param ~= 'm' then return nil, 'period of check ' .. i end
+  elseif param == '60000' and kind == 'r' then
     p = 60000
   elseif param == '1000' and kind == 'r' then
     p = 1000
   elseif param == '3600000' and kind == 'r' then
     p = 3600000
-  elseif kind == 'r' or kind == 'g' then
-    p = int(param, 1, 1099511627776) -- 2^40 ms
-    if p == nil then
-      return nil, (kind == 'r' and 'window' or 'lease ttl') .. ' of check ' .. i
-    end
-  elseif kind == 'c' then
-    if param ~= 'd' and param ~= 'm' then return nil, 'period of check ' .. i end
   else
-    return nil, 'kind of check ' .. i
+    p = int(param, 1, 1099511627776) -- 2^40 ms
+    if not p then return nil, (kind == 'r' and 'window' or 'lease ttl') .. ' of check ' .. i end
   end
   local l = int(ARGV[a + 2], 0, 1125899906842624)
-  if l == nil then return nil, 'limit of check ' .. i end
+  if not l then return nil, 'limit of check ' .. i end
   local m = ARGV[a + 3]
-  if m == '1' then m = 1 else m = int(m, lo, 1125899906842624) end
-  if m == nil then return nil, 'amount of check ' .. i end
+  if m == '1' then
+    m = 1
+  else
+    m = int(m, lo, 1125899906842624)
+    if not m then return nil, 'amount of check ' .. i end
+  end
   return kind, p, l, m, shadow
 end
 if mode == 'a' then
   for i = 1, n do
     local kind, why = check_of(i, lo)
-    if not kind then return bad(why) end
+    if not kind then return redis.error_reply(BAD .. why) end
   end
 end
 -- The further decisions of a batch: a deadline and n amounts each.
 for k = 2, K do
   local b = 5 + 4 * n + (k - 2) * (n + 1)
-  if not time_ok(ARGV[b]) then return bad('deadline of decision ' .. k) end
+  if ARGV[b] ~= '' and not int(ARGV[b], 0, MAX) then
+    return redis.error_reply(BAD .. 'deadline of decision ' .. k)
+  end
   for i = 1, n do
     local m = ARGV[b + i]
-    if m ~= '1' and int(m, 0, MAX) == nil then return bad('amount of decision ' .. k) end
+    if m ~= '1' and not int(m, 0, MAX) then
+      return redis.error_reply(BAD .. 'amount of decision ' .. k)
+    end
   end
 end
 -- ---------------------------------------------------------------------------
@@ -173,7 +184,7 @@ local now
 if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
 else
-  local t = redis.call('TIME')
+  local t = call('TIME')
   now = t[1] * 1000 + math.floor(t[2] / 1000)
 end
 if mode == '1' and ARGV[4] ~= '' and now > tonumber(ARGV[4]) then
@@ -217,7 +228,9 @@ local function period(per, t)
 end
 
 -- ---- rolling windows ------------------------------------------------------
--- The state of check i is one flat table; for a rolling window:
+-- The state of check i is one flat table, made whole at once (a table
+-- filled field by field grows, and is rebuilt each time it doubles); for a
+-- rolling window:
 --   c[1] "r"   c[2] key    c[3] limit   c[4] amount   c[5] used (now)
 --   c[6] ok    c[7] w (window ms)       c[8] cur (the bucket charged)
 --   c[9] head  c[10] total ("t")        c[11] base (the running total at
@@ -226,61 +239,56 @@ end
 --   head's window counts)
 -- for a calendar counter: c[1] "c" ... c[6] as above, c[7] period end,
 -- c[8] period id, c[9] same (the counter is of this period);
--- for a gauge: c[1] "g" ... c[6], c[7] lease ttl.
+-- for a gauge: c[1] "g" ... c[6], c[7] lease ttl;
+-- and for every kind c[14], what the decisions of a batch charged and is
+-- not written yet, and c[15] shadow (counted, never refusing).
 
--- Read window c (c[2], c[7] set) at now: fills c[5], c[8] to c[13]. While
--- the head is the current bucket this is one HMGET of three fields; a
--- bucket that just started adds the read of the slot leaving.
-local function roll_read(c, now)
-  local key, w = c[2], c[7]
+-- The state of window key (w ms) at now, for a check of limit l, amount m.
+-- While the head is the current bucket this is one HMGET of three fields;
+-- a bucket that just started adds the read of the slot leaving.
+local function roll_read(key, l, m, w, shadow, now)
   local cur = math.floor(now * 60 / w)
-  local v = redis.call('HMGET', key, 'h', 't', 's')
+  local v = call('HMGET', key, 'h', 't', 's')
   if v[1] and not v[2] then
     -- A hash written by the earlier layout (per-bucket amounts, no "t"):
     -- rewritten once into running totals, counts unchanged.
     local head = tonumber(v[1])
     local f = {}
     for j = head - 60, head do f[#f + 1] = tostring(j % 61) end
-    local old = redis.call('HMGET', key, unpack(f))
-    local ttl = redis.call('PTTL', key)
+    local old = call('HMGET', key, unpack(f))
+    local ttl = call('PTTL', key)
     local out, tot = {}, 0
     for k = 1, #f do
       tot = tot + (tonumber(old[k]) or 0)
       out[#out + 1] = f[k]
       out[#out + 1] = tot
     end
-    redis.call('DEL', key)
+    call('DEL', key)
     out[#out + 1] = 'h'; out[#out + 1] = head
     out[#out + 1] = 't'; out[#out + 1] = tot
     out[#out + 1] = 's'; out[#out + 1] = tot
-    redis.call('HSET', key, unpack(out))
-    redis.call('PEXPIRE', key, ttl > 0 and ttl or w + math.ceil(w / 60) + 1000)
-    v = redis.call('HMGET', key, 'h', 't', 's')
+    call('HSET', key, unpack(out))
+    call('PEXPIRE', key, ttl > 0 and ttl or w + math.ceil(w / 60) + 1000)
+    v = call('HMGET', key, 'h', 't', 's')
   end
   -- Fields this script wrote are integers: read by coercion (v + 0, half
   -- the cost of tonumber); a missing one is false.
   local head = v[1] and v[1] + 0
-  c[8] = cur
   if not head or cur - head >= 61 then
-    c[12] = true
-    c[9], c[10], c[13], c[5], c[11] = cur, 0, 0, 0, 0
-    return
+    return { 'r', key, l, m, 0, false, w, cur, cur, 0, 0, true, 0, 0, shadow }
   end
   local total = v[2] and v[2] + 0 or 0
   local s_head = v[3] and v[3] + 0 or 0
-  c[12], c[9], c[10], c[13] = false, head, total, s_head
   if cur <= head then
     -- The current bucket, or a clock that went back: charged to the head
     -- (a later bucket lives longer: never admits late).
-    c[8] = head
-    c[5] = s_head
-    c[11] = total - s_head
-  else
-    local base = redis.call('HGET', key, cur % 61)
-    base = base and base + 0 or 0
-    c[11] = base
-    c[5] = total - base
+    return { 'r', key, l, m, s_head, false, w, head, head, total, total - s_head, false,
+             s_head, 0, shadow }
   end
+  local base = call('HGET', key, cur % 61)
+  base = base and base + 0 or 0
+  return { 'r', key, l, m, total - base, false, w, cur, head, total, base, false, s_head, 0,
+           shadow }
 end
 
 -- Add amt (>= 0) to the current bucket of window c (read at now): one HSET
@@ -288,38 +296,45 @@ end
 -- starts, the old head's slot and the slots of buckets skipped since get
 -- the old total, and the expiry is set.
 local function roll_write(c, amt)
-  local key, cur, w, fresh = c[2], c[8], c[7], c[12]
+  local key, cur = c[2], c[8]
+  local total = c[10] + amt
+  if cur == c[9] and not c[12] and total <= 4503599627370496 then -- CAP
+    call('HSET', key, 't', fmt('%d', total), 's', fmt('%d', c[5] + amt))
+    return
+  end
+  local fresh = c[12]
   if fresh then
-    redis.call('DEL', key)
-  elseif c[10] + amt > 4503599627370496 then -- CAP
+    call('DEL', key)
+  elseif total > 4503599627370496 then
     -- Rare (2^52 charged in one hash's life): totals restart from the
     -- base, so every value stays exact.
     local f = {}
     for k = 0, 60 do f[#f + 1] = tostring(k) end
-    local v = redis.call('HMGET', key, unpack(f))
+    local v = call('HMGET', key, unpack(f))
     local out = {}
     for k = 1, #f do
       out[#out + 1] = f[k]
       out[#out + 1] = math.max(0, (tonumber(v[k]) or 0) - c[11])
     end
-    redis.call('HSET', key, unpack(out))
+    call('HSET', key, unpack(out))
     c[10] = c[10] - c[11]
     c[11] = 0
+    if cur == c[9] then
+      call('HSET', key, 't', c[10] + amt, 's', c[5] + amt)
+      return
+    end
   end
-  local old, total = c[10], c[10] + amt
-  if not fresh and cur == c[9] then
-    redis.call('HSET', key, 't', total, 's', c[5] + amt)
-    return
-  end
-  local f = { 'h', cur, 't', total, 's', c[5] + amt }
+  local old = c[10]
+  local f = { 'h', cur, 't', old + amt, 's', c[5] + amt }
   if not fresh then
     for j = c[9], cur - 1 do
       f[#f + 1] = tostring(j % 61)
       f[#f + 1] = old
     end
   end
-  redis.call('HSET', key, unpack(f))
-  redis.call('PEXPIRE', key, w + math.ceil(w / 60) + 1000)
+  call('HSET', key, unpack(f))
+  local w = c[7]
+  call('PEXPIRE', key, w + math.ceil(w / 60) + 1000)
 end
 
 if mode == 'a' then
@@ -331,7 +346,7 @@ if mode == 'a' then
     if c[12] or j > head or j < c[8] - B then return end
     local f = {}
     for k = j - 1, head - 1 do f[#f + 1] = tostring(k % S) end
-    local v = redis.call('HMGET', c[2], unpack(f))
+    local v = call('HMGET', c[2], unpack(f))
     -- The totals at the end of bucket j - 1 and j: slots, the head's "t",
     -- and for the bucket before the head's window, what that window does
     -- not count.
@@ -344,27 +359,26 @@ if mode == 'a' then
       out[#out + 1] = f[k]
       out[#out + 1] = (tonumber(v[k]) or 0) - take
     end
-    redis.call('HSET', c[2], unpack(out))
+    call('HSET', c[2], unpack(out))
   end
   local charged = ARGV[2] ~= '' and tonumber(ARGV[2]) or now
   if ARGV[4] ~= '' then
     local held = false
     for i = 1, n do
-      if string.lower(ARGV[1 + 4 * i]) == 'g' and redis.call('ZSCORE', KEYS[i], ARGV[4]) then
+      if string.lower(ARGV[1 + 4 * i]) == 'g' and call('ZSCORE', KEYS[i], ARGV[4]) then
         held = true
       end
     end
     if not held then return { 0, now } end
     for i = 1, n do
-      if string.lower(ARGV[1 + 4 * i]) == 'g' then redis.call('ZREM', KEYS[i], ARGV[4]) end
+      if string.lower(ARGV[1 + 4 * i]) == 'g' then call('ZREM', KEYS[i], ARGV[4]) end
     end
   end
   for i = 1, n do
     local a = 1 + 4 * i
     local kind, param, d, key = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 3]), KEYS[i]
     if kind == 'r' and d ~= 0 then
-      local c = { 'r', key, 0, 0, 0, false, tonumber(param) }
-      roll_read(c, now)
+      local c = roll_read(key, 0, 0, tonumber(param), false, now)
       if d > 0 then
         -- Debt is added whatever the limits, but never past CAP.
         d = math.min(d, CAP - c[5])
@@ -375,13 +389,13 @@ if mode == 'a' then
       end
     elseif kind == 'c' and d ~= 0 then
       local pid, pend = period(param, now)
-      local pv = redis.call('HMGET', key, 'p', 'v')
+      local pv = call('HMGET', key, 'p', 'v')
       local v = (tonumber(pv[1]) == pid) and (tonumber(pv[2]) or 0) or nil
       if d > 0 then
-        redis.call('HSET', key, 'p', pid, 'v', math.min((v or 0) + d, CAP))
-        if v == nil then redis.call('PEXPIRE', key, pend - now + 60000) end
+        call('HSET', key, 'p', pid, 'v', math.min((v or 0) + d, CAP))
+        if v == nil then call('PEXPIRE', key, pend - now + 60000) end
       elseif v ~= nil and period(param, charged) == pid then
-        redis.call('HSET', key, 'v', math.max(0, v + d))
+        call('HSET', key, 'v', math.max(0, v + d))
       end
     end
   end
@@ -396,58 +410,64 @@ end
 local st = { false, false, false, false }
 for i = 1, n do
   local kind, p, l, m, shadow = check_of(i, 0)
-  if not kind then return bad(p) end
-  if kind == 'g' and mode == 'b' then return bad('gauge in a batch') end
-  local c
+  if not kind then return redis.error_reply(BAD .. p) end
+  local key = KEYS[i]
   if kind == 'r' then
-    c = { 'r', KEYS[i], l, m, 0, false, p, 0, 0, 0, 0, false, 0, 0, shadow }
-    roll_read(c, now)
+    st[i] = roll_read(key, l, m, p, shadow, now)
   elseif kind == 'c' then
     local pid, pend = period(p, now)
-    local pv = redis.call('HMGET', KEYS[i], 'p', 'v')
+    local pv = call('HMGET', key, 'p', 'v')
     local same = pv[1] and pv[1] + 0 == pid
-    c = { 'c', KEYS[i], l, m, same and pv[2] and pv[2] + 0 or 0, false, pend, pid, same,
-          0, 0, 0, 0, 0, shadow }
+    st[i] = { 'c', key, l, m, same and pv[2] and pv[2] + 0 or 0, false, pend, pid, same,
+              0, 0, 0, 0, 0, shadow }
+  elseif mode == 'b' then
+    return redis.error_reply(BAD .. 'gauge in a batch')
   else
-    c = { 'g', KEYS[i], l, m, redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf'), false, p,
-          0, 0, 0, 0, 0, 0, 0, shadow }
+    st[i] = { 'g', key, l, m, call('ZCOUNT', key, '(' .. now, '+inf'), false, p,
+              0, 0, 0, 0, 0, 0, 0, shadow }
   end
-  st[i] = c
 end
 -- Every argument has passed: from here on nothing fails.
 
--- Write what check c's decisions charged since its last write (c[14]),
--- then read it again if more decisions follow.
+-- Write what check c's decisions charged since its last write (c[14]);
+-- with again (more decisions follow), its state as it then stands (a
+-- window's is read again).
 local function flush(c, again)
   local amt, kind = c[14], c[1]
-  if amt == 0 and kind ~= 'g' then return end -- a lease is held whatever its amount
+  if amt == 0 and kind ~= 'g' then return c end -- a lease is held whatever its amount
   if kind == 'r' then
     roll_write(c, amt)
-    if again then roll_read(c, now) end
+    if again then
+      local r = roll_read(c[2], c[3], c[4], c[7], c[15], now)
+      r[6] = c[6]
+      return r
+    end
+    return c
   elseif kind == 'c' then
     if c[9] then
       -- The period's counter, added to (an amount of 1 as a string: no
       -- number to turn into one).
-      redis.call('HINCRBY', c[2], 'v', amt == 1 and '1' or amt)
+      call('HINCRBY', c[2], 'v', amt == 1 and '1' or amt)
     else
-      redis.call('HSET', c[2], 'p', c[8], 'v', c[5] + amt)
-      redis.call('PEXPIRE', c[2], c[7] - now + 60000)
+      call('HSET', c[2], 'p', c[8], 'v', c[5] + amt)
+      call('PEXPIRE', c[2], c[7] - now + 60000)
       c[9] = true
     end
     c[5] = c[5] + amt
   else
     local key, ttl = c[2], c[7]
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    redis.call('ZADD', key, now + ttl, ARGV[2])
+    call('ZREMRANGEBYSCORE', key, '-inf', now)
+    call('ZADD', key, now + ttl, ARGV[2])
     -- Expiries are relative to the script's clock. A new set has no TTL,
     -- which GT would take for an infinite one.
     if c[5] == 0 then
-      redis.call('PEXPIRE', key, ttl + 1000)
+      call('PEXPIRE', key, ttl + 1000)
     else
-      redis.call('PEXPIRE', key, ttl + 1000, 'GT')
+      call('PEXPIRE', key, ttl + 1000, 'GT')
     end
   end
   c[14] = 0
+  return c
 end
 
 -- When amt fits (amt <= limit, used + amt > limit): the first bucket j
@@ -473,77 +493,77 @@ for k = 1, K do
   local admitted = 1
   for i = 1, n do
     local c = st[i]
-    c[6] = c[5] + c[14] + c[4] <= c[3]
-    if not c[6] and not c[15] then admitted = 0 end
+    local ok = c[5] + c[14] + c[4] <= c[3]
+    c[6] = ok
+    if not ok and not c[15] then admitted = 0 end
   end
   if late then
     replies[k] = { -1, now } -- this decision's caller has moved on
     admitted = -1
   elseif admitted == 0 and pending then
     -- The counters as they stand, for the refusal's reset and retry.
-    for i = 1, n do flush(st[i], true) end
+    for i = 1, n do st[i] = flush(st[i], true) end
     pending = false
   end
-  local write = admitted == 1 and mode ~= '0'
-  -- { admitted, now, then per check: ok, used, reset, retry }, or when
-  -- charged { 1, now, then per check: used, reset }; made whole at once
-  -- for up to four checks (a table grown field by field is rebuilt each
-  -- time it doubles).
+  -- The reply is made whole at once for up to six checks charged, four
+  -- not (a table grown field by field is rebuilt each time it doubles).
   local out
-  if admitted >= 0 then
-    local per = write and 2 or 4
-    if n <= 4 then
-      out = { admitted, now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
-      out[3 + per * n] = nil -- the reply ends at the first nil
+  if admitted == 1 and mode ~= '0' then
+    -- Charged: { 1, now, then per check what it counted before }.
+    if n <= 6 then
+      out = { 1, now, 0, 0, 0, 0, 0, 0 }
+      out[3 + n] = nil -- the reply ends at the first nil
     else
-      out = { admitted, now }
+      out = { 1, now }
     end
-  end
-  if not write and admitted >= 0 and not roll_retry then
-    roll_retry = function(c, now)
-      local key, head, total = c[2], c[9], c[10]
-      -- The running total at the end of bucket j (cur - 60 <= j <= cur).
-      -- The head's is "t"; its slot is written when the next bucket
-      -- starts.
-      local function total_at(j)
-        if j >= head then return total end
-        return tonumber(redis.call('HGET', key, tostring(j % 61))) or 0
-      end
-      local need = total + c[4] - c[3]
-      local lo, hi = c[8] - 60, head
-      if total_at(lo) >= need then
-        hi = lo
-      else
-        while hi - lo > 1 do
-          local mid = math.floor((lo + hi) / 2)
-          if total_at(mid) >= need then hi = mid else lo = mid end
-        end
-      end
-      return math.max(bucket_start(hi + 61, c[7]), now)
-    end
-  end
-  for i = 1, (admitted >= 0) and n or 0 do
-    local c = st[i]
-    local kind, used, ok = c[1], c[5] + c[14], c[6]
-    local reset, retry = 0, now
-    if write then
-      local m = c[4]
+    for i = 1, n do
+      local c = st[i]
+      local used, m = c[5] + c[14], c[4]
       if c[15] then
         -- A shadow limit is counted past its limit (its refusals are only
-        -- reported), but never past CAP; it has no retry time to give.
+        -- reported), but never past CAP.
         m = math.max(0, math.min(m, CAP - used))
       end
       c[14] = c[14] + m
-      pending = true
-      if kind == 'r' then
-        reset = bucket_start(c[8] + S, c[7])
-      elseif kind == 'c' then
-        reset = c[7]
-      end
-      local j = 2 * i
-      out[j + 1] = used
-      out[j + 2] = reset
+      out[i + 2] = used
+    end
+    pending = true
+  elseif admitted >= 0 then
+    -- Refused, or a peek: { admitted, now, then per check ok, used,
+    -- reset, retry }.
+    if n <= 4 then
+      out = { admitted, now, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+      out[3 + 4 * n] = nil
     else
+      out = { admitted, now }
+    end
+    if not roll_retry then
+      roll_retry = function(c, now)
+        local key, head, total = c[2], c[9], c[10]
+        -- The running total at the end of bucket j (cur - 60 <= j <= cur).
+        -- The head's is "t"; its slot is written when the next bucket
+        -- starts.
+        local function total_at(j)
+          if j >= head then return total end
+          return tonumber(call('HGET', key, tostring(j % 61))) or 0
+        end
+        local need = total + c[4] - c[3]
+        local lo, hi = c[8] - 60, head
+        if total_at(lo) >= need then
+          hi = lo
+        else
+          while hi - lo > 1 do
+            local mid = math.floor((lo + hi) / 2)
+            if total_at(mid) >= need then hi = mid else lo = mid end
+          end
+        end
+        return math.max(bucket_start(hi + 61, c[7]), now)
+      end
+    end
+    for i = 1, n do
+      local c = st[i]
+      local kind, used, ok = c[1], c[5] + c[14], c[6]
+      local reset, retry = 0, now
       if kind == 'r' then
         -- Every write goes to the head bucket, so the head is the newest
         -- bucket that counts anything.

@@ -374,9 +374,13 @@ static void offset_learn(redis_worker_t *rw, int64_t redis_ms)
 
 /* The acquire script's answer: { admitted, now, per check ok, used,
  * reset, retry }, or for a charged decision the shorter { 1, now, per
- * check used, reset } (a smaller reply is cheaper for Redis to make): each
+ * check used } (a smaller reply is cheaper for Redis to make): each
  * check's ok is then used + amount <= limit as the script saw them
- * (clamped as rds_decision_call sends them), its retry now. */
+ * (clamped as rds_decision_call sends them), its retry now, and its reset
+ * is computed here from now, as the script computes it for a window whose
+ * newest bucket is now's (a Redis clock that stepped back leaves the
+ * script's newest bucket ahead of now's: the reset said is then early by
+ * at most that step). */
 static int parse_outcome(const redisReply *r, const lim_check_t *checks, size_t n,
                          lim_outcome_t *o)
 {
@@ -387,15 +391,23 @@ static int parse_outcome(const redisReply *r, const lim_check_t *checks, size_t 
             return -1;
     o->admitted = r->element[0]->integer == 1;
     o->now_ms = r->element[1]->integer;
-    if (n > 0 && o->admitted && r->elements == 2 + 2 * n) {
+    if (n > 0 && o->admitted && r->elements == 2 + n) {
+        int64_t now = o->now_ms;
         for (size_t i = 0; i < n; i++) {
-            redisReply **e = &r->element[2 + 2 * i];
-            int64_t limit = clamp64(checks[i].limit, 0, LIM_PRICE_MAX);
-            int64_t amount = clamp64(checks[i].amount, 0, LIM_PRICE_MAX);
-            o->res[i].used = e[0]->integer;
+            const lim_check_t *ck = &checks[i];
+            int64_t limit = clamp64(ck->limit, 0, LIM_PRICE_MAX);
+            int64_t amount = clamp64(ck->amount, 0, LIM_PRICE_MAX);
+            o->res[i].used = r->element[2 + i]->integer;
             o->res[i].ok = o->res[i].used <= limit - amount;
-            o->res[i].reset_ms = e[1]->integer;
-            o->res[i].retry_ms = o->now_ms;
+            o->res[i].retry_ms = now;
+            switch (ck->kind) {
+            case LIM_CK_ROLLING:
+                o->res[i].reset_ms = lim_bucket_start(
+                    lim_bucket_of(now, ck->window_ms) + LIM_SLOTS, ck->window_ms);
+                break;
+            case LIM_CK_CALENDAR: o->res[i].reset_ms = lim_period_end(ck->per, now); break;
+            case LIM_CK_GAUGE: o->res[i].reset_ms = 0; break;
+            }
         }
         return 0;
     }
