@@ -53,12 +53,15 @@
 -- its hash's first three fields, a calendar counter one read and one
 -- write; a refusal's retry moment is the oldest bucket's slot, else a
 -- bisection (at most 6 reads), never a walk over the buckets. Redis runs
--- this file's body on every call, so the decision path keeps what it
--- makes per call small: few functions (a function made at run time costs
--- in proportion to the outer locals it uses, so the ones made on every
--- call use none: constants are written out, math.floor is looked up),
--- one flat table per check, no string scanning. What only an adjust, a
--- refusal or an old layout needs is made only on that path.
+-- this file's body on every call, and in Redis's CPU per decision the Lua
+-- instructions run are the part this file decides: the decision path is
+-- kept short (about 640 instructions for three checks), with few
+-- functions, one flat table per check made whole at once, no string
+-- scanning, the globals it uses often (ARGV, KEYS, redis.call) as locals,
+-- and the counts of a steady write as integer strings (string.format %d;
+-- a Lua number given to redis.call is formatted with %.17g, several times
+-- dearer). What only an adjust, a refusal or an old layout needs is made
+-- only on that path.
 --
 -- Counters:
 --   r: hash { h = newest bucket index (the head), t = everything charged
