@@ -104,6 +104,8 @@ typedef struct request {
     uint64_t wq_gauge;
     struct event *wq_deadline;
     struct event *wq_wake;
+    short wq_mail;                 /* a wake in its worker's mailbox (under mail_mu) */
+    struct request *wq_mail_next;  /* in the worker's woken list (under mail_mu) */
     struct request *wl_next, *wl_prev;
     int wq_kick;          /* woken while being decided: decide again at once */
     int wq_slot;          /* woken by a slot given back since its last decision */

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -223,9 +224,72 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg)
     event_base_once(w->base, -1, EV_TIMEOUT, drain_tick, w, &tv);
 }
 
+/* ---- the mailbox (worker.h) ---------------------------------------------- */
+
+static _Thread_local worker_t *self; /* the worker whose thread this is */
+
+static void mail_post(worker_t *w)
+{
+    while (eventfd_write(w->mail_fd, 1) != 0 && errno == EINTR)
+        ;
+}
+
+static void on_mail(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    worker_t *w = arg;
+    eventfd_t n;
+    (void)eventfd_read(fd, &n); /* EAGAIN: a second read of one write */
+    unsigned bits = atomic_exchange(&w->mail, 0u);
+    if (bits & WORKER_MAIL_RELOAD)
+        on_reload(-1, 0, w);
+    pthread_mutex_lock(&w->mail_mu);
+    for (request_t *r = w->woken, *next; r; r = next) {
+        next = r->wq_mail_next;
+        event_active(r->wq_wake, r->wq_mail, 1);
+        r->wq_mail = 0;
+        r->wq_mail_next = NULL;
+    }
+    w->woken = NULL;
+    pthread_mutex_unlock(&w->mail_mu);
+    if (bits & WORKER_MAIL_STOP)
+        on_stop(-1, 0, w);
+}
+
+void server_worker_wake(worker_t *w, request_t *r, short what)
+{
+    if (w == self) {
+        event_active(r->wq_wake, what, 1);
+        return;
+    }
+    pthread_mutex_lock(&w->mail_mu);
+    if (!r->wq_mail) {
+        r->wq_mail_next = w->woken;
+        w->woken = r;
+    }
+    r->wq_mail |= what;
+    pthread_mutex_unlock(&w->mail_mu);
+    mail_post(w);
+}
+
+void server_worker_unwake(worker_t *w, request_t *r)
+{
+    pthread_mutex_lock(&w->mail_mu);
+    if (r->wq_mail) {
+        request_t **pp = &w->woken;
+        while (*pp != r)
+            pp = &(*pp)->wq_mail_next;
+        *pp = r->wq_mail_next;
+        r->wq_mail = 0;
+        r->wq_mail_next = NULL;
+    }
+    pthread_mutex_unlock(&w->mail_mu);
+}
+
 static void *worker_main(void *arg)
 {
     worker_t *w = arg;
+    self = w;
     event_base_dispatch(w->base);
     /* Ending connections ends their requests; let those finish. */
     h1_server_free(w->http);
@@ -247,6 +311,7 @@ static void *worker_main(void *arg)
 int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, int fd)
 {
     memset(w, 0, sizeof *w);
+    w->mail_fd = -1;
     w->index = index;
     w->cfg = config_ref(cfg);
     /* RATEWALL_NO_DENY_CACHE=1 turns the local deny cache off (for
@@ -260,11 +325,15 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
     for (int i = 0; i < 8; i++)
         snprintf(w->rid_prefix + 2 * i, 3, "%02x", rnd[i]);
     /* epoll changelist: the add/del of write interest that every answer
-     * causes is folded into one epoll_ctl per loop turn, or none. */
+     * causes is folded into one epoll_ctl per loop turn, or none. No lock:
+     * only this worker's thread touches its base (the mailbox is how other
+     * threads reach it), and a proxied request made a dozen lock and
+     * unlock calls. */
     struct event_config *ec = event_config_new();
     if (!ec)
         return -1;
     event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
     w->base = event_base_new_with_config(ec);
     event_config_free(ec);
     if (!w->base)
@@ -298,9 +367,16 @@ int server_worker_init(worker_t *w, int index, config_t *cfg, store_t *store, in
             return -1;
         }
     }
-    w->reload_ev = event_new(w->base, -1, 0, on_reload, w);
-    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
-    if (!w->reload_ev || !w->stop_ev)
+    w->mail_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->mail_fd < 0)
+        return -1;
+    if (pthread_mutex_init(&w->mail_mu, NULL) != 0) {
+        close(w->mail_fd);
+        w->mail_fd = -1;
+        return -1;
+    }
+    w->mail_ev = event_new(w->base, w->mail_fd, EV_READ | EV_PERSIST, on_mail, w);
+    if (!w->mail_ev || event_add(w->mail_ev, NULL) != 0)
         return -1;
     return 0;
 }
@@ -315,12 +391,14 @@ void server_worker_swap(worker_t *w, config_t *next)
     config_t *old = atomic_exchange(&w->pending_cfg, config_ref(next));
     if (old)
         config_unref(old);
-    event_active(w->reload_ev, EV_READ, 0);
+    atomic_fetch_or(&w->mail, WORKER_MAIL_RELOAD);
+    mail_post(w);
 }
 
 void server_worker_stop(worker_t *w)
 {
-    event_active(w->stop_ev, EV_READ, 0);
+    atomic_fetch_or(&w->mail, WORKER_MAIL_STOP);
+    mail_post(w);
 }
 
 void server_worker_join_free(worker_t *w)
@@ -336,10 +414,12 @@ void server_worker_free(worker_t *w)
         config_unref(p);
     if (w->store)
         store_detach(w->store);
-    if (w->reload_ev)
-        event_free(w->reload_ev);
-    if (w->stop_ev)
-        event_free(w->stop_ev);
+    if (w->mail_ev)
+        event_free(w->mail_ev);
+    if (w->mail_fd >= 0) {
+        close(w->mail_fd);
+        pthread_mutex_destroy(&w->mail_mu);
+    }
     if (w->http)
         h1_server_free(w->http);
     if (w->admin)

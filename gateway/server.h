@@ -25,6 +25,14 @@ int server_worker_start(worker_t *w);
 void server_worker_swap(worker_t *w, config_t *next);
 /* Stop accepting, drain, exit the worker's loop (twice: at once). */
 void server_worker_stop(worker_t *w);
+/* Activate request r's wq_wake with `what` (EV_TIMEOUT, EV_READ) on r's
+ * worker w, from any thread: at once on w's own thread, else through w's
+ * mailbox (flags of wakes not yet delivered add up, as libevent's do).
+ * r must stay alive until server_worker_unwake(w, r) has returned. */
+void server_worker_wake(worker_t *w, struct request *r, short what);
+/* On w's thread: forget a wake of r not delivered yet (before r's wq_wake
+ * is freed). */
+void server_worker_unwake(worker_t *w, struct request *r);
 void server_worker_join_free(worker_t *w);
 /* Free a worker that was set up (fully or partly) but never started. */
 void server_worker_free(worker_t *w);

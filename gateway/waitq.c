@@ -9,6 +9,7 @@
 #include <event2/event.h>
 
 #include "request.h"
+#include "server.h"
 
 #define WAITQ_BUCKETS 64
 
@@ -121,10 +122,13 @@ void waitq_leave(request_t *r)
         q->tail = r->wq_prev;
     r->wq = NULL;
     r->wq_next = r->wq_prev = NULL;
+    /* No thread can reach r now: a wake posted for it and not delivered
+     * goes too (its wq_wake is freed next). */
+    server_worker_unwake(r->w, r);
     q->n--;
     if (was_head && q->head)
         /* Its own worker decides it, on its own loop. */
-        event_active(q->head->wq_wake, EV_TIMEOUT, 1);
+        server_worker_wake(q->head->w, q->head, EV_TIMEOUT);
     if (q->n == 0) {
         waitq_t **pp = &table[bucket_of(q->name, q->name + q->key_len + 1)];
         while (*pp != q)
@@ -148,7 +152,7 @@ void waitq_wake_gauge(const uint64_t *g, size_t n)
                 continue;
             for (size_t i = 0; i < n; i++) {
                 if (g[i] == h->wq_gauge) {
-                    event_active(h->wq_wake, EV_READ, 1); /* EV_READ: a slot */
+                    server_worker_wake(h->w, h, EV_READ); /* EV_READ: a slot */
                     break;
                 }
             }

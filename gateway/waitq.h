@@ -14,9 +14,10 @@
  * worker's thread, and `wq_wake` (the request's own event) lives from
  * before the join to after the leave. While a request is linked, other
  * threads touch only its links, `wq_gauge` (written under the mutex) and
- * `wq_wake` (event_active, which libevent's pthreads locking makes safe
- * from any thread): the head's worker is woken when the one before it
- * leaves or a concurrency slot it waits for is given back.
+ * its wake (server_worker_wake: through its worker's mailbox, as a
+ * worker's event_base has no lock; waitq_leave takes back a wake not yet
+ * delivered): the head's worker is woken when the one before it leaves or
+ * a concurrency slot it waits for is given back.
  */
 #ifndef RW_GATEWAY_WAITQ_H
 #define RW_GATEWAY_WAITQ_H

@@ -19,9 +19,16 @@
 /*
  * One worker thread. Owns its event_base, its HTTP server (gateway/http/) on a
  * SO_REUSEPORT listener, its backend connection pools and its store
- * connection. Only `pending_cfg` and `stop_ev`/`reload_ev` are touched by
- * other threads.
+ * connection. The event_base has no lock (EVENT_BASE_FLAG_NOLOCK: a loop
+ * turn takes none), so no other thread may touch it or anything on it;
+ * other threads reach the worker only through its mailbox (server.h:
+ * server_worker_swap, server_worker_stop, server_worker_wake): they set
+ * `mail` bits, put a request to wake on `woken` (under mail_mu), and write
+ * mail_fd, an eventfd that mail_ev reads on the worker's own loop.
  */
+#define WORKER_MAIL_RELOAD 1u /* pending_cfg was set */
+#define WORKER_MAIL_STOP 2u   /* drain, or (a second time) stop at once */
+
 typedef struct worker {
     int index;
     pthread_t thread;
@@ -31,8 +38,11 @@ typedef struct worker {
     store_worker_t *store;
     config_t *cfg;                 /* this worker's reference */
     _Atomic(config_t *) pending_cfg; /* handed over by the main thread */
-    struct event *reload_ev;       /* activated by the main thread */
-    struct event *stop_ev;
+    atomic_uint mail;              /* WORKER_MAIL_* bits, set by other threads */
+    pthread_mutex_t mail_mu;       /* guards woken and each request's wq_mail */
+    struct request *woken;         /* requests to wake (wq_mail_next list) */
+    int mail_fd;                   /* eventfd: written after mail or woken */
+    struct event *mail_ev;         /* reads mail_fd on the worker's loop */
     struct event *exit_notify;     /* the main thread's: activated on exit */
     atomic_int exited;             /* set before exit_notify is activated */
     proxy_worker_t proxy;          /* backend pools, kept exchanges (proxy.h) */

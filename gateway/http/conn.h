@@ -71,6 +71,7 @@ struct h1_server {
 
 struct h1_hdr {
     char *name, *value;
+    size_t name_len; /* a lookup compares lengths first */
 };
 
 struct h1_conn {

@@ -83,8 +83,9 @@ void h1_read_body(h1_conn_t *c, int64_t max_bytes, h1_event_cb cb, void *arg)
 
 const char *h1_header(const h1_conn_t *c, const char *name)
 {
+    size_t n = strlen(name);
     for (size_t i = 0; i < c->n_hdr; i++)
-        if (strcasecmp(c->hdr[i].name, name) == 0)
+        if (c->hdr[i].name_len == n && strncasecmp(c->hdr[i].name, name, n) == 0)
             return c->hdr[i].value;
     return NULL;
 }
@@ -258,6 +259,7 @@ static int parse_head(h1_conn_t *c, size_t len)
         value[f[i].value_len] = '\0';
         c->hdr[i].name = name;
         c->hdr[i].value = value;
+        c->hdr[i].name_len = f[i].name_len;
     }
     int64_t clen = fr->content_length;
     c->keep_alive = c->http10 ? fr->conn_keep_alive && !fr->conn_close : !fr->conn_close;

@@ -332,11 +332,6 @@ static void end_exchange(h1_conn_t *c)
 
 /* ---- the public answer API -------------------------------------------- */
 
-void h1_add_header(h1_conn_t *c, const char *name, const char *value)
-{
-    h1_add_header_n(c, name, strlen(name), value, strlen(value));
-}
-
 /* Room for a field line of nl + vl bytes of name and value at the end of
  * the answer's fields: where it starts, or NULL (out of memory: the field
  * is left out). */
@@ -384,7 +379,7 @@ void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *valu
 }
 
 /* A number needs no CR/LF check (a proxied answer carries half a dozen). */
-void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
+void h1_add_header_int_n(h1_conn_t *c, const char *name, size_t nl, int64_t value)
 {
     char buf[24];
     size_t n = 0;
@@ -394,7 +389,7 @@ void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
     } else {
         n += put_uint(buf, (uint64_t)value);
     }
-    add_line(c, name, strlen(name), buf, n, 0);
+    add_line(c, name, nl, buf, n, 0);
 }
 
 void h1_headers_reset(h1_conn_t *c)

@@ -5,6 +5,7 @@
 #include "parse.h"
 
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 
@@ -48,6 +49,29 @@ static int is_value_byte(unsigned char ch)
     return ch == '\t' || (ch >= ' ' && ch != 0x7f);
 }
 
+/* Whether [p, e) holds value bytes only: eight at a time while a word has
+ * no byte below 0x20 and none 0x7f (the two tests are exact for "any"),
+ * byte by byte in a word that has one (a tab, or a byte refused). */
+static int all_value_bytes(const char *p, const char *e)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (e - p >= 8) {
+        uint64_t w, d;
+        memcpy(&w, p, 8);
+        d = w ^ (0x7f * ones);
+        if (((w - 0x20 * ones) & ~w & highs) | ((d - ones) & ~d & highs)) {
+            for (int i = 0; i < 8; i++)
+                if (!is_value_byte((unsigned char)p[i]))
+                    return 0;
+        }
+        p += 8;
+    }
+    for (; p < e; p++)
+        if (!is_value_byte((unsigned char)*p))
+            return 0;
+    return 1;
+}
+
 static int eq_ci(const char *a, size_t n, const char *lit)
 {
     return strlen(lit) == n && strncasecmp(a, lit, n) == 0;
@@ -55,9 +79,11 @@ static int eq_ci(const char *a, size_t n, const char *lit)
 
 /* The next line at buf[pos..len): its end (before CR LF or LF) in *le and
  * the position after it in *next. 0, HP_NEED, or HP_E_SYNTAX for a CR not
- * followed by LF. bare_lf: whether a lone LF ends a line. */
-static int next_line(const char *buf, size_t len, size_t pos, int bare_lf, size_t *le,
-                     size_t *next)
+ * followed by LF. bare_lf: whether a lone LF ends a line. A CR inside the
+ * line is an error too, unless field: a field line's every byte is
+ * checked by parse_field, which refuses a CR. */
+static int next_line_of(const char *buf, size_t len, size_t pos, int bare_lf, int field,
+                        size_t *le, size_t *next)
 {
     const char *nl = memchr(buf + pos, '\n', len - pos);
     if (!nl) {
@@ -73,11 +99,17 @@ static int next_line(const char *buf, size_t len, size_t pos, int bare_lf, size_
         e--;
     else if (!bare_lf)
         return HP_E_SYNTAX;
-    if (memchr(buf + pos, '\r', e - pos))
+    if (!field && memchr(buf + pos, '\r', e - pos))
         return HP_E_SYNTAX;
     *le = e;
     *next = n + 1;
     return 0;
+}
+
+static int next_line(const char *buf, size_t len, size_t pos, int bare_lf, size_t *le,
+                     size_t *next)
+{
+    return next_line_of(buf, len, pos, bare_lf, 0, le, next);
 }
 
 int hp_list_has(const char *v, size_t len, const char *t)
@@ -122,9 +154,8 @@ static int parse_field(const char *s, const char *e, hp_field_t *f)
         v++;
     while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
         ve--;
-    for (const char *p = v; p < ve; p++)
-        if (!is_value_byte((unsigned char)*p))
-            return HP_E_FIELD;
+    if (!all_value_bytes(v, ve))
+        return HP_E_FIELD;
     f->name = s;
     f->name_len = (size_t)(c - s);
     f->value = v;
@@ -208,7 +239,7 @@ static int parse_fields(const char *buf, size_t len, size_t pos, hp_field_t *fie
     fr->content_length = -1;
     for (;;) {
         size_t le, next;
-        int rc = next_line(buf, len, pos, 1, &le, &next);
+        int rc = next_line_of(buf, len, pos, 1, 1, &le, &next);
         if (rc != 0)
             return rc == HP_E_SYNTAX ? HP_E_FIELD : rc;
         if (le == pos) {

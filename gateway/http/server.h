@@ -30,6 +30,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <event2/event.h>
 #include <openssl/ssl.h>
@@ -134,12 +135,20 @@ int h1_list_has(const char *list, const char *token);
 void h1_set_close_cb(h1_conn_t *c, h1_event_cb cb, void *arg);
 
 /* Answer headers, before h1_reply* / h1_reply_start. Names and values are
- * copied. */
-void h1_add_header(h1_conn_t *c, const char *name, const char *value);
-void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value);
-/* The same with lengths (strings not NUL-terminated). */
+ * copied. With lengths (strings not NUL-terminated): */
 void h1_add_header_n(h1_conn_t *c, const char *name, size_t name_len, const char *value,
                      size_t value_len);
+void h1_add_header_int_n(h1_conn_t *c, const char *name, size_t name_len, int64_t value);
+/* The same for NUL-terminated strings; inline, so that the length of a
+ * literal name is the compiler's (an answer carries a dozen). */
+static inline void h1_add_header(h1_conn_t *c, const char *name, const char *value)
+{
+    h1_add_header_n(c, name, strlen(name), value, strlen(value));
+}
+static inline void h1_add_header_int(h1_conn_t *c, const char *name, int64_t value)
+{
+    h1_add_header_int_n(c, name, strlen(name), value);
+}
 /* Forget the headers added so far. */
 void h1_headers_reset(h1_conn_t *c);
 /* How much has been added so far (a mark for h1_has_header). */
