@@ -84,6 +84,7 @@
 
 local ARGV, KEYS, call, fmt = ARGV, KEYS, redis.call, string.format
 local MAX = 1125899906842624     -- 2^50 = LIM_PRICE_MAX (>= LIM_UNITS_MAX)
+local TMAX = 140737488355328     -- 2^47 ms (year 6429): now * 60 stays below 2^53
 local CAP = 4 * MAX               -- 2^52: the most a counter ever holds
 local B, S = 60, 61               -- buckets a window counts: 60 of w/60, plus the current
 
@@ -110,12 +111,15 @@ if mode == 'b' then
 elseif #ARGV ~= 4 + 4 * n then
   return redis.error_reply(BAD .. 'count')
 end
--- Times: "" (none) or ms since 1970 up to 2^50.
-if ARGV[1] ~= '' and not int(ARGV[1], 0, MAX) then return redis.error_reply(BAD .. 'now') end
-if mode == 'a' and ARGV[2] ~= '' and not int(ARGV[2], 0, MAX) then
+-- Times: "" (none) or ms since 1970 up to TMAX, so that every bucket
+-- index (now * 60 / window, windows of 1 ms and more) is an exact integer:
+-- past 2^53, j and j + 1 are the same number and a loop over buckets never
+-- ends.
+if ARGV[1] ~= '' and not int(ARGV[1], 0, TMAX) then return redis.error_reply(BAD .. 'now') end
+if mode == 'a' and ARGV[2] ~= '' and not int(ARGV[2], 0, TMAX) then
   return redis.error_reply(BAD .. 'charged')
 end
-if mode ~= 'a' and mode ~= '0' and ARGV[4] ~= '' and not int(ARGV[4], 0, MAX) then
+if mode ~= 'a' and mode ~= '0' and ARGV[4] ~= '' and not int(ARGV[4], 0, TMAX) then
   return redis.error_reply(BAD .. 'deadline')
 end
 local lo = (mode == 'a') and -MAX or 0
@@ -171,7 +175,7 @@ end
 -- The further decisions of a batch: a deadline and n amounts each.
 for k = 2, K do
   local b = 5 + 4 * n + (k - 2) * (n + 1)
-  if ARGV[b] ~= '' and not int(ARGV[b], 0, MAX) then
+  if ARGV[b] ~= '' and not int(ARGV[b], 0, TMAX) then
     return redis.error_reply(BAD .. 'deadline of decision ' .. k)
   end
   for i = 1, n do

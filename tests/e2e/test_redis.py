@@ -822,6 +822,21 @@ def test_acquire_script_validates(env):
         else:
             raise AssertionError("%s: accepted, answered %r" % (what, out))
         eq(keys_of(r.port, "t:*"), [], "keys written by a refused call (%s)" % what)
+    # A clock past 2^47 ms is refused: there, now * 60 passes 2^53 and
+    # bucket indices of a 1 ms window stop being exact integers (a loop over
+    # buckets then never ended, and Redis stayed BUSY).
+    for now in (str(2 ** 50), str(2 ** 47 + 1)):
+        try:
+            out = redis_cli(r.port, "EVAL", src, "1", keys[0], now, "", "1", "",
+                            "r", "1", "100", "1")
+        except RuntimeError as e:
+            assert "bad argument: now" in str(e), "now %s: error %r" % (now, e)
+        else:
+            raise AssertionError("now %s accepted, answered %r" % (now, out))
+    eq(keys_of(r.port, "t:*"), [], "keys written by a refused far-future clock")
+    out = redis_cli(r.port, "EVAL", src, "1", "x:{a}:far", str(2 ** 47), "", "1", "",
+                    "r", "1", "100", "1")
+    eq(out[0], 1, "the latest clock accepted (2^47 ms) decides")
     try:
         call("x", good)
         raise AssertionError("an unknown mode was accepted")
