@@ -168,8 +168,10 @@ static void on_reload(evutil_socket_t fd, short what, void *arg)
         return;
     config_t *old = w->cfg;
     w->cfg = next;
-    h1_limits_t lim = http_limits(next);
-    h1_server_set_limits(w->http, &lim);
+    if (w->http) { /* gone once the worker is exiting (mail still read) */
+        h1_limits_t lim = http_limits(next);
+        h1_server_set_limits(w->http, &lim);
+    }
     config_unref(old);
 }
 
