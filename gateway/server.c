@@ -158,11 +158,9 @@ static void server_handle(h1_conn_t *c, void *arg)
     request_start(arg, c);
 }
 
-static void on_reload(evutil_socket_t fd, short what, void *arg)
+/* Take the snapshot the main thread handed over (mailbox). */
+static void take_snapshot(worker_t *w)
 {
-    (void)fd;
-    (void)what;
-    worker_t *w = arg;
     config_t *next = atomic_exchange(&w->pending_cfg, NULL);
     if (!next)
         return;
@@ -177,11 +175,9 @@ static void on_reload(evutil_socket_t fd, short what, void *arg)
 
 static void drain_tick(evutil_socket_t fd, short what, void *arg);
 
-static void on_stop(evutil_socket_t fd, short what, void *arg)
+/* Stop asked (mailbox): drain, or at once if draining already. */
+static void stop(worker_t *w)
 {
-    (void)fd;
-    (void)what;
-    worker_t *w = arg;
     if (w->draining) {
         event_base_loopbreak(w->base); /* second signal: at once */
         return;
@@ -244,7 +240,7 @@ static void on_mail(evutil_socket_t fd, short what, void *arg)
     (void)eventfd_read(fd, &n); /* EAGAIN: a second read of one write */
     unsigned bits = atomic_exchange(&w->mail, 0u);
     if (bits & WORKER_MAIL_RELOAD)
-        on_reload(-1, 0, w);
+        take_snapshot(w);
     pthread_mutex_lock(&w->mail_mu);
     for (request_t *r = w->woken, *next; r; r = next) {
         next = r->wq_mail_next;
@@ -255,7 +251,7 @@ static void on_mail(evutil_socket_t fd, short what, void *arg)
     w->woken = NULL;
     pthread_mutex_unlock(&w->mail_mu);
     if (bits & WORKER_MAIL_STOP)
-        on_stop(-1, 0, w);
+        stop(w);
 }
 
 void server_worker_wake(worker_t *w, request_t *r, short what)

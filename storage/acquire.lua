@@ -303,16 +303,8 @@ end
 -- starts, the old head's slot and the slots of buckets skipped since get
 -- the old total, and the expiry is set.
 local function roll_write(c, amt)
-  local key, cur = c[2], c[8]
-  local total = c[10] + amt
-  if cur == c[9] and not c[12] and total <= 4503599627370496 then -- CAP
-    call('HSET', key, 't', fmt('%d', total), 's', fmt('%d', c[5] + amt))
-    return
-  end
-  local fresh = c[12]
-  if fresh then
-    call('DEL', key)
-  elseif total > 4503599627370496 then
+  local key, cur, fresh = c[2], c[8], c[12]
+  if not fresh and c[10] + amt > 4503599627370496 then -- CAP
     -- Rare (2^52 charged in one hash's life): totals restart from the
     -- base, so every value stays exact.
     local f = {}
@@ -326,12 +318,13 @@ local function roll_write(c, amt)
     call('HSET', key, unpack(out))
     c[10] = c[10] - c[11]
     c[11] = 0
-    if cur == c[9] then
-      call('HSET', key, 't', c[10] + amt, 's', c[5] + amt)
-      return
-    end
   end
   local old = c[10]
+  if cur == c[9] and not fresh then
+    call('HSET', key, 't', fmt('%d', old + amt), 's', fmt('%d', c[5] + amt))
+    return
+  end
+  if fresh then call('DEL', key) end
   local f = { 'h', cur, 't', old + amt, 's', c[5] + amt }
   if not fresh then
     for j = c[9], cur - 1 do

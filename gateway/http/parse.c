@@ -82,8 +82,8 @@ static int eq_ci(const char *a, size_t n, const char *lit)
  * followed by LF. bare_lf: whether a lone LF ends a line. A CR inside the
  * line is an error too, unless field: a field line's every byte is
  * checked by parse_field, which refuses a CR. */
-static int next_line_of(const char *buf, size_t len, size_t pos, int bare_lf, int field,
-                        size_t *le, size_t *next)
+static int next_line(const char *buf, size_t len, size_t pos, int bare_lf, int field,
+                     size_t *le, size_t *next)
 {
     const char *nl = memchr(buf + pos, '\n', len - pos);
     if (!nl) {
@@ -104,12 +104,6 @@ static int next_line_of(const char *buf, size_t len, size_t pos, int bare_lf, in
     *le = e;
     *next = n + 1;
     return 0;
-}
-
-static int next_line(const char *buf, size_t len, size_t pos, int bare_lf, size_t *le,
-                     size_t *next)
-{
-    return next_line_of(buf, len, pos, bare_lf, 0, le, next);
 }
 
 int hp_list_has(const char *v, size_t len, const char *t)
@@ -239,7 +233,7 @@ static int parse_fields(const char *buf, size_t len, size_t pos, hp_field_t *fie
     fr->content_length = -1;
     for (;;) {
         size_t le, next;
-        int rc = next_line_of(buf, len, pos, 1, 1, &le, &next);
+        int rc = next_line(buf, len, pos, 1, 1, &le, &next);
         if (rc != 0)
             return rc == HP_E_SYNTAX ? HP_E_FIELD : rc;
         if (le == pos) {
@@ -289,7 +283,7 @@ int hp_parse_request(const char *buf, size_t len, hp_request_t *req)
         pos += buf[pos] == '\r' ? 2 : 1;
     }
     size_t le, next;
-    int rc = next_line(buf, len, pos, 1, &le, &next);
+    int rc = next_line(buf, len, pos, 1, 0, &le, &next);
     if (rc != 0)
         return rc;
     const char *s = buf + pos, *e = buf + le;
@@ -327,7 +321,7 @@ int hp_parse_request(const char *buf, size_t len, hp_request_t *req)
 int hp_parse_response(const char *buf, size_t len, hp_response_t *res)
 {
     size_t le, next;
-    int rc = next_line(buf, len, 0, 1, &le, &next);
+    int rc = next_line(buf, len, 0, 1, 0, &le, &next);
     if (rc != 0)
         return rc == HP_E_SYNTAX ? HP_E_STATUS : rc;
     const char *s = buf, *e = buf + le;
@@ -394,7 +388,7 @@ static int chunk_line(const hp_chunked_t *d, const char *buf, size_t len, size_t
 {
     size_t max = d->max_line ? d->max_line : 4096;
     size_t look = len < max ? len : max;
-    int rc = next_line(buf, look, 0, 0, le, next);
+    int rc = next_line(buf, look, 0, 0, 0, le, next);
     if (rc == HP_NEED && len >= max)
         return HP_E_CHUNK;
     return rc == 0 ? 0 : rc == HP_NEED ? HP_NEED : HP_E_CHUNK;
