@@ -254,6 +254,27 @@ class Proc:
         if self.p.poll() is None:
             self.p.send_signal(sig)
 
+    def pause(self, timeout=10):
+        """SIGSTOP, and wait until every thread of the process is stopped:
+        kill() returns before the kernel has stopped them, and a thread
+        still running would go on reading what the test sends next."""
+        self.p.send_signal(signal.SIGSTOP)
+        end = time.monotonic() + timeout
+        while True:
+            states = []
+            for t in os.listdir("/proc/%d/task" % self.p.pid):
+                try:
+                    with open("/proc/%d/task/%s/stat" % (self.p.pid, t)) as f:
+                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+                except FileNotFoundError:
+                    pass  # a thread that ended meanwhile
+            if states and all(s in ("T", "t") for s in states):
+                return
+            if time.monotonic() > end:
+                raise AssertionError("%s not stopped %d s after SIGSTOP (threads: %s)"
+                                     % (self.name, timeout, " ".join(states)))
+            time.sleep(0.002)
+
     def stop(self, timeout=30, expect_clean=True):
         """SIGTERM, wait, and check a clean exit with no sanitizer report."""
         if self.p.poll() is None:

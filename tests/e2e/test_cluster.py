@@ -551,7 +551,7 @@ def test_stopped_seed_no_stall(env):
                        timeout_ms=timeout_ms)
     cfg["server"]["workers"] = 1  # every account on the worker that reads the map
     gws = start_fleet(env, cfg, others + by_master[stopped.port], n=1)
-    stopped.signal(signal.SIGSTOP)
+    stopped.pause()
     load = Load(env, gws * 2, others, pause=0.005)
     # Requests for the stopped master's accounts: its connection times out
     # and drops, again and again (503 meanwhile, under deny).

@@ -158,7 +158,7 @@ def test_stall_deny_charges_nothing(env):
     eq(counter(r.port, ":requests:day:"), 1, "day counter before the stall")
     eq(counter(r.port, ":spend:day:"), 10000, "spend before the stall (millionths)")
 
-    r.signal(signal.SIGSTOP)
+    r.pause()
     try:
         got = []
         # 4 clients for 1.6 s: past the 1 s after which the connection is
@@ -208,7 +208,7 @@ def test_timeout_every_decision(env):
             {"metric": "requests", "per": "minute", "limit": 100000}], on_error,
             timeout_ms=50)
         eq(timed(env, g, key)[1].status, 200, "before the stall (%s)" % on_error)
-        r.signal(signal.SIGSTOP)
+        r.pause()
         try:
             ts, out, errors = fire(env, g, key, 6)
             join_all(ts, errors)
@@ -242,7 +242,7 @@ def test_stall_allow_replayed(env):
                                 price={"per_request": "0.01"})
     for _ in range(2):
         eq(timed(env, g, key)[1].status, 200, "before the stall")
-    r.signal(signal.SIGSTOP)
+    r.pause()
     try:
         n = 7
         for i in range(n):
@@ -305,7 +305,7 @@ def test_stall_leases(env):
             {"metric": "concurrent", "limit": 1, "scope": "account"}], "deny",
             timeout_ms=100)
         eq(timed(env, g, key)[1].status, 200, "before the stall")
-        r.signal(signal.SIGSTOP)
+        r.pause()
         try:
             ts, out, errors = fire(env, g, key, 5)
             join_all(ts, errors)
@@ -486,7 +486,7 @@ def test_job_poll_timeout(env):
          what="the job done at the backend")
     eq(env.req_at(g.port, "POST", "/v3/async/txt2video", key=k1, body={}).status, 429,
        "the job holds the slot")
-    r.signal(signal.SIGSTOP)
+    r.pause()
     try:
         s = status()
         t0 = time.monotonic()
@@ -528,7 +528,7 @@ def test_hammer_allow(env):
             t_run = time.monotonic()
             while time.monotonic() - t_run < 0.4:
                 time.sleep(0.02)
-            r.signal(signal.SIGSTOP)
+            r.pause()
             t_stop = time.monotonic()
             while time.monotonic() - t_stop < 0.3 + 0.5 * i:
                 time.sleep(0.02)
