@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../limiter/hash.h"
 #include "metrics.h"
 #include "respond.h"
 #include "status.h"
@@ -170,13 +171,6 @@ void status_store_latency(int64_t us)
         atomic_store_explicit(&t->store_max[i], (unsigned long)us, memory_order_relaxed);
 }
 
-static uint64_t hash_str(uint64_t h, const char *s)
-{
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
 /* Refusals of a slot over the minutes shown. */
 static unsigned long refused_recent(refused_slot_t *s, int64_t minute)
 {
@@ -210,7 +204,7 @@ void status_refused(const char *key_id, const char *account, const char *limit)
     if (!account)
         account = "";
     int64_t minute = now_ms() / 60000;
-    uint64_t h = hash_str(hash_str(1469598103934665603ULL, key_id), limit);
+    uint64_t h = rw_hash_str(key_id) ^ rw_hash_str(limit) * 31;
     refused_slot_t *s = NULL, *victim = NULL;
     unsigned long victim_n = 0;
     for (int p = 0; p < ST_PROBE && !s; p++) {
@@ -258,7 +252,7 @@ void status_level(const char *account, const char *limit_ident, int64_t used, in
     st_thread_t *t = me();
     if (!t || !account || limit <= 0)
         return;
-    uint64_t h = hash_str(1469598103934665603ULL, account);
+    uint64_t h = rw_hash_str(account);
     level_slot_t *s = NULL;
     for (int p = 0; p < ST_PROBE; p++) {
         level_slot_t *c = &t->levels[(h + (uint64_t)p) % ST_LEVELS];

@@ -8,6 +8,7 @@
 
 #include <event2/event.h>
 
+#include "../limiter/hash.h"
 #include "request.h"
 #include "server.h"
 
@@ -28,9 +29,7 @@ static atomic_size_t n_queues;
 
 uint64_t waitq_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    uint64_t h = rw_hash_str(s);
     return h ? h : 1;
 }
 

@@ -137,27 +137,43 @@ void lim_policy_free(lim_policy_t *p)
     memset(p, 0, sizeof *p);
 }
 
-/* One check for one rule; -1 if its key does not fit. */
-/* dst = the parts (up to a NULL) one after the other; -1 (dst cut short)
- * when they do not fit in cap bytes with the NUL. */
-static int join(char *dst, size_t cap, const char *const parts[])
+/* dst = the parts (up to a NULL) one after the other: its length, or
+ * (size_t)-1 (dst cut short) when they do not fit in cap bytes with the
+ * NUL. */
+static size_t join(char *dst, size_t cap, const char *const parts[])
 {
     size_t at = 0;
     for (size_t i = 0; parts[i]; i++) {
         size_t n = strlen(parts[i]);
         if (n >= cap - at) {
             dst[at] = '\0';
-            return -1;
+            return (size_t)-1;
         }
         memcpy(dst + at, parts[i], n);
         at += n;
     }
     dst[at] = '\0';
-    return 0;
+    return at;
 }
 
-static int build_one(const lim_rule_t *r, const char *account, const char *key_id,
-                     int64_t units, int64_t price_micros, lim_check_t *c)
+/* The two starts of a request's counter keys, "{account}:a:" and
+ * "{account}:k:KEYID:", joined once for all its checks. */
+typedef struct {
+    char acct[LIM_KEY_MAX], key[LIM_KEY_MAX];
+    size_t acct_len, key_len; /* (size_t)-1: does not fit */
+} key_starts_t;
+
+static void key_starts(key_starts_t *s, const char *account, const char *key_id)
+{
+    const char *const acct[] = {"{", account, "}:a:", NULL};
+    const char *const key[] = {"{", account, "}:k:", key_id, ":", NULL};
+    s->acct_len = join(s->acct, sizeof s->acct, acct);
+    s->key_len = join(s->key, sizeof s->key, key);
+}
+
+/* One check for one rule; -1 if its key does not fit. */
+static int build_one(const lim_rule_t *r, const key_starts_t *ks, int64_t units,
+                     int64_t price_micros, lim_check_t *c)
 {
     c->rule = r;
     c->shadow = r->shadow;
@@ -177,12 +193,19 @@ static int build_one(const lim_rule_t *r, const char *account, const char *key_i
         c->kind = LIM_CK_ROLLING;
     else
         c->kind = LIM_CK_CALENDAR;
-    /* "{account}:a:IDENT" or "{account}:k:KEYID:IDENT", joined by hand: a
+    /* "{account}:a:IDENT" or "{account}:k:KEYID:IDENT", copied by hand: a
      * request builds several, and snprintf costs more than the rest of
      * the check together. */
-    const char *const acct[] = {"{", account, "}:a:", r->ident, NULL};
-    const char *const key[] = {"{", account, "}:k:", key_id, ":", r->ident, NULL};
-    return join(c->key, sizeof c->key, r->scope == LIM_SCOPE_ACCOUNT ? acct : key);
+    int by_acct = r->scope == LIM_SCOPE_ACCOUNT;
+    const char *start = by_acct ? ks->acct : ks->key;
+    size_t sl = by_acct ? ks->acct_len : ks->key_len, il = strlen(r->ident);
+    if (sl == (size_t)-1 || il >= sizeof c->key - sl) {
+        c->key[0] = '\0';
+        return -1;
+    }
+    memcpy(c->key, start, sl);
+    memcpy(c->key + sl, r->ident, il + 1);
+    return 0;
 }
 
 int lim_checks_have_gauge(const lim_check_t *c, size_t n)
@@ -200,11 +223,12 @@ size_t lim_build_checks(const lim_policy_t *p, uint32_t endpoint,
 {
     if (endpoint >= p->n_endpoints)
         return 0;
+    key_starts_t ks;
+    key_starts(&ks, account, key_id);
     size_t n = 0;
     for (uint32_t i = p->ep_off[endpoint]; i < p->ep_off[endpoint + 1]; i++) {
         if (n == max ||
-            build_one(p->rules[p->ep_rule[i]], account, key_id, units, price_micros,
-                      &out[n]) != 0)
+            build_one(p->rules[p->ep_rule[i]], &ks, units, price_micros, &out[n]) != 0)
             return (size_t)-1;
         n++;
     }
@@ -214,9 +238,11 @@ size_t lim_build_checks(const lim_policy_t *p, uint32_t endpoint,
 size_t lim_build_rule_checks(const lim_policy_t *p, size_t first, const char *account,
                              const char *key_id, lim_check_t *out, size_t max)
 {
+    key_starts_t ks;
+    key_starts(&ks, account, key_id);
     size_t n = 0;
     for (size_t i = first; i < p->n_rules && n < max; i++, n++)
-        if (build_one(p->rules[i], account, key_id, 0, 0, &out[n]) != 0)
+        if (build_one(p->rules[i], &ks, 0, 0, &out[n]) != 0)
             return (size_t)-1;
     return n;
 }

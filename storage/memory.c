@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../limiter/hash.h"
 #include "../limiter/window.h"
 #include "store.h"
 
@@ -82,35 +83,13 @@ typedef struct mem_worker {
     store_worker_t base;
 } mem_worker_t;
 
-/* A 64-bit hash of n bytes, eight at a time (a byte-at-a-time hash is a
- * chain of multiplies, one per byte: a decision hashes three keys of about
- * forty bytes twice). Keys are made from the configuration, not by
- * clients; the last step mixes every bit into the low ones, which pick
- * the bucket and the shard. */
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
-    for (; n >= 8; s += 8, n -= 8) {
-        uint64_t w;
-        memcpy(&w, s, 8);
-        h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
-        h ^= h >> 31;
-    }
-    uint64_t w = 0;
-    memcpy(&w, s, n);
-    h = (h ^ w) * 0x94d049bb133111ebULL;
-    h ^= h >> 29;
-    h *= 0xbf58476d1ce4e5b9ULL;
-    return h ^ (h >> 32);
-}
-
 /* Hash of the hash tag "{...}" if the key has one, else of the key. */
 static unsigned shard_of(const char *key)
 {
     const char *open = strchr(key, '{');
     const char *close = open ? strchr(open + 1, '}') : NULL;
-    uint64_t h = close ? hash_bytes(open + 1, (size_t)(close - open - 1))
-                       : hash_bytes(key, strlen(key));
+    uint64_t h = close ? rw_hash_bytes(open + 1, (size_t)(close - open - 1))
+                       : rw_hash_str(key);
     return (unsigned)(h % NSHARDS);
 }
 
@@ -325,7 +304,7 @@ static void decide(mem_store_t *m, const lim_check_t *c, size_t n, int charge_ok
     o->now_ms = now;
     o->admitted = 1;
     for (size_t i = 0; i < n; i++) {
-        hs[i] = hash_bytes(c[i].key, strlen(c[i].key));
+        hs[i] = rw_hash_str(c[i].key);
         e[i] = lookup(&m->shard[sh[i]], c[i].key, hs[i]);
         lim_result_t *r = &o->res[i];
         r->used = used_of(e[i], &c[i], now);
@@ -399,7 +378,7 @@ static void mem_release(store_worker_t *w, const lim_check_t *c, size_t n,
         if (c[i].kind != LIM_CK_GAUGE)
             continue;
         entry_t *e = lookup(&m->shard[sh[i]], c[i].key,
-                            hash_bytes(c[i].key, strlen(c[i].key)));
+                            rw_hash_str(c[i].key));
         if (e) {
             e->u.gauge -= c[i].amount;
             if (e->u.gauge < 0)
@@ -420,7 +399,7 @@ static void mem_adjust(store_worker_t *w, const lim_check_t *c, size_t n,
         int64_t d = deltas[i];
         if (d == 0 || c[i].kind == LIM_CK_GAUGE)
             continue;
-        uint64_t h = hash_bytes(c[i].key, strlen(c[i].key));
+        uint64_t h = rw_hash_str(c[i].key);
         entry_t *e = lookup(&m->shard[sh[i]], c[i].key, h);
         if (!e && d > 0)
             e = create(&m->shard[sh[i]], &c[i], h, now);
@@ -450,7 +429,7 @@ static void mem_adjust(store_worker_t *w, const lim_check_t *c, size_t n,
 
 static unsigned job_bucket(const char *job)
 {
-    return (unsigned)(hash_bytes(job, strlen(job)) % JOB_BUCKETS);
+    return (unsigned)(rw_hash_str(job) % JOB_BUCKETS);
 }
 
 /* Give back one lease of each of the entry's gauges. */
@@ -459,7 +438,7 @@ static void job_release(mem_store_t *m, job_t *j)
     for (size_t i = 0; i < j->n_keys; i++) {
         unsigned s = shard_of(j->keys[i]);
         pthread_mutex_lock(&m->shard[s].mu);
-        entry_t *e = lookup(&m->shard[s], j->keys[i], hash_bytes(j->keys[i], strlen(j->keys[i])));
+        entry_t *e = lookup(&m->shard[s], j->keys[i], rw_hash_str(j->keys[i]));
         if (e && e->u.gauge > 0)
             e->u.gauge--;
         pthread_mutex_unlock(&m->shard[s].mu);

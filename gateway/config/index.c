@@ -1,10 +1,11 @@
 /*
- * gateway/config/index.c: the snapshot's lookup tables: name and digest tables (FNV-1a
- * open addressing), the route index, and the per-request lookups
+ * gateway/config/index.c: the snapshot's lookup tables: name and digest tables (open
+ * addressing), the route index, and the per-request lookups
  * (config_find_key, config_find_key_id, config_find_account, config_route,
  * config_route_any) and config_counter_changes.
  */
 #include "internal.h"
+#include "../../limiter/hash.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -19,18 +20,9 @@
 #include <strings.h>
 
 /* ------------------------------------------------------------------------
- * Small tables: name -> index (open addressing, FNV-1a), digest -> key.
+ * Small tables: name -> index (open addressing), digest -> key.
  * ------------------------------------------------------------------------ */
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
 
 void st_free(strtab_t *t)
 {
@@ -41,7 +33,7 @@ void st_free(strtab_t *t)
 
 static int st_find_slot(const strtab_t *t, const char *k, size_t *slot)
 {
-    size_t mask = t->cap - 1, i = (size_t)fnv1a(k) & mask;
+    size_t mask = t->cap - 1, i = (size_t)rw_hash_str(k) & mask;
     while (t->k[i]) {
         if (strcmp(t->k[i], k) == 0) {
             *slot = i;
@@ -264,7 +256,7 @@ routes_t *build_routes(const config_t *cfg)
     for (size_t i = 0; i < r->n_exact; i++) {
         if (i && strcmp(r->exact[i - 1].path, r->exact[i].path) == 0)
             continue; /* same group */
-        size_t s = (size_t)fnv1a(r->exact[i].path) & (r->cap - 1);
+        size_t s = (size_t)rw_hash_str(r->exact[i].path) & (r->cap - 1);
         while (r->slots[s])
             s = (s + 1) & (r->cap - 1);
         r->slots[s] = (uint32_t)i + 1;
@@ -321,7 +313,7 @@ static int route(const config_t *c, unsigned method, const char *path)
     int cut = klen > 1 && key[klen - 1] == '/';
     if (cut)
         key[klen - 1] = '\0';
-    size_t mask = r->cap - 1, s = (size_t)fnv1a(key) & mask;
+    size_t mask = r->cap - 1, s = (size_t)rw_hash_str(key) & mask;
     while (r->slots[s]) {
         size_t i = r->slots[s] - 1;
         if (strcmp(r->exact[i].path, key) == 0) {

@@ -66,6 +66,7 @@ void conn_fail(h1_conn_t *c)
         c->bev = NULL;
     } else {
         event_del(&c->rev);
+        c->rev_timed = 0;
         event_del(&c->wev);
         evutil_closesocket(c->fd);
     }
@@ -86,9 +87,27 @@ void conn_pause_reading(h1_conn_t *c, int pause)
             bufferevent_enable(c->bev, EV_READ);
     } else if (pause) {
         event_del(&c->rev);
+        c->rev_timed = 0;
     } else {
-        event_add(&c->rev, c->srv->ctv);
+        conn_arm_read(c);
     }
+}
+
+void conn_read_ran(h1_conn_t *c)
+{
+    event_base_gettimeofday_cached(c->srv->base, &c->rev_at);
+    c->rev_timed = 1;
+}
+
+void conn_arm_read(h1_conn_t *c)
+{
+    struct timeval now;
+    event_base_gettimeofday_cached(c->srv->base, &now);
+    if (c->rev_timed && evutil_timercmp(&now, &c->rev_at, ==))
+        return;
+    event_add(&c->rev, c->srv->ctv);
+    c->rev_at = now;
+    c->rev_timed = 1;
 }
 
 size_t conn_pending(const h1_conn_t *c)
@@ -118,5 +137,6 @@ void conn_close_or_linger(h1_conn_t *c)
     struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
     event_del(&c->rev);
     c->reading_paused = 0;
+    c->rev_timed = 0;
     event_add(&c->rev, &tv);
 }

@@ -92,6 +92,12 @@ struct h1_conn {
     int state;
     hp_chunked_t chunk;      /* a chunked request body being read */
     int dead, open, busy, in_process, notified, reading_paused;
+    /* The loop's cached time when rev's timer was last set to the client
+     * timeout from then (by conn_arm_read, or by libevent itself as it
+     * runs the persistent read event); rev_timed 0 when it is not so set.
+     * Setting it again at the same time would change nothing. */
+    struct timeval rev_at;
+    int rev_timed;
     int out_blocked;         /* input paused until the client reads its answers */
     /* A body read only when the callee asks for it (h1_read_body). */
     int body_deferred;       /* the head was delivered; its body is still to come */
@@ -125,6 +131,12 @@ static inline int64_t now_ms(const h1_conn_t *c)
     event_base_gettimeofday_cached(c->srv->base, &tv);
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
+
+/* Plain sockets: the read event with its client timeout from now; a no-op
+ * when it was set so at this same loop time. conn_read_ran: libevent has
+ * just done it (a read event ran). */
+void conn_arm_read(h1_conn_t *c);
+void conn_read_ran(h1_conn_t *c);
 
 /* conn.c */
 /* Frees a server whose last connection is gone (the server's own

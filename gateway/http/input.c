@@ -616,6 +616,8 @@ void conn_on_read(evutil_socket_t fd, short what, void *arg)
 {
     h1_conn_t *c = arg;
     c->busy++;
+    if (!(what & EV_TIMEOUT) && c->state != ST_LINGER)
+        conn_read_ran(c); /* the persistent event's timer, set again from now */
     if (what & EV_TIMEOUT) {
         on_idle_timeout(c);
         goto out;

@@ -29,6 +29,7 @@
 
 #include "../errjson.h"
 #include "conn.h"
+#include "digits.h"
 #include "peers.h"
 
 /* ---- output ------------------------------------------------------------ */
@@ -125,7 +126,7 @@ static void arm_idle(h1_conn_t *c)
                              (c->srv->lim.timeout_ms % 1000) * 1000};
         bufferevent_set_timeouts(c->bev, &tv, &tv);
     } else {
-        event_add(&c->rev, c->srv->ctv);
+        conn_arm_read(c);
     }
 }
 
@@ -159,14 +160,7 @@ void conn_drained(h1_conn_t *c)
 
 static size_t put_uint(char *p, uint64_t v)
 {
-    char t[24];
-    size_t n = 0;
-    do
-        t[n++] = (char)('0' + v % 10);
-    while ((v /= 10) != 0);
-    for (size_t i = 0; i < n; i++)
-        p[i] = t[n - 1 - i];
-    return n;
+    return put_uint_n(p, v, uint_len(v));
 }
 
 static size_t put_str(char *p, const char *s)
@@ -353,6 +347,24 @@ static char *field_room(h1_conn_t *c, size_t nl, size_t vl)
     return p;
 }
 
+/* Whether v[0..n) may hold a byte below 0x20 (CR, LF, or a tab: the
+ * caller looks closer), eight bytes a step. */
+static int has_control(const char *v, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, v + i, 8);
+        if ((w - 0x20 * ones) & ~w & highs)
+            return 1;
+    }
+    for (; i < n; i++)
+        if ((unsigned char)v[i] < 0x20)
+            return 1;
+    return 0;
+}
+
 /* "name: value" CRLF at the end of the answer's fields; with clean, CR
  * and LF in the value become spaces (a value never breaks the head). */
 static void add_line(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl,
@@ -364,11 +376,11 @@ static void add_line(h1_conn_t *c, const char *name, size_t nl, const char *valu
     memcpy(p, name, nl);
     p[nl] = ':';
     p[nl + 1] = ' ';
-    if (clean)
+    memcpy(p + nl + 2, value, vl);
+    if (clean && has_control(value, vl))
         for (size_t i = 0; i < vl; i++)
-            p[nl + 2 + i] = value[i] == '\r' || value[i] == '\n' ? ' ' : value[i];
-    else
-        memcpy(p + nl + 2, value, vl);
+            if (value[i] == '\r' || value[i] == '\n')
+                p[nl + 2 + i] = ' ';
     p[nl + 2 + vl] = '\r';
     p[nl + 3 + vl] = '\n';
 }
@@ -381,15 +393,19 @@ void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *valu
 /* A number needs no CR/LF check (a proxied answer carries half a dozen). */
 void h1_add_header_int_n(h1_conn_t *c, const char *name, size_t nl, int64_t value)
 {
-    char buf[24];
-    size_t n = 0;
-    if (value < 0) {
-        buf[n++] = '-';
-        n += put_uint(buf + n, (uint64_t)0 - (uint64_t)value);
-    } else {
-        n += put_uint(buf, (uint64_t)value);
-    }
-    add_line(c, name, nl, buf, n, 0);
+    uint64_t mag = value < 0 ? (uint64_t)0 - (uint64_t)value : (uint64_t)value;
+    size_t vl = uint_len(mag) + (value < 0);
+    char *p = field_room(c, nl, vl);
+    if (!p)
+        return;
+    memcpy(p, name, nl);
+    p[nl] = ':';
+    p[nl + 1] = ' ';
+    if (value < 0)
+        p[nl + 2] = '-';
+    put_uint_n(p + nl + 2 + (value < 0), mag, vl - (value < 0));
+    p[nl + 2 + vl] = '\r';
+    p[nl + 3 + vl] = '\n';
 }
 
 void h1_headers_reset(h1_conn_t *c)

@@ -195,7 +195,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     } else {
         event_assign(&c->rev, s->base, fd, EV_READ | EV_PERSIST, conn_on_read, c);
         event_assign(&c->wev, s->base, fd, EV_WRITE | EV_PERSIST, conn_on_write, c);
-        event_add(&c->rev, s->ctv);
+        conn_arm_read(c);
     }
     c->next = s->conns;
     if (s->conns)

@@ -1,10 +1,12 @@
 /*
  * tests/unit/test_http_parse.c: gateway/http/parse.c, the wire format:
  * request and response heads, strictness, chunked bodies with trailers,
- * and that every prefix of a valid input asks for more instead of failing.
+ * and that every prefix of a valid input asks for more instead of failing;
+ * and gateway/http/digits.h, the numbers answer heads are written with.
  */
 #include <stdlib.h>
 
+#include "../../gateway/http/digits.h"
 #include "../../gateway/http/parse.h"
 #include "testutil.h"
 
@@ -266,8 +268,39 @@ static void test_value_bytes(void)
     CHECK(wrong == 0, "%d values judged wrongly", wrong);
 }
 
+/* Every power of ten, one below it and one above, every value below
+ * 10000 and the largest: as printf writes them. */
+static void test_digits(void)
+{
+    int wrong = 0;
+    uint64_t probe[200];
+    size_t n = 0;
+    probe[n++] = 0;
+    probe[n++] = UINT64_MAX;
+    probe[n++] = UINT64_MAX - 1;
+    for (uint64_t p = 1;; p *= 10) {
+        probe[n++] = p - 1;
+        probe[n++] = p;
+        probe[n++] = p + 1;
+        if (p > UINT64_MAX / 10)
+            break;
+    }
+    for (uint64_t v = 0; v < 10000 + n; v++) {
+        uint64_t x = v < n ? probe[v] : v - n;
+        char want[32], got[32];
+        snprintf(want, sizeof want, "%llu", (unsigned long long)x);
+        size_t len = uint_len(x);
+        memset(got, 'x', sizeof got);
+        size_t w = put_uint_n(got, x, len);
+        if (len != strlen(want) || w != len || memcmp(got, want, len) != 0 || got[len] != 'x')
+            wrong++;
+    }
+    CHECK(wrong == 0, "%d numbers written wrongly", wrong);
+}
+
 int main(void)
 {
+    test_digits();
     test_value_bytes();
     test_request_ok();
     test_request_strict();
