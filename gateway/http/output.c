@@ -326,25 +326,64 @@ static void end_exchange(h1_conn_t *c)
 
 /* ---- the public answer API -------------------------------------------- */
 
+/* The answer's fields are lines at obuf + HEAD_ROOM (olen bytes), with
+ * HEAD_ROOM free before them and at least as much after: the status line
+ * and Date go in front, the framing lines behind, and the head is sent as
+ * one piece (a socket write costs more for each piece it copies). */
+#define HEAD_ROOM 128
+
+/* obuf with room for `more` bytes of fields beyond olen (and the room on
+ * either side): 0, or -1 out of memory. */
+static int fields_reserve(h1_conn_t *c, size_t more)
+{
+    size_t need = HEAD_ROOM + c->olen + more + HEAD_ROOM;
+    if (need <= c->ocap)
+        return 0;
+    size_t cap = c->ocap ? c->ocap : 1024;
+    while (cap < need)
+        cap *= 2;
+    char *p = realloc(c->obuf, cap);
+    if (!p)
+        return -1;
+    c->obuf = p;
+    c->ocap = cap;
+    return 0;
+}
+
+static const char *fields_of(const h1_conn_t *c)
+{
+    return c->obuf ? c->obuf + HEAD_ROOM : NULL;
+}
+
 /* Room for a field line of nl + vl bytes of name and value at the end of
  * the answer's fields: where it starts, or NULL (out of memory: the field
  * is left out). */
 static char *field_room(h1_conn_t *c, size_t nl, size_t vl)
 {
-    size_t need = c->olen + nl + vl + 4;
-    if (need > c->ocap) {
-        size_t cap = c->ocap ? c->ocap : 1024;
-        while (cap < need)
-            cap *= 2;
-        char *p = realloc(c->obuf, cap);
-        if (!p)
-            return NULL;
-        c->obuf = p;
-        c->ocap = cap;
-    }
-    char *p = c->obuf + c->olen;
-    c->olen = need;
+    if (fields_reserve(c, nl + vl + 4) != 0)
+        return NULL;
+    char *p = c->obuf + HEAD_ROOM + c->olen;
+    c->olen += nl + vl + 4;
     return p;
+}
+
+/* The head of an answer, the status line and Date (a, al <= HEAD_ROOM),
+ * the fields and the framing lines (b, bl <= HEAD_ROOM), as iovecs: one
+ * when obuf can hold it whole, else three. Returns how many. */
+static int head_parts(h1_conn_t *c, const char *a, size_t al, const char *b, size_t bl,
+                      struct iovec v[3])
+{
+    if (fields_reserve(c, 0) == 0) {
+        char *at = c->obuf + HEAD_ROOM - al;
+        memcpy(at, a, al);
+        memcpy(c->obuf + HEAD_ROOM + c->olen, b, bl);
+        v[0] = (struct iovec){at, al + c->olen + bl};
+        return 1;
+    }
+    v[0] = (struct iovec){(void *)a, al};
+    v[1] = (struct iovec){(void *)fields_of(c), c->olen};
+    v[2] = (struct iovec){(void *)b, bl};
+    return 3;
 }
 
 /* Whether v[0..n) may hold a byte below 0x20 (CR, LF, or a tab: the
@@ -425,7 +464,7 @@ int h1_has_header(const h1_conn_t *c, const char *name, size_t mark)
 
 int h1_has_header_n(const h1_conn_t *c, const char *name, size_t nl, size_t mark)
 {
-    const char *p = c->obuf, *end = c->obuf + (mark < c->olen ? mark : c->olen);
+    const char *p = fields_of(c), *end = p ? p + (mark < c->olen ? mark : c->olen) : NULL;
     while (p && p < end) {
         if ((size_t)(end - p) > nl && p[nl] == ':' && strncasecmp(p, name, nl) == 0)
             return 1;
@@ -437,7 +476,7 @@ int h1_has_header_n(const h1_conn_t *c, const char *name, size_t nl, size_t mark
 
 void h1_header_initials(const h1_conn_t *c, size_t mark, unsigned char first[256])
 {
-    const char *p = c->obuf, *end = c->obuf + (mark < c->olen ? mark : c->olen);
+    const char *p = fields_of(c), *end = p ? p + (mark < c->olen ? mark : c->olen) : NULL;
     while (p && p < end) {
         unsigned char ch = (unsigned char)*p;
         first[ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch] = 1;
@@ -450,12 +489,15 @@ void h1_reply(h1_conn_t *c, int status, const char *reason, const void *body, si
 {
     if (!c->open)
         return;
-    char a[128], b[128];
+    char a[HEAD_ROOM], b[HEAD_ROOM];
     size_t al, bl;
     compose(c, status, reason, (int64_t)len, a, &al, b, &bl);
     int with_body = len && !c->no_body_out && status >= 200 && status != 204 && status != 304;
-    struct iovec v[4] = {{a, al}, {c->obuf, c->olen}, {b, bl}, {(void *)body, len}};
-    conn_send_parts(c, v, with_body ? 4 : 3, NULL, NULL, 0);
+    struct iovec v[4];
+    int n = head_parts(c, a, al, b, bl, v);
+    if (with_body)
+        v[n++] = (struct iovec){(void *)body, len};
+    conn_send_parts(c, v, n, NULL, NULL, 0);
     end_exchange(c);
 }
 
@@ -463,15 +505,16 @@ void h1_reply_buffer(h1_conn_t *c, int status, const char *reason, struct evbuff
 {
     if (!c->open)
         return;
-    char a[128], b[128];
+    char a[HEAD_ROOM], b[HEAD_ROOM];
     size_t al, bl;
     size_t len = body ? evbuffer_get_length(body) : 0;
     compose(c, status, reason, (int64_t)len, a, &al, b, &bl);
-    struct iovec v[3] = {{a, al}, {c->obuf, c->olen}, {b, bl}};
+    struct iovec v[3];
+    int n = head_parts(c, a, al, b, bl, v);
     int with_body = len && !c->no_body_out && status >= 200 && status != 204 && status != 304;
     if (body && !with_body)
         evbuffer_drain(body, len);
-    conn_send_parts(c, v, 3, with_body ? body : NULL, NULL, 0);
+    conn_send_parts(c, v, n, with_body ? body : NULL, NULL, 0);
     end_exchange(c);
 }
 
@@ -479,13 +522,14 @@ void h1_reply_start(h1_conn_t *c, int status, const char *reason, int64_t conten
 {
     if (!c->open)
         return;
-    char a[128], b[128];
+    char a[HEAD_ROOM], b[HEAD_ROOM];
     size_t al, bl;
     compose(c, status, reason, content_length, a, &al, b, &bl);
-    struct iovec v[3] = {{a, al}, {c->obuf, c->olen}, {b, bl}};
+    struct iovec v[3];
+    int n = head_parts(c, a, al, b, bl, v);
     if (status < 200 || status == 204 || status == 304)
         c->no_body_out = 1;
-    conn_send_parts(c, v, 3, NULL, NULL, 0);
+    conn_send_parts(c, v, n, NULL, NULL, 0);
 }
 
 void h1_reply_chunk(h1_conn_t *c, struct evbuffer *data)
