@@ -132,12 +132,6 @@ static inline int64_t now_ms(const h1_conn_t *c)
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-/* Plain sockets: the read event with its client timeout from now; a no-op
- * when it was set so at this same loop time. conn_read_ran: libevent has
- * just done it (a read event ran). */
-void conn_arm_read(h1_conn_t *c);
-void conn_read_ran(h1_conn_t *c);
-
 /* conn.c */
 /* Frees a server whose last connection is gone (the server's own
  * memory; h1_server_free decides when). */
@@ -145,6 +139,11 @@ void conn_server_destroy(h1_server_t *s);
 void conn_fail(h1_conn_t *c);
 void conn_maybe_free(h1_conn_t *c);
 void conn_pause_reading(h1_conn_t *c, int pause);
+/* Plain sockets: the read event with its client timeout from now; a no-op
+ * when it was set so at this same loop time. conn_read_ran: libevent has
+ * just done it (a read event ran). */
+void conn_arm_read(h1_conn_t *c);
+void conn_read_ran(h1_conn_t *c);
 size_t conn_pending(const h1_conn_t *c);
 void conn_close_or_linger(h1_conn_t *c);
 /* output.c */
