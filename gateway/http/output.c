@@ -404,24 +404,35 @@ static int has_control(const char *v, size_t n)
     return 0;
 }
 
+/* A field line "name: " + vl bytes + CRLF at the end of the answer's
+ * fields, its value left to the caller to write: where the value goes,
+ * or NULL (out of memory: the field is left out). */
+static char *field_line(h1_conn_t *c, const char *name, size_t nl, size_t vl)
+{
+    char *p = field_room(c, nl, vl);
+    if (!p)
+        return NULL;
+    memcpy(p, name, nl);
+    p[nl] = ':';
+    p[nl + 1] = ' ';
+    p[nl + 2 + vl] = '\r';
+    p[nl + 3 + vl] = '\n';
+    return p + nl + 2;
+}
+
 /* "name: value" CRLF at the end of the answer's fields; with clean, CR
  * and LF in the value become spaces (a value never breaks the head). */
 static void add_line(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl,
                      int clean)
 {
-    char *p = field_room(c, nl, vl);
-    if (!p)
+    char *v = field_line(c, name, nl, vl);
+    if (!v)
         return;
-    memcpy(p, name, nl);
-    p[nl] = ':';
-    p[nl + 1] = ' ';
-    memcpy(p + nl + 2, value, vl);
+    memcpy(v, value, vl);
     if (clean && has_control(value, vl))
         for (size_t i = 0; i < vl; i++)
             if (value[i] == '\r' || value[i] == '\n')
-                p[nl + 2 + i] = ' ';
-    p[nl + 2 + vl] = '\r';
-    p[nl + 3 + vl] = '\n';
+                v[i] = ' ';
 }
 
 void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *value, size_t vl)
@@ -433,18 +444,13 @@ void h1_add_header_n(h1_conn_t *c, const char *name, size_t nl, const char *valu
 void h1_add_header_int_n(h1_conn_t *c, const char *name, size_t nl, int64_t value)
 {
     uint64_t mag = value < 0 ? (uint64_t)0 - (uint64_t)value : (uint64_t)value;
-    size_t vl = uint_len(mag) + (value < 0);
-    char *p = field_room(c, nl, vl);
-    if (!p)
+    size_t neg = value < 0, vl = uint_len(mag) + neg;
+    char *v = field_line(c, name, nl, vl);
+    if (!v)
         return;
-    memcpy(p, name, nl);
-    p[nl] = ':';
-    p[nl + 1] = ' ';
-    if (value < 0)
-        p[nl + 2] = '-';
-    put_uint_n(p + nl + 2 + (value < 0), mag, vl - (value < 0));
-    p[nl + 2 + vl] = '\r';
-    p[nl + 3 + vl] = '\n';
+    if (neg)
+        v[0] = '-';
+    put_uint_n(v + neg, mag, vl - neg);
 }
 
 void h1_headers_reset(h1_conn_t *c)
