@@ -657,7 +657,15 @@ void redis_job_hold(store_worker_t *w, const lim_check_t *checks, size_t n,
     char index[1][LIM_KEY_MAX + 64];
     job_index_key(rw, job, index[0], sizeof index[0]);
     const char *iargs[] = {"index", now, account, ttl};
-    send_script(rds_route(rw, index[0]), rs->sha_hold, index, 1, iargs, 4);
+    redis_worker_t *ix = rds_route(rw, index[0]);
+    send_script(ix, rs->sha_hold, index, 1, iargs, 4);
+    /* Written now, before the create's answer reaches its client: a done
+     * or a status the client sends on another connection (another worker,
+     * the admin listener) finds the job in Redis, not a hold still queued
+     * here until the end of the loop turn. */
+    rds_write_now(rw);
+    if (ix != rw)
+        rds_write_now(ix);
 }
 
 /* The done of (account, job): one script on the record, the index told. */
