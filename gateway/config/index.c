@@ -23,7 +23,6 @@
  * Small tables: name -> index (open addressing), digest -> key.
  * ------------------------------------------------------------------------ */
 
-
 void st_free(strtab_t *t)
 {
     free(t->k);

@@ -50,4 +50,9 @@ static inline size_t put_uint_n(char *p, uint64_t v, size_t n)
     return n;
 }
 
+static inline size_t put_uint(char *p, uint64_t v)
+{
+    return put_uint_n(p, v, uint_len(v));
+}
+
 #endif

@@ -158,11 +158,6 @@ void conn_drained(h1_conn_t *c)
     }
 }
 
-static size_t put_uint(char *p, uint64_t v)
-{
-    return put_uint_n(p, v, uint_len(v));
-}
-
 static size_t put_str(char *p, const char *s)
 {
     size_t n = strlen(s);
@@ -367,12 +362,15 @@ static char *field_room(h1_conn_t *c, size_t nl, size_t vl)
     return p;
 }
 
-/* The head of an answer, the status line and Date (a, al <= HEAD_ROOM),
- * the fields and the framing lines (b, bl <= HEAD_ROOM), as iovecs: one
- * when obuf can hold it whole, else three. Returns how many. */
-static int head_parts(h1_conn_t *c, const char *a, size_t al, const char *b, size_t bl,
-                      struct iovec v[3])
+/* The head of an answer as iovecs: the status line and Date (made in a),
+ * the fields, the framing lines (made in b); one iovec when obuf can hold
+ * it whole, else three (pointing into a and b, the caller's). Returns how
+ * many. */
+static int head_parts(h1_conn_t *c, int status, const char *reason, int64_t clen,
+                      char a[HEAD_ROOM], char b[HEAD_ROOM], struct iovec v[3])
 {
+    size_t al, bl;
+    compose(c, status, reason, clen, a, &al, b, &bl);
     if (fields_reserve(c, 0) == 0) {
         char *at = c->obuf + HEAD_ROOM - al;
         memcpy(at, a, al);
@@ -496,11 +494,9 @@ void h1_reply(h1_conn_t *c, int status, const char *reason, const void *body, si
     if (!c->open)
         return;
     char a[HEAD_ROOM], b[HEAD_ROOM];
-    size_t al, bl;
-    compose(c, status, reason, (int64_t)len, a, &al, b, &bl);
     int with_body = len && !c->no_body_out && status >= 200 && status != 204 && status != 304;
     struct iovec v[4];
-    int n = head_parts(c, a, al, b, bl, v);
+    int n = head_parts(c, status, reason, (int64_t)len, a, b, v);
     if (with_body)
         v[n++] = (struct iovec){(void *)body, len};
     conn_send_parts(c, v, n, NULL, NULL, 0);
@@ -512,11 +508,9 @@ void h1_reply_buffer(h1_conn_t *c, int status, const char *reason, struct evbuff
     if (!c->open)
         return;
     char a[HEAD_ROOM], b[HEAD_ROOM];
-    size_t al, bl;
     size_t len = body ? evbuffer_get_length(body) : 0;
-    compose(c, status, reason, (int64_t)len, a, &al, b, &bl);
     struct iovec v[3];
-    int n = head_parts(c, a, al, b, bl, v);
+    int n = head_parts(c, status, reason, (int64_t)len, a, b, v);
     int with_body = len && !c->no_body_out && status >= 200 && status != 204 && status != 304;
     if (body && !with_body)
         evbuffer_drain(body, len);
@@ -529,10 +523,8 @@ void h1_reply_start(h1_conn_t *c, int status, const char *reason, int64_t conten
     if (!c->open)
         return;
     char a[HEAD_ROOM], b[HEAD_ROOM];
-    size_t al, bl;
-    compose(c, status, reason, content_length, a, &al, b, &bl);
     struct iovec v[3];
-    int n = head_parts(c, a, al, b, bl, v);
+    int n = head_parts(c, status, reason, content_length, a, b, v);
     if (status < 200 || status == 204 || status == 304)
         c->no_body_out = 1;
     conn_send_parts(c, v, n, NULL, NULL, 0);
