@@ -1,0 +1,318 @@
+/*
+ * pace: an open-loop HTTP/1.1 load generator at a fixed request rate, for the
+ * "added latency at half of peak" runs of tests/bench/run.
+ *
+ * Why it is written here: the tool made for this, wrk2, is not packaged by
+ * Debian, and wrk's Lua delay() counts in whole milliseconds, so a paced wrk
+ * sends its requests in bursts, one burst each millisecond (at 20,000 req/s,
+ * twenty requests at once): what it measures then is how long a burst takes
+ * to drain, not the latency a proxy adds to a request.
+ *
+ * What it does: send slots RATE per second apart, from a timerfd with
+ * nanosecond resolution (and a timer slack of 1 ns). Each slot goes out on
+ * the next idle keep-alive connection; when none is idle, the slot waits for
+ * the first one to free. Latency is counted from the slot, not from the
+ * moment it went out, so a gateway that holds its clients back is charged for
+ * the wait (what wrk2 calls correcting coordinated omission). One thread, one
+ * epoll set; answers must carry Content-Length (every server in the bench
+ * does), anything else is an error.
+ *
+ * usage: pace -r RATE -c CONNECTIONS -d SECONDS [-w WARMUP_SECONDS]
+ *             [-m METHOD] [-b BODY] [-H 'Name: value']... http://IPv4:PORT/PATH
+ *
+ * Prints one line in the format of the bench's wrk done() script:
+ *   RESULT requests=N duration_us=N bytes=N status=N connect=N read=N
+ *          write=N timeout=N p50=N p90=N p99=N p999=N max=N mean=F
+ * (latencies in microseconds; status = answers with a status of 400 or more).
+ * Exits 1 on a bad argument or when no connection could be made.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RBUF 16384
+#define TIMEOUT_NS (5 * 1000000000LL)
+
+struct conn {
+  int fd;
+  int busy;
+  int64_t slot;   /* the send slot of the request in flight (ns) */
+  size_t have;    /* bytes of the answer read so far */
+  char buf[RBUF];
+};
+
+static struct sockaddr_in addr;
+static char *req;
+static size_t req_len;
+static struct conn *conns;
+static int nconns;
+static int *idle; /* ring of idle connection indexes */
+static int idle_head, idle_n;
+static int64_t *waiting; /* ring of slots that found no idle connection */
+static size_t wait_cap, wait_head, wait_n;
+static uint32_t *lat; /* recorded latencies, us */
+static size_t lat_n, lat_cap;
+static int64_t t_from, t_to; /* slots in [t_from, t_to) are recorded */
+static long long n_bytes, n_status, n_connect, n_read, n_write, n_timeout;
+static int ep;
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "pace: %s\n", what);
+  exit(1);
+}
+
+static void *grow(void *p, size_t *cap, size_t elem) {
+  *cap = *cap ? *cap * 2 : 4096;
+  p = realloc(p, *cap * elem);
+  if (!p) die("out of memory");
+  return p;
+}
+
+static int conn_open(struct conn *c) {
+  int one = 1;
+  c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (c->fd < 0) return -1;
+  if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    close(c->fd);
+    c->fd = -1;
+    n_connect++;
+    return -1;
+  }
+  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(c - conns)};
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) die("epoll_ctl");
+  c->busy = 0;
+  c->have = 0;
+  return 0;
+}
+
+/* A connection that failed is made again; one that was out of the idle
+ * ring (busy) goes back into it, an idle one is in it already. */
+static void conn_reopen(struct conn *c) {
+  int was_busy = c->busy;
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  c->busy = 0;
+  c->have = 0;
+  if (conn_open(c) == 0 && was_busy) idle[(idle_head + idle_n++) % nconns] = (int)(c - conns);
+}
+
+static void send_slot(int64_t slot) {
+  if (idle_n == 0) {
+    if (wait_n == wait_cap) {
+      /* keep the ring's order when it grows: unroll it first */
+      int64_t *n = malloc((wait_cap ? wait_cap * 2 : 4096) * sizeof *n);
+      if (!n) die("out of memory");
+      for (size_t i = 0; i < wait_n; i++) n[i] = waiting[(wait_head + i) % wait_cap];
+      free(waiting);
+      waiting = n;
+      wait_head = 0;
+      wait_cap = wait_cap ? wait_cap * 2 : 4096;
+    }
+    waiting[(wait_head + wait_n++) % wait_cap] = slot;
+    return;
+  }
+  struct conn *c = &conns[idle[idle_head]];
+  idle_head = (idle_head + 1) % nconns;
+  idle_n--;
+  c->busy = 1;
+  ssize_t w = c->fd < 0 ? -1 : send(c->fd, req, req_len, MSG_NOSIGNAL);
+  if (w != (ssize_t)req_len) {
+    /* a fresh keep-alive request never fills a socket buffer: a short
+     * write means the connection is gone */
+    n_write++;
+    conn_reopen(c);
+    return;
+  }
+  c->slot = slot;
+  c->have = 0;
+}
+
+/* 1: a whole answer is in c->buf; 0: need more; -1: not one we can read */
+static int answer_complete(struct conn *c, int *status) {
+  char *end = memmem(c->buf, c->have, "\r\n\r\n", 4);
+  if (!end) return c->have == RBUF ? -1 : 0;
+  size_t head = (size_t)(end - c->buf) + 4;
+  if (c->have < 12 || memcmp(c->buf, "HTTP/1.", 7) != 0) return -1;
+  *status = atoi(c->buf + 9);
+  long long clen = -1;
+  for (char *p = memchr(c->buf, '\n', head); p && p < end; p = memchr(p + 1, '\n', (size_t)(end - p))) {
+    if (strncasecmp(p + 1, "content-length:", 15) == 0) clen = atoll(p + 16);
+  }
+  if (clen < 0 || head + (size_t)clen > RBUF) return -1;
+  if (c->have < head + (size_t)clen) return 0;
+  if (c->have > head + (size_t)clen) return -1; /* nothing was pipelined */
+  return 1;
+}
+
+static void on_readable(struct conn *c) {
+  for (;;) {
+    ssize_t r = read(c->fd, c->buf + c->have, RBUF - c->have);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (r <= 0) {
+      n_read++;
+      conn_reopen(c);
+      return;
+    }
+    c->have += (size_t)r;
+    n_bytes += r;
+    int status = 0;
+    int done = answer_complete(c, &status);
+    if (done == 0) continue;
+    if (done < 0 || !c->busy) {
+      n_read++;
+      conn_reopen(c);
+      return;
+    }
+    int64_t t = now_ns();
+    if (c->slot >= t_from && c->slot < t_to) {
+      if (lat_n == lat_cap) lat = grow(lat, &lat_cap, sizeof *lat);
+      lat[lat_n++] = (uint32_t)((t - c->slot) / 1000);
+      if (status >= 400) n_status++;
+    }
+    c->busy = 0;
+    c->have = 0;
+    idle[(idle_head + idle_n++) % nconns] = (int)(c - conns);
+    if (wait_n) {
+      int64_t slot = waiting[wait_head];
+      wait_head = (wait_head + 1) % wait_cap;
+      wait_n--;
+      send_slot(slot);
+    }
+    return;
+  }
+}
+
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return (x > y) - (x < y);
+}
+
+static uint32_t pct(double p) {
+  if (!lat_n) return 0;
+  size_t i = (size_t)(p / 100.0 * (double)lat_n);
+  return lat[i < lat_n ? i : lat_n - 1];
+}
+
+int main(int argc, char **argv) {
+  double rate = 0, secs = 10, warm = 0;
+  const char *method = "GET", *body = "";
+  char headers[8192] = "";
+  size_t hlen = 0;
+  int opt;
+  nconns = 64;
+  while ((opt = getopt(argc, argv, "r:c:d:w:m:b:H:")) != -1) {
+    switch (opt) {
+      case 'r': rate = atof(optarg); break;
+      case 'c': nconns = atoi(optarg); break;
+      case 'd': secs = atof(optarg); break;
+      case 'w': warm = atof(optarg); break;
+      case 'm': method = optarg; break;
+      case 'b': body = optarg; break;
+      case 'H': {
+        int n = snprintf(headers + hlen, sizeof headers - hlen, "%s\r\n", optarg);
+        if (n < 0 || (size_t)n >= sizeof headers - hlen) die("headers too long");
+        hlen += (size_t)n;
+        break;
+      }
+      default: die("usage: pace -r RATE -c CONNS -d SECS [-w SECS] [-m METHOD] [-b BODY] [-H HDR]... URL");
+    }
+  }
+  if (optind != argc - 1 || rate <= 0 || nconns <= 0 || secs <= 0) die("usage: pace -r RATE -c CONNS -d SECS ... URL");
+
+  char host[64];
+  int port;
+  const char *path;
+  if (sscanf(argv[optind], "http://%63[0-9.]:%d", host, &port) != 2 || !(path = strchr(argv[optind] + 7, '/')))
+    die("URL must be http://IPv4:PORT/PATH");
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons((uint16_t)port);
+  if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) die("bad IPv4 address");
+
+  size_t blen = strlen(body);
+  req = malloc(strlen(method) + strlen(path) + strlen(host) + hlen + blen + 128);
+  if (!req) die("out of memory");
+  req_len = (size_t)sprintf(req, "%s %s HTTP/1.1\r\nHost: %s:%d\r\n%sContent-Length: %zu\r\n\r\n%s", method, path,
+                            host, port, headers, blen, body);
+
+  prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+  ep = epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) die("epoll_create1");
+  conns = calloc((size_t)nconns, sizeof *conns);
+  idle = calloc((size_t)nconns, sizeof *idle);
+  if (!conns || !idle) die("out of memory");
+  for (int i = 0; i < nconns; i++) {
+    conns[i].fd = -1;
+    if (conn_open(&conns[i]) == 0) idle[(idle_head + idle_n++) % nconns] = i;
+  }
+  if (idle_n == 0) die("no connection could be made");
+
+  int64_t interval = (int64_t)(1e9 / rate);
+  if (interval < 1) interval = 1;
+  int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (tfd < 0) die("timerfd_create");
+  int64_t start = now_ns() + 1000000;
+  t_from = start + (int64_t)(warm * 1e9);
+  t_to = t_from + (int64_t)(secs * 1e9);
+  struct itimerspec its = {
+      .it_value = {.tv_sec = start / 1000000000LL, .tv_nsec = start % 1000000000LL},
+      .it_interval = {.tv_sec = interval / 1000000000LL, .tv_nsec = interval % 1000000000LL}};
+  if (timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL) != 0) die("timerfd_settime");
+  struct epoll_event tev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev) != 0) die("epoll_ctl");
+
+  int64_t next = start; /* the next slot not yet handed out */
+  struct epoll_event evs[256];
+  for (;;) {
+    int64_t t = now_ns();
+    if (t >= t_to) break;
+    int n = epoll_wait(ep, evs, 256, 100);
+    for (int i = 0; i < n; i++) {
+      if (evs[i].data.u32 == UINT32_MAX) {
+        uint64_t ticks;
+        if (read(tfd, &ticks, sizeof ticks) < 0) continue;
+        /* every slot due by now, each with its own time */
+        for (t = now_ns(); next <= t && next < t_to; next += interval) send_slot(next);
+      } else {
+        on_readable(&conns[evs[i].data.u32]);
+      }
+    }
+  }
+  /* what is still unanswered five seconds after its slot has timed out;
+   * what is younger is cut off by the end of the run, not counted */
+  int64_t t = now_ns();
+  for (int i = 0; i < nconns; i++)
+    if (conns[i].busy && t - conns[i].slot > TIMEOUT_NS && conns[i].slot >= t_from) n_timeout++;
+  for (size_t i = 0; i < wait_n; i++)
+    if (t - waiting[(wait_head + i) % wait_cap] > TIMEOUT_NS) n_timeout++;
+
+  qsort(lat, lat_n, sizeof *lat, cmp_u32);
+  double sum = 0;
+  for (size_t i = 0; i < lat_n; i++) sum += lat[i];
+  printf("RESULT requests=%zu duration_us=%lld bytes=%lld status=%lld connect=%lld read=%lld write=%lld "
+         "timeout=%lld p50=%u p90=%u p99=%u p999=%u max=%u mean=%.1f\n",
+         lat_n, (long long)((t_to - t_from) / 1000), n_bytes, n_status, n_connect, n_read, n_write, n_timeout,
+         pct(50), pct(90), pct(99), pct(99.9), lat_n ? lat[lat_n - 1] : 0, lat_n ? sum / (double)lat_n : 0.0);
+  return 0;
+}
