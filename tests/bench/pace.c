@@ -204,6 +204,17 @@ static void on_readable(struct conn *c) {
   }
 }
 
+/* Whether a request whose slot is recorded is still unanswered. */
+static int in_window_pending(void) {
+  for (int i = 0; i < nconns; i++)
+    if (conns[i].busy && conns[i].slot >= t_from && conns[i].slot < t_to) return 1;
+  for (size_t i = 0; i < wait_n; i++) {
+    int64_t slot = waiting[(wait_head + i) % wait_cap];
+    if (slot >= t_from && slot < t_to) return 1;
+  }
+  return 0;
+}
+
 static int cmp_u32(const void *a, const void *b) {
   uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
   return (x > y) - (x < y);
@@ -286,8 +297,10 @@ int main(int argc, char **argv) {
   struct epoll_event evs[256];
   for (;;) {
     int64_t t = now_ns();
-    if (t >= t_to) break;
-    int n = epoll_wait(ep, evs, 256, 100);
+    /* after the last slot, until every recorded request is answered (or
+     * has timed out): a slow answer at the end still counts */
+    if (t >= t_to && (!in_window_pending() || t >= t_to + TIMEOUT_NS)) break;
+    int n = epoll_wait(ep, evs, 256, 10);
     for (int i = 0; i < n; i++) {
       if (evs[i].data.u32 == UINT32_MAX) {
         uint64_t ticks;
@@ -299,13 +312,14 @@ int main(int argc, char **argv) {
       }
     }
   }
-  /* what is still unanswered five seconds after its slot has timed out;
-   * what is younger is cut off by the end of the run, not counted */
-  int64_t t = now_ns();
+  /* a recorded request still unanswered now has waited five seconds past
+   * the end of the run: it timed out */
   for (int i = 0; i < nconns; i++)
-    if (conns[i].busy && t - conns[i].slot > TIMEOUT_NS && conns[i].slot >= t_from) n_timeout++;
-  for (size_t i = 0; i < wait_n; i++)
-    if (t - waiting[(wait_head + i) % wait_cap] > TIMEOUT_NS) n_timeout++;
+    if (conns[i].busy && conns[i].slot >= t_from && conns[i].slot < t_to) n_timeout++;
+  for (size_t i = 0; i < wait_n; i++) {
+    int64_t slot = waiting[(wait_head + i) % wait_cap];
+    if (slot >= t_from && slot < t_to) n_timeout++;
+  }
 
   qsort(lat, lat_n, sizeof *lat, cmp_u32);
   double sum = 0;
