@@ -28,6 +28,7 @@
 #include <jansson.h>
 
 #include "../errjson.h"
+#include "bytes.h"
 #include "conn.h"
 #include "digits.h"
 #include "peers.h"
@@ -388,12 +389,11 @@ static int head_parts(h1_conn_t *c, int status, const char *reason, int64_t clen
  * caller looks closer), eight bytes a step. */
 static int has_control(const char *v, size_t n)
 {
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
         memcpy(&w, v + i, 8);
-        if ((w - 0x20 * ones) & ~w & highs)
+        if (word_has_below(w, 0x20))
             return 1;
     }
     for (; i < n; i++)

@@ -3,6 +3,7 @@
  * bytes and writes only the caller's structs.
  */
 #include "parse.h"
+#include "bytes.h"
 
 #include <limits.h>
 #include <stdint.h>
@@ -54,12 +55,10 @@ static int is_value_byte(unsigned char ch)
  * byte by byte in a word that has one (a tab, or a byte refused). */
 static int all_value_bytes(const char *p, const char *e)
 {
-    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
     while (e - p >= 8) {
-        uint64_t w, d;
+        uint64_t w;
         memcpy(&w, p, 8);
-        d = w ^ (0x7f * ones);
-        if (((w - 0x20 * ones) & ~w & highs) | ((d - ones) & ~d & highs)) {
+        if (word_has_below(w, 0x20) | word_has_byte(w, 0x7f)) {
             for (int i = 0; i < 8; i++)
                 if (!is_value_byte((unsigned char)p[i]))
                     return 0;
